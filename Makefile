@@ -1,0 +1,32 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check qcli tests bench sample_models
+	$(BIN)/ruff format --check qcli tests
+
+demo: $(STAMP)
+	@mkdir -p demo_out
+	$(BIN)/qcli quantize sample_models/cnn/model.onnx --calib sample_models/cnn/calib -o demo_out/cnn.int8.onnx
+	$(BIN)/qcli compare sample_models/cnn/model.onnx demo_out/cnn.int8.onnx --data sample_models/cnn/eval --min-sqnr 20 --max-top1-drop 2
+	$(BIN)/qcli quantize sample_models/attention/model.onnx --scheme w4a16 -o demo_out/attention.int4.onnx
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) demo_out bench/.cache

@@ -1,0 +1,70 @@
+"""Run calibration batches through one onnxruntime session and stream every watched tensor into observers."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto, TensorProto, helper
+
+from . import model_io
+from .errors import InputError
+from .observers import OBSERVERS, TensorStats
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    # Idle spinning threads of one session steal cores from another one running in the same process.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def make_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise InputError(f"onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+
+
+def calibrate(
+    model: ModelProto,
+    watch: Iterable[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    method: str = "minmax",
+    on_batch: Callable[[], None] | None = None,
+) -> dict[str, TensorStats]:
+    """Expose `watch` as extra graph outputs, run every batch once, reduce each output at once."""
+    observer_cls = OBSERVERS.get(method)
+    watch = list(dict.fromkeys(watch))
+    augmented = ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in watch:
+        if name not in existing:
+            augmented.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    observers = {name: observer_cls() for name in watch}
+    shapes: dict[str, tuple[int, ...]] = {}
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
+        sess = make_session(model_io.save_for_session(augmented, Path(tmp)))
+        for feed in batches:
+            try:
+                results = sess.run(watch, feed)
+            except Exception as e:
+                raise InputError(f"onnxruntime failed on a calibration batch: {str(e).splitlines()[0]}") from e
+            for name, value in zip(watch, results):
+                observers[name].update(value)
+                shapes.setdefault(name, tuple(value.shape))
+            del results
+            count += 1
+            if on_batch:
+                on_batch()
+    if count == 0:
+        raise InputError("no calibration batches were read")
+    return {name: TensorStats(*obs.range(), shapes.get(name, ()), count) for name, obs in observers.items()}

@@ -1,0 +1,201 @@
+"""The qcli command line: flags -> QuantConfig, errors -> exit codes. No algorithms here.
+
+Exit codes: 0 ok, 1 a compare gate failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import pipeline
+from .config import DEFAULT, CalibMethod, QuantConfig, Scheme
+from .errors import GateFailed, QcliError
+from .report import render_rich, write_beside
+
+err = Console(stderr=True)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Quantize ONNX models for CPUs and measure what it cost. Exit codes: 0 ok, "
+    "1 a compare gate failed, 2 usage or input error.",
+)
+
+QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
+
+**Examples**
+
+    qcli quantize model.onnx --calib data/ -o model.int8.onnx
+
+    qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
+
+    qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
+"""
+
+COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latency, size; gate for CI.
+
+**Examples**
+
+    qcli compare model.onnx model.int8.onnx --data eval/
+
+    qcli compare model.onnx model.int8.onnx --data eval/ --min-sqnr 25 --max-top1-drop 1 --json
+"""
+
+
+@contextmanager
+def _errors(debug: bool):
+    try:
+        yield
+    except QcliError as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]error:[/] {e}" if e.exit_code == 2 else f"[bold red]gate failed:[/] {e}", highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress():
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+
+        def start(desc: str, total: int):
+            task = bar.add_task(desc, total=total)
+            return lambda: bar.advance(task)
+
+        yield start
+
+
+@app.command(help=QUANTIZE_HELP)
+def quantize(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model (never modified)")],
+    calib: Annotated[
+        Path | None, typer.Option(help="calibration data folder (*.npy, *.npz or <sample>/<input>.npy)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="output model [default: <model>.int8.onnx / .int4.onnx]")
+    ] = None,
+    scheme: Annotated[
+        Scheme, typer.Option(help="w8a8: static int8 QDQ; w4a16: weight-only int4 blocks")
+    ] = DEFAULT.scheme,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="one weight scale per tensor instead of per output channel")
+    ] = not DEFAULT.per_channel,
+    activation_symmetric: Annotated[
+        bool, typer.Option("--activation-symmetric", help="int8 symmetric activations instead of uint8 asymmetric")
+    ] = DEFAULT.activation_symmetric,
+    reduce_range: Annotated[
+        bool | None,
+        typer.Option(
+            "--reduce-range/--no-reduce-range",
+            help="7-bit weights, so int8 kernels cannot saturate on x86 CPUs without VNNI [default: auto-detect]",
+        ),
+    ] = DEFAULT.reduce_range,
+    calibrator: Annotated[CalibMethod, typer.Option(help="range statistic for activations")] = DEFAULT.calibrator,
+    calib_limit: Annotated[
+        int | None, typer.Option(min=1, help="use at most N calibration files")
+    ] = DEFAULT.calib_limit,
+    block_size: Annotated[
+        int, typer.Option(min=16, help="w4a16: weights per scale along the reduction axis")
+    ] = DEFAULT.block_size,
+    weight_asymmetric: Annotated[
+        bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
+    ] = not DEFAULT.weight_symmetric_int4,
+    exclude: Annotated[list[str] | None, typer.Option(help="node name or op type to keep float (repeatable)")] = None,
+    min_macs: Annotated[
+        float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
+    ] = DEFAULT.min_macs_per_conversion,
+    eval_dir: Annotated[
+        Path | None, typer.Option("--eval", help="data folder for the report's fidelity figures")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and stop; write nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    if block_size & (block_size - 1):
+        err.print(f"[bold red]error:[/] --block-size must be a power of two (got {block_size})")
+        raise typer.Exit(2)
+    config = QuantConfig(
+        scheme=scheme,
+        per_channel=not per_tensor,
+        activation_symmetric=activation_symmetric,
+        reduce_range=reduce_range,
+        calibrator=calibrator,
+        calib_limit=calib_limit,
+        block_size=block_size,
+        weight_symmetric_int4=not weight_asymmetric,
+        exclude=tuple(exclude or ()),
+        min_macs_per_conversion=min_macs,
+    )
+    with _errors(debug), _progress() as progress:
+        result = pipeline.quantize(model, config, calib, output, eval_dir, dry_run, progress)
+    if dry_run:
+        plan = result.plan.to_dict()
+        if json_out:
+            sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+        else:
+            _print_plan(plan)
+        return
+    paths = write_beside(result.report, result.output)
+    render_rich(result.report, err)
+    err.print(f"wrote {result.output} and {paths[0].name}, {paths[1].name}", highlight=False)
+    if json_out:
+        sys.stdout.write(result.report.to_json() + "\n")
+
+
+def _print_plan(plan: dict) -> None:
+    for action, ops in plan["summary"].items():
+        err.print(f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()), highlight=False)
+    for n in plan["nodes"]:
+        if n["action"] != "float" or n["reason"]:
+            why = f"  ({n['reason']})" if n["reason"] else ""
+            err.print(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}", highlight=False)
+    for note in plan["notes"]:
+        err.print(f"note: {note}", highlight=False)
+
+
+@app.command(help=COMPARE_HELP)
+def compare(
+    reference: Annotated[Path, typer.Argument(help="reference (FP32) model")],
+    candidate: Annotated[Path, typer.Argument(help="quantized model")],
+    data: Annotated[Path, typer.Option(help="evaluation data folder (same formats as --calib)")],
+    min_sqnr: Annotated[
+        float | None, typer.Option(help="gate: fail (exit 1) if any output's SQNR (dB) is lower")
+    ] = None,
+    max_top1_drop: Annotated[
+        float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
+    json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    with _errors(debug), _progress() as progress:
+        report = pipeline.compare(reference, candidate, data, min_sqnr, max_top1_drop, runs, progress)
+        if json_out:
+            sys.stdout.write(report.to_json() + "\n")
+        render_rich(report, err)
+        failed = [g for g in report.gates if not g["passed"]]
+        if failed:
+            g = failed[0]
+            raise GateFailed(f"{g['gate']}: {g['value']} against a limit of {g['limit']}")
+
+
+def main() -> None:
+    app()

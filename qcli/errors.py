@@ -1,0 +1,19 @@
+"""Errors a person can act on. Each carries the process exit code the CLI uses."""
+
+from __future__ import annotations
+
+
+class QcliError(Exception):
+    """Base class: a one-line message that says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class InputError(QcliError):
+    """A model, data folder or option the user gave cannot be used (exit code 2)."""
+
+
+class GateFailed(QcliError):
+    """A `compare` quality gate failed (exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,131 @@
+"""The one place that loads and saves models: external data, >2 GB, atomic writes, opset upgrades."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto, version_converter
+
+from .errors import InputError
+
+# Protobuf cannot serialize a message over 2 GB; leave headroom for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load(path: str | Path) -> ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # protobuf's DecodeError, missing external data file, ...
+        raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node:
+        raise InputError(f"{path} has an empty graph: is it really an ONNX model?")
+    return model
+
+
+def model_bytes(model: ModelProto) -> int:
+    return model.ByteSize()
+
+
+def save_atomic(model: ModelProto, out: str | Path) -> Path:
+    """Write model (and its external data, when large) to a temp folder beside `out`, then rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = tmpdir / out.name
+        large = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        data_name = out.name + ".data"
+        if large:
+            onnx.save(
+                model,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmpdir / data_name, out.parent / data_name)
+        else:
+            onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def save_for_session(model: ModelProto, folder: Path, name: str = "model.onnx") -> Path:
+    """Save a model where onnxruntime can open it by path (works above the 2 GB protobuf limit)."""
+    path = folder / name
+    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        onnx.save(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def onnx_opset(model: ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise InputError("the model imports no default-domain (ai.onnx) opset")
+
+
+def ensure_opset(model: ModelProto, minimum: int, why: str) -> tuple[ModelProto, str | None]:
+    """Return the model at opset >= minimum, converting it if needed, and a note for the report."""
+    current = onnx_opset(model)
+    if current >= minimum:
+        return model, None
+    try:
+        converted = version_converter.convert_version(model, minimum)
+    except Exception as e:
+        raise InputError(
+            f"{why} needs opset {minimum}, the model has opset {current}, and onnx's version converter "
+            f"could not upgrade it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "export the model at a newer opset or use --per-tensor"
+        ) from e
+    return converted, f"opset upgraded {current} -> {minimum} ({why})"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def float_tensors(model: ModelProto) -> set[str]:
+    """Names of float32 tensors in the main graph, by onnx shape inference (by path above 2 GB)."""
+    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        with tempfile.TemporaryDirectory(prefix="qcli-infer-") as tmp:
+            src = save_for_session(model, Path(tmp))
+            dst = Path(tmp) / "inferred.onnx"
+            onnx.shape_inference.infer_shapes_path(str(src), str(dst))
+            inferred = onnx.load(str(dst), load_external_data=False)
+    else:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:
+            inferred = model
+    g = inferred.graph
+    infos = list(g.value_info) + list(g.input) + list(g.output)
+    out = {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    out |= {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    return out

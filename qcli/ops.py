@@ -1,0 +1,97 @@
+"""What onnxruntime's CPU provider runs on integers, and the per-op facts the planner needs.
+
+Taken from onnxruntime's QDQ selector registry (qdq_selector_action_transformer.cc): these DQ -> op -> Q
+patterns are replaced by integer kernels at session start; anything else with Q/DQ around it runs in float
+with extra conversions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from .graph import GraphIndex, attr
+
+# Compute ops with a constant weight (or two activations for MatMul): the anchors of int8 regions.
+ANCHORS = {"Conv", "MatMul", "Gemm"}
+# Integer kernels that need every data input and the output quantized (QLinearAdd, QLinearConcat, ...).
+QLINEAR = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu", "Softmax"}
+# Data movement: the runtime drops DQ -> op -> Q when both sides share scale and zero point.
+PASSTHROUGH = {
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "MaxPool",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "Expand",
+    "Tile",
+    "Resize",
+}
+# Ops that make their output smaller: worth running on int8 even when float follows.
+SHRINKING = {"MaxPool", "AveragePool", "GlobalAveragePool"}
+# Activations absorbed into the preceding QuantizeLinear (its saturation at the zero point clamps).
+FOLDABLE = {"Relu", "Clip"}
+
+NO_INT_KERNEL = {
+    "ConvTranspose": "onnxruntime's CPU provider has no integer ConvTranspose kernel: Q/DQ would only add time",
+}
+
+
+def weight_axis(node: NodeProto, w_shape: tuple[int, ...]) -> int | None:
+    """Output-channel axis of the weight (per-channel quantization), None where per-tensor is required."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    if node.op_type == "MatMul":
+        return 1 if len(w_shape) == 2 else None
+    return None
+
+
+def anchor_problem(node: NodeProto, idx: GraphIndex, is_float) -> str | None:
+    """Why this Conv/MatMul/Gemm cannot be an int8 anchor, or None if it can."""
+    ins = list(node.input)
+    if not is_float(ins[0]):
+        return "input is not float32"
+    if node.op_type == "MatMul":
+        if not (idx.is_const(ins[1]) or is_float(ins[1])):
+            return "second input is not float32"
+        return None
+    if not idx.is_const(ins[1]):
+        return "weight is not a constant initializer"
+    if idx.inits[ins[1]].data_type != 1:
+        return "weight is not float32"
+    if len(ins) > 2 and ins[2] and not idx.is_const(ins[2]):
+        return "bias is not constant"
+    if node.op_type == "Gemm":
+        if attr(node, "transA", 0):
+            return "Gemm with transA=1 has no integer kernel pattern"
+        c = ins[2] if len(ins) > 2 else ""
+        if c and (attr(node, "beta", 1.0) != 1.0 or idx.const(c).ndim != 1):
+            return "Gemm bias is not a per-output-channel vector with beta=1"
+    return None
+
+
+def macs_per_output(node: NodeProto, idx: GraphIndex, x_shape: tuple[int, ...]) -> float:
+    """Multiply-accumulates per output element (Conv: Cin/group * kernel area; MatMul/Gemm: K)."""
+    if node.op_type == "Conv":
+        w = idx.inits[node.input[1]].dims
+        return float(np.prod(w[1:]))
+    if node.op_type == "Gemm":
+        return float(x_shape[0] if attr(node, "transA", 0) else x_shape[-1]) if x_shape else 0.0
+    return float(x_shape[-1]) if x_shape else 0.0
+
+
+def data_inputs(node: NodeProto) -> list[int]:
+    """Indices of the inputs that carry activations (as opposed to shapes, indices, axes)."""
+    if node.op_type in PASSTHROUGH:
+        return [0]
+    if node.op_type in ("Conv", "Gemm"):
+        return [0]
+    if node.op_type == "Clip":
+        return [0]
+    return list(range(len(node.input)))

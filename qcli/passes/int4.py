@@ -1,0 +1,85 @@
+"""Apply a W4A16 plan: weights become INT4/UINT4 initializers read through a blocked DequantizeLinear.
+
+Gemm nodes become MatMul (+ Add for the bias) with the weight laid out [K, N], blocked along K: the
+`DQ(int4, axis=0, block_size) -> MatMul` form that onnxruntime turns into its MatMulNBits kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+
+from .. import qparams as qp
+from ..graph import GraphIndex, Namer, attr
+from ..plan import QuantPlan
+from .preprocess import _drop_unused_initializers
+
+_QT = {"int4": qp.INT4, "uint4": qp.UINT4}
+
+
+def apply_w4a16(model: ModelProto, plan: QuantPlan) -> ModelProto:
+    m = ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    idx = GraphIndex(g)
+    name = Namer(g)
+    weights = {w.node: w for w in plan.weights}
+    done: dict[tuple[str, bool], str] = {}  # (float weight, transposed) -> dequantized tensor name
+    out_nodes = []
+
+    def add_init(stem: str, value: np.ndarray) -> str:
+        n = name(stem)
+        g.initializer.append(numpy_helper.from_array(value, n))
+        return n
+
+    for node in g.node:
+        w = weights.get(node.name)
+        if w is None:
+            out_nodes.append(node)
+            continue
+        transposed = node.op_type == "Gemm" and bool(attr(node, "transB", 0))
+        key = (w.tensor, transposed)
+        if key not in done:
+            value = idx.const(w.tensor).astype(np.float32)
+            value = value.T.copy() if transposed else value  # [K, N]
+            p = qp.weight_qparams(value, _QT[w.qtype], w.symmetric, axis=0, block_size=w.block_size)
+            ins = [add_init("w", qp.quantize(value, p)), add_init("ws", p.scale)]
+            if not w.symmetric:
+                ins.append(add_init("wz", p.zero_point))
+            done[key] = name("wd")
+            out_nodes.append(
+                helper.make_node("DequantizeLinear", ins, [done[key]], name=name("dq"), axis=0, block_size=w.block_size)
+            )
+        if node.op_type == "MatMul":
+            node.input[1] = done[key]
+            out_nodes.append(node)
+            continue
+        # Gemm(A, B, C) -> MatMul(A, B') [+ Add C]
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = name("mm") if has_bias else node.output[0]
+        out_nodes.append(helper.make_node("MatMul", [node.input[0], done[key]], [mm_out], name=node.name))
+        if has_bias:
+            c = node.input[2]
+            if attr(node, "beta", 1.0) != 1.0:
+                c = add_init("c", (idx.const(c) * np.float32(attr(node, "beta", 1.0))).astype(np.float32))
+            out_nodes.append(helper.make_node("Add", [mm_out, c], [node.output[0]], name=name("add")))
+    del g.node[:]
+    g.node.extend(out_nodes)
+    _drop_unused_initializers(m)
+    return m
+
+
+def pack_int4(values: np.ndarray) -> bytes:
+    """Two 4-bit values per byte, low nibble first (the ONNX INT4/UINT4 layout)."""
+    flat = values.astype(np.int8).reshape(-1).astype(np.uint8) & 0x0F
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
+
+
+def unpack_int4(data: bytes, count: int, signed: bool) -> np.ndarray:
+    b = np.frombuffer(data, np.uint8)
+    nib = np.empty(b.size * 2, np.uint8)
+    nib[0::2], nib[1::2] = b & 0x0F, b >> 4
+    nib = nib[:count].astype(np.int8)
+    return np.where(nib > 7, nib - 16, nib).astype(np.int8) if signed else nib.astype(np.uint8)

@@ -1,0 +1,209 @@
+"""Make a float model quantizable: weights as initializers, constants folded, BatchNorm folded into Conv."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ..graph import GraphIndex, attr
+
+# Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
+_NO_FOLD = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
+_MAX_FOLD_BYTES = 64 << 20
+
+
+def preprocess(model: ModelProto, fold_batchnorm: bool = True) -> tuple[ModelProto, list[str]]:
+    m = ModelProto()
+    m.CopyFrom(model)
+    notes: list[str] = []
+    for step, enabled in (
+        (lift_constants, True),
+        (remove_identities, True),
+        (fold_constants, True),
+        (fold_batchnorm_into_conv, fold_batchnorm),
+    ):
+        if enabled:
+            n = step(m)
+            if n:
+                notes.append(f"{step.__name__.replace('_', ' ')}: {n}")
+    return m, notes
+
+
+def _add_init(m: ModelProto, name: str, value: np.ndarray) -> None:
+    m.graph.initializer.append(numpy_helper.from_array(value, name))
+    if m.ir_version < 4:  # old IR: every initializer must also be a graph input
+        m.graph.input.append(
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        )
+
+
+def lift_constants(m: ModelProto) -> int:
+    outputs = {o.name for o in m.graph.output}
+    keep, lifted = [], 0
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            try:
+                value = _constant_value(node)
+            except ValueError:
+                keep.append(node)
+                continue
+            _add_init(m, node.output[0], value)
+            lifted += 1
+        else:
+            keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return lifted
+
+
+def _constant_value(node) -> np.ndarray:
+    a = node.attribute[0]
+    kinds = {
+        "value": lambda: numpy_helper.to_array(a.t),
+        "value_float": lambda: np.array(a.f, np.float32),
+        "value_floats": lambda: np.array(a.floats, np.float32),
+        "value_int": lambda: np.array(a.i, np.int64),
+        "value_ints": lambda: np.array(a.ints, np.int64),
+    }
+    if a.name not in kinds:  # sparse_value, value_string(s): leave as a node
+        raise ValueError(a.name)
+    return kinds[a.name]()
+
+
+def remove_identities(m: ModelProto) -> int:
+    idx = GraphIndex(m.graph)
+    rename: dict[str, str] = {}
+    keep = []
+    for node in m.graph.node:
+        is_id = node.op_type == "Identity" or (
+            node.op_type == "Dropout" and (len(node.output) < 2 or not node.output[1])
+        )
+        if is_id and node.domain in ("", "ai.onnx") and not idx.escapes(node.output[0]):
+            src = node.input[0]
+            rename[node.output[0]] = rename.get(src, src)
+        else:
+            keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return len(rename)
+
+
+def fold_constants(m: ModelProto) -> int:
+    """Evaluate nodes whose inputs are all initializers (e.g. a Transpose of a weight) with onnx.reference."""
+    folded = 0
+    idx = GraphIndex(m.graph)
+    consts = dict(idx.inits)
+    keep = []
+    opsets = {imp.domain: imp.version for imp in m.opset_import}
+    for node in m.graph.node:
+        ins = [i for i in node.input if i]
+        foldable = (
+            ins
+            and all(i in consts for i in ins)
+            and node.domain in ("", "ai.onnx")
+            and node.op_type not in _NO_FOLD
+            and not any(idx.escapes(o) for o in node.output)
+            and not any(a.type in (5, 10) for a in node.attribute)
+        )  # GRAPH / GRAPHS
+        if foldable:
+            values = _evaluate(node, {i: numpy_helper.to_array(consts[i]) for i in ins}, opsets)
+            if values is not None:
+                for name, v in zip(node.output, values):
+                    t = numpy_helper.from_array(np.asarray(v), name)
+                    consts[name] = t
+                    m.graph.initializer.append(t)
+                folded += 1
+                continue
+        keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    if folded:
+        _drop_unused_initializers(m)
+    return folded
+
+
+def _evaluate(node, feeds: dict[str, np.ndarray], opsets: dict[str, int]) -> list[np.ndarray] | None:
+    in_bytes = sum(v.nbytes for v in feeds.values())
+    try:
+        g = helper.make_graph(
+            [node],
+            "fold",
+            [
+                helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                for k, v in feeds.items()
+            ],
+            [helper.make_value_info(o, helper.TypeProto()) for o in node.output if o],
+        )
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+        out = ReferenceEvaluator(model).run(None, feeds)
+    except Exception:
+        return None  # not foldable offline; onnxruntime will handle it at run time
+    if (
+        sum(np.asarray(v).nbytes for v in out) > max(2 * in_bytes, 1 << 20)
+        or sum(np.asarray(v).nbytes for v in out) > _MAX_FOLD_BYTES
+    ):
+        return None  # folding would grow the file (e.g. Expand, ConstantOfShape)
+    return out
+
+
+def _drop_unused_initializers(m: ModelProto) -> None:
+    idx = GraphIndex(m.graph)
+    used = set(idx.consumers) | idx.graph_outputs | idx.subgraph_refs
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    graph_inputs = [i for i in m.graph.input if i.name in used or i.name not in idx.inits]
+    del m.graph.input[:]
+    m.graph.input.extend(graph_inputs)
+
+
+def fold_batchnorm_into_conv(m: ModelProto) -> int:
+    idx = GraphIndex(m.graph)
+    remove, folded = set(), 0
+    for bn in m.graph.node:
+        if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
+            continue
+        conv = idx.producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(idx.consumers[conv.output[0]]) != 1:
+            continue
+        if idx.escapes(conv.output[0]) or not all(idx.is_const(n) for n in list(bn.input[1:5]) + [conv.input[1]]):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and not idx.is_const(conv.input[2]):
+            continue
+        gamma, beta, mean, var = (idx.const(n).astype(np.float64) for n in bn.input[1:5])
+        w = idx.const(conv.input[1])
+        b = idx.const(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+        k = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+        new_w = (w.astype(np.float64) * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
+        new_b = ((b - mean) * k + beta).astype(w.dtype)
+        wname, bname = conv.output[0] + "_w", conv.output[0] + "_b"  # fresh: the old weight may be shared
+        _add_init(m, wname, new_w)
+        _add_init(m, bname, new_b)
+        del conv.input[1:]
+        conv.input.extend([wname, bname])
+        conv.output[0] = bn.output[0]
+        remove.add(id(bn))
+        folded += 1
+    if folded:
+        keep = [n for n in m.graph.node if id(n) not in remove]
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        _drop_unused_initializers(m)
+    return folded

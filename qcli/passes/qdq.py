@@ -1,0 +1,146 @@
+"""Apply a W8A8 QuantPlan: fold Relu/Clip, quantize weights and biases, insert QuantizeLinear/DequantizeLinear.
+
+Every quantized tensor T gets one QuantizeLinear after its producer and one DequantizeLinear per int8
+reader (onnxruntime matches each DQ -> op -> Q unit on its own). When T's producer runs on int8, the
+producer writes a new name, and a DequantizeLinear writes T back for float readers, graph outputs and
+subgraphs, so nothing outside the region changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+
+from .. import qparams as qp
+from ..graph import GraphIndex, Namer
+from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
+from .preprocess import _drop_unused_initializers
+
+_QTYPES = {t.name: t for t in (qp.INT8, qp.INT8_7BIT, qp.UINT8, qp.INT4, qp.UINT4, qp.INT32)}
+
+
+class _Rewriter:
+    def __init__(self, model: ModelProto, plan: QuantPlan) -> None:
+        self.m = model
+        self.plan = plan
+        self.idx = GraphIndex(model.graph)
+        self.name = Namer(model.graph)
+        self.act = {d.node: d.action for d in plan.nodes}
+        self.weights = {(w.node, w.input_index): w for w in plan.weights}
+        self.qparams: dict[str, tuple[str, str]] = {}  # tensor (or shared source) -> (scale, zp) init names
+        self.quantized: dict[str, str] = {}  # float tensor -> its quantized tensor name
+        self.wcache: dict[tuple, tuple[str, str, str, qp.QParams]] = {}
+        self.out: list = []
+
+    def init(self, stem: str, value: np.ndarray) -> str:
+        name = self.name(stem)
+        self.m.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, ins: list[str], out: str, **attrs) -> None:
+        self.out.append(helper.make_node(op, ins, [out], name=self.name(op[0].lower() + "q"), **attrs))
+
+    # activations
+    def _act_params(self, a: ActivationQuant) -> tuple[str, str]:
+        key = a.share or a.tensor
+        if key not in self.qparams:
+            qt = _QTYPES[a.qtype]
+            self.qparams[key] = (
+                self.init("s", np.array(a.scale, np.float32)),
+                self.init("z", np.array(a.zero_point, qt.np_dtype)),
+            )
+        return self.qparams[key]
+
+    def emit_q(self, t: str, src: str) -> None:
+        """Quantize float tensor `src` (which holds T's values) into a new int8 tensor for T."""
+        s, z = self._act_params(self.plan.activations[t])
+        qname = self.name("q")
+        self.node("QuantizeLinear", [src, s, z], qname)
+        self.quantized[t] = qname
+
+    def dq_of(self, t: str, out: str | None = None) -> str:
+        s, z = self._act_params(self.plan.activations[t])
+        out = out or self.name("d")
+        self.node("DequantizeLinear", [self.quantized[t], s, z], out)
+        return out
+
+    # weights
+    def weight_input(self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None) -> tuple:
+        value = self.idx.const(w.tensor)
+        if w.role == "bias":
+            x_scale = np.float32(self.plan.activations[x_tensor].scale)
+            p = qp.bias_qparams(x_scale, w_params.scale)
+            key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes())
+        else:
+            qt = _QTYPES[w.qtype]
+            p = qp.weight_qparams(value, qt, w.symmetric, w.axis, w.block_size)
+            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric)
+        if key not in self.wcache:
+            q = qp.quantize(value, p)
+            self.wcache[key] = (self.init("w", q), self.init("ws", p.scale), self.init("wz", p.zero_point), p)
+        qname, s, z, p = self.wcache[key]
+        out = self.name("wd")
+        attrs = {"axis": p.axis} if p.axis is not None and p.scale.ndim > 0 and p.scale.size > 1 else {}
+        if p.block_size:
+            attrs["block_size"] = p.block_size
+        ins = [qname, s, z] if w.role != "bias" else [qname, s]
+        self.node("DequantizeLinear", ins, out, **attrs)
+        return out, p
+
+    def run(self) -> None:
+        g = self.m.graph
+        folded = {d.node for d in self.plan.nodes if d.action == Action.FOLDED}
+        # Relu/Clip folded: the producer writes the activation's output directly.
+        by_name = {n.name: n for n in g.node}
+        for n in folded:
+            act = by_name[n]
+            prod = self.idx.producer[act.input[0]]
+            prod.output[0] = act.output[0]
+        for t in (i.name for i in g.input):
+            if t in self.idx.graph_inputs and t in self.plan.activations:
+                self.emit_q(t, t)
+        for node in g.node:
+            if node.name in folded:
+                continue
+            a = self.act.get(node.name, Action.FLOAT)
+            if a in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH):
+                self._rewire_inputs(node)
+            self.out.append(node)
+            self._after(node, a)
+        del g.node[:]
+        g.node.extend(self.out)
+        _drop_unused_initializers(self.m)
+
+    def _rewire_inputs(self, node) -> None:
+        w_params, x = None, node.input[0]
+        for i, t in enumerate(node.input):
+            w = self.weights.get((node.name, i))
+            if w is not None:
+                new, p = self.weight_input(w, x, w_params)
+                if w.role == "weight":
+                    w_params = p
+                node.input[i] = new
+            elif t in self.quantized:
+                node.input[i] = self.dq_of(t)
+
+    def _after(self, node, a: Action) -> None:
+        t = node.output[0] if node.output else ""
+        if t not in self.plan.activations:
+            return
+        int8_out = a in (Action.INT8, Action.PASSTHROUGH)
+        if not int8_out:
+            self.emit_q(t, t)  # float producer: float readers keep reading t itself
+            return
+        raw = self.name("f")
+        node.output[0] = raw
+        self.emit_q(t, raw)
+        readers = self.idx.consumers.get(t, [])
+        if self.idx.escapes(t) or any(self.act.get(r.name, Action.FLOAT) == Action.FLOAT for r in readers):
+            self.dq_of(t, out=t)
+
+
+def apply_w8a8(model: ModelProto, plan: QuantPlan) -> ModelProto:
+    m = ModelProto()
+    m.CopyFrom(model)
+    _Rewriter(m, plan).run()
+    return m

@@ -1,0 +1,240 @@
+"""quantize() and compare(): load -> preprocess -> calibrate -> plan -> rewrite -> save -> evaluate -> report."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from . import evaluate, model_io
+from .calibrate import calibrate
+from .config import QuantConfig, Scheme
+from .errors import InputError, QcliError
+from .feeds import FeedSource, input_specs
+from .passes.int4 import apply_w4a16
+from .passes.preprocess import preprocess
+from .passes.qdq import apply_w8a8
+from .plan import Action, QuantPlan
+from .plan_w4a16 import plan_w4a16
+from .plan_w8a8 import W8A8Planner
+from .report import Report
+
+Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
+
+
+def _no_progress(desc: str, total: int) -> Callable[[], None]:
+    return lambda: None
+
+
+@dataclass
+class QuantizeResult:
+    plan: QuantPlan
+    report: Report
+    output: Path | None
+
+
+def default_output(model: Path, scheme: Scheme) -> Path:
+    suffix = ".int8.onnx" if scheme == Scheme.W8A8 else ".int4.onnx"
+    return model.with_name(model.stem + suffix)
+
+
+def _check_paths(model_path: Path, out: Path) -> None:
+    if out.resolve() == model_path.resolve() or (out.exists() and out.samefile(model_path)):
+        raise InputError(f"output {out} is the input model; choose another -o path (the input is never overwritten)")
+    if out.suffix != ".onnx":
+        raise InputError(f"output {out} should end in .onnx")
+
+
+def quantize(
+    model_path: Path,
+    config: QuantConfig,
+    calib: Path | None = None,
+    out: Path | None = None,
+    eval_dir: Path | None = None,
+    dry_run: bool = False,
+    progress: Progress = _no_progress,
+    latency_runs: int = 30,
+) -> QuantizeResult:
+    model_path = Path(model_path)
+    out = Path(out) if out else default_output(model_path, config.scheme)
+    _check_paths(model_path, out)
+    original = model_io.load(model_path)
+    specs = input_specs(original)
+    model, notes = preprocess(original, config.fold_batchnorm)
+    _name_nodes(model)
+    calib_src = FeedSource(calib, specs, config.calib_limit) if calib else None
+    eval_src = FeedSource(eval_dir, specs) if eval_dir else None
+    calibration = None
+    if config.scheme == Scheme.W8A8:
+        if calib_src is None:
+            raise InputError(
+                "W8A8 static quantization needs calibration data: pass --calib DIR "
+                "(or use --scheme w4a16 for weight-only quantization without data)"
+            )
+        model, note = model_io.ensure_opset(model, 13 if config.per_channel else 10, "per-channel Q/DQ")
+        notes += [note] if note else []
+        items = calib_src.items
+        held: list[Path] = []
+        if eval_src is None and len(items) >= 5:
+            cut = max(1, len(items) // 5)
+            items, held = items[:-cut], items[-cut:]
+        planner = W8A8Planner(model, config, model_io.float_tensors(model))
+        advance = progress("calibrating", len(items))
+        stats = calibrate(
+            model, planner.watch_list(), (calib_src.load(i) for i in items), config.calibrator.value, advance
+        )
+        calibration = {
+            "method": config.calibrator.value,
+            "batches": len(items),
+            "tensors": len(stats),
+            "ranges": {k: v.to_dict() for k, v in stats.items()},
+        }
+        plan = planner.plan(stats)
+        fid_items, fid_src = (eval_src.items, eval_src) if eval_src else (held or items, calib_src)
+        fid_desc = (
+            f"--eval {eval_dir} ({len(fid_items)} batches)"
+            if eval_src
+            else f"{len(fid_items)} calibration batches held aside"
+            if held
+            else f"the {len(fid_items)} calibration batches (fewer than 5: none held aside)"
+        )
+    else:
+        model, note = model_io.ensure_opset(model, 21, "int4 block-wise DequantizeLinear")
+        notes += [note] if note else []
+        plan = plan_w4a16(model, config)
+        src = eval_src or calib_src
+        fid_items, fid_src = (src.items, src) if src else ([], None)
+        fid_desc = f"{'--eval' if eval_src else '--calib'} ({len(fid_items)} batches)" if src else ""
+    plan.notes += notes
+    report = Report(
+        "quantize",
+        str(model_path),
+        str(out),
+        config=config.to_dict(),
+        plan=plan.to_dict(),
+        notes=list(plan.notes),
+        calibration=calibration,
+    )
+    report.float_for_speed = [d.node for d in plan.by_action(Action.FLOAT) if d.reason.startswith("kept float")]
+    if dry_run:
+        return QuantizeResult(plan, report, None)
+    qmodel = apply_w8a8(model, plan) if config.scheme == Scheme.W8A8 else apply_w4a16(model, plan)
+    full = _passes_full_check(original)
+    if not full:
+        report.notes.append(
+            "the input model does not pass onnx.checker's full check; output checked at "
+            "the basic level the input passes"
+        )
+    _check_valid(qmodel, full)
+    model_io.save_atomic(qmodel, out)
+    _measure(report, model_path, out, fid_src, fid_items, fid_desc, specs, latency_runs, progress)
+    return QuantizeResult(plan, report, out)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _passes_full_check(model: onnx.ModelProto) -> bool:
+    try:
+        _checker(model, True)
+        return True
+    except onnx.checker.ValidationError:
+        return False
+
+
+def _checker(model: onnx.ModelProto, full: bool) -> None:
+    if model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.checker.check_model(str(model_io.save_for_session(model, Path(tmp))), full_check=full)
+    else:
+        onnx.checker.check_model(model, full_check=full)
+
+
+def _check_valid(model: onnx.ModelProto, full: bool) -> None:
+    try:
+        _checker(model, full)
+    except onnx.checker.ValidationError as e:
+        raise QcliError(
+            f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "
+            "please report it with the model, or retry with --exclude on the node named"
+        ) from e
+
+
+def _measure(
+    report: Report,
+    ref: Path,
+    cand: Path,
+    src: FeedSource | None,
+    items: list,
+    desc: str,
+    specs,
+    runs: int,
+    progress: Progress,
+) -> None:
+    ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
+    report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
+    if src is None:
+        report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
+        return
+    advance = progress("evaluating", len(items))
+
+    def feeds():
+        for item in items:
+            yield src.load(item)
+            advance()
+
+    report.fidelity = evaluate.fidelity(ref, cand, feeds())
+    report.fidelity_data = desc
+    report.latency = evaluate.latency(ref, cand, src.load(items[0]), runs=runs)
+    if report.latency.ratio >= 1.0:
+        report.notes.append(
+            f"the quantized model is not faster than FP32 on this machine ({report.latency.ratio:.2f}x latency)"
+        )
+
+
+def compare(
+    ref: Path,
+    cand: Path,
+    data: Path,
+    min_sqnr: float | None = None,
+    max_top1_drop: float | None = None,
+    latency_runs: int = 30,
+    progress: Progress = _no_progress,
+) -> Report:
+    ref, cand = Path(ref), Path(cand)
+    ref_model = model_io.load(ref)
+    model_io.load(cand)
+    specs = input_specs(ref_model)
+    src = FeedSource(data, specs)
+    report = Report("compare", str(ref), str(cand))
+    _measure(report, ref, cand, src, src.items, f"{data} ({len(src.items)} batches)", specs, latency_runs, progress)
+    if min_sqnr is not None:
+        worst = min(f.sqnr_db for f in report.fidelity)
+        report.gates.append(
+            {"gate": "min-sqnr", "limit": min_sqnr, "value": round(worst, 2), "passed": bool(worst >= min_sqnr)}
+        )
+    if max_top1_drop is not None:
+        agreements = [f.top1_agreement for f in report.fidelity if f.top1_agreement is not None]
+        if not agreements:
+            raise InputError("--max-top1-drop needs a class-score output ([N, C] or [N, T, C]); none found")
+        drop = (1.0 - min(agreements)) * 100
+        report.gates.append(
+            {
+                "gate": "max-top1-drop",
+                "limit": max_top1_drop,
+                "value": round(drop, 2),
+                "passed": bool(drop <= max_top1_drop),
+            }
+        )
+    return report
+
+
+__all__ = ["quantize", "compare", "default_output", "QuantizeResult"]

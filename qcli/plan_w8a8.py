@@ -1,0 +1,276 @@
+"""Decide a W8A8 plan: which nodes run on integer kernels, where Q/DQ go, and why the rest stays float.
+
+Regions grow from anchors (Conv/MatMul/Gemm with constant weights) through ops the runtime can run on
+int8, shrink back where an int8 tensor would only be converted to float again, and lose anchors whose
+compute is too small to pay for the conversions at their edges (the cost model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import ModelProto
+
+from . import qparams as qp
+from .config import QuantConfig
+from .graph import GraphIndex, attr
+from .hostcpu import u8s8_may_saturate
+from .observers import TensorStats
+from .ops import (
+    ANCHORS,
+    FOLDABLE,
+    NO_INT_KERNEL,
+    PASSTHROUGH,
+    QLINEAR,
+    SHRINKING,
+    anchor_problem,
+    data_inputs,
+    macs_per_output,
+    weight_axis,
+)
+from .plan import Action, ActivationQuant, NodeDecision, QuantPlan, WeightQuant
+
+_INT8_READERS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
+
+
+class W8A8Planner:
+    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str]) -> None:
+        self.config = config
+        self.nodes = list(model.graph.node)
+        self.idx = GraphIndex(model.graph)
+        self.floats = floats
+        self.act_qtype = qp.INT8 if config.activation_symmetric else qp.UINT8
+        self.reduce_range = u8s8_may_saturate() if config.reduce_range is None else config.reduce_range
+        self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
+        self.fixed: dict[str, NodeDecision] = {}  # nodes that are float whatever the data says
+        self.anchors: set[str] = set()
+        for node in self.nodes:
+            reason = self._anchor_reason(node)
+            if reason is None:
+                self.anchors.add(node.name)
+            elif reason:
+                self.fixed[node.name] = NodeDecision(node.name, node.op_type, Action.FLOAT, reason)
+
+    # -- structure ---------------------------------------------------------------------------------
+    def _is_float(self, t: str) -> bool:
+        return t in self.floats and not self.idx.is_const(t)
+
+    def _anchor_reason(self, node) -> str | None:
+        """None: an anchor candidate. '': not a compute op. Otherwise why it stays float."""
+        if node.name in self.config.exclude or node.op_type in self.config.exclude:
+            return "excluded by --exclude"
+        if node.op_type in NO_INT_KERNEL:
+            return NO_INT_KERNEL[node.op_type]
+        if node.op_type not in ANCHORS or node.domain not in ("", "ai.onnx"):
+            return ""
+        return anchor_problem(node, self.idx, lambda t: t in self.floats)
+
+    def watch_list(self) -> list[str]:
+        """Float activations around every op that could end up on int8: what calibration must observe."""
+        ops = ANCHORS | QLINEAR | PASSTHROUGH | FOLDABLE
+        out: list[str] = []
+        for node in self.nodes:
+            if node.op_type in ops and node.name not in self.fixed:
+                ins = [node.input[i] for i in data_inputs(node) if i < len(node.input)]
+                out += [t for t in ins + list(node.output[:1]) if t and self._is_float(t)]
+        return list(dict.fromkeys(out))
+
+    # -- regions -----------------------------------------------------------------------------------
+    def _data_ins(self, node) -> list[str]:
+        return [node.input[i] for i in data_inputs(node) if i < len(node.input) and node.input[i]]
+
+    def _region(self, anchors: set[str]) -> dict[str, Action]:
+        act: dict[str, Action] = {}
+        qt: set[str] = set()  # tensors produced on int8
+        for node in self.nodes:
+            n, op, ins = node.name, node.op_type, self._data_ins(node)
+            if n in self.config.exclude or op in self.config.exclude:
+                continue
+            if n in anchors:
+                act[n] = Action.INT8
+            elif op in FOLDABLE and self._foldable(node, act):
+                act[n] = Action.FOLDED
+            elif (
+                op in PASSTHROUGH
+                and ins
+                and ins[0] in qt
+                and self._rest_not_activations(node)
+                and len([o for o in node.output if o]) == 1
+            ):
+                act[n] = Action.PASSTHROUGH
+            elif (
+                op in QLINEAR
+                and any(t in qt for t in ins)
+                and all(t in qt or (self.idx.is_const(t) and self.idx.inits[t].data_type == 1) for t in ins)
+            ):
+                act[n] = Action.INT8
+            else:
+                continue
+            qt.add(node.output[0])
+        self._shrink(act)
+        return act
+
+    def _foldable(self, node, act: dict[str, Action]) -> bool:
+        if self.config.activation_symmetric:
+            return False  # int8 symmetric Q does not saturate at 0
+        prod = self.idx.producer.get(node.input[0])
+        if prod is None or act.get(prod.name) != Action.INT8 or prod.op_type not in ANCHORS | QLINEAR:
+            return False
+        if len(self.idx.consumers[node.input[0]]) != 1 or self.idx.escapes(node.input[0]):
+            return False
+        if node.op_type == "Clip":
+            lo = (
+                attr(node, "min", None)
+                if len(node.input) < 2
+                else (self.idx.const(node.input[1]) if node.input[1] else None)
+            )
+            return lo is not None and float(np.asarray(lo)) == 0.0
+        return True
+
+    def _rest_not_activations(self, node) -> bool:
+        return all(not self._is_float(t) for t in node.input[1:] if t)
+
+    def _int8_readers(self, t: str, act: dict[str, Action]) -> list:
+        return [c for c in self.idx.consumers.get(t, []) if act.get(c.name) in _INT8_READERS and t in self._data_ins(c)]
+
+    def _float_readers(self, t: str, act: dict[str, Action]) -> bool:
+        readers = self.idx.consumers.get(t, [])
+        return self.idx.escapes(t) or len(self._int8_readers(t, act)) < len(readers)
+
+    def _out(self, node, act: dict[str, Action]) -> str:
+        """The tensor an int8 node finally writes (after a folded Relu/Clip)."""
+        t = node.output[0]
+        cons = self.idx.consumers.get(t, [])
+        if len(cons) == 1 and act.get(cons[0].name) == Action.FOLDED:
+            return cons[0].output[0]
+        return t
+
+    def _shrink(self, act: dict[str, Action]) -> None:
+        """Drop int8 ops whose output only goes back to float; MatMul/Gemm then write float directly."""
+        changed = True
+        while changed:
+            changed = False
+            for node in reversed(self.nodes):
+                a = act.get(node.name)
+                if a is None or node.name in self.anchors or a == Action.FOLDED or node.op_type in SHRINKING:
+                    continue
+                if not self._int8_readers(self._out(node, act), act):
+                    del act[node.name]
+                    changed = True
+        for node in self.nodes:
+            if node.op_type in ("MatMul", "Gemm") and act.get(node.name) == Action.INT8:
+                if not self._int8_readers(self._out(node, act), act):
+                    act[node.name] = Action.INT8_OUT_FLOAT
+                    for c in self.idx.consumers.get(node.output[0], []):
+                        if act.get(c.name) == Action.FOLDED:
+                            del act[c.name]
+
+    # -- cost model --------------------------------------------------------------------------------
+    def _numel(self, t: str, stats: dict[str, TensorStats]) -> int:
+        s = stats.get(t)
+        return int(np.prod(s.shape)) if s and s.shape else 0
+
+    def _too_cheap(self, node, act, stats, produced_int8: set[str]) -> str | None:
+        ins = self._data_ins(node)
+        conv = sum(self._numel(t, stats) for t in ins if not self.idx.is_const(t) and t not in produced_int8)
+        out = self._out(node, act)
+        if act[node.name] == Action.INT8 and self._float_readers(out, act):
+            conv += self._numel(out, stats)
+        if conv == 0:
+            return None
+        x_shape = stats[ins[0]].shape if ins[0] in stats else ()
+        macs = macs_per_output(node, self.idx, x_shape) * self._numel(node.output[0], stats)
+        ratio = macs / conv
+        if ratio < self.config.min_macs_per_conversion:
+            return (
+                f"kept float for speed: {ratio:.1f} MACs per element converted to/from int8 "
+                f"(< {self.config.min_macs_per_conversion:g}), Q/DQ would cost more than int8 wins"
+            )
+        return None
+
+    # -- the plan ----------------------------------------------------------------------------------
+    def plan(self, stats: dict[str, TensorStats]) -> QuantPlan:
+        anchors, dropped = set(), {}
+        for n in self.anchors:
+            node = next(x for x in self.nodes if x.name == n)
+            missing = [t for t in self._data_ins(node) + [node.output[0]] if self._is_float(t) and t not in stats]
+            if missing:
+                dropped[n] = f"tensor {missing[0]!r} was not observed during calibration"
+            else:
+                anchors.add(n)
+        while True:
+            act = self._region(anchors)
+            cheap = {}
+            produced = {
+                n.output[0] for n in self.nodes if act.get(n.name) in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)
+            }
+            for node in self.nodes:
+                if node.name in anchors:
+                    why = self._too_cheap(node, act, stats, produced)
+                    if why:
+                        cheap[node.name] = why
+            if not cheap:
+                break
+            anchors -= cheap.keys()
+            dropped.update(cheap)
+        return self._build(act, dropped, stats)
+
+    def _build(self, act: dict[str, Action], dropped: dict[str, str], stats) -> QuantPlan:
+        plan = QuantPlan(scheme=self.config.scheme.value)
+        if self.reduce_range:
+            how = (
+                "chosen by --reduce-range"
+                if self.config.reduce_range
+                else "this x86 CPU has no VNNI: 8-bit weights would saturate uint8 x int8 products"
+            )
+            plan.notes.append(f"weights use 7 bits (-64..63) ({how})")
+        for node in self.nodes:
+            a = act.get(node.name)
+            if a is not None:
+                plan.nodes.append(NodeDecision(node.name, node.op_type, a))
+            elif node.name in dropped:
+                plan.nodes.append(NodeDecision(node.name, node.op_type, Action.FLOAT, dropped[node.name]))
+            else:
+                d = self.fixed.get(node.name)
+                plan.nodes.append(d or NodeDecision(node.name, node.op_type, Action.FLOAT))
+        for node in self.nodes:
+            a = act.get(node.name)
+            if a in _INT8_READERS:
+                for t in self._data_ins(node):
+                    if self._is_float(t):
+                        self._add_act(plan, t, stats)
+                self._add_weights(plan, node)
+            if a in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED) and self._out(node, act) == node.output[0]:
+                share = None
+                if a == Action.PASSTHROUGH:
+                    src = plan.activations[node.input[0]]
+                    share = src.share or src.tensor
+                self._add_act(plan, node.output[0], stats, share)
+        return plan
+
+    def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None) -> None:
+        if t in plan.activations:
+            return
+        if share:
+            s = plan.activations[share]
+            plan.activations[t] = ActivationQuant(t, s.scale, s.zero_point, s.qtype, share)
+            return
+        st = stats[t]
+        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
+        plan.activations[t] = ActivationQuant(t, float(p.scale), int(p.zero_point), self.act_qtype.name)
+
+    def _add_weights(self, plan: QuantPlan, node) -> None:
+        for i, t in enumerate(node.input):
+            if not t or not self.idx.is_const(t) or self.idx.inits[t].data_type != 1:
+                continue
+            if node.op_type in ANCHORS and i == 1:
+                shape = tuple(self.idx.inits[t].dims)
+                axis = weight_axis(node, shape) if self.config.per_channel else None
+                plan.weights.append(WeightQuant(node.name, i, t, self.weight_qtype.name, "weight", axis))
+            elif node.op_type in ANCHORS and i == 2:
+                plan.weights.append(WeightQuant(node.name, i, t, "int32", "bias"))
+            elif node.op_type in QLINEAR:
+                plan.weights.append(
+                    WeightQuant(
+                        node.name, i, t, self.act_qtype.name, "const", symmetric=self.config.activation_symmetric
+                    )
+                )

@@ -1,0 +1,142 @@
+"""Scales, zero points and the reference quantize/dequantize math (pure numpy, ONNX semantics).
+
+Granularity is expressed the way ONNX's QuantizeLinear expresses it: `axis=None` per tensor,
+`axis=k` per channel along k, `axis=k, block_size=b` per block of b elements along k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+from onnx import TensorProto
+
+
+@dataclass(frozen=True)
+class QType:
+    name: str
+    qmin: int
+    qmax: int
+    np_dtype: type
+    onnx_type: int
+
+    @property
+    def signed(self) -> bool:
+        return self.qmin < 0
+
+
+INT8 = QType("int8", -128, 127, np.int8, TensorProto.INT8)
+INT8_7BIT = QType("int8-7bit", -64, 63, np.int8, TensorProto.INT8)  # "reduce range" weights
+UINT8 = QType("uint8", 0, 255, np.uint8, TensorProto.UINT8)
+INT4 = QType("int4", -8, 7, ml_dtypes.int4, TensorProto.INT4)
+UINT4 = QType("uint4", 0, 15, ml_dtypes.uint4, TensorProto.UINT4)
+INT32 = QType("int32", -(2**31), 2**31 - 1, np.int32, TensorProto.INT32)
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: np.ndarray  # float32; scalar, [C] per channel, or blocked shape
+    zero_point: np.ndarray  # qtype.np_dtype, same shape as scale
+    qtype: QType
+    axis: int | None = None
+    block_size: int | None = None
+
+
+def _broadcast(p: np.ndarray, x: np.ndarray, axis: int | None, block_size: int | None) -> np.ndarray:
+    """Expand scale/zero-point to x's shape (onnx.reference's reshape_input, per tensor/axis/block)."""
+    if axis is None or p.ndim == 0 or p.size == 1:
+        return p.reshape(())
+    axis = axis % x.ndim
+    if block_size:
+        p = np.repeat(p, block_size, axis=axis)
+        return np.take(p, np.arange(x.shape[axis]), axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    return p.reshape(shape)
+
+
+def quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point)."""
+    scale = _broadcast(qp.scale.astype(np.float32), x, qp.axis, qp.block_size)
+    zp = _broadcast(qp.zero_point.astype(np.int64), x, qp.axis, qp.block_size)
+    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zp
+    return np.clip(q, qp.qtype.qmin, qp.qtype.qmax).astype(qp.qtype.np_dtype)
+
+
+def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
+    """ONNX DequantizeLinear: (q - zero_point) * scale, in float32."""
+    scale = _broadcast(qp.scale.astype(np.float32), q, qp.axis, qp.block_size)
+    zp = _broadcast(qp.zero_point.astype(np.int32), q, qp.axis, qp.block_size)
+    return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def from_range(
+    rmin: np.ndarray,
+    rmax: np.ndarray,
+    qtype: QType,
+    symmetric: bool,
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> QParams:
+    """Scale/zero point covering [rmin, rmax] (widened to include 0, so 0 is exact)."""
+    rmin = np.minimum(np.asarray(rmin, np.float64), 0.0)
+    rmax = np.maximum(np.asarray(rmax, np.float64), 0.0)
+    if symmetric:
+        # Symmetric: zero point at the middle; restricted range (-127..127 for int8) keeps it balanced.
+        half = (qtype.qmax - qtype.qmin) // 2  # 127 for int8, 7 for int4
+        absmax = np.maximum(np.abs(rmin), np.abs(rmax))
+        scale = absmax / half
+        mid = 0 if qtype.signed else (qtype.qmax + 1) // 2
+        zp = np.full(scale.shape, mid, np.int64)
+    else:
+        scale = (rmax - rmin) / (qtype.qmax - qtype.qmin)
+        safe = np.where(scale > 0, scale, 1.0)
+        zp = np.clip(np.rint(qtype.qmin - rmin / safe), qtype.qmin, qtype.qmax).astype(np.int64)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero tensor: any scale is exact
+    return QParams(scale, zp.astype(qtype.np_dtype), qtype, axis, block_size)
+
+
+def weight_qparams(
+    w: np.ndarray, qtype: QType, symmetric: bool, axis: int | None = None, block_size: int | None = None
+) -> QParams:
+    """Per-tensor (axis None), per-channel (axis) or per-block (axis + block_size) ranges of a weight."""
+    w = w.astype(np.float32)
+    if axis is None:
+        return from_range(w.min(), w.max(), qtype, symmetric)
+    axis = axis % w.ndim
+    if block_size:
+        n = w.shape[axis]
+        nblocks = -(-n // block_size)
+        pad = nblocks * block_size - n
+        moved = np.moveaxis(w, axis, 0)
+        if pad:
+            edge = np.repeat(moved[-1:], pad, axis=0)  # repeat the last row: does not widen any range
+            moved = np.concatenate([moved, edge], axis=0)
+        blocks = moved.reshape(nblocks, block_size, *moved.shape[1:])
+        rmin, rmax = np.moveaxis(blocks.min(axis=1), 0, axis), np.moveaxis(blocks.max(axis=1), 0, axis)
+        return from_range(rmin, rmax, qtype, symmetric, axis, block_size)
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    return from_range(w.min(axis=others), w.max(axis=others), qtype, symmetric, axis)
+
+
+def bias_qparams(x_scale: np.ndarray, w_scale: np.ndarray) -> QParams:
+    """int32 bias with scale = input scale * weight scale (what QLinearConv / QGemm assume)."""
+    scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
+    axis = None if scale.ndim == 0 or scale.size == 1 else 0
+    return QParams(
+        scale.reshape(-1) if axis == 0 else scale.reshape(()),
+        np.zeros(scale.shape if axis == 0 else (), np.int32),
+        INT32,
+        axis,
+    )
+
+
+def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    ref = ref.astype(np.float64)
+    noise = float(np.sum((ref - approx.astype(np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)

@@ -1,0 +1,149 @@
+"""Report data and its three renderers: rich (stderr), JSON, Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .evaluate import Latency, OutputFidelity
+
+
+@dataclass
+class Report:
+    kind: str  # "quantize" | "compare"
+    reference: str
+    candidate: str
+    config: dict | None = None
+    plan: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    calibration: dict | None = None  # {"batches": n, "tensors": n, "method": ..., "ranges": {...}}
+    size: dict | None = None  # {"reference_bytes", "candidate_bytes", "ratio"}
+    latency: Latency | None = None
+    fidelity: list[OutputFidelity] = field(default_factory=list)
+    fidelity_data: str = ""
+    gates: list[dict] = field(default_factory=list)  # {"gate", "limit", "value", "passed"}
+    float_for_speed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "config": self.config,
+            "notes": self.notes,
+            "calibration": self.calibration,
+            "size": self.size,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "fidelity_data": self.fidelity_data,
+            "outputs": [_clean(vars(f)) for f in self.fidelity],
+            "gates": self.gates,
+            "float_for_speed": self.float_for_speed,
+            "plan": self.plan,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def _rows(r: Report) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if r.config:
+        c = r.config
+        if c["scheme"] == "w8a8":
+            acts = "int8 symmetric" if c["activation_symmetric"] else "uint8 asymmetric"
+            wts = "int8 symmetric " + ("per-channel" if c["per_channel"] else "per-tensor")
+            rows.append(("scheme", f"W8A8 static QDQ: weights {wts}, activations {acts}, bias int32"))
+        else:
+            sym = "symmetric" if c["weight_symmetric_int4"] else "asymmetric"
+            rows.append(("scheme", f"W4A16 weight-only: int4 {sym}, blocks of {c['block_size']} along K"))
+    if r.plan:
+        for action, ops in r.plan["summary"].items():
+            rows.append((f"nodes {action}", ", ".join(f"{op} x{n}" for op, n in ops.items())))
+    if r.calibration:
+        c = r.calibration
+        rows.append(("calibration", f"{c['method']}: {c['batches']} batches, {c['tensors']} tensors observed"))
+    if r.size:
+        s = r.size
+        rows.append(("size", f"{_mb(s['reference_bytes'])} -> {_mb(s['candidate_bytes'])} ({s['ratio']:.2f}x)"))
+    if r.latency:
+        lat = r.latency
+        rows.append(
+            (
+                "latency (median)",
+                f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms "
+                f"({lat.ratio:.2f}x, {lat.runs} interleaved runs)",
+            )
+        )
+    for f in r.fidelity:
+        top1 = f", top-1 agreement {f.top1_agreement * 100:.1f}%" if f.top1_agreement is not None else ""
+        sq = "inf" if math.isinf(f.sqnr_db) else f"{f.sqnr_db:.1f} dB"
+        rows.append((f"output {f.name}", f"SQNR {sq}, cosine {f.cosine:.5f}, max abs err {f.max_abs:.4g}{top1}"))
+    if r.fidelity_data:
+        rows.append(("fidelity data", r.fidelity_data))
+    if r.float_for_speed:
+        rows.append(
+            (
+                "kept float for speed",
+                ", ".join(r.float_for_speed[:12])
+                + (f" (+{len(r.float_for_speed) - 12} more)" if len(r.float_for_speed) > 12 else ""),
+            )
+        )
+    rows += [("note", n) for n in r.notes]
+    rows += [
+        ("gate", f"{g['gate']} {'passed' if g['passed'] else 'FAILED'}: {g['value']} (limit {g['limit']})")
+        for g in r.gates
+    ]
+    return rows
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def render_rich(r: Report, console: Console) -> None:
+    t = Table(title=f"qcli {r.kind}: {Path(r.candidate).name}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in _rows(r):
+        t.add_row(k, v)
+    console.print(t)
+
+
+def render_markdown(r: Report) -> str:
+    lines = [
+        f"# qcli {r.kind} report",
+        "",
+        f"- reference: `{r.reference}`",
+        f"- candidate: `{r.candidate}`",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in _rows(r)]
+    if r.plan:
+        reasons: dict[str, list[str]] = {}
+        for n in r.plan["nodes"]:
+            if n["action"] == "float" and n["reason"]:
+                reasons.setdefault(n["reason"], []).append(n["node"])
+        if reasons:
+            lines += ["", "## Compute nodes left float", ""]
+            lines += [f"- {why}: {', '.join(f'`{n}`' for n in nodes)}" for why, nodes in reasons.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_beside(r: Report, out: Path) -> tuple[Path, Path]:
+    from .model_io import write_text_atomic
+
+    j, md = Path(str(out) + ".report.json"), Path(str(out) + ".report.md")
+    write_text_atomic(j, r.to_json())
+    write_text_atomic(md, render_markdown(r))
+    return j, md

@@ -1,0 +1,99 @@
+"""Small models built in code for the tests (no files, no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+rng = np.random.default_rng(0)
+
+
+def _w(*shape, scale=0.2):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _init(name, arr):
+    return numpy_helper.from_array(arr, name)
+
+
+def cnn(opset: int = 17, constants_as_nodes: bool = False, channels: int = 32):
+    """Conv-BN-Relu x2, MaxPool, Conv-Relu, GlobalAveragePool, Flatten, Gemm: [N,3,16,16] -> [N,10]."""
+    c = channels
+    inits = {
+        "w1": _w(c, 3, 3, 3),
+        "b1": _w(c),
+        "w2": _w(c, c, 3, 3, scale=0.05),
+        "w3": _w(c, c, 3, 3, scale=0.05),
+        "b3": _w(c),
+        "fc_w": _w(10, c),
+        "fc_b": _w(10),
+        "g": (1 + _w(c)).astype(np.float32),
+        "be": _w(c),
+        "mu": _w(c),
+        "var": (np.abs(_w(c)) + 0.5),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn1"], name="bn1"),
+        helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p2", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+    ]
+    initializers = []
+    if constants_as_nodes:
+        consts = [helper.make_node("Constant", [], [k], value=_init(k, v)) for k, v in inits.items()]
+        nodes = consts + nodes
+    else:
+        initializers = [_init(k, v) for k, v in inits.items()]
+    g = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7 if opset < 15 else 8
+    return m
+
+
+def mlp(opset: int = 17, k: int = 64, hidden: int = 128):
+    """MatMul-Add-Relu-MatMul-Add on [N, T, k] token inputs (dynamic N and T) -> [N, T, 10]."""
+    inits = [
+        _init("w1", _w(k, hidden, scale=0.1)),
+        _init("b1", _w(hidden)),
+        _init("w2", _w(hidden, 10, scale=0.1)),
+        _init("b2", _w(10)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="mm2"),
+        helper.make_node("Add", ["m2", "b2"], ["y"], name="add2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 10])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def write_batches(folder, shapes, seed=1):
+    """One .npy per batch for single-input models."""
+    folder.mkdir(parents=True, exist_ok=True)
+    r = np.random.default_rng(seed)
+    for i, s in enumerate(shapes):
+        np.save(folder / f"b{i:02d}.npy", r.standard_normal(s).astype(np.float32))
+    return folder

@@ -1,0 +1,130 @@
+"""The command line: exit codes, one-line errors without tracebacks, JSON on stdout, input never touched."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from models import cnn, write_batches
+from typer.testing import CliRunner
+
+from qcli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def files(tmp_path):
+    onnx.save(cnn(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "calib", [(2, 3, 16, 16)] * 5)
+    write_batches(tmp_path / "eval", [(4, 3, 16, 16)] * 2, seed=7)
+    return tmp_path
+
+
+def digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_quantize_then_compare_with_passing_gates(files):
+    before = digest(files / "m.onnx")
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["kind"] == "quantize" and report["size"]["ratio"] < 0.5
+    assert (files / "q.onnx.report.json").exists() and (files / "q.onnx.report.md").exists()
+    assert digest(files / "m.onnx") == before
+    r = run(
+        "compare",
+        files / "m.onnx",
+        files / "q.onnx",
+        "--data",
+        files / "eval",
+        "--json",
+        "--runs",
+        3,
+        "--min-sqnr",
+        15,
+        "--max-top1-drop",
+        50,
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["gates"] and all(g["passed"] for g in out["gates"])
+    assert out["outputs"][0]["top1_agreement"] is not None
+
+
+def test_compare_gate_failure_exits_1_with_one_line_reason(files):
+    assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
+    r = run("compare", files / "m.onnx", files / "q.onnx", "--data", files / "eval", "--min-sqnr", 200, "--runs", 2)
+    assert r.exit_code == 1
+    assert "gate failed: min-sqnr" in r.stderr and "Traceback" not in r.output
+
+
+def test_default_output_name_and_dry_run_writes_nothing(files):
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "--dry-run")
+    assert r.exit_code == 0 and "int8" in r.stderr
+    assert not (files / "m.int8.onnx").exists()
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib")
+    assert r.exit_code == 0 and (files / "m.int8.onnx").exists()
+
+
+def test_help_shows_examples():
+    r = run("quantize", "--help")
+    assert r.exit_code == 0 and "qcli quantize model.onnx --calib data/" in r.stdout
+
+
+BAD = {
+    "missing model": (lambda d: ["quantize", d / "nope.onnx", "--calib", d / "calib"], "model file not found"),
+    "not onnx": (lambda d: ["quantize", d / "junk.onnx", "--calib", d / "calib"], "cannot read"),
+    "missing calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nodir"], "data folder not found"),
+    "no calib for w8a8": (lambda d: ["quantize", d / "m.onnx"], "needs calibration data"),
+    "empty calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "empty"], "holds no *.npy"),
+    "wrong shape": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badshape"], "dimension 1 must be 3"),
+    "wrong rank": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badrank"], "rank 4"),
+    "nan": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nan"], "NaN"),
+    "wrong names": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badnpz"], "missing ['x']"),
+    "output is input": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "m.onnx"],
+        "is the input model",
+    ),
+    "bad scheme": (lambda d: ["quantize", d / "m.onnx", "--scheme", "w3a3"], "w3a3"),
+    "block size": (lambda d: ["quantize", d / "m.onnx", "--scheme", "w4a16", "--block-size", "48"], "power of two"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_a_clear_error_with_exit_2(files, case):
+    (files / "junk.onnx").write_bytes(b"this is not protobuf at all")
+    (files / "empty").mkdir()
+    write_batches(files / "badshape", [(1, 4, 16, 16)])
+    write_batches(files / "badrank", [(3, 16, 16)])
+    (files / "nan").mkdir()
+    np.save(files / "nan" / "a.npy", np.full((1, 3, 16, 16), np.nan, np.float32))
+    (files / "badnpz").mkdir()
+    np.savez(files / "badnpz" / "a.npz", input=np.zeros((1, 3, 16, 16), np.float32))
+    before = digest(files / "m.onnx")
+    args, message = BAD[case]
+    r = run(*args(files))
+    assert r.exit_code == 2, r.output
+    assert message in r.output.replace("\n", " ") or message in " ".join(r.output.split())
+    assert "Traceback" not in r.output
+    assert digest(files / "m.onnx") == before
+
+
+def test_npz_and_sample_folder_layouts(files, tmp_path):
+    rng = np.random.default_rng(3)
+    (tmp_path / "npz").mkdir()
+    (tmp_path / "folders").mkdir()
+    for i in range(3):
+        x = rng.standard_normal((1, 3, 16, 16)).astype(np.float64)  # float64 is cast to the model's float32
+        np.savez(tmp_path / "npz" / f"{i}.npz", x=x)
+        (tmp_path / "folders" / f"s{i}").mkdir()
+        np.save(tmp_path / "folders" / f"s{i}" / "x.npy", x)
+    for layout in ("npz", "folders"):
+        r = run("quantize", files / "m.onnx", "--calib", tmp_path / layout, "-o", tmp_path / f"{layout}.onnx")
+        assert r.exit_code == 0, r.output

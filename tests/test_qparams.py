@@ -1,0 +1,112 @@
+"""Quantize/dequantize math: bit-exact against onnx.reference, hand-computed golden cases, int4 packing."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from qcli import qparams as qp
+from qcli.passes.int4 import pack_int4, unpack_int4
+
+rng = np.random.default_rng(42)
+
+
+def _reference(op: str, x: np.ndarray, p: qp.QParams, opset: int = 21) -> np.ndarray:
+    attrs = {}
+    if p.axis is not None and p.scale.ndim > 0:
+        attrs["axis"] = p.axis
+    if p.block_size:
+        attrs["block_size"] = p.block_size
+    node = helper.make_node(op, ["x", "s", "z"], ["y"], **attrs)
+    inits = [numpy_helper.from_array(p.scale, "s"), numpy_helper.from_array(p.zero_point, "z")]
+    if op == "DequantizeLinear":
+        inits.append(numpy_helper.from_array(x, "x"))
+        g = helper.make_graph([node], "g", [], [helper.make_value_info("y", helper.TypeProto())], inits)
+        return ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])).run(None, {})[0]
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_value_info("y", helper.TypeProto())],
+        inits,
+    )
+    return ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])).run(None, {"x": x})[
+        0
+    ]
+
+
+CASES = [
+    ("per-tensor uint8 asym", (4, 8, 5), qp.UINT8, False, None, None),
+    ("per-tensor int8 sym", (4, 8, 5), qp.INT8, True, None, None),
+    ("per-channel int8 axis0", (16, 8, 3, 3), qp.INT8, True, 0, None),
+    ("per-channel int8 axis1", (64, 24), qp.INT8, True, 1, None),
+    ("per-channel uint8 asym", (6, 10), qp.UINT8, False, 0, None),
+    ("blocked int4 sym", (96, 12), qp.INT4, True, 0, 32),
+    ("blocked uint4 asym", (70, 9), qp.UINT4, False, 0, 32),  # 70 is not a multiple of 32
+    ("blocked int4 axis1", (10, 64), qp.INT4, True, 1, 16),
+]
+
+
+@pytest.mark.parametrize("name,shape,qtype,sym,axis,block", CASES, ids=[c[0] for c in CASES])
+def test_quantize_dequantize_match_onnx_reference_bit_exactly(name, shape, qtype, sym, axis, block):
+    x = (rng.standard_normal(shape) * 3 + rng.standard_normal() * 0.5).astype(np.float32)
+    p = qp.weight_qparams(x, qtype, sym, axis, block)
+    q = qp.quantize(x, p)
+    ref_q = _reference("QuantizeLinear", x, p)
+    assert q.dtype == ref_q.dtype
+    np.testing.assert_array_equal(q.astype(np.int32), ref_q.astype(np.int32))
+    np.testing.assert_array_equal(qp.dequantize(q, p), _reference("DequantizeLinear", q, p))
+
+
+def test_golden_per_axis_and_blocked_cases():
+    # per channel: channel 0 spans [-1, 1] -> scale 1/127; channel 1 spans [-4, 2] -> scale 4/127
+    w = np.array([[1.0, -1.0, 0.5], [2.0, -4.0, 0.0]], np.float32)
+    p = qp.weight_qparams(w, qp.INT8, True, axis=0)
+    np.testing.assert_allclose(p.scale, [1 / 127, 4 / 127], rtol=1e-7)
+    np.testing.assert_array_equal(qp.quantize(w, p), [[127, -127, 64], [64, -127, 0]])
+    # blocked: blocks of 2 along axis 0 with 3 rows -> 2 blocks, the second one partial
+    b = np.array([[7.0], [-3.5], [0.7]], np.float32)
+    pb = qp.weight_qparams(b, qp.INT4, True, axis=0, block_size=2)
+    np.testing.assert_allclose(pb.scale.ravel(), [1.0, 0.1], rtol=1e-6)
+    np.testing.assert_array_equal(qp.quantize(b, pb).astype(int).ravel(), [7, -4, 7])
+    # asymmetric uint8 over [0, 2.55]: scale 0.01, zero point 0
+    pa = qp.from_range(0.0, 2.55, qp.UINT8, symmetric=False)
+    assert abs(float(pa.scale) - 0.01) < 1e-9 and int(pa.zero_point) == 0
+
+
+def test_range_always_contains_zero_and_degenerate_tensor_is_exact():
+    p = qp.from_range(2.0, 5.0, qp.UINT8, symmetric=False)
+    assert int(p.zero_point) == 0  # range widened to [0, 5]
+    z = np.zeros((3, 4), np.float32)
+    pz = qp.weight_qparams(z, qp.INT8, True, axis=0)
+    np.testing.assert_array_equal(qp.dequantize(qp.quantize(z, pz), pz), z)
+
+
+def test_bias_scale_is_input_scale_times_weight_scale():
+    p = qp.bias_qparams(np.float32(0.02), np.array([0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(p.scale, np.array([0.01, 0.005], np.float32))
+    assert p.qtype is qp.INT32 and p.axis == 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("count", [1, 2, 7, 64, 1001])
+def test_int4_pack_unpack_round_trip(signed, count):
+    lo, hi = (-8, 7) if signed else (0, 15)
+    v = rng.integers(lo, hi + 1, count).astype(np.int8 if signed else np.uint8)
+    assert len(pack_int4(v)) == (count + 1) // 2
+    np.testing.assert_array_equal(unpack_int4(pack_int4(v), count, signed), v)
+
+
+def test_int4_packing_matches_onnx_tensor_layout():
+    v = rng.integers(-8, 8, (5, 3)).astype(ml_dtypes.int4)
+    t = numpy_helper.from_array(v, "t")
+    assert t.data_type == TensorProto.INT4
+    assert t.raw_data == pack_int4(v.astype(np.int8))
+    np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.int8), v.astype(np.int8))
+
+
+def test_sqnr():
+    x = rng.standard_normal(1000).astype(np.float32)
+    assert qp.sqnr_db(x, x) == float("inf")
+    assert abs(qp.sqnr_db(x, x + 0.1 * x) - 20.0) < 1e-6

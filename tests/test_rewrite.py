@@ -1,0 +1,197 @@
+"""Rewritten graphs: op counts, validity in onnx.checker and onnxruntime, fusion into integer kernels."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from models import cnn, mlp, write_batches
+from onnx import TensorProto, helper, numpy_helper
+
+from qcli import QuantConfig, Scheme, quantize
+from qcli.passes.preprocess import preprocess
+
+
+def ops(path) -> dict:
+    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node))
+
+
+def fused_ops(path, tmp_path) -> dict:
+    """Op counts after onnxruntime's own graph optimizations: shows which integer kernels run."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ops(so.optimized_model_filepath)
+
+
+@pytest.fixture
+def cnn_files(tmp_path):
+    onnx.save(cnn(), tmp_path / "cnn.onnx")
+    write_batches(tmp_path / "calib", [(2, 3, 16, 16)] * 6)
+    return tmp_path
+
+
+def test_cnn_w8a8_op_counts_and_integer_kernels(cnn_files):
+    r = quantize(
+        cnn_files / "cnn.onnx", QuantConfig(), calib=cnn_files / "calib", out=cnn_files / "q.onnx", latency_runs=2
+    )
+    counts = ops(r.output)
+    # BN folded, 3 Relu folded into Q; one Q per quantized tensor (x, r1, r2, p2 (shares r2's), r3, gap, flat);
+    # one DQ per int8 reader (7) + weight/bias DQs (7); the Gemm writes float logits itself.
+    assert counts == {
+        "QuantizeLinear": 7,
+        "DequantizeLinear": 14,
+        "Conv": 3,
+        "MaxPool": 1,
+        "GlobalAveragePool": 1,
+        "Flatten": 1,
+        "Gemm": 1,
+    }
+    onnx.checker.check_model(onnx.load(str(r.output)), full_check=True)
+    fused = fused_ops(r.output, cnn_files)
+    assert fused["QLinearConv"] == 3 and fused["QGemm"] == 1 and fused["QLinearGlobalAveragePool"] == 1
+    assert "Conv" not in fused and "DequantizeLinear" not in fused
+    assert r.report.fidelity[0].sqnr_db > 20
+
+
+def test_passthrough_shares_scale_with_its_input(cnn_files):
+    r = quantize(cnn_files / "cnn.onnx", QuantConfig(), calib=cnn_files / "calib", dry_run=True)
+    p2, r2 = r.plan.activations["p2"], r.plan.activations["r2"]
+    assert p2.share == "r2" and (p2.scale, p2.zero_point) == (r2.scale, r2.zero_point)
+    assert r2.zero_point == 0  # Relu folded: the range starts at 0, uint8 saturation clamps like Relu
+
+
+def test_mlp_matmul_outputs_float_where_only_float_reads_them(tmp_path):
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    write_batches(tmp_path / "c", [(2, 7, 64), (1, 11, 64), (3, 5, 64)])  # varying sequence lengths
+    r = quantize(
+        tmp_path / "mlp.onnx",
+        QuantConfig(min_macs_per_conversion=0),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
+    )
+    acts = {d.node: d.action.value for d in r.plan.nodes}
+    assert acts == {"mm1": "int8", "add1": "int8", "relu1": "folded-into-q", "mm2": "int8-float-out", "add2": "float"}
+    fused = fused_ops(r.output, tmp_path)
+    assert fused["QLinearMatMul"] == 1 and fused["MatMulIntegerToFloat"] == 1 and fused["QLinearAdd"] == 1
+
+
+def test_cost_model_keeps_tiny_ops_float_and_says_why(tmp_path):
+    onnx.save(mlp(k=8, hidden=8), tmp_path / "tiny.onnx")
+    write_batches(tmp_path / "c", [(2, 3, 8)] * 3)
+    r = quantize(tmp_path / "tiny.onnx", QuantConfig(), calib=tmp_path / "c", dry_run=True)
+    reasons = {d.node: d.reason for d in r.plan.nodes if d.op_type == "MatMul"}
+    assert all(why.startswith("kept float for speed") for why in reasons.values())
+    assert set(r.report.float_for_speed) == {"mm1", "mm2"}
+
+
+def test_opset11_constant_node_weights_are_lifted_and_opset_upgraded(tmp_path):
+    onnx.save(cnn(opset=11, constants_as_nodes=True), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(1, 3, 16, 16)] * 3)
+    r = quantize(tmp_path / "m.onnx", QuantConfig(), calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2)
+    q = onnx.load(str(r.output))
+    assert q.opset_import[0].version == 13
+    assert "Constant" not in ops(r.output) and ops(r.output)["Conv"] == 3
+    assert any("opset upgraded 11 -> 13" in n for n in r.report.notes)
+    assert r.report.fidelity[0].sqnr_db > 20
+
+
+def test_batchnorm_folding_is_exact():
+    ref = cnn()
+    m, notes = preprocess(ref)
+    assert "BatchNormalization" not in {n.op_type for n in m.graph.node}
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    a = ort.InferenceSession(ref.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    b = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_w4a16_blocked_int4_weights_and_matmulnbits(tmp_path):
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    r = quantize(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16), out=tmp_path / "q.onnx")
+    q = onnx.load(str(r.output))
+    assert q.opset_import[0].version == 21
+    dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 2 and all(
+        helper.get_attribute_value(a) == 32 for n in dqs for a in n.attribute if a.name == "block_size"
+    )
+    types = {t.name: t.data_type for t in q.graph.initializer}
+    assert sum(t == TensorProto.INT4 for t in types.values()) == 2
+    assert fused_ops(r.output, tmp_path).get("MatMulNBits") == 2
+    assert r.report.size["ratio"] < 0.3
+
+
+def test_w4a16_gemm_becomes_matmul(tmp_path):
+    onnx.save(cnn(channels=32), tmp_path / "cnn.onnx")
+    r = quantize(tmp_path / "cnn.onnx", QuantConfig(scheme=Scheme.W4A16), out=tmp_path / "q.onnx")
+    assert ops(r.output).get("Gemm") is None and ops(r.output)["MatMul"] == 1
+    reasons = {d.node: d.reason for d in r.plan.nodes if d.op_type == "Conv"}
+    assert all("convolutions stay float" in why for why in reasons.values())
+
+
+def _if_model():
+    """x -> Conv -> If(cond){then: Relu(c), else: Neg(c)} -> y: the subgraphs read the outer tensor c."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 3, 3, 3)).astype(np.float32), "w")
+    then_g = helper.make_graph(
+        [helper.make_node("Relu", ["c"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 16, 8, 8])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Neg", ["c"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 16, 8, 8])],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "ifm",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_if_subgraphs_pass_through_intact(tmp_path):
+    onnx.save(_if_model(), tmp_path / "if.onnx")
+    (tmp_path / "c").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(
+            tmp_path / "c" / f"{i}.npz",
+            x=rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+            cond=np.array(i % 2 == 0),
+        )
+    r = quantize(
+        tmp_path / "if.onnx",
+        QuantConfig(min_macs_per_conversion=0),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
+    )
+    q = onnx.load(str(r.output))
+    if_node = next(n for n in q.graph.node if n.op_type == "If")
+    assert if_node.attribute[0].g.node[0].input[0] == "c"  # subgraph still reads c, now written by a DQ
+    assert r.report.fidelity[0].sqnr_db > 25
+
+
+def test_external_data_in_and_out(tmp_path):
+    onnx.save(cnn(), tmp_path / "ext.onnx", save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    write_batches(tmp_path / "c", [(1, 3, 16, 16)] * 3)
+    r = quantize(
+        tmp_path / "ext.onnx", QuantConfig(), calib=tmp_path / "c", out=tmp_path / "out" / "q.onnx", latency_runs=2
+    )
+    assert r.output.exists() and r.report.fidelity[0].sqnr_db > 20

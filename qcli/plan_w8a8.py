@@ -92,7 +92,7 @@ class W8A8Planner:
             elif (
                 op in PASSTHROUGH
                 and ins
-                and ins[0] in qt
+                and (ins[0] in qt or self._const_table(node))
                 and self._rest_not_activations(node)
                 and len([o for o in node.output if o]) == 1
             ):
@@ -126,6 +126,17 @@ class W8A8Planner:
             return lo is not None and float(np.asarray(lo)) == 0.0
         return True
 
+    def _const_table(self, node) -> bool:
+        """A Gather from a constant float table used by nothing else (an embedding): store it int8."""
+        t = node.input[0]
+        return (
+            node.op_type == "Gather"
+            and self.idx.is_const(t)
+            and self.idx.inits[t].data_type == 1
+            and len(self.idx.consumers[t]) == 1
+            and int(np.prod(self.idx.inits[t].dims)) >= 1024
+        )
+
     def _rest_not_activations(self, node) -> bool:
         return all(not self._is_float(t) for t in node.input[1:] if t)
 
@@ -151,7 +162,8 @@ class W8A8Planner:
             changed = False
             for node in reversed(self.nodes):
                 a = act.get(node.name)
-                if a is None or node.name in self.anchors or a == Action.FOLDED or node.op_type in SHRINKING:
+                keep = node.op_type in SHRINKING or self._const_table(node)  # int8 output is smaller anyway
+                if a is None or node.name in self.anchors or a == Action.FOLDED or keep:
                     continue
                 if not self._int8_readers(self._out(node, act), act):
                     del act[node.name]
@@ -238,6 +250,9 @@ class W8A8Planner:
                 for t in self._data_ins(node):
                     if self._is_float(t):
                         self._add_act(plan, t, stats)
+                    elif a == Action.PASSTHROUGH and self._const_table(node):
+                        table = self.idx.const(t)
+                        self._add_act(plan, t, {t: TensorStats(float(table.min()), float(table.max()), (), 0)})
                 self._add_weights(plan, node)
             if a in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED) and self._out(node, act) == node.output[0]:
                 share = None

@@ -115,9 +115,25 @@ def weight_qparams(
             moved = np.concatenate([moved, edge], axis=0)
         blocks = moved.reshape(nblocks, block_size, *moved.shape[1:])
         rmin, rmax = np.moveaxis(blocks.min(axis=1), 0, axis), np.moveaxis(blocks.max(axis=1), 0, axis)
+        if symmetric and qtype.signed:
+            return _symmetric_full_range(rmin, rmax, qtype, axis, block_size)
         return from_range(rmin, rmax, qtype, symmetric, axis, block_size)
     others = tuple(i for i in range(w.ndim) if i != axis)
     return from_range(w.min(axis=others), w.max(axis=others), qtype, symmetric, axis)
+
+
+def _symmetric_full_range(rmin, rmax, qtype: QType, axis: int, block_size: int) -> QParams:
+    """Symmetric blocks that use all 2^b levels: the block's signed extreme maps exactly to qmin.
+
+    The scale takes the sign that puts the extreme on qmin (-8 for int4), so the other side reaches
+    at most qmax; with 4 bits that is 16 levels instead of 15. Scales may be negative, which
+    DequantizeLinear allows.
+    """
+    rmin, rmax = np.asarray(rmin, np.float64), np.asarray(rmax, np.float64)
+    extreme = np.where(np.abs(rmin) >= np.abs(rmax), rmin, rmax)
+    scale = (extreme / qtype.qmin).astype(np.float32)
+    scale = np.where(scale != 0, scale, np.float32(1.0)).astype(np.float32)
+    return QParams(scale, np.zeros(scale.shape, qtype.np_dtype), qtype, axis, block_size)
 
 
 def bias_qparams(x_scale: np.ndarray, w_scale: np.ndarray) -> QParams:

@@ -65,11 +65,13 @@ def test_golden_per_axis_and_blocked_cases():
     p = qp.weight_qparams(w, qp.INT8, True, axis=0)
     np.testing.assert_allclose(p.scale, [1 / 127, 4 / 127], rtol=1e-7)
     np.testing.assert_array_equal(qp.quantize(w, p), [[127, -127, 64], [64, -127, 0]])
-    # blocked: blocks of 2 along axis 0 with 3 rows -> 2 blocks, the second one partial
+    # blocked int4 symmetric: blocks of 2 along axis 0 with 3 rows -> 2 blocks, the second one partial.
+    # Each block's signed extreme maps exactly to -8 (16 levels), so the scale takes the extreme's sign.
     b = np.array([[7.0], [-3.5], [0.7]], np.float32)
     pb = qp.weight_qparams(b, qp.INT4, True, axis=0, block_size=2)
-    np.testing.assert_allclose(pb.scale.ravel(), [1.0, 0.1], rtol=1e-6)
-    np.testing.assert_array_equal(qp.quantize(b, pb).astype(int).ravel(), [7, -4, 7])
+    np.testing.assert_allclose(pb.scale.ravel(), [-0.875, -0.0875], rtol=1e-6)
+    np.testing.assert_array_equal(qp.quantize(b, pb).astype(int).ravel(), [-8, 4, -8])
+    np.testing.assert_allclose(qp.dequantize(qp.quantize(b, pb), pb).ravel(), [7.0, -3.5, 0.7], rtol=1e-6)
     # asymmetric uint8 over [0, 2.55]: scale 0.01, zero point 0
     pa = qp.from_range(0.0, 2.55, qp.UINT8, symmetric=False)
     assert abs(float(pa.scale) - 0.01) < 1e-9 and int(pa.zero_point) == 0

@@ -195,3 +195,37 @@ def test_external_data_in_and_out(tmp_path):
         tmp_path / "ext.onnx", QuantConfig(), calib=tmp_path / "c", out=tmp_path / "out" / "q.onnx", latency_runs=2
     )
     assert r.output.exists() and r.report.fidelity[0].sqnr_db > 20
+
+
+def test_embedding_table_is_stored_int8_and_gathered_on_int8(tmp_path):
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((500, 32)).astype(np.float32), "emb")
+    w = numpy_helper.from_array(np.random.default_rng(2).standard_normal((32, 32)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="gather"),
+        helper.make_node("MatMul", ["e", "w"], ["y"], name="mm"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "emb",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
+        [table, w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "emb.onnx")
+    (tmp_path / "c").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "c" / f"{i}.npy", np.random.default_rng(i).integers(0, 500, (2, 7 + i)))
+    r = quantize(
+        tmp_path / "emb.onnx",
+        QuantConfig(min_macs_per_conversion=0),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
+    )
+    big = [t for t in onnx.load(str(r.output)).graph.initializer if np.prod(t.dims) >= 4096]
+    assert [t.data_type for t in big] == [TensorProto.UINT8]  # the table, stored 8-bit
+    fused = fused_ops(r.output, tmp_path)
+    assert fused.get("Gather") == 1 and "DequantizeLinear" not in fused  # gathers uint8 rows directly
+    assert r.report.fidelity[0].sqnr_db > 25

@@ -96,6 +96,11 @@ class _Rewriter:
             act = by_name[n]
             prod = self.idx.producer[act.input[0]]
             prod.output[0] = act.output[0]
+        for t, a in self.plan.activations.items():
+            if self.idx.is_const(t):  # a constant table read by int8 data movement: quantized offline
+                qt = _QTYPES[a.qtype]
+                p = qp.QParams(np.array(a.scale, np.float32), np.array(a.zero_point, qt.np_dtype), qt)
+                self.quantized[t] = self.init("t", qp.quantize(self.idx.const(t), p))
         for t in (i.name for i in g.input):
             if t in self.idx.graph_inputs and t in self.plan.activations:
                 self.emit_q(t, t)

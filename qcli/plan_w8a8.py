@@ -128,6 +128,8 @@ class W8A8Planner:
 
     def _const_table(self, node) -> bool:
         """A Gather from a constant float table used by nothing else (an embedding): store it int8."""
+        if node.op_type != "Gather":
+            return False
         t = node.input[0]
         return (
             node.op_type == "Gather"
@@ -172,9 +174,10 @@ class W8A8Planner:
             if node.op_type in ("MatMul", "Gemm") and act.get(node.name) == Action.INT8:
                 if not self._int8_readers(self._out(node, act), act):
                     act[node.name] = Action.INT8_OUT_FLOAT
-                    for c in self.idx.consumers.get(node.output[0], []):
-                        if act.get(c.name) == Action.FOLDED:
-                            del act[c.name]
+        # A Relu/Clip can only be folded into the Q of a producer that still writes int8.
+        for node in self.nodes:
+            if act.get(node.name) == Action.FOLDED and act.get(self.idx.producer[node.input[0]].name) != Action.INT8:
+                del act[node.name]
 
     # -- cost model --------------------------------------------------------------------------------
     def _numel(self, t: str, stats: dict[str, TensorStats]) -> int:

@@ -229,3 +229,38 @@ def test_embedding_table_is_stored_int8_and_gathered_on_int8(tmp_path):
     fused = fused_ops(r.output, tmp_path)
     assert fused.get("Gather") == 1 and "DequantizeLinear" not in fused  # gathers uint8 rows directly
     assert r.report.fidelity[0].sqnr_db > 25
+
+
+def test_clip_is_only_folded_into_a_producer_that_stays_int8(tmp_path):
+    """HardSwish: Conv -> Add(+3) -> Clip(0, 6) -> Mul(x) -> Div(6). Add goes back to float (only float
+    reads it), so the Clip must stay a real Clip (regression: it was dropped with the Add)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 3, 3, 3)).astype(np.float32), "w")
+    c = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("three", 3), ("zero", 0), ("six", 6))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "three"], ["a"], name="add"),
+        helper.make_node("Clip", ["a", "zero", "six"], ["r"], name="clip"),
+        helper.make_node("Mul", ["c", "r"], ["m"], name="mul"),
+        helper.make_node("Div", ["m", "six"], ["y"], name="div"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "hs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [w, *c],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "hs.onnx")
+    write_batches(tmp_path / "c", [(1, 3, 8, 8)] * 3)
+    r = quantize(
+        tmp_path / "hs.onnx",
+        QuantConfig(min_macs_per_conversion=0),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
+    )
+    acts = {d.node: d.action.value for d in r.plan.nodes}
+    assert acts["clip"] == "float" and ops(r.output)["Clip"] == 1
+    assert r.report.fidelity[0].sqnr_db > 25

@@ -1,6 +1,6 @@
 """The qcli command line: flags -> QuantConfig, errors -> exit codes. No algorithms here.
 
-Exit codes: 0 ok, 1 a compare gate failed, 2 usage or input error.
+Exit codes: 0 ok, 1 a compare gate failed, 2 usage or input error, 3 internal error (a bug).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="Quantize ONNX models for CPUs and measure what it cost. Exit codes: 0 ok, "
-    "1 a compare gate failed, 2 usage or input error.",
+    "1 a compare gate failed, 2 usage or input error, 3 internal error.",
 )
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
@@ -57,8 +57,16 @@ def _errors(debug: bool):
     except QcliError as e:
         if debug:
             err.print_exception()
-        err.print(f"[bold red]error:[/] {e}" if e.exit_code == 2 else f"[bold red]gate failed:[/] {e}", highlight=False)
+        err.print(f"[bold red]gate failed:[/] {e}" if e.exit_code == 1 else f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(e.exit_code) from None
+    except Exception as e:  # a bug: one line, and the traceback only on request
+        if debug:
+            err.print_exception()
+        err.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} (a bug in qcli; rerun with --debug and report it)",
+            highlight=False,
+        )
+        raise typer.Exit(3) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing was written")
         raise typer.Exit(130) from None

@@ -17,3 +17,9 @@ class GateFailed(QcliError):
     """A `compare` quality gate failed (exit code 1)."""
 
     exit_code = 1
+
+
+class InternalError(QcliError):
+    """A bug in qcli (exit code 3): the message says what failed; --debug shows the traceback."""
+
+    exit_code = 3

@@ -12,7 +12,7 @@ import onnx
 from . import evaluate, model_io
 from .calibrate import calibrate
 from .config import QuantConfig, Scheme
-from .errors import InputError, QcliError
+from .errors import InputError, InternalError
 from .feeds import FeedSource, input_specs
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import preprocess
@@ -162,7 +162,7 @@ def _check_valid(model: onnx.ModelProto, full: bool) -> None:
     try:
         _checker(model, full)
     except onnx.checker.ValidationError as e:
-        raise QcliError(
+        raise InternalError(
             f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "
             "please report it with the model, or retry with --exclude on the node named"
         ) from e

@@ -128,3 +128,14 @@ def test_npz_and_sample_folder_layouts(files, tmp_path):
     for layout in ("npz", "folders"):
         r = run("quantize", files / "m.onnx", "--calib", tmp_path / layout, "-o", tmp_path / f"{layout}.onnx")
         assert r.exit_code == 0, r.output
+
+
+def test_unexpected_failure_is_one_line_exit_3(files, monkeypatch):
+    import qcli.pipeline
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(qcli.pipeline, "preprocess", boom)
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib")
+    assert r.exit_code == 3 and "internal error" in r.stderr and "Traceback" not in r.output

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import pipeline
-from .config import DEFAULT, CalibMethod, QuantConfig, Scheme
+from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
 from .errors import GateFailed, QcliError
 from .report import render_rich, write_beside
 
@@ -120,6 +120,7 @@ def quantize(
     calib_limit: Annotated[
         int | None, typer.Option(min=1, help="use at most N calibration files")
     ] = DEFAULT.calib_limit,
+    weight_algo: Annotated[WeightAlgo, typer.Option(help="weight quantization algorithm")] = DEFAULT.weight_algo,
     block_size: Annotated[
         int, typer.Option(min=16, help="w4a16: weights per scale along the reduction axis")
     ] = DEFAULT.block_size,

@@ -47,6 +47,7 @@ class WeightQuant:
     axis: int | None = None
     block_size: int | None = None
     symmetric: bool = True
+    algo: str = "rtn"  # weights/ registry name
 
 
 @dataclass

@@ -21,7 +21,15 @@ def plan_w4a16(model: ModelProto, config: QuantConfig) -> QuantPlan:
             axis = 1 if node.op_type == "Gemm" and attr(node, "transB", 0) else 0
             plan.weights.append(
                 WeightQuant(
-                    node.name, 1, node.input[1], qtype, "weight", axis, config.block_size, config.weight_symmetric_int4
+                    node.name,
+                    1,
+                    node.input[1],
+                    qtype,
+                    "weight",
+                    axis,
+                    config.block_size,
+                    config.weight_symmetric_int4,
+                    config.weight_algo.value,
                 )
             )
         else:

@@ -283,7 +283,11 @@ class W8A8Planner:
             if node.op_type in ANCHORS and i == 1:
                 shape = tuple(self.idx.inits[t].dims)
                 axis = weight_axis(node, shape) if self.config.per_channel else None
-                plan.weights.append(WeightQuant(node.name, i, t, self.weight_qtype.name, "weight", axis))
+                plan.weights.append(
+                    WeightQuant(
+                        node.name, i, t, self.weight_qtype.name, "weight", axis, algo=self.config.weight_algo.value
+                    )
+                )
             elif node.op_type in ANCHORS and i == 2:
                 plan.weights.append(WeightQuant(node.name, i, t, "int32", "bias"))
             elif node.op_type in QLINEAR:

@@ -112,3 +112,14 @@ def test_sqnr():
     x = rng.standard_normal(1000).astype(np.float32)
     assert qp.sqnr_db(x, x) == float("inf")
     assert abs(qp.sqnr_db(x, x + 0.1 * x) - 20.0) < 1e-6
+
+
+def test_weight_algorithms_registry_rtn_matches_reference_math():
+    from qcli.weights import WEIGHT_ALGOS
+
+    w = rng.standard_normal((64, 8)).astype(np.float32)
+    q, p = WEIGHT_ALGOS.get("rtn")(w, qp.INT4, True, 0, 32)
+    np.testing.assert_array_equal(
+        q.astype(np.int8), qp.quantize(w, qp.weight_qparams(w, qp.INT4, True, 0, 32)).astype(np.int8)
+    )
+    assert WEIGHT_ALGOS.names() == ["rtn"]

@@ -12,6 +12,7 @@ from onnx import ModelProto, helper, numpy_helper
 from .. import qparams as qp
 from ..graph import GraphIndex, Namer, attr
 from ..plan import QuantPlan
+from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
 
 _QT = {"int4": qp.INT4, "uint4": qp.UINT4}
@@ -42,8 +43,8 @@ def apply_w4a16(model: ModelProto, plan: QuantPlan) -> ModelProto:
         if key not in done:
             value = idx.const(w.tensor).astype(np.float32)
             value = value.T.copy() if transposed else value  # [K, N]
-            p = qp.weight_qparams(value, _QT[w.qtype], w.symmetric, axis=0, block_size=w.block_size)
-            ins = [add_init("w", qp.quantize(value, p)), add_init("ws", p.scale)]
+            q, p = WEIGHT_ALGOS.get(w.algo)(value, _QT[w.qtype], w.symmetric, 0, w.block_size)
+            ins = [add_init("w", q), add_init("ws", p.scale)]
             if not w.symmetric:
                 ins.append(add_init("wz", p.zero_point))
             done[key] = name("wd")

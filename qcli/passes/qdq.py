@@ -14,6 +14,7 @@ from onnx import ModelProto, helper, numpy_helper
 from .. import qparams as qp
 from ..graph import GraphIndex, Namer
 from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
+from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
 
 _QTYPES = {t.name: t for t in (qp.INT8, qp.INT8_7BIT, qp.UINT8, qp.INT4, qp.UINT4, qp.INT32)}
@@ -72,11 +73,12 @@ class _Rewriter:
             p = qp.bias_qparams(x_scale, w_params.scale)
             key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes())
         else:
-            qt = _QTYPES[w.qtype]
-            p = qp.weight_qparams(value, qt, w.symmetric, w.axis, w.block_size)
-            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric)
+            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo)
         if key not in self.wcache:
-            q = qp.quantize(value, p)
+            if w.role == "bias":
+                q = qp.quantize(value, p)
+            else:
+                q, p = WEIGHT_ALGOS.get(w.algo)(value, _QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
             self.wcache[key] = (self.init("w", q), self.init("ws", p.scale), self.init("wz", p.zero_point), p)
         qname, s, z, p = self.wcache[key]
         out = self.name("wd")
@@ -115,6 +117,11 @@ class _Rewriter:
         del g.node[:]
         g.node.extend(self.out)
         _drop_unused_initializers(self.m)
+        # Shape annotations of tensors that no longer exist (folded, renamed) would only mislead.
+        alive = {o for n in g.node for o in n.output}
+        keep = [v for v in g.value_info if v.name in alive]
+        del g.value_info[:]
+        g.value_info.extend(keep)
 
     def _rewire_inputs(self, node) -> None:
         w_params, x = None, node.input[0]

@@ -1,0 +1,6 @@
+"""Weight quantization algorithms, one file each, in a registry (rtn today; gptq/awq fit the same seam)."""
+
+from . import rtn  # noqa: F401  (registers "rtn")
+from .base import WEIGHT_ALGOS, WeightQuantizer
+
+__all__ = ["WEIGHT_ALGOS", "WeightQuantizer"]

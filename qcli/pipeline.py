@@ -12,6 +12,7 @@ import onnx
 from . import evaluate, model_io
 from .calibrate import calibrate
 from .config import QuantConfig, Scheme
+from .diagnose import layer_errors
 from .errors import InputError, InternalError
 from .feeds import FeedSource, input_specs
 from .passes.int4 import apply_w4a16
@@ -22,6 +23,7 @@ from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .report import Report
 
+LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
 Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
 
 
@@ -121,7 +123,11 @@ def quantize(
     report.float_for_speed = [d.node for d in plan.by_action(Action.FLOAT) if d.reason.startswith("kept float")]
     if dry_run:
         return QuantizeResult(plan, report, None)
-    qmodel = apply_w8a8(model, plan) if config.scheme == Scheme.W8A8 else apply_w4a16(model, plan)
+    qnames: dict[str, str] = {}
+    if config.scheme == Scheme.W8A8:
+        qmodel, qnames = apply_w8a8(model, plan)
+    else:
+        qmodel = apply_w4a16(model, plan)
     full = _passes_full_check(original)
     if not full:
         report.notes.append(
@@ -131,6 +137,9 @@ def quantize(
     _check_valid(qmodel, full)
     model_io.save_atomic(qmodel, out)
     _measure(report, model_path, out, fid_src, fid_items, fid_desc, specs, latency_runs, progress)
+    if qnames and fid_src is not None:
+        layers = layer_errors(model, qmodel, plan, qnames, (fid_src.load(i) for i in fid_items[:LAYER_BATCHES]))
+        report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
     return QuantizeResult(plan, report, out)
 
 

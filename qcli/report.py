@@ -28,6 +28,7 @@ class Report:
     fidelity_data: str = ""
     gates: list[dict] = field(default_factory=list)  # {"gate", "limit", "value", "passed"}
     float_for_speed: list[str] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
 
     def to_dict(self) -> dict:
         return {
@@ -41,6 +42,7 @@ class Report:
             "latency": self.latency.to_dict() if self.latency else None,
             "fidelity_data": self.fidelity_data,
             "outputs": [_clean(vars(f)) for f in self.fidelity],
+            "layers": [_clean(x) for x in self.layers],
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
             "plan": self.plan,
@@ -97,6 +99,15 @@ def _rows(r: Report) -> list[tuple[str, str]]:
                 + (f" (+{len(r.float_for_speed) - 12} more)" if len(r.float_for_speed) > 12 else ""),
             )
         )
+    for x in r.layers[:3]:
+        if x["introduced"] > 0:
+            rows.append(
+                (
+                    "most error added",
+                    f"{x['op_type']} {x['node']}: {x['sqnr_db']:.1f} dB at its output "
+                    f"(+{x['introduced']:.2g} relative noise power)",
+                )
+            )
     rows += [("note", n) for n in r.notes]
     rows += [
         ("gate", f"{g['gate']} {'passed' if g['passed'] else 'FAILED'}: {g['value']} (limit {g['limit']})")
@@ -137,6 +148,18 @@ def render_markdown(r: Report) -> str:
         if reasons:
             lines += ["", "## Compute nodes left float", ""]
             lines += [f"- {why}: {', '.join(f'`{n}`' for n in nodes)}" for why, nodes in reasons.items()]
+    if r.layers:
+        lines += [
+            "",
+            "## Per-layer error (largest introduced first)",
+            "",
+            "| tensor | node | op | SQNR dB | added noise |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{x['tensor']}` | `{x['node']}` | {x['op_type']} | {x['sqnr_db']:.1f} | {x['introduced']:.2g} |"
+            for x in r.layers[:30]
+        ]
     return "\n".join(lines) + "\n"
 
 

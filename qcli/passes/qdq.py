@@ -151,8 +151,10 @@ class _Rewriter:
             self.dq_of(t, out=t)
 
 
-def apply_w8a8(model: ModelProto, plan: QuantPlan) -> ModelProto:
+def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:
+    """The quantized model, and for each quantized activation the name of its QuantizeLinear output."""
     m = ModelProto()
     m.CopyFrom(model)
-    _Rewriter(m, plan).run()
-    return m
+    rw = _Rewriter(m, plan)
+    rw.run()
+    return m, {t: q for t, q in rw.quantized.items() if not rw.idx.is_const(t)}

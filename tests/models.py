@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-rng = np.random.default_rng(0)
+_rng = np.random.default_rng(0)
 
 
 def _w(*shape, scale=0.2):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
+    return (_rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _reseed(seed: int) -> None:
+    """Each builder draws from its own seeded stream, so a model does not depend on test order."""
+    global _rng
+    _rng = np.random.default_rng(seed)
 
 
 def _init(name, arr):
@@ -18,6 +24,7 @@ def _init(name, arr):
 
 def cnn(opset: int = 17, constants_as_nodes: bool = False, channels: int = 32):
     """Conv-BN-Relu x2, MaxPool, Conv-Relu, GlobalAveragePool, Flatten, Gemm: [N,3,16,16] -> [N,10]."""
+    _reseed(0)
     c = channels
     inits = {
         "w1": _w(c, 3, 3, 3),
@@ -65,6 +72,7 @@ def cnn(opset: int = 17, constants_as_nodes: bool = False, channels: int = 32):
 
 def mlp(opset: int = 17, k: int = 64, hidden: int = 128):
     """MatMul-Add-Relu-MatMul-Add on [N, T, k] token inputs (dynamic N and T) -> [N, T, 10]."""
+    _reseed(1)
     inits = [
         _init("w1", _w(k, hidden, scale=0.1)),
         _init("b1", _w(hidden)),

@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/qcli quantize sample_models/attention/model.onnx --scheme w4a16 -o demo_out/attention.int4.onnx
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run_bench.py
 
 clean:

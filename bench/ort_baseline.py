@@ -1,0 +1,103 @@
+"""onnxruntime.quantization baselines, one quantization per process (run_bench.py times it).
+
+    python bench/ort_baseline.py static MODEL CALIB_DIR OUT [--preprocess] [--reduce-range]
+    python bench/ort_baseline.py nbits MODEL OUT
+
+static: quantize_static, QDQ format, per-channel, MinMax calibration, QUInt8 activations and
+        QInt8 weights, calibrated on the same files as qcli. With --preprocess, the model is
+        first run through onnxruntime's recommended quant_pre_process (symbolic shape
+        inference + graph optimisation + ONNX shape inference). --reduce-range stores 7-bit
+        weights, as onnxruntime recommends on x86 CPUs without VNNI, where uint8 x int8
+        products can saturate.
+nbits:  MatMulNBitsQuantizer, 4-bit symmetric round-to-nearest weights in blocks of 32
+        (DefaultWeightOnlyQuantConfig, which is plain RTN; the algorithm named "RTN" in
+        onnxruntime needs Intel Neural Compressor), written as com.microsoft MatMulNBits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from common import load_samples
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+
+class FolderReader(CalibrationDataReader):
+    """Feeds every sample of a calib/ folder once."""
+
+    def __init__(self, model: Path, data_dir: Path):
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        self.samples = iter(load_samples(data_dir, names))
+
+    def get_next(self):
+        return next(self.samples, None)
+
+
+def static(model: Path, calib: Path, out: Path, preprocess: bool, reduce_range: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if preprocess:
+            pre = Path(tmp) / "preprocessed.onnx"
+            os.chdir(tmp)  # on failure, symbolic shape inference dumps a model and its data into the cwd
+            quant_pre_process(str(model), str(pre))
+            model = pre
+        quantize_static(
+            str(model),
+            str(out),
+            FolderReader(model, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def nbits(model: Path, out: Path) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=4)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p_static = sub.add_parser("static")
+    p_static.add_argument("model", type=Path)
+    p_static.add_argument("calib", type=Path)
+    p_static.add_argument("out", type=Path)
+    p_static.add_argument("--preprocess", action="store_true")
+    p_static.add_argument("--reduce-range", action="store_true")
+    p_nbits = sub.add_parser("nbits")
+    p_nbits.add_argument("model", type=Path)
+    p_nbits.add_argument("out", type=Path)
+    args = parser.parse_args()
+    args.model, args.out = args.model.resolve(), args.out.resolve()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.mode == "static":
+        static(args.model, args.calib.resolve(), args.out, args.preprocess, args.reduce_range)
+    else:
+        nbits(args.model, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Render benchmark rows (see run_bench.py) as bench/results.md and bench/results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+from common import MINILM, PPOCR_MEMBERS, RAPIDOCR, ROOT, SAMPLE_MODELS, model_dir
+
+COLUMNS = [
+    "model",
+    "tool / variant",
+    "quantize time s",
+    "peak MB",
+    "size ratio",
+    "latency ratio (quant/FP32)",
+    "SQNR dB",
+    "top-1 agreement",
+    "valid",
+    "notes",
+]
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
+
+
+def _accuracy(outputs: list[dict]) -> tuple[str, str]:
+    """Worst SQNR and worst top-1 agreement over a model's outputs."""
+    sqnr = _fmt(min(o["sqnr_db"] for o in outputs), ".1f")
+    if len(outputs) > 1:
+        sqnr += f" (min of {len(outputs)})"
+    top1 = [o["top1_agreement"] for o in outputs if o.get("top1_agreement") is not None]
+    return sqnr, _fmt(min(top1) * 100, ".1f") + " %" if top1 else "n/a"
+
+
+def result_line(row: dict) -> list[str]:
+    quant = row.get("quantize", {})
+    time_s = _fmt(quant.get("seconds"), ".1f") if quant else "-"
+    peak = _fmt(quant.get("peak_mb"), ".0f") if quant else "-"
+    compare = row.get("compare")
+    size = latency = sqnr = top1 = "-"
+    if compare:
+        size = _fmt(compare["size"]["ratio"], ".3f")
+        latency = _fmt(compare["latency"]["ratio"], ".2f")
+        sqnr, top1 = _accuracy(compare["outputs"])
+    valid = {True: "yes", False: "no", None: "-"}[row.get("valid")]
+    notes = "; ".join(n for n in (row.get("error"), row.get("validation_error")) if n)
+    cells = [row["model"], row["variant"], time_s, peak, size, latency, sqnr, top1, valid, notes]
+    return [_cell(c) for c in cells]
+
+
+def model_source(model: str) -> str:
+    if model in SAMPLE_MODELS:
+        return f"sample_models/{model}/model.onnx"
+    if model in PPOCR_MEMBERS:
+        return f"{RAPIDOCR}: {PPOCR_MEMBERS[model]}"
+    return f"{MINILM} weights, exported by bench/export_minilm.py"
+
+
+def model_line(model: str) -> list[str] | None:
+    folder = model_dir(model)
+    path = folder / "model.onnx"
+    if not path.exists():
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = ", ".join(f"{i.name} {i.type} {i.shape}" for i in session.get_inputs())
+    outputs = ", ".join(f"{o.name} {o.shape}" for o in session.get_outputs())
+    counts = [
+        str(sum(1 for p in (folder / split).glob("*.np[yz]"))) if (folder / split).is_dir() else "missing"
+        for split in ("calib", "eval")
+    ]
+    size = f"{path.stat().st_size / 2**20:.1f}"
+    return [_cell(c) for c in (model, model_source(model), inputs, outputs, size, *counts)]
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(line) + " |" for line in lines),
+    ]
+
+
+def write_reports(rows: list[dict], models: list[str], env: dict, md_path: Path, json_path: Path) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    text = json.dumps({"generated": stamp, "environment": env, "rows": rows}, indent=2) + "\n"
+    # Machine-independent paths: relative to the repository root, "python" for the interpreter.
+    text = text.replace(json.dumps(sys.executable)[1:-1], "python").replace(json.dumps(str(ROOT))[1:-1] + "/", "")
+    json_path.write_text(text)
+    env_text = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("total_seconds", "quick"))
+    md = [
+        "# qcli vs onnxruntime.quantization",
+        "",
+        f"Generated {stamp} by `python bench/run_bench.py{' --quick' if env['quick'] else ''}` "
+        f"in {env['total_seconds']:.0f} s. Environment: {env_text}.",
+        "Every quantization ran in its own process; accuracy and latency are measured against the FP32 "
+        "model on the eval inputs, with the same tool for every row. See bench/README.md for the columns.",
+        "",
+        *_table(COLUMNS, [result_line(r) for r in rows]),
+        "",
+        "## Models",
+        "",
+        *_table(
+            ["model", "source", "inputs", "outputs", "FP32 MB", "calib files", "eval files"],
+            [line for line in map(model_line, models) if line],
+        ),
+        "",
+    ]
+    md_path.write_text("\n".join(md))

@@ -51,6 +51,21 @@ def file_size(path: Path) -> int:
     return size + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).exists())
 
 
+def class_score_outputs(model_path: Path) -> set[str]:
+    """Outputs whose last axis holds class scores: rank-2 [N, C], or rank-3 [N, T, C] written by a
+    (Log)Softmax (per-position classes, e.g. OCR). Hidden states [N, T, D] are not class scores."""
+    import onnx
+
+    g = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    out = set()
+    for o in g.output:
+        rank = len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else 0
+        if rank == 2 or (rank == 3 and producer.get(o.name) in ("Softmax", "LogSoftmax")):
+            out.add(o.name)
+    return out
+
+
 def _is_class_scores(a: np.ndarray) -> bool:
     return a.ndim in (2, 3) and a.shape[-1] >= 2 and a.dtype.kind == "f"
 
@@ -58,6 +73,7 @@ def _is_class_scores(a: np.ndarray) -> bool:
 def fidelity(ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputFidelity]:
     ref, cand = make_session(ref_path), make_session(cand_path)
     names = [o.name for o in ref.get_outputs()]
+    scores = class_score_outputs(ref_path)
     cand_names = {o.name for o in cand.get_outputs()}
     if set(names) != cand_names or {i.name for i in ref.get_inputs()} != {i.name for i in cand.get_inputs()}:
         raise InputError(
@@ -85,7 +101,7 @@ def fidelity(ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarr
             a["rr"] += float(r64 @ r64)
             a["cc"] += float(c64 @ c64)
             a["max"] = max(a["max"], float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
-            if a["cls"] and _is_class_scores(r):
+            if a["cls"] and n in scores and _is_class_scores(r):
                 a["agree"] += int(np.sum(r.argmax(-1) == c.argmax(-1)))
                 a["rows"] += int(np.prod(r.shape[:-1]))
             else:

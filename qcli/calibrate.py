@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto
 
 from . import model_io
 from .errors import InputError
@@ -42,17 +42,12 @@ def calibrate(
     """Expose `watch` as extra graph outputs, run every batch once, reduce each output at once."""
     observer_cls = OBSERVERS.get(method)
     watch = list(dict.fromkeys(watch))
-    augmented = ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    for name in watch:
-        if name not in existing:
-            augmented.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     observers = {name: observer_cls() for name in watch}
     shapes: dict[str, tuple[int, ...]] = {}
     count = 0
     with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
-        sess = make_session(model_io.save_for_session(augmented, Path(tmp)))
+        path = model_io.save_with_outputs(model, dict.fromkeys(watch, TensorProto.FLOAT), Path(tmp), "calib.onnx")
+        sess = make_session(path)
         for feed in batches:
             try:
                 results = sess.run(watch, feed)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto
 
 from . import model_io
 from .calibrate import make_session
@@ -31,14 +31,6 @@ class LayerError:
     introduced: float  # relative noise power added by this layer (0: none; 0.01 is -20 dB)
 
 
-def _expose(model: ModelProto, outputs: dict[str, int], folder: Path, name: str) -> Path:
-    m = ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(n, t, None) for n, t in outputs.items() if n not in have)
-    return model_io.save_for_session(m, folder, name)
-
-
 def layer_errors(
     reference: ModelProto,
     quantized: ModelProto,
@@ -50,9 +42,11 @@ def layer_errors(
     if not tensors:
         return []
     with tempfile.TemporaryDirectory(prefix="qcli-diag-") as tmp:
-        ref = make_session(_expose(reference, {t: TensorProto.FLOAT for t in tensors}, Path(tmp), "ref.onnx"))
+        ref = make_session(
+            model_io.save_with_outputs(reference, dict.fromkeys(tensors, TensorProto.FLOAT), Path(tmp), "ref.onnx")
+        )
         cand = make_session(
-            _expose(
+            model_io.save_with_outputs(
                 quantized, {qnames[t]: _ONNX_TYPES[plan.activations[t].qtype] for t in tensors}, Path(tmp), "cand.onnx"
             )
         )

@@ -77,6 +77,20 @@ def save_for_session(model: ModelProto, folder: Path, name: str = "model.onnx") 
     return path
 
 
+def save_with_outputs(model: ModelProto, outputs: dict[str, int], folder: Path, name: str) -> Path:
+    """Save `model` with extra graph outputs (name -> element type) for a session, without copying it:
+    the outputs are appended, the file written, and the outputs removed again."""
+    from onnx import helper
+
+    have = {o.name for o in model.graph.output}
+    n = len(model.graph.output)
+    model.graph.output.extend(helper.make_tensor_value_info(k, t, None) for k, t in outputs.items() if k not in have)
+    try:
+        return save_for_session(model, folder, name)
+    finally:
+        del model.graph.output[n:]
+
+
 def onnx_opset(model: ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):

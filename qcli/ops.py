@@ -52,6 +52,11 @@ def weight_axis(node: NodeProto, w_shape: tuple[int, ...]) -> int | None:
     return None
 
 
+def is_depthwise(node: NodeProto, w_shape: tuple[int, ...]) -> bool:
+    """A Conv with one input channel per group and as many groups as output channels."""
+    return node.op_type == "Conv" and len(w_shape) >= 3 and w_shape[1] == 1 and attr(node, "group", 1) == w_shape[0] > 1
+
+
 def anchor_problem(node: NodeProto, idx: GraphIndex, is_float) -> str | None:
     """Why this Conv/MatMul/Gemm cannot be an int8 anchor, or None if it can."""
     ins = list(node.input)

@@ -65,7 +65,9 @@ def quantize(
     _check_paths(model_path, out)
     original = model_io.load(model_path)
     specs = input_specs(original)
+    full_check = _passes_full_check(original)
     model, notes = preprocess(original, config.fold_batchnorm)
+    del original  # the preprocessed copy is all that is needed from here on
     _name_nodes(model)
     calib_src = FeedSource(calib, specs, config.calib_limit) if calib else None
     eval_src = FeedSource(eval_dir, specs) if eval_dir else None
@@ -128,13 +130,12 @@ def quantize(
         qmodel, qnames = apply_w8a8(model, plan)
     else:
         qmodel = apply_w4a16(model, plan)
-    full = _passes_full_check(original)
-    if not full:
+    if not full_check:
         report.notes.append(
             "the input model does not pass onnx.checker's full check; output checked at "
             "the basic level the input passes"
         )
-    _check_valid(qmodel, full)
+    _check_valid(qmodel, full_check)
     model_io.save_atomic(qmodel, out)
     _measure(report, model_path, out, fid_src, fid_items, fid_desc, specs, latency_runs, progress)
     if qnames and fid_src is not None:

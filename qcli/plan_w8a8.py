@@ -24,6 +24,7 @@ from .ops import (
     SHRINKING,
     anchor_problem,
     data_inputs,
+    is_depthwise,
     macs_per_output,
     weight_axis,
 )
@@ -237,7 +238,7 @@ class W8A8Planner:
                 if self.config.reduce_range
                 else "this x86 CPU has no VNNI: 8-bit weights would saturate uint8 x int8 products"
             )
-            plan.notes.append(f"weights use 7 bits (-64..63) ({how})")
+            plan.notes.append(f"weights use 7 bits (-64..63) ({how}); depthwise convs keep 8")
         for node in self.nodes:
             a = act.get(node.name)
             if a is not None:
@@ -283,10 +284,10 @@ class W8A8Planner:
             if node.op_type in ANCHORS and i == 1:
                 shape = tuple(self.idx.inits[t].dims)
                 axis = weight_axis(node, shape) if self.config.per_channel else None
+                # Depthwise int8 kernels accumulate in 32 bits: full 8-bit weights cannot saturate there.
+                qtype = qp.INT8 if is_depthwise(node, shape) else self.weight_qtype
                 plan.weights.append(
-                    WeightQuant(
-                        node.name, i, t, self.weight_qtype.name, "weight", axis, algo=self.config.weight_algo.value
-                    )
+                    WeightQuant(node.name, i, t, qtype.name, "weight", axis, algo=self.config.weight_algo.value)
                 )
             elif node.op_type in ANCHORS and i == 2:
                 plan.weights.append(WeightQuant(node.name, i, t, "int32", "bias"))

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, TensorProto
 
-from . import model_io
+from . import fold, model_io
 from .calibrate import make_session
+from .graph import GraphIndex
 from .plan import Action, QuantPlan
 
 _ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
@@ -63,11 +64,12 @@ def layer_errors(
     rel = {t: noise[t] / sig[t] if sig[t] else 0.0 for t in tensors}
     producer = {o: n for n in reference.graph.node for o in n.output}
     folded = {d.node for d in plan.nodes if d.action == Action.FOLDED}
+    idx = GraphIndex(reference.graph)
     out = []
     for t in tensors:
         node, name, op = producer[t], producer[t].name, producer[t].op_type
-        if node.name in folded:  # Relu/Clip folded into its producer's Q: blame the producer
-            node = producer[node.input[0]]
+        while node.name in folded:  # ops folded into their producer's Q: blame the producer
+            node = producer[fold.data_input(node, idx)]
             name, op = f"{node.name}+{name}", f"{node.op_type}+{op}"
         upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
         sq = float("inf") if rel[t] == 0 else float(-10 * np.log10(rel[t]))

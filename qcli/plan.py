@@ -33,6 +33,10 @@ class ActivationQuant:
     zero_point: int
     qtype: str
     share: str | None = None
+    # Parameters of the QuantizeLinear writing this tensor when they differ from the DequantizeLinear's:
+    # the producer's raw output is quantized straight into this tensor's integers (see fold.py).
+    q_scale: float | None = None
+    q_zero_point: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto
 
+from . import fold
 from . import qparams as qp
 from .config import QuantConfig
-from .graph import GraphIndex, attr
+from .graph import GraphIndex
 from .hostcpu import u8s8_may_saturate
 from .observers import TensorStats
 from .ops import (
     ANCHORS,
-    FOLDABLE,
     NO_INT_KERNEL,
     PASSTHROUGH,
     QLINEAR,
@@ -44,6 +44,7 @@ class W8A8Planner:
         self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
         self.fixed: dict[str, NodeDecision] = {}  # nodes that are float whatever the data says
         self.anchors: set[str] = set()
+        self.no_fold: set[str] = set()  # folds whose zero-point shift would leave the integer range
         for node in self.nodes:
             reason = self._anchor_reason(node)
             if reason is None:
@@ -67,7 +68,7 @@ class W8A8Planner:
 
     def watch_list(self) -> list[str]:
         """Float activations around every op that could end up on int8: what calibration must observe."""
-        ops = ANCHORS | QLINEAR | PASSTHROUGH | FOLDABLE
+        ops = ANCHORS | QLINEAR | PASSTHROUGH | fold.CLAMPS
         out: list[str] = []
         for node in self.nodes:
             if node.op_type in ops and node.name not in self.fixed:
@@ -88,7 +89,7 @@ class W8A8Planner:
                 continue
             if n in anchors:
                 act[n] = Action.INT8
-            elif op in FOLDABLE and self._foldable(node, act):
+            elif (op in fold.CLAMPS or op in fold.AFFINE) and n not in self.no_fold and self._foldable(node, act):
                 act[n] = Action.FOLDED
             elif (
                 op in PASSTHROUGH
@@ -111,21 +112,28 @@ class W8A8Planner:
         return act
 
     def _foldable(self, node, act: dict[str, Action]) -> bool:
-        if self.config.activation_symmetric:
-            return False  # int8 symmetric Q does not saturate at 0
-        prod = self.idx.producer.get(node.input[0])
-        if prod is None or act.get(prod.name) != Action.INT8 or prod.op_type not in ANCHORS | QLINEAR:
+        """Relu/Clip/Mul/Add right after an int8 producer (or after ops already folded into it)."""
+        x = fold.data_input(node, self.idx)
+        prod = self.idx.producer.get(x)
+        if prod is None or len(self.idx.consumers[x]) != 1 or self.idx.escapes(x):
             return False
-        if len(self.idx.consumers[node.input[0]]) != 1 or self.idx.escapes(node.input[0]):
+        if act.get(prod.name) == Action.INT8 and prod.op_type in ANCHORS | QLINEAR:
+            after_clamp = False
+        elif act.get(prod.name) == Action.FOLDED:
+            after_clamp = any(n.op_type in fold.CLAMPS for n in self._chain(prod, act))
+        else:
             return False
-        if node.op_type == "Clip":
-            lo = (
-                attr(node, "min", None)
-                if len(node.input) < 2
-                else (self.idx.const(node.input[1]) if node.input[1] else None)
-            )
-            return lo is not None and float(np.asarray(lo)) == 0.0
-        return True
+        if self.config.activation_symmetric and node.op_type != "Mul":
+            return False  # int8 symmetric: Q does not saturate at 0 and the zero point stays 0
+        return fold.foldable_op(node, self.idx, after_clamp)
+
+    def _chain(self, node, act: dict[str, Action]) -> list:
+        """Folded ops from the one next to the int8 producer up to `node` (inclusive)."""
+        chain = []
+        while act.get(node.name) == Action.FOLDED:
+            chain.append(node)
+            node = self.idx.producer[fold.data_input(node, self.idx)]
+        return chain[::-1]
 
     def _const_table(self, node) -> bool:
         """A Gather from a constant float table used by nothing else (an embedding): store it int8."""
@@ -151,12 +159,13 @@ class W8A8Planner:
         return self.idx.escapes(t) or len(self._int8_readers(t, act)) < len(readers)
 
     def _out(self, node, act: dict[str, Action]) -> str:
-        """The tensor an int8 node finally writes (after a folded Relu/Clip)."""
+        """The tensor an int8 node finally writes (after the ops folded into its Q)."""
         t = node.output[0]
-        cons = self.idx.consumers.get(t, [])
-        if len(cons) == 1 and act.get(cons[0].name) == Action.FOLDED:
-            return cons[0].output[0]
-        return t
+        while True:
+            cons = self.idx.consumers.get(t, [])
+            if len(cons) != 1 or act.get(cons[0].name) != Action.FOLDED:
+                return t
+            t = cons[0].output[0]
 
     def _shrink(self, act: dict[str, Action]) -> None:
         """Drop int8 ops whose output only goes back to float; MatMul/Gemm then write float directly."""
@@ -175,10 +184,13 @@ class W8A8Planner:
             if node.op_type in ("MatMul", "Gemm") and act.get(node.name) == Action.INT8:
                 if not self._int8_readers(self._out(node, act), act):
                     act[node.name] = Action.INT8_OUT_FLOAT
-        # A Relu/Clip can only be folded into the Q of a producer that still writes int8.
+        # An op can only fold into the Q of a producer that still writes int8 (topological order: a
+        # chain whose head was undone is undone along with it).
         for node in self.nodes:
-            if act.get(node.name) == Action.FOLDED and act.get(self.idx.producer[node.input[0]].name) != Action.INT8:
-                del act[node.name]
+            if act.get(node.name) == Action.FOLDED:
+                prod = self.idx.producer[fold.data_input(node, self.idx)]
+                if act.get(prod.name) not in (Action.INT8, Action.FOLDED):
+                    del act[node.name]
 
     # -- cost model --------------------------------------------------------------------------------
     def _numel(self, t: str, stats: dict[str, TensorStats]) -> int:
@@ -224,11 +236,27 @@ class W8A8Planner:
                     why = self._too_cheap(node, act, stats, produced)
                     if why:
                         cheap[node.name] = why
-            if not cheap:
+            unfoldable = {n.name for n in self._chain_ends(act) if self._chain_q(n, act, stats) is None}
+            if not cheap and not unfoldable:
                 break
             anchors -= cheap.keys()
             dropped.update(cheap)
+            self.no_fold |= {x.name for n in unfoldable for x in self._chain(self._node(n), act) if x.op_type == "Add"}
         return self._build(act, dropped, stats)
+
+    def _node(self, name: str):
+        return next(x for x in self.nodes if x.name == name)
+
+    def _chain_ends(self, act: dict[str, Action]) -> list:
+        return [n for n in self.nodes if act.get(n.name) == Action.FOLDED and self._out(n, act) == n.output[0]]
+
+    def _chain_q(self, end, act: dict[str, Action], stats) -> tuple[float, int] | None:
+        """Scale and zero point for the Q that writes a folded chain's final tensor."""
+        st = stats[end.output[0]]
+        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
+        return fold.q_params(
+            self._chain(end, act), self.idx, float(p.scale), int(p.zero_point), self.act_qtype.qmin, self.act_qtype.qmax
+        )
 
     def _build(self, act: dict[str, Action], dropped: dict[str, str], stats) -> QuantPlan:
         plan = QuantPlan(scheme=self.config.scheme.value)
@@ -263,10 +291,11 @@ class W8A8Planner:
                 if a == Action.PASSTHROUGH:
                     src = plan.activations[node.input[0]]
                     share = src.share or src.tensor
-                self._add_act(plan, node.output[0], stats, share)
+                q = self._chain_q(node, act, stats) if a == Action.FOLDED else None
+                self._add_act(plan, node.output[0], stats, share, q)
         return plan
 
-    def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None) -> None:
+    def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None, q: tuple | None = None) -> None:
         if t in plan.activations:
             return
         if share:
@@ -275,7 +304,10 @@ class W8A8Planner:
             return
         st = stats[t]
         p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
-        plan.activations[t] = ActivationQuant(t, float(p.scale), int(p.zero_point), self.act_qtype.name)
+        q_scale, q_zp = q if q else (None, None)
+        plan.activations[t] = ActivationQuant(
+            t, float(p.scale), int(p.zero_point), self.act_qtype.name, q_scale=q_scale, q_zero_point=q_zp
+        )
 
     def _add_weights(self, plan: QuantPlan, node) -> None:
         for i, t in enumerate(node.input):

@@ -302,3 +302,57 @@ def test_weights_that_would_saturate_int8_kernels_stay_accurate(tmp_path, group)
     reduced = QuantConfig(reduce_range=True, min_macs_per_conversion=0)
     plan = quantize(tmp_path / "m.onnx", reduced, calib=tmp_path / "c", dry_run=True).plan
     assert plan.weights[0].qtype == ("int8" if group == 32 else "int8-7bit")  # depthwise kernels cannot saturate
+
+
+def _affine_model(ops_after_conv):
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 16, 3, 3)).astype(np.float32) * 0.1, "w2"),
+    ]
+    nodes, t = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])], "c1"
+    for i, (op, value) in enumerate(ops_after_conv):
+        ins = [t] if op == "Relu" else [t, f"k{i}"]
+        if op != "Relu":
+            inits.append(numpy_helper.from_array(np.array(value, np.float32), f"k{i}"))
+        nodes.append(helper.make_node(op, ins, [f"t{i}"], name=f"{op.lower()}{i}"))
+        t = f"t{i}"
+    nodes.append(helper.make_node("Conv", [t, "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]))
+    g = helper.make_graph(
+        nodes,
+        "aff",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 12])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize(
+    "chain,folded",
+    [
+        ([("Mul", 0.5), ("Add", 0.25), ("Relu", None)], {"mul0", "add1", "relu2"}),
+        ([("Mul", 2.0), ("Relu", None), ("Mul", 0.25)], {"mul0", "relu1", "mul2"}),
+        ([("Relu", None), ("Add", 1.0)], {"relu0"}),  # a shift after a clamp would move the clamp: Add not folded
+        ([("Mul", -1.0)], set()),  # a negative scale would flip which end saturates
+    ],
+)
+def test_scalar_affine_ops_fold_into_the_producers_quantizer(tmp_path, chain, folded):
+    onnx.save(_affine_model(chain), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(1, 3, 12, 12)] * 4)
+    r = quantize(
+        tmp_path / "m.onnx",
+        QuantConfig(min_macs_per_conversion=0, reduce_range=True),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
+    )
+    assert {d.node for d in r.plan.nodes if d.action.value == "folded-into-q"} == folded
+    left = {d.node for d in r.plan.nodes if d.op_type in ("Mul", "Add", "Relu")} - folded
+    assert {n.name for n in onnx.load(str(r.output)).graph.node} >= left
+    assert r.report.fidelity[0].sqnr_db > 30
+    if not left:
+        fused = fused_ops(r.output, tmp_path)
+        assert fused["QLinearConv"] == 2 and not {"Mul", "Add", "Relu", "QLinearMul", "QLinearAdd"} & fused.keys()

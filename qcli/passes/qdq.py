@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
+from .. import fold
 from .. import qparams as qp
 from ..graph import GraphIndex, Namer
 from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
@@ -54,7 +55,11 @@ class _Rewriter:
 
     def emit_q(self, t: str, src: str) -> None:
         """Quantize float tensor `src` (which holds T's values) into a new int8 tensor for T."""
-        s, z = self._act_params(self.plan.activations[t])
+        a = self.plan.activations[t]
+        s, z = self._act_params(a)
+        if a.q_scale is not None:  # ops folded between src and t: src is quantized straight into t's integers
+            s = self.init("s", np.array(a.q_scale, np.float32))
+            z = self.init("z", np.array(a.q_zero_point, _QTYPES[a.qtype].np_dtype))
         qname = self.name("q")
         self.node("QuantizeLinear", [src, s, z], qname)
         self.quantized[t] = qname
@@ -92,12 +97,13 @@ class _Rewriter:
     def run(self) -> None:
         g = self.m.graph
         folded = {d.node for d in self.plan.nodes if d.action == Action.FOLDED}
-        # Relu/Clip folded: the producer writes the activation's output directly.
-        by_name = {n.name: n for n in g.node}
-        for n in folded:
-            act = by_name[n]
-            prod = self.idx.producer[act.input[0]]
-            prod.output[0] = act.output[0]
+        # Folded ops disappear: the int8 producer writes the last folded op's output name (see fold.py).
+        writer = dict(self.idx.producer)
+        for node in g.node:
+            if node.name in folded:
+                prod = writer[fold.data_input(node, self.idx)]
+                prod.output[0] = node.output[0]
+                writer[node.output[0]] = prod
         for t, a in self.plan.activations.items():
             if self.idx.is_const(t):  # a constant table read by int8 data movement: quantized offline
                 qt = _QTYPES[a.qtype]

@@ -35,7 +35,7 @@ class QuantConfig:
     # Cost model: an int8 op whose inputs/outputs must be converted from/to float is kept float when it
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).
-    min_macs_per_conversion: float = 24.0
+    min_macs_per_conversion: float = 48.0
     fold_batchnorm: bool = True
     # W4A16
     block_size: int = 32

@@ -1,7 +1,7 @@
 """Ops absorbed into the QuantizeLinear that follows an int8 producer, so no node is left to run.
 
   Relu, Clip(0, hi)  the Q saturates at its zero point: the clamp happens for free (uint8 activations)
-  Mul(x, a), a > 0   Q(x * a; s, z) == Q(x; s / a, z)            (exact)
+  Mul(x, a), a > 0   Q(x * a; s, z) == Q(x; s / a, z)            (exact; Div(x, c) is Mul(x, 1 / c))
   Add(x, b)          Q(x + b; s, z) ~= Q(x; s, z + round(b / s))  (the shift rounds: at most 1/2 step)
 
 A chain producer -> op -> op ... folds as long as each tensor in it has a single reader. DequantizeLinear
@@ -17,19 +17,29 @@ from onnx import NodeProto
 from .graph import GraphIndex, attr
 
 CLAMPS = {"Relu", "Clip"}
-AFFINE = {"Mul", "Add"}
+AFFINE = {"Mul", "Add", "Div"}
 
 
 def scalar_operand(node: NodeProto, idx: GraphIndex) -> tuple[str, float] | None:
-    """(data input, constant) for Mul/Add with one constant float scalar operand, else None."""
+    """(data input, constant) for Mul/Add with one constant float scalar operand, else None.
+    Div(x, c) is returned as a multiplication: (x, 1 / c)."""
     if node.op_type not in AFFINE or len(node.input) != 2:
         return None
+    if node.op_type == "Div":
+        so = _scalar(node.input[1], node.input[0], idx)
+        return (so[0], 1.0 / so[1]) if so and so[1] != 0 else None
     for i in (0, 1):
-        c, x = node.input[i], node.input[1 - i]
-        if idx.is_const(c) and idx.inits[c].data_type == 1 and not idx.is_const(x):
-            v = idx.const(c)
-            if v.size == 1 and np.isfinite(v).all():
-                return x, float(v.reshape(()))
+        so = _scalar(node.input[i], node.input[1 - i], idx)
+        if so:
+            return so
+    return None
+
+
+def _scalar(c: str, x: str, idx: GraphIndex) -> tuple[str, float] | None:
+    if idx.is_const(c) and idx.inits[c].data_type == 1 and not idx.is_const(x):
+        v = idx.const(c)
+        if v.size == 1 and np.isfinite(v).all():
+            return x, float(v.reshape(()))
     return None
 
 
@@ -54,7 +64,7 @@ def foldable_op(node: NodeProto, idx: GraphIndex, after_clamp: bool) -> bool:
     so = scalar_operand(node, idx)
     if so is None:
         return False
-    if node.op_type == "Mul":
+    if node.op_type in ("Mul", "Div"):
         return so[1] > 0  # a positive scale keeps the order, so saturation stays at the same end
     return not after_clamp  # a shift after a clamp would move the clamp point
 
@@ -69,7 +79,7 @@ def q_params(
         so = scalar_operand(node, idx)
         if so is None:  # Relu / Clip: saturation, no change of parameters
             continue
-        if node.op_type == "Mul":
+        if node.op_type in ("Mul", "Div"):
             s /= so[1]
         else:
             shift += so[1] / s

@@ -68,7 +68,7 @@ class W8A8Planner:
 
     def watch_list(self) -> list[str]:
         """Float activations around every op that could end up on int8: what calibration must observe."""
-        ops = ANCHORS | QLINEAR | PASSTHROUGH | fold.CLAMPS
+        ops = ANCHORS | QLINEAR | PASSTHROUGH | fold.CLAMPS | fold.AFFINE
         out: list[str] = []
         for node in self.nodes:
             if node.op_type in ops and node.name not in self.fixed:
@@ -123,7 +123,7 @@ class W8A8Planner:
             after_clamp = any(n.op_type in fold.CLAMPS for n in self._chain(prod, act))
         else:
             return False
-        if self.config.activation_symmetric and node.op_type != "Mul":
+        if self.config.activation_symmetric and node.op_type not in ("Mul", "Div"):
             return False  # int8 symmetric: Q does not saturate at 0 and the zero point stays 0
         return fold.foldable_op(node, self.idx, after_clamp)
 

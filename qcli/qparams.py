@@ -136,6 +136,15 @@ def _symmetric_full_range(rmin, rmax, qtype: QType, axis: int, block_size: int) 
     return QParams(scale, np.zeros(scale.shape, qtype.np_dtype), qtype, axis, block_size)
 
 
+def widen_scale(w: np.ndarray, p: QParams, floor: np.ndarray) -> tuple[np.ndarray, QParams]:
+    """Raise per-channel weight scales to at least `floor` (keeping their sign) and requantize. Used where
+    an int32 bias would overflow: only channels with near-zero weights are affected."""
+    floor = floor.reshape(p.scale.shape) if p.scale.size == floor.size else np.float32(floor.max())
+    scale = (np.sign(p.scale) + (p.scale == 0)) * np.maximum(np.abs(p.scale), floor)
+    wide = QParams(scale.astype(np.float32), p.zero_point, p.qtype, p.axis, p.block_size)
+    return quantize(w, wide), wide
+
+
 def bias_qparams(x_scale: np.ndarray, w_scale: np.ndarray) -> QParams:
     """int32 bias with scale = input scale * weight scale (what QLinearConv / QGemm assume)."""
     scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)

@@ -123,3 +123,15 @@ def test_weight_algorithms_registry_rtn_matches_reference_math():
         q.astype(np.int8), qp.quantize(w, qp.weight_qparams(w, qp.INT4, True, 0, 32)).astype(np.int8)
     )
     assert WEIGHT_ALGOS.names() == ["rtn"]
+
+
+def test_widen_scale_keeps_int32_bias_in_range():
+    w = np.array([[0.5, -0.25], [1e-34, -1e-34]], np.float32)  # channel 1 is dead
+    p = qp.weight_qparams(w, qp.INT8, True, axis=0)
+    x_scale, bias = np.float32(0.1), np.array([0.3, 5e-28], np.float32)
+    floor = (np.abs(bias) / (x_scale * (2**31 - 1)) * (1 + 1e-6)).astype(np.float32)
+    q, wide = qp.widen_scale(w, p, floor)
+    assert wide.scale[0] == p.scale[0] and wide.scale[1] >= floor[1]  # only the dead channel changes
+    np.testing.assert_array_equal(q[0], qp.quantize(w, p)[0])
+    b = qp.bias_qparams(x_scale, wide.scale)
+    assert np.all(np.abs(bias / b.scale) <= 2**31 - 1)

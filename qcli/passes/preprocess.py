@@ -33,7 +33,6 @@ def preprocess(model: ModelProto, fold_batchnorm: bool = True) -> tuple[ModelPro
         (lift_constants, True),
         (remove_identities, True),
         (fold_constants, True),
-        (divisions_to_multiplications, True),
         (fold_batchnorm_into_conv, fold_batchnorm),
     ):
         if enabled:
@@ -208,27 +207,3 @@ def fold_batchnorm_into_conv(m: ModelProto) -> int:
         m.graph.node.extend(keep)
         _drop_unused_initializers(m)
     return folded
-
-
-def divisions_to_multiplications(m: ModelProto) -> int:
-    """Div(x, c) with a constant float c -> Mul(x, 1/c): the same values (to rounding), and Mul has an
-    integer kernel while Div does not (e.g. HardSwish's `/ 6` would otherwise cut every int8 region)."""
-    idx = GraphIndex(m.graph)
-    count = 0
-    for node in m.graph.node:
-        if node.op_type != "Div" or node.domain not in ("", "ai.onnx") or not idx.is_const(node.input[1]):
-            continue
-        c = idx.const(node.input[1])
-        if c.dtype != np.float32 or not np.all(np.isfinite(c)) or np.any(c == 0):
-            continue
-        name = node.input[1] + "_inv"
-        while name in idx.inits:
-            name += "_"
-        _add_init(m, name, (np.float32(1.0) / c).astype(np.float32))
-        idx.inits[name] = m.graph.initializer[-1]
-        node.op_type = "Mul"
-        node.input[1] = name
-        count += 1
-    if count:
-        _drop_unused_initializers(m)
-    return count

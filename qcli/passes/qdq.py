@@ -71,19 +71,24 @@ class _Rewriter:
         return out
 
     # weights
-    def weight_input(self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None) -> tuple:
+    def weight_input(
+        self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None, scale_floor: np.ndarray | None = None
+    ) -> tuple:
         value = self.idx.const(w.tensor)
         if w.role == "bias":
             x_scale = np.float32(self.plan.activations[x_tensor].scale)
             p = qp.bias_qparams(x_scale, w_params.scale)
             key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes())
         else:
-            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo)
+            floor = None if scale_floor is None else scale_floor.tobytes()
+            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo, floor)
         if key not in self.wcache:
             if w.role == "bias":
                 q = qp.quantize(value, p)
             else:
                 q, p = WEIGHT_ALGOS.get(w.algo)(value, _QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
+                if scale_floor is not None and np.any(np.abs(p.scale) < scale_floor):
+                    q, p = qp.widen_scale(value, p, scale_floor)
             self.wcache[key] = (self.init("w", q), self.init("ws", p.scale), self.init("wz", p.zero_point), p)
         qname, s, z, p = self.wcache[key]
         out = self.name("wd")
@@ -134,12 +139,20 @@ class _Rewriter:
         for i, t in enumerate(node.input):
             w = self.weights.get((node.name, i))
             if w is not None:
-                new, p = self.weight_input(w, x, w_params)
+                new, p = self.weight_input(w, x, w_params, self._bias_floor(node, x) if w.role == "weight" else None)
                 if w.role == "weight":
                     w_params = p
                 node.input[i] = new
             elif t in self.quantized:
                 node.input[i] = self.dq_of(t)
+
+    def _bias_floor(self, node, x: str) -> np.ndarray | None:
+        """Smallest weight scale per channel that keeps bias / (x_scale * w_scale) inside int32."""
+        bias = self.weights.get((node.name, 2))
+        if bias is None or x not in self.plan.activations:
+            return None
+        b = np.abs(self.idx.const(bias.tensor).astype(np.float64))
+        return (b / (self.plan.activations[x].scale * (2**31 - 1)) * (1 + 1e-6)).astype(np.float32)
 
     def _after(self, node, a: Action) -> None:
         t = node.output[0] if node.output else ""

@@ -7,29 +7,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from onnx import ModelProto, TensorProto
 
 from . import model_io
 from .errors import InputError
 from .observers import OBSERVERS, TensorStats
-
-
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    # Idle spinning threads of one session steal cores from another one running in the same process.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
-def make_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise InputError(f"onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+from .session import make_session
 
 
 def calibrate(

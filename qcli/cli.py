@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import pipeline
 from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
-from .errors import GateFailed, QcliError
+from .errors import GateFailed, InputError, QcliError
 from .report import render_rich, write_beside
 
 err = Console(stderr=True)
@@ -135,6 +135,10 @@ def quantize(
         Path | None, typer.Option("--eval", help="data folder for the report's fidelity figures")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and stop; write nothing")] = False,
+    ort_config: Annotated[
+        list[str] | None,
+        typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
@@ -154,7 +158,9 @@ def quantize(
         min_macs_per_conversion=min_macs,
     )
     with _errors(debug), _progress() as progress:
-        result = pipeline.quantize(model, config, calib, output, eval_dir, dry_run, progress)
+        result = pipeline.quantize(
+            model, config, calib, output, eval_dir, dry_run, progress, ort_config=_kv(ort_config)
+        )
     if dry_run:
         plan = result.plan.to_dict()
         if json_out:
@@ -167,6 +173,16 @@ def quantize(
     err.print(f"wrote {result.output} and {paths[0].name}, {paths[1].name}", highlight=False)
     if json_out:
         sys.stdout.write(result.report.to_json() + "\n")
+
+
+def _kv(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--ort-config expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
 
 
 def _print_plan(plan: dict) -> None:
@@ -192,11 +208,17 @@ def compare(
         float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
+    ort_config: Annotated[
+        list[str] | None,
+        typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with _errors(debug), _progress() as progress:
-        report = pipeline.compare(reference, candidate, data, min_sqnr, max_top1_drop, runs, progress)
+        report = pipeline.compare(
+            reference, candidate, data, min_sqnr, max_top1_drop, runs, progress, ort_config=_kv(ort_config)
+        )
         if json_out:
             sys.stdout.write(report.to_json() + "\n")
         render_rich(report, err)

@@ -16,9 +16,9 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from . import fold, model_io
-from .calibrate import make_session
 from .graph import GraphIndex
 from .plan import Action, QuantPlan
+from .session import make_session
 
 _ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .calibrate import make_session
 from .errors import InputError
+from .session import make_session
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,10 @@ def _is_class_scores(a: np.ndarray) -> bool:
     return a.ndim in (2, 3) and a.shape[-1] >= 2 and a.dtype.kind == "f"
 
 
-def fidelity(ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputFidelity]:
-    ref, cand = make_session(ref_path), make_session(cand_path)
+def fidelity(
+    ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None
+) -> list[OutputFidelity]:
+    ref, cand = make_session(ref_path, config=config), make_session(cand_path, config=config)
     names = [o.name for o in ref.get_outputs()]
     scores = class_score_outputs(ref_path)
     cand_names = {o.name for o in cand.get_outputs()}
@@ -119,10 +121,16 @@ def fidelity(ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarr
 
 
 def latency(
-    ref_path: Path, cand_path: Path, feed: dict[str, np.ndarray], runs: int = 30, warmup: int = 3, threads: int = 0
+    ref_path: Path,
+    cand_path: Path,
+    feed: dict[str, np.ndarray],
+    runs: int = 30,
+    warmup: int = 3,
+    threads: int = 0,
+    config: Mapping[str, str] | None = None,
 ) -> Latency:
     """Median latency of both models, runs interleaved on the same inputs, thread spinning off."""
-    ref, cand = make_session(ref_path, threads), make_session(cand_path, threads)
+    ref, cand = make_session(ref_path, threads, config), make_session(cand_path, threads, config)
     for _ in range(warmup):
         ref.run(None, feed)
         cand.run(None, feed)

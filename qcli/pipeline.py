@@ -15,6 +15,7 @@ from .config import QuantConfig, Scheme
 from .diagnose import layer_errors
 from .errors import InputError, InternalError
 from .feeds import FeedSource, input_specs
+from .hostcpu import u8s8_may_saturate
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import preprocess
 from .passes.qdq import apply_w8a8
@@ -23,6 +24,7 @@ from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .report import Report
 
+NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
 Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
 
@@ -59,6 +61,7 @@ def quantize(
     dry_run: bool = False,
     progress: Progress = _no_progress,
     latency_runs: int = 30,
+    ort_config: dict[str, str] | None = None,
 ) -> QuantizeResult:
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
@@ -137,7 +140,13 @@ def quantize(
         )
     _check_valid(qmodel, full_check)
     model_io.save_atomic(qmodel, out)
-    _measure(report, model_path, out, fid_src, fid_items, fid_desc, specs, latency_runs, progress)
+    _measure(report, model_path, out, fid_src, fid_items, fid_desc, latency_runs, progress, ort_config)
+    if config.scheme == Scheme.W4A16 and u8s8_may_saturate() and not (ort_config or {}).get(NBITS_LEVEL):
+        report.notes.append(
+            "onnxruntime runs DequantizeLinear(int4) -> MatMul as MatMulNBits with int8 compute by default "
+            f"(accuracy level 4); on CPUs without VNNI float compute can be faster: session config {NBITS_LEVEL}=0 "
+            "(measure with --ort-config)"
+        )
     if qnames and fid_src is not None:
         layers = layer_errors(model, qmodel, plan, qnames, (fid_src.load(i) for i in fid_items[:LAYER_BATCHES]))
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
@@ -185,9 +194,9 @@ def _measure(
     src: FeedSource | None,
     items: list,
     desc: str,
-    specs,
     runs: int,
     progress: Progress,
+    ort_config: dict[str, str] | None = None,
 ) -> None:
     ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
     report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
@@ -201,9 +210,13 @@ def _measure(
             yield src.load(item)
             advance()
 
-    report.fidelity = evaluate.fidelity(ref, cand, feeds())
+    report.fidelity = evaluate.fidelity(ref, cand, feeds(), ort_config)
     report.fidelity_data = desc
-    report.latency = evaluate.latency(ref, cand, src.load(items[0]), runs=runs)
+    report.latency = evaluate.latency(ref, cand, src.load(items[0]), runs=runs, config=ort_config)
+    if ort_config:
+        report.notes.append(
+            "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
+        )
     if report.latency.ratio >= 1.0:
         report.notes.append(
             f"the quantized model is not faster than FP32 on this machine ({report.latency.ratio:.2f}x latency)"
@@ -218,6 +231,7 @@ def compare(
     max_top1_drop: float | None = None,
     latency_runs: int = 30,
     progress: Progress = _no_progress,
+    ort_config: dict[str, str] | None = None,
 ) -> Report:
     ref, cand = Path(ref), Path(cand)
     ref_model = model_io.load(ref)
@@ -225,7 +239,9 @@ def compare(
     specs = input_specs(ref_model)
     src = FeedSource(data, specs)
     report = Report("compare", str(ref), str(cand))
-    _measure(report, ref, cand, src, src.items, f"{data} ({len(src.items)} batches)", specs, latency_runs, progress)
+    _measure(
+        report, ref, cand, src, src.items, f"{data} ({len(src.items)} batches)", latency_runs, progress, ort_config
+    )
     if min_sqnr is not None:
         worst = min(f.sqnr_db for f in report.fidelity)
         report.gates.append(

@@ -104,7 +104,7 @@ def ensure_opset(model: ModelProto, minimum: int, why: str) -> tuple[ModelProto,
     if current >= minimum:
         return model, None
     try:
-        converted = version_converter.convert_version(model, minimum)
+        converted = _convert_light(model, minimum)
     except Exception as e:
         raise InputError(
             f"{why} needs opset {minimum}, the model has opset {current}, and onnx's version converter "
@@ -112,6 +112,33 @@ def ensure_opset(model: ModelProto, minimum: int, why: str) -> tuple[ModelProto,
             "export the model at a newer opset or use --per-tensor"
         ) from e
     return converted, f"opset upgraded {current} -> {minimum} ({why})"
+
+
+def _convert_light(model: ModelProto, target: int) -> ModelProto:
+    """onnx's version converter copies every tensor through its own IR; weights do not matter to it, so
+    initializers above 1 KB are detached (declared as graph inputs meanwhile) and put back afterwards."""
+    from onnx import helper
+
+    inits = model.graph.initializer
+    big = [t for t in inits if len(t.raw_data) > 1024]
+    if not big:
+        return version_converter.convert_version(model, target)
+    names = {t.name for t in big}
+    keep = [t for t in inits if t.name not in names]
+    n_inputs = len(model.graph.input)
+    del inits[:]
+    inits.extend(keep)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
+    try:
+        converted = version_converter.convert_version(model, target)
+    finally:  # the caller's model is left as it was
+        del model.graph.input[n_inputs:]
+        inits.extend(big)
+    temp = [i for i in converted.graph.input if i.name in names]
+    for vi in temp:
+        converted.graph.input.remove(vi)
+    converted.graph.initializer.extend(big)
+    return converted
 
 
 def write_text_atomic(path: Path, text: str) -> None:

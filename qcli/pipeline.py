@@ -68,9 +68,8 @@ def quantize(
     _check_paths(model_path, out)
     original = model_io.load(model_path)
     specs = input_specs(original)
-    full_check = _passes_full_check(original)
-    model, notes = preprocess(original, config.fold_batchnorm)
-    del original  # the preprocessed copy is all that is needed from here on
+    model, notes = preprocess(original, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
+    del original
     _name_nodes(model)
     calib_src = FeedSource(calib, specs, config.calib_limit) if calib else None
     eval_src = FeedSource(eval_dir, specs) if eval_dir else None
@@ -132,14 +131,15 @@ def quantize(
     if config.scheme == Scheme.W8A8:
         qmodel, qnames = apply_w8a8(model, plan)
     else:
-        qmodel = apply_w4a16(model, plan)
-    if not full_check:
+        qmodel = apply_w4a16(model, plan, inplace=True)  # the float graph is not needed after this
+    if not _check_valid(qmodel, model_path):
         report.notes.append(
             "the input model does not pass onnx.checker's full check; output checked at "
             "the basic level the input passes"
         )
-    _check_valid(qmodel, full_check)
     model_io.save_atomic(qmodel, out)
+    if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
+        del qmodel, model
     _measure(report, model_path, out, fid_src, fid_items, fid_desc, latency_runs, progress, ort_config)
     if config.scheme == Scheme.W4A16 and u8s8_may_saturate() and not (ort_config or {}).get(NBITS_LEVEL):
         report.notes.append(
@@ -161,14 +161,6 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def _passes_full_check(model: onnx.ModelProto) -> bool:
-    try:
-        _checker(model, True)
-        return True
-    except onnx.checker.ValidationError:
-        return False
-
-
 def _checker(model: onnx.ModelProto, full: bool) -> None:
     if model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,14 +169,28 @@ def _checker(model: onnx.ModelProto, full: bool) -> None:
         onnx.checker.check_model(model, full_check=full)
 
 
-def _check_valid(model: onnx.ModelProto, full: bool) -> None:
+def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
+    """The output must pass onnx.checker's full check, or, when the input itself does not, the basic one.
+    Returns whether the full check was applied."""
     try:
-        _checker(model, full)
-    except onnx.checker.ValidationError as e:
-        raise InternalError(
-            f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "
-            "please report it with the model, or retry with --exclude on the node named"
-        ) from e
+        _checker(model, True)
+        return True
+    except onnx.checker.ValidationError as full_error:
+        try:
+            onnx.checker.check_model(str(source), full_check=True)
+            input_passes = True
+        except onnx.checker.ValidationError:
+            input_passes = False
+        try:
+            if input_passes:
+                raise full_error
+            _checker(model, False)
+        except onnx.checker.ValidationError as e:
+            raise InternalError(
+                f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "
+                "please report it with the model, or retry with --exclude on the node named"
+            ) from e
+        return False
 
 
 def _measure(

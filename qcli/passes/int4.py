@@ -18,9 +18,10 @@ from .preprocess import _drop_unused_initializers
 _QT = {"int4": qp.INT4, "uint4": qp.UINT4}
 
 
-def apply_w4a16(model: ModelProto, plan: QuantPlan) -> ModelProto:
-    m = ModelProto()
-    m.CopyFrom(model)
+def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> ModelProto:
+    m = model if inplace else ModelProto()
+    if not inplace:
+        m.CopyFrom(model)
     g = m.graph
     idx = GraphIndex(g)
     name = Namer(g)

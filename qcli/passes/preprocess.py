@@ -25,9 +25,10 @@ _NO_FOLD = {
 _MAX_FOLD_BYTES = 64 << 20
 
 
-def preprocess(model: ModelProto, fold_batchnorm: bool = True) -> tuple[ModelProto, list[str]]:
-    m = ModelProto()
-    m.CopyFrom(model)
+def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = False) -> tuple[ModelProto, list[str]]:
+    m = model if inplace else ModelProto()
+    if not inplace:
+        m.CopyFrom(model)
     notes: list[str] = []
     for step, enabled in (
         (lift_constants, True),

@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@mkdir -p demo_out
 	$(BIN)/qcli quantize sample_models/cnn/model.onnx --calib sample_models/cnn/calib -o demo_out/cnn.int8.onnx
 	$(BIN)/qcli compare sample_models/cnn/model.onnx demo_out/cnn.int8.onnx --data sample_models/cnn/eval --min-sqnr 20 --max-top1-drop 2
-	$(BIN)/qcli quantize sample_models/attention/model.onnx --scheme w4a16 -o demo_out/attention.int4.onnx
+	$(BIN)/qcli quantize sample_models/attention/model.onnx --scheme w4a16 --eval sample_models/attention/eval -o demo_out/attention.int4.onnx
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt

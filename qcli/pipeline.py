@@ -103,9 +103,9 @@ def quantize(
         fid_desc = (
             f"--eval {eval_dir} ({len(fid_items)} batches)"
             if eval_src
-            else f"{len(fid_items)} calibration batches held aside"
+            else f"{len(fid_items)} calibration file(s) held aside"
             if held
-            else f"the {len(fid_items)} calibration batches (fewer than 5: none held aside)"
+            else f"the {len(fid_items)} calibration file(s) themselves (fewer than 5: none held aside)"
         )
     else:
         model, note = model_io.ensure_opset(model, 21, "int4 block-wise DequantizeLinear")

@@ -43,14 +43,7 @@ def save_atomic(model: ModelProto, out: str | Path) -> Path:
         large = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
         data_name = out.name + ".data"
         if large:
-            onnx.save(
-                model,
-                str(tmp),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
+            _save_external(model, tmp, data_name)
             os.replace(tmpdir / data_name, out.parent / data_name)
         else:
             onnx.save(model, str(tmp))
@@ -64,17 +57,33 @@ def save_for_session(model: ModelProto, folder: Path, name: str = "model.onnx") 
     """Save a model where onnxruntime can open it by path (works above the 2 GB protobuf limit)."""
     path = folder / name
     if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        _save_external(model, path, name + ".data")
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def _save_external(model: ModelProto, path: Path, location: str) -> None:
+    """Save with tensors in an external file, leaving `model` as it was: onnx.save would otherwise turn
+    every tensor in memory into a reference to that file (gone once a temporary folder is removed)."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors
+
+    held = [(t, t.raw_data) for t in _get_all_tensors(model) if t.HasField("raw_data") and len(t.raw_data) >= 1024]
+    try:
         onnx.save(
             model,
             str(path),
             save_as_external_data=True,
             all_tensors_to_one_file=True,
-            location=name + ".data",
+            location=location,
             size_threshold=1024,
         )
-    else:
-        onnx.save(model, str(path))
-    return path
+    finally:
+        for t, data in held:
+            t.raw_data = data
+            del t.external_data[:]
+            t.data_location = TensorProto.DEFAULT
 
 
 def save_with_outputs(model: ModelProto, outputs: dict[str, int], folder: Path, name: str) -> Path:

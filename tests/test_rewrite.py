@@ -356,3 +356,21 @@ def test_scalar_affine_ops_fold_into_the_producers_quantizer(tmp_path, chain, fo
     if not left:
         fused = fused_ops(r.output, tmp_path)
         assert fused["QLinearConv"] == 2 and not {"Mul", "Add", "Relu", "QLinearMul", "QLinearAdd"} & fused.keys()
+
+
+@pytest.mark.parametrize("scheme", [Scheme.W8A8, Scheme.W4A16])
+def test_models_past_the_protobuf_limit_take_the_external_data_paths(tmp_path, monkeypatch, scheme):
+    """Above 2 GB a model cannot be serialized in one protobuf: saving, sessions, opset conversion and the
+    checker go through files with external data. The threshold is lowered so a small model takes those paths."""
+    from qcli import model_io
+
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    onnx.save(cnn(opset=11), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(1, 3, 16, 16)] * 3)
+    r = quantize(
+        tmp_path / "m.onnx", QuantConfig(scheme=scheme), calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2
+    )
+    assert (tmp_path / "q.onnx.data").exists()  # weights written beside the model
+    assert r.report.size["candidate_bytes"] > (tmp_path / "q.onnx").stat().st_size  # size counts the data file
+    onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
+    assert r.report.fidelity[0].sqnr_db > (20 if scheme == Scheme.W8A8 else 10)

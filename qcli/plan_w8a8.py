@@ -260,13 +260,6 @@ class W8A8Planner:
 
     def _build(self, act: dict[str, Action], dropped: dict[str, str], stats) -> QuantPlan:
         plan = QuantPlan(scheme=self.config.scheme.value)
-        if self.reduce_range:
-            how = (
-                "chosen by --reduce-range"
-                if self.config.reduce_range
-                else "this x86 CPU has no VNNI: 8-bit weights would saturate uint8 x int8 products"
-            )
-            plan.notes.append(f"weights use 7 bits (-64..63) ({how}); depthwise convs keep 8")
         for node in self.nodes:
             a = act.get(node.name)
             if a is not None:
@@ -293,7 +286,27 @@ class W8A8Planner:
                     share = src.share or src.tensor
                 q = self._chain_q(node, act, stats) if a == Action.FOLDED else None
                 self._add_act(plan, node.output[0], stats, share, q)
+        self._explain(plan)
         return plan
+
+    def _explain(self, plan: QuantPlan) -> None:
+        """Plan-wide notes: 7-bit weights, and why nothing was quantized when that is the outcome."""
+        if any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
+            how = (
+                "chosen by --reduce-range"
+                if self.config.reduce_range
+                else "this x86 CPU has no VNNI: 8-bit weights would saturate uint8 x int8 products"
+            )
+            plan.notes.append(f"weights use 7 bits (-64..63) ({how}); depthwise convs keep 8")
+        if not any(d.action != Action.FLOAT for d in plan.nodes):
+            nested = [n.name for n in self.nodes if any(a.type in (5, 10) for a in n.attribute)]  # GRAPH(S)
+            where = (
+                f"; the compute is inside the subgraphs of {', '.join(nested[:3])}, which qcli passes "
+                "through unchanged (quantizing inside If/Loop/Scan is not supported yet)"
+                if nested
+                else ""
+            )
+            plan.notes.append(f"nothing was quantized{where}")
 
     def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None, q: tuple | None = None) -> None:
         if t in plan.activations:

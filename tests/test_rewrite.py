@@ -374,3 +374,33 @@ def test_models_past_the_protobuf_limit_take_the_external_data_paths(tmp_path, m
     assert r.report.size["candidate_bytes"] > (tmp_path / "q.onnx").stat().st_size  # size counts the data file
     onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
     assert r.report.fidelity[0].sqnr_db > (20 if scheme == Scheme.W8A8 else 10)
+
+
+def test_compute_inside_subgraphs_is_passed_through_and_the_report_says_why(tmp_path):
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["b"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 4])],
+        [w],
+    )
+    nodes = [helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=branch, else_branch=branch)]
+    g = helper.make_graph(
+        nodes,
+        "sub",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    (tmp_path / "c").mkdir()
+    for i in range(2):
+        np.savez(tmp_path / "c" / f"{i}.npz", x=np.ones((2, 4), np.float32) * i, cond=np.array(True))
+    r = quantize(tmp_path / "m.onnx", QuantConfig(), calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2)
+    assert any("inside the subgraphs of gate" in n for n in r.report.notes)
+    assert r.report.fidelity[0].max_abs == 0.0  # passed through unchanged

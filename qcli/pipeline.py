@@ -73,47 +73,10 @@ def quantize(
     _name_nodes(model)
     calib_src = FeedSource(calib, specs, config.calib_limit) if calib else None
     eval_src = FeedSource(eval_dir, specs) if eval_dir else None
-    calibration = None
     if config.scheme == Scheme.W8A8:
-        if calib_src is None:
-            raise InputError(
-                "W8A8 static quantization needs calibration data: pass --calib DIR "
-                "(or use --scheme w4a16 for weight-only quantization without data)"
-            )
-        model, note = model_io.ensure_opset(model, 13 if config.per_channel else 10, "per-channel Q/DQ")
-        notes += [note] if note else []
-        items = calib_src.items
-        held: list[Path] = []
-        if eval_src is None and len(items) >= 5:
-            cut = max(1, len(items) // 5)
-            items, held = items[:-cut], items[-cut:]
-        planner = W8A8Planner(model, config, model_io.float_tensors(model))
-        advance = progress("calibrating", len(items))
-        stats = calibrate(
-            model, planner.watch_list(), (calib_src.load(i) for i in items), config.calibrator.value, advance
-        )
-        calibration = {
-            "method": config.calibrator.value,
-            "batches": len(items),
-            "tensors": len(stats),
-            "ranges": {k: v.to_dict() for k, v in stats.items()},
-        }
-        plan = planner.plan(stats)
-        fid_items, fid_src = (eval_src.items, eval_src) if eval_src else (held or items, calib_src)
-        fid_desc = (
-            f"--eval {eval_dir} ({len(fid_items)} batches)"
-            if eval_src
-            else f"{len(fid_items)} calibration file(s) held aside"
-            if held
-            else f"the {len(fid_items)} calibration file(s) themselves (fewer than 5: none held aside)"
-        )
+        model, plan, calibration, fid = _plan_w8a8(model, config, calib_src, eval_src, progress)
     else:
-        model, note = model_io.ensure_opset(model, 21, "int4 block-wise DequantizeLinear")
-        notes += [note] if note else []
-        plan = plan_w4a16(model, config)
-        src = eval_src or calib_src
-        fid_items, fid_src = (src.items, src) if src else ([], None)
-        fid_desc = f"{'--eval' if eval_src else '--calib'} ({len(fid_items)} batches)" if src else ""
+        model, plan, calibration, fid = _plan_w4a16(model, config, calib_src, eval_src)
     plan.notes += notes
     report = Report(
         "quantize",
@@ -140,17 +103,72 @@ def quantize(
     model_io.save_atomic(qmodel, out)
     if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
         del qmodel, model
-    _measure(report, model_path, out, fid_src, fid_items, fid_desc, latency_runs, progress, ort_config)
+    _measure(report, model_path, out, fid.src, fid.items, fid.desc, latency_runs, progress, ort_config)
     if config.scheme == Scheme.W4A16 and u8s8_may_saturate() and not (ort_config or {}).get(NBITS_LEVEL):
         report.notes.append(
             "onnxruntime runs DequantizeLinear(int4) -> MatMul as MatMulNBits with int8 compute by default "
             f"(accuracy level 4); on CPUs without VNNI float compute can be faster: session config {NBITS_LEVEL}=0 "
             "(measure with --ort-config)"
         )
-    if qnames and fid_src is not None:
-        layers = layer_errors(model, qmodel, plan, qnames, (fid_src.load(i) for i in fid_items[:LAYER_BATCHES]))
+    if qnames and fid.src is not None:
+        layers = layer_errors(model, qmodel, plan, qnames, (fid.src.load(i) for i in fid.items[:LAYER_BATCHES]))
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
     return QuantizeResult(plan, report, out)
+
+
+@dataclass(frozen=True)
+class _FidelityData:
+    """Where the report's fidelity and latency figures come from."""
+
+    src: FeedSource | None
+    items: list[Path]
+    desc: str
+
+
+def _plan_w8a8(
+    model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None, progress: Progress
+):
+    if calib_src is None:
+        raise InputError(
+            "W8A8 static quantization needs calibration data: pass --calib DIR "
+            "(or use --scheme w4a16 for weight-only quantization without data)"
+        )
+    model, note = model_io.ensure_opset(model, 13 if config.per_channel else 10, "per-channel Q/DQ")
+    items, held = calib_src.items, []
+    if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
+        cut = max(1, len(items) // 5)
+        items, held = items[:-cut], items[-cut:]
+    planner = W8A8Planner(model, config, model_io.float_tensors(model))
+    advance = progress("calibrating", len(items))
+    stats = calibrate(model, planner.watch_list(), (calib_src.load(i) for i in items), config.calibrator.value, advance)
+    calibration = {
+        "method": config.calibrator.value,
+        "batches": len(items),
+        "tensors": len(stats),
+        "ranges": {k: v.to_dict() for k, v in stats.items()},
+    }
+    plan = planner.plan(stats)
+    plan.notes += [note] if note else []
+    if eval_src:
+        fid = _FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
+    elif held:
+        fid = _FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
+    else:
+        fid = _FidelityData(
+            calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
+        )
+    return model, plan, calibration, fid
+
+
+def _plan_w4a16(model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
+    model, note = model_io.ensure_opset(model, 21, "int4 block-wise DequantizeLinear")
+    plan = plan_w4a16(model, config)
+    plan.notes += [note] if note else []
+    src = eval_src or calib_src
+    if src is None:
+        return model, plan, None, _FidelityData(None, [], "")
+    flag = "--eval" if eval_src else "--calib"
+    return model, plan, None, _FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

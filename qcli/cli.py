@@ -228,5 +228,16 @@ def compare(
             raise GateFailed(f"{g['gate']}: {g['value']} against a limit of {g['limit']}")
 
 
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        from . import __version__
+
+        sys.stdout.write(f"qcli {__version__}\n")
+        raise typer.Exit(0)
+
+
 def main() -> None:
     app()

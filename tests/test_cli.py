@@ -139,3 +139,8 @@ def test_unexpected_failure_is_one_line_exit_3(files, monkeypatch):
     monkeypatch.setattr(qcli.pipeline, "preprocess", boom)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib")
     assert r.exit_code == 3 and "internal error" in r.stderr and "Traceback" not in r.output
+
+
+def test_version():
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.startswith("qcli ")

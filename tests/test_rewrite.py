@@ -404,3 +404,28 @@ def test_compute_inside_subgraphs_is_passed_through_and_the_report_says_why(tmp_
     r = quantize(tmp_path / "m.onnx", QuantConfig(), calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2)
     assert any("inside the subgraphs of gate" in n for n in r.report.notes)
     assert r.report.fidelity[0].max_abs == 0.0  # passed through unchanged
+
+
+def test_w4a16_asymmetric_blocks_carry_zero_points(tmp_path):
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    write_batches(tmp_path / "e", [(2, 5, 64)] * 2)
+    sym = quantize(
+        tmp_path / "mlp.onnx",
+        QuantConfig(scheme=Scheme.W4A16),
+        eval_dir=tmp_path / "e",
+        out=tmp_path / "s.onnx",
+        latency_runs=2,
+    )
+    asym = quantize(
+        tmp_path / "mlp.onnx",
+        QuantConfig(scheme=Scheme.W4A16, weight_symmetric_int4=False),
+        eval_dir=tmp_path / "e",
+        out=tmp_path / "a.onnx",
+        latency_runs=2,
+    )
+    q = onnx.load(str(asym.output))
+    dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear"]
+    assert all(len(n.input) == 3 for n in dqs)  # zero point per block
+    assert sum(t.data_type == TensorProto.UINT4 for t in q.graph.initializer) == 4  # 2 weights + 2 zero points
+    assert fused_ops(asym.output, tmp_path).get("MatMulNBits") == 2
+    assert asym.report.fidelity[0].sqnr_db > 15 and sym.report.fidelity[0].sqnr_db > 15

@@ -306,6 +306,8 @@ class W8A8Planner:
                 if nested
                 else ""
             )
+            if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.nodes):
+                where += "; the model already contains QuantizeLinear/DequantizeLinear: is it quantized already?"
             plan.notes.append(f"nothing was quantized{where}")
 
     def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None, q: tuple | None = None) -> None:

@@ -144,3 +144,12 @@ def test_unexpected_failure_is_one_line_exit_3(files, monkeypatch):
 def test_version():
     r = run("--version")
     assert r.exit_code == 0 and r.stdout.startswith("qcli ")
+
+
+def test_quantizing_a_quantized_model_changes_nothing_and_says_why(files):
+    assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
+    r = run("quantize", files / "q.onnx", "--calib", files / "calib", "-o", files / "qq.onnx", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert any("quantized already" in n for n in report["notes"])
+    assert report["outputs"][0]["max_abs"] == 0.0

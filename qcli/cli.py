@@ -127,6 +127,12 @@ def quantize(
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
     ] = not DEFAULT.weight_symmetric_int4,
+    min_act_sqnr: Annotated[
+        float,
+        typer.Option(
+            help="keep float the ops whose input activation quantizes (per tensor) to fewer dB; 0 turns the guard off"
+        ),
+    ] = DEFAULT.min_activation_sqnr,
     exclude: Annotated[list[str] | None, typer.Option(help="node name or op type to keep float (repeatable)")] = None,
     min_macs: Annotated[
         float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
@@ -156,6 +162,8 @@ def quantize(
         weight_symmetric_int4=not weight_asymmetric,
         exclude=tuple(exclude or ()),
         min_macs_per_conversion=min_macs,
+        min_activation_sqnr=min_act_sqnr,
+        weight_algo=weight_algo,
     )
     with _errors(debug), _progress() as progress:
         result = pipeline.quantize(

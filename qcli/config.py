@@ -36,6 +36,9 @@ class QuantConfig:
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).
     min_macs_per_conversion: float = 48.0
+    # Accuracy guard: compute ops reading an activation that quantizes (alone, per tensor) to fewer dB than
+    # this stay float. Well-spread tensors give 35-45 dB; outlier-dominated ones (BERT LayerNorm/GELU) ~20.
+    min_activation_sqnr: float = 22.0
     fold_batchnorm: bool = True
     # W4A16
     block_size: int = 32

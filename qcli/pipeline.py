@@ -23,9 +23,11 @@ from .plan import Action, QuantPlan
 from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .report import Report
+from .sensitivity import activation_sqnr
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
+SENSITIVITY_BATCHES = 4  # calibration batches for the accuracy guard's second pass
 Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
 
 
@@ -148,6 +150,11 @@ def _plan_w8a8(
         "ranges": {k: v.to_dict() for k, v in stats.items()},
     }
     plan = planner.plan(stats)
+    if config.min_activation_sqnr > 0:  # accuracy guard: a short second pass with the planned parameters
+        act_sqnr = activation_sqnr(model, plan.activations, (calib_src.load(i) for i in items[:SENSITIVITY_BATCHES]))
+        if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
+            plan = planner.plan(stats, act_sqnr)
+        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
     plan.notes += [note] if note else []
     if eval_src:
         fid = _FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")

@@ -216,13 +216,22 @@ class W8A8Planner:
         return None
 
     # -- the plan ----------------------------------------------------------------------------------
-    def plan(self, stats: dict[str, TensorStats]) -> QuantPlan:
+    def plan(self, stats: dict[str, TensorStats], act_sqnr: dict[str, float] | None = None) -> QuantPlan:
+        """`act_sqnr` (tensor -> dB, from sensitivity.py) enables the accuracy guard."""
         anchors, dropped = set(), {}
+        floor = self.config.min_activation_sqnr
         for n in self.anchors:
-            node = next(x for x in self.nodes if x.name == n)
-            missing = [t for t in self._data_ins(node) + [node.output[0]] if self._is_float(t) and t not in stats]
+            node = self._node(n)
+            ins = self._data_ins(node)
+            missing = [t for t in ins + [node.output[0]] if self._is_float(t) and t not in stats]
+            weak = [t for t in ins if (act_sqnr or {}).get(t, float("inf")) < floor]
             if missing:
                 dropped[n] = f"tensor {missing[0]!r} was not observed during calibration"
+            elif weak:
+                dropped[n] = (
+                    f"kept float for accuracy: its input {weak[0]!r} quantizes to {act_sqnr[weak[0]]:.1f} dB "
+                    f"per tensor (< {floor:g}; a few outliers set its range)"
+                )
             else:
                 anchors.add(n)
         while True:

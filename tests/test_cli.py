@@ -153,3 +153,49 @@ def test_quantizing_a_quantized_model_changes_nothing_and_says_why(files):
     report = json.loads(r.stdout)
     assert any("quantized already" in n for n in report["notes"])
     assert report["outputs"][0]["max_abs"] == 0.0
+
+
+def test_every_quantize_flag_reaches_the_config_in_the_report(files):
+    r = run(
+        "quantize",
+        files / "m.onnx",
+        "--calib",
+        files / "calib",
+        "-o",
+        files / "q.onnx",
+        "--json",
+        "--per-tensor",
+        "--activation-symmetric",
+        "--no-reduce-range",
+        "--calib-limit",
+        4,
+        "--min-macs",
+        7,
+        "--min-act-sqnr",
+        0,
+        "--exclude",
+        "conv3",
+        "--weight-algo",
+        "rtn",
+        "--calibrator",
+        "minmax",
+    )
+    assert r.exit_code == 0, r.output
+    c = json.loads(r.stdout)["config"]
+    assert (c["per_channel"], c["activation_symmetric"], c["reduce_range"]) == (False, True, False)
+    assert (c["calib_limit"], c["min_macs_per_conversion"], c["min_activation_sqnr"]) == (4, 7.0, 0.0)
+    assert (c["exclude"], c["weight_algo"], c["calibrator"]) == (["conv3"], "rtn", "minmax")
+    r = run(
+        "quantize",
+        files / "m.onnx",
+        "--scheme",
+        "w4a16",
+        "-o",
+        files / "q4.onnx",
+        "--json",
+        "--block-size",
+        16,
+        "--weight-asymmetric",
+    )
+    c = json.loads(r.stdout)["config"]
+    assert (c["scheme"], c["block_size"], c["weight_symmetric_int4"]) == ("w4a16", 16, False)

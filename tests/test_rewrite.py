@@ -429,3 +429,28 @@ def test_w4a16_asymmetric_blocks_carry_zero_points(tmp_path):
     assert sum(t.data_type == TensorProto.UINT4 for t in q.graph.initializer) == 4  # 2 weights + 2 zero points
     assert fused_ops(asym.output, tmp_path).get("MatMulNBits") == 2
     assert asym.report.fidelity[0].sqnr_db > 15 and sym.report.fidelity[0].sqnr_db > 15
+
+
+def test_accuracy_guard_keeps_float_an_op_whose_input_range_is_set_by_outliers(tmp_path):
+    """Input with rare spikes (range ~+-100, energy in the N(0,1) bulk): per-tensor 8-bit leaves the bulk a
+    step of ~0.8, about 13 dB. The MatMul reading it stays float, and the plan says why."""
+    onnx.save(mlp(k=64, hidden=128), tmp_path / "m.onnx")
+    (tmp_path / "c").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        x = rng.standard_normal((4, 16, 64)).astype(np.float32)
+        x.reshape(-1)[rng.integers(0, x.size, 2)] = 100.0 * (1 if i % 2 else -1)
+        np.save(tmp_path / "c" / f"{i}.npy", x)
+    guarded = quantize(
+        tmp_path / "m.onnx", QuantConfig(min_macs_per_conversion=0), calib=tmp_path / "c", dry_run=True
+    ).plan
+    d = guarded.decision("mm1")
+    assert d.action.value == "float" and "kept float for accuracy: its input 'x'" in d.reason
+    assert guarded.decision("mm2").action.value != "float"  # its input is well spread
+    off = quantize(
+        tmp_path / "m.onnx",
+        QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=0),
+        calib=tmp_path / "c",
+        dry_run=True,
+    ).plan
+    assert off.decision("mm1").action.value == "int8"

@@ -1,0 +1,143 @@
+"""Int8 regions: grown from anchors through ops the runtime runs on int8, shrunk where int8 would only be
+converted back to float. Pure graph structure: which nodes run how, for a given set of anchors."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import ModelProto
+
+from . import fold
+from .config import QuantConfig
+from .graph import GraphIndex
+from .ops import ANCHORS, PASSTHROUGH, QLINEAR, SHRINKING, data_inputs
+from .plan import Action
+
+INT8_READERS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
+
+
+class RegionBuilder:
+    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str]) -> None:
+        self.config = config
+        self.nodes = list(model.graph.node)
+        self.idx = GraphIndex(model.graph)
+        self.floats = floats
+        self.anchors: set[str] = set()  # Conv/MatMul/Gemm that may run on int8 (set by the planner)
+        self.no_fold: set[str] = set()  # folds whose zero-point shift would leave the integer range
+
+    def _is_float(self, t: str) -> bool:
+        return t in self.floats and not self.idx.is_const(t)
+
+    def _data_ins(self, node) -> list[str]:
+        return [node.input[i] for i in data_inputs(node) if i < len(node.input) and node.input[i]]
+
+    def _region(self, anchors: set[str]) -> dict[str, Action]:
+        act: dict[str, Action] = {}
+        qt: set[str] = set()  # tensors produced on int8
+        for node in self.nodes:
+            n, op, ins = node.name, node.op_type, self._data_ins(node)
+            if n in self.config.exclude or op in self.config.exclude:
+                continue
+            if n in anchors:
+                act[n] = Action.INT8
+            elif (op in fold.CLAMPS or op in fold.AFFINE) and n not in self.no_fold and self._foldable(node, act):
+                act[n] = Action.FOLDED
+            elif (
+                op in PASSTHROUGH
+                and ins
+                and (ins[0] in qt or self._const_table(node))
+                and self._rest_not_activations(node)
+                and len([o for o in node.output if o]) == 1
+            ):
+                act[n] = Action.PASSTHROUGH
+            elif (
+                op in QLINEAR
+                and any(t in qt for t in ins)
+                and all(t in qt or (self.idx.is_const(t) and self.idx.inits[t].data_type == 1) for t in ins)
+            ):
+                act[n] = Action.INT8
+            else:
+                continue
+            qt.add(node.output[0])
+        self._shrink(act)
+        return act
+
+    def _foldable(self, node, act: dict[str, Action]) -> bool:
+        """Relu/Clip/Mul/Add right after an int8 producer (or after ops already folded into it)."""
+        x = fold.data_input(node, self.idx)
+        prod = self.idx.producer.get(x)
+        if prod is None or len(self.idx.consumers[x]) != 1 or self.idx.escapes(x):
+            return False
+        if act.get(prod.name) == Action.INT8 and prod.op_type in ANCHORS | QLINEAR:
+            after_clamp = False
+        elif act.get(prod.name) == Action.FOLDED:
+            after_clamp = any(n.op_type in fold.CLAMPS for n in self._chain(prod, act))
+        else:
+            return False
+        if self.config.activation_symmetric and node.op_type not in ("Mul", "Div"):
+            return False  # int8 symmetric: Q does not saturate at 0 and the zero point stays 0
+        return fold.foldable_op(node, self.idx, after_clamp)
+
+    def _chain(self, node, act: dict[str, Action]) -> list:
+        """Folded ops from the one next to the int8 producer up to `node` (inclusive)."""
+        chain = []
+        while act.get(node.name) == Action.FOLDED:
+            chain.append(node)
+            node = self.idx.producer[fold.data_input(node, self.idx)]
+        return chain[::-1]
+
+    def _const_table(self, node) -> bool:
+        """A Gather from a constant float table used by nothing else (an embedding): store it int8."""
+        if node.op_type != "Gather":
+            return False
+        t = node.input[0]
+        return (
+            node.op_type == "Gather"
+            and self.idx.is_const(t)
+            and self.idx.inits[t].data_type == 1
+            and len(self.idx.consumers[t]) == 1
+            and int(np.prod(self.idx.inits[t].dims)) >= 1024
+        )
+
+    def _rest_not_activations(self, node) -> bool:
+        return all(not self._is_float(t) for t in node.input[1:] if t)
+
+    def _int8_readers(self, t: str, act: dict[str, Action]) -> list:
+        return [c for c in self.idx.consumers.get(t, []) if act.get(c.name) in INT8_READERS and t in self._data_ins(c)]
+
+    def _float_readers(self, t: str, act: dict[str, Action]) -> bool:
+        readers = self.idx.consumers.get(t, [])
+        return self.idx.escapes(t) or len(self._int8_readers(t, act)) < len(readers)
+
+    def _out(self, node, act: dict[str, Action]) -> str:
+        """The tensor an int8 node finally writes (after the ops folded into its Q)."""
+        t = node.output[0]
+        while True:
+            cons = self.idx.consumers.get(t, [])
+            if len(cons) != 1 or act.get(cons[0].name) != Action.FOLDED:
+                return t
+            t = cons[0].output[0]
+
+    def _shrink(self, act: dict[str, Action]) -> None:
+        """Drop int8 ops whose output only goes back to float; MatMul/Gemm then write float directly."""
+        changed = True
+        while changed:
+            changed = False
+            for node in reversed(self.nodes):
+                a = act.get(node.name)
+                keep = node.op_type in SHRINKING or self._const_table(node)  # int8 output is smaller anyway
+                if a is None or node.name in self.anchors or a == Action.FOLDED or keep:
+                    continue
+                if not self._int8_readers(self._out(node, act), act):
+                    del act[node.name]
+                    changed = True
+        for node in self.nodes:
+            if node.op_type in ("MatMul", "Gemm") and act.get(node.name) == Action.INT8:
+                if not self._int8_readers(self._out(node, act), act):
+                    act[node.name] = Action.INT8_OUT_FLOAT
+        # An op can only fold into the Q of a producer that still writes int8 (topological order: a
+        # chain whose head was undone is undone along with it).
+        for node in self.nodes:
+            if act.get(node.name) == Action.FOLDED:
+                prod = self.idx.producer[fold.data_input(node, self.idx)]
+                if act.get(prod.name) not in (Action.INT8, Action.FOLDED):
+                    del act[node.name]

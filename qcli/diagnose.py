@@ -16,6 +16,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from . import fold, model_io
+from . import qparams as qp
 from .graph import GraphIndex
 from .plan import Action, QuantPlan
 from .session import make_session
@@ -72,6 +73,6 @@ def layer_errors(
             node = producer[fold.data_input(node, idx)]
             name, op = f"{node.name}+{name}", f"{node.op_type}+{op}"
         upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
-        sq = float("inf") if rel[t] == 0 else float(-10 * np.log10(rel[t]))
+        sq = qp.db(sig[t], noise[t])
         out.append(LayerError(t, name, op, sq, max(rel[t] - upstream, 0.0)))
     return out

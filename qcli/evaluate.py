@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .qparams import db
 from .session import make_session
 
 
@@ -83,7 +84,7 @@ def fidelity(
             "compare needs two versions of the same model"
         )
     acc = {
-        n: {"sig": 0.0, "noise": 0.0, "dot": 0.0, "rr": 0.0, "cc": 0.0, "max": 0.0, "agree": 0, "rows": 0, "cls": True}
+        n: {"sig": 0.0, "noise": 0.0, "dot": 0.0, "cc": 0.0, "max": 0.0, "agree": 0, "rows": 0, "cls": True}
         for n in names
     }
     count = 0
@@ -100,7 +101,6 @@ def fidelity(
             a["sig"] += float(r64 @ r64)
             a["noise"] += float((r64 - c64) @ (r64 - c64))
             a["dot"] += float(r64 @ c64)
-            a["rr"] += float(r64 @ r64)
             a["cc"] += float(c64 @ c64)
             a["max"] = max(a["max"], float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
             if a["cls"] and n in scores and _is_class_scores(r):
@@ -113,10 +113,10 @@ def fidelity(
     out = []
     for n in names:
         a = acc[n]
-        sq = float("inf") if a["noise"] == 0 else 10 * np.log10(max(a["sig"], 1e-30) / a["noise"])
-        cos = a["dot"] / np.sqrt(a["rr"] * a["cc"]) if a["rr"] and a["cc"] else 1.0
+        sq = db(a["sig"], a["noise"])
+        cos = a["dot"] / np.sqrt(a["sig"] * a["cc"]) if a["sig"] and a["cc"] else 1.0
         top1 = a["agree"] / a["rows"] if a["cls"] and a["rows"] else None
-        out.append(OutputFidelity(n, float(sq), float(cos), a["max"], top1))
+        out.append(OutputFidelity(n, sq, float(cos), a["max"], top1))
     return out
 
 

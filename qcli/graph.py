@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
-FLOAT_TYPES = {TensorProto.FLOAT}
-
 
 @dataclass
 class GraphIndex:

@@ -74,14 +74,6 @@ class QuantPlan:
             out.setdefault(d.action.value, Counter())[d.op_type] += 1
         return {k: dict(sorted(v.items())) for k, v in out.items()}
 
-    def float_reasons(self) -> dict[str, list[str]]:
-        """reason -> nodes, for compute nodes (and anything else with a reason) left float."""
-        out: dict[str, list[str]] = {}
-        for d in self.nodes:
-            if d.action is Action.FLOAT and d.reason:
-                out.setdefault(d.reason, []).append(d.node)
-        return out
-
     def to_dict(self) -> dict:
         return {
             "scheme": self.scheme,

@@ -94,7 +94,7 @@ class W8A8Planner(RegionBuilder):
         anchors, dropped = set(), {}
         floor = self.config.min_activation_sqnr
         for n in self.anchors:
-            node = self._node(n)
+            node = self.by_name[n]
             ins = self._data_ins(node)
             missing = [t for t in ins + [node.output[0]] if self._is_float(t) and t not in stats]
             weak = [t for t in ins if (act_sqnr or {}).get(t, float("inf")) < floor]
@@ -123,11 +123,10 @@ class W8A8Planner(RegionBuilder):
                 break
             anchors -= cheap.keys()
             dropped.update(cheap)
-            self.no_fold |= {x.name for n in unfoldable for x in self._chain(self._node(n), act) if x.op_type == "Add"}
+            self.no_fold |= {
+                x.name for n in unfoldable for x in self._chain(self.by_name[n], act) if x.op_type == "Add"
+            }
         return self._build(act, dropped, stats)
-
-    def _node(self, name: str):
-        return next(x for x in self.nodes if x.name == name)
 
     def _chain_ends(self, act: dict[str, Action]) -> list:
         return [n for n in self.nodes if act.get(n.name) == Action.FOLDED and self._out(n, act) == n.output[0]]

@@ -157,11 +157,12 @@ def bias_qparams(x_scale: np.ndarray, w_scale: np.ndarray) -> QParams:
     )
 
 
+def db(signal: float, noise: float) -> float:
+    """Signal-to-noise ratio in dB from summed squares (inf when there is no noise)."""
+    return float("inf") if noise == 0 else float(10.0 * np.log10(max(signal, 1e-30) / noise))
+
+
 def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when identical)."""
     ref = ref.astype(np.float64)
-    noise = float(np.sum((ref - approx.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+    return db(float(np.sum(ref**2)), float(np.sum((ref - approx.astype(np.float64)) ** 2)))

@@ -19,6 +19,7 @@ class RegionBuilder:
     def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str]) -> None:
         self.config = config
         self.nodes = list(model.graph.node)
+        self.by_name = {n.name: n for n in self.nodes}
         self.idx = GraphIndex(model.graph)
         self.floats = floats
         self.anchors: set[str] = set()  # Conv/MatMul/Gemm that may run on int8 (set by the planner)

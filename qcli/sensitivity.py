@@ -46,4 +46,4 @@ def activation_sqnr(
                 v64 = v.astype(np.float64)
                 sig[t] += float(np.sum(v64**2))
                 noise[t] += float(np.sum((v64 - qp.dequantize(qp.quantize(v, p), p)) ** 2))
-    return {t: (float("inf") if noise[t] == 0 else float(10 * np.log10(max(sig[t], 1e-30) / noise[t]))) for t in sig}
+    return {t: qp.db(sig[t], noise[t]) for t in sig}

@@ -69,19 +69,3 @@ def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> Mo
     g.node.extend(out_nodes)
     _drop_unused_initializers(m)
     return m
-
-
-def pack_int4(values: np.ndarray) -> bytes:
-    """Two 4-bit values per byte, low nibble first (the ONNX INT4/UINT4 layout)."""
-    flat = values.astype(np.int8).reshape(-1).astype(np.uint8) & 0x0F
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
-
-
-def unpack_int4(data: bytes, count: int, signed: bool) -> np.ndarray:
-    b = np.frombuffer(data, np.uint8)
-    nib = np.empty(b.size * 2, np.uint8)
-    nib[0::2], nib[1::2] = b & 0x0F, b >> 4
-    nib = nib[:count].astype(np.int8)
-    return np.where(nib > 7, nib - 16, nib).astype(np.int8) if signed else nib.astype(np.uint8)

@@ -12,7 +12,7 @@ from onnx import ModelProto, TensorProto
 from . import model_io
 from .errors import InputError
 from .observers import OBSERVERS, TensorStats
-from .session import make_session
+from .session import Session
 
 
 def calibrate(
@@ -30,12 +30,9 @@ def calibrate(
     count = 0
     with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
         path = model_io.save_with_outputs(model, dict.fromkeys(watch, TensorProto.FLOAT), Path(tmp), "calib.onnx")
-        sess = make_session(path)
+        sess = Session(path, label="the model (calibration run)")
         for feed in batches:
-            try:
-                results = sess.run(watch, feed)
-            except Exception as e:
-                raise InputError(f"onnxruntime failed on a calibration batch: {str(e).splitlines()[0]}") from e
+            results = sess.run(watch, feed)
             for name, value in zip(watch, results):
                 observers[name].update(value)
                 shapes.setdefault(name, tuple(value.shape))

@@ -13,12 +13,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import pipeline
 from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
 from .errors import GateFailed, InputError, QcliError
-from .report import render_rich, write_beside
+from .report import Report, render_rich
 
 err = Console(stderr=True)
 app = typer.Typer(
@@ -50,6 +51,14 @@ COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latenc
 """
 
 
+def _say(label: str, message: str, style: str = "bold red") -> None:
+    """One line on stderr: styled on a terminal, plain and unwrapped elsewhere; never read as markup."""
+    if err.is_terminal:
+        err.print(f"[{style}]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
+    else:
+        sys.stderr.write(f"{label} {message}\n")
+
+
 @contextmanager
 def _errors(debug: bool):
     try:
@@ -57,19 +66,21 @@ def _errors(debug: bool):
     except QcliError as e:
         if debug:
             err.print_exception()
-        err.print(f"[bold red]gate failed:[/] {e}" if e.exit_code == 1 else f"[bold red]error:[/] {e}", highlight=False)
+        _say("gate failed:" if e.exit_code == 1 else "error:", str(e))
         raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt as e:
+        written = getattr(e, "written", [])
+        if written:
+            names = ", ".join(str(p) for p in written)
+            _say("interrupted:", f"{names} written and complete; the rest (report, measurements) was not", "yellow")
+        else:
+            _say("interrupted:", "nothing was written", "yellow")
+        raise typer.Exit(130) from None
     except Exception as e:  # a bug: one line, and the traceback only on request
         if debug:
             err.print_exception()
-        err.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e} (a bug in qcli; rerun with --debug and report it)",
-            highlight=False,
-        )
+        _say("internal error:", f"{type(e).__name__}: {e} (a bug in qcli; rerun with --debug and report it)")
         raise typer.Exit(3) from None
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing was written")
-        raise typer.Exit(130) from None
 
 
 @contextmanager
@@ -95,10 +106,11 @@ def _progress():
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (never modified)")],
     calib: Annotated[
-        Path | None, typer.Option(help="calibration data folder (*.npy, *.npz or <sample>/<input>.npy)")
+        Path | None, typer.Option(help="calibration data folder (`*.npy`, `*.npz` or `<sample>/<input>.npy`)")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="output model [default: <model>.int8.onnx / .int4.onnx]")
+        Path | None,
+        typer.Option("-o", "--output", help="output model (default: `<model>.int8.onnx` or `<model>.int4.onnx`)"),
     ] = None,
     scheme: Annotated[
         Scheme, typer.Option(help="w8a8: static int8 QDQ; w4a16: weight-only int4 blocks")
@@ -122,7 +134,7 @@ def quantize(
     ] = DEFAULT.calib_limit,
     weight_algo: Annotated[WeightAlgo, typer.Option(help="weight quantization algorithm")] = DEFAULT.weight_algo,
     block_size: Annotated[
-        int, typer.Option(min=16, help="w4a16: weights per scale along the reduction axis")
+        int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")
     ] = DEFAULT.block_size,
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
@@ -133,7 +145,10 @@ def quantize(
             help="keep float the ops whose input activation quantizes (per tensor) to fewer dB; 0 turns the guard off"
         ),
     ] = DEFAULT.min_activation_sqnr,
-    exclude: Annotated[list[str] | None, typer.Option(help="node name or op type to keep float (repeatable)")] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
+    ] = None,
     min_macs: Annotated[
         float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
     ] = DEFAULT.min_macs_per_conversion,
@@ -148,37 +163,35 @@ def quantize(
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    if block_size & (block_size - 1):
-        err.print(f"[bold red]error:[/] --block-size must be a power of two (got {block_size})")
-        raise typer.Exit(2)
-    config = QuantConfig(
-        scheme=scheme,
-        per_channel=not per_tensor,
-        activation_symmetric=activation_symmetric,
-        reduce_range=reduce_range,
-        calibrator=calibrator,
-        calib_limit=calib_limit,
-        block_size=block_size,
-        weight_symmetric_int4=not weight_asymmetric,
-        exclude=tuple(exclude or ()),
-        min_macs_per_conversion=min_macs,
-        min_activation_sqnr=min_act_sqnr,
-        weight_algo=weight_algo,
-    )
     with _errors(debug), _progress() as progress:
+        config = QuantConfig(  # validates: the API refuses what the CLI refuses
+            scheme=scheme,
+            per_channel=not per_tensor,
+            activation_symmetric=activation_symmetric,
+            reduce_range=reduce_range,
+            calibrator=calibrator,
+            calib_limit=calib_limit,
+            block_size=block_size,
+            weight_symmetric_int4=not weight_asymmetric,
+            exclude=tuple(exclude or ()),
+            min_macs_per_conversion=min_macs,
+            min_activation_sqnr=min_act_sqnr,
+            weight_algo=weight_algo,
+        )
         result = pipeline.quantize(
             model, config, calib, output, eval_dir, dry_run, progress, ort_config=_kv(ort_config)
         )
     if dry_run:
+        for w in result.report.warnings:
+            _say("warning:", w, "yellow")
         plan = result.plan.to_dict()
         if json_out:
             sys.stdout.write(json.dumps(plan, indent=2) + "\n")
         else:
             _print_plan(plan)
         return
-    paths = write_beside(result.report, result.output)
     render_rich(result.report, err)
-    err.print(f"wrote {result.output} and {paths[0].name}, {paths[1].name}", highlight=False)
+    _say("wrote", ", ".join(str(p) for p in result.written), "bold green")
     if json_out:
         sys.stdout.write(result.report.to_json() + "\n")
 
@@ -194,14 +207,16 @@ def _kv(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _print_plan(plan: dict) -> None:
-    for action, ops in plan["summary"].items():
-        err.print(f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()), highlight=False)
+    lines = [
+        f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for action, ops in plan["summary"].items()
+    ]
     for n in plan["nodes"]:
         if n["action"] != "float" or n["reason"]:
-            why = f"  ({n['reason']})" if n["reason"] else ""
-            err.print(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}", highlight=False)
-    for note in plan["notes"]:
-        err.print(f"note: {note}", highlight=False)
+            why = f"  ({n['reason']['text']})" if n["reason"] else ""
+            lines.append(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}")
+    lines += [f"decided {k}: {d['value']} ({d['why']})" for k, d in plan["decisions"].items()]
+    lines += [f"note: {note}" for note in plan["notes"]]
+    sys.stderr.write("\n".join(lines) + "\n")
 
 
 @app.command(help=COMPARE_HELP)
@@ -224,16 +239,20 @@ def compare(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with _errors(debug), _progress() as progress:
-        report = pipeline.compare(
-            reference, candidate, data, min_sqnr, max_top1_drop, runs, progress, ort_config=_kv(ort_config)
-        )
-        if json_out:
-            sys.stdout.write(report.to_json() + "\n")
-        render_rich(report, err)
-        failed = [g for g in report.gates if not g["passed"]]
-        if failed:
-            g = failed[0]
-            raise GateFailed(f"{g['gate']}: {g['value']} against a limit of {g['limit']}")
+        try:
+            report = pipeline.compare(
+                reference, candidate, data, min_sqnr, max_top1_drop, runs, progress, ort_config=_kv(ort_config)
+            )
+        except GateFailed as e:
+            _show(e.report, json_out)
+            raise
+        _show(report, json_out)
+
+
+def _show(report: Report, json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(report.to_json() + "\n")
+    render_rich(report, err)
 
 
 @app.callback(invoke_without_command=True)

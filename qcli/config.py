@@ -1,9 +1,13 @@
-"""Configuration: frozen dataclasses and str Enums. CLI defaults are read from here."""
+"""Configuration: frozen dataclasses and str Enums. CLI defaults are read from here, and so is validation:
+the API and the CLI accept and refuse the same things."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from fnmatch import fnmatchcase
+
+from .errors import InputError
 
 
 class Scheme(str, Enum):
@@ -19,6 +23,22 @@ class WeightAlgo(str, Enum):
     RTN = "rtn"
 
 
+MIN_BLOCK, MAX_BLOCK = 16, 256
+
+# Options that only mean something for some schemes (field name -> CLI flag, schemes that read it).
+_SCHEME_ONLY = {
+    "per_channel": ("--per-tensor", {Scheme.W8A8}),
+    "activation_symmetric": ("--activation-symmetric", {Scheme.W8A8}),
+    "reduce_range": ("--reduce-range/--no-reduce-range", {Scheme.W8A8}),
+    "calibrator": ("--calibrator", {Scheme.W8A8}),
+    "calib_limit": ("--calib-limit", {Scheme.W8A8}),
+    "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
+    "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
+    "block_size": ("--block-size", {Scheme.W4A16}),
+    "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16}),
+}
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything that decides how a model is quantized. Saved (versioned) in every report."""
@@ -28,7 +48,7 @@ class QuantConfig:
     per_channel: bool = True
     activation_symmetric: bool = False  # False: uint8 asymmetric; True: int8 symmetric
     # 7-bit weights so uint8 x int8 products cannot saturate on x86 CPUs without VNNI.
-    # None: decide from the CPU quantizing (see hostcpu.py); the report records the choice.
+    # None: decide from the CPU quantizing (see hostcpu.py); the plan records the choice and why.
     reduce_range: bool | None = None
     calibrator: CalibMethod = CalibMethod.MINMAX
     calib_limit: int | None = None
@@ -44,10 +64,46 @@ class QuantConfig:
     block_size: int = 32
     weight_symmetric_int4: bool = True
     weight_algo: WeightAlgo = WeightAlgo.RTN
-    # Both
-    exclude: tuple[str, ...] = field(default_factory=tuple)  # node names or op types kept float
+    # Both: node names, op types or node-name globs (fnmatch: *, ?, [..]) kept float
+    exclude: tuple[str, ...] = field(default_factory=tuple)
 
     VERSION = 1
+
+    def __post_init__(self) -> None:
+        for name, enum in (("scheme", Scheme), ("calibrator", CalibMethod), ("weight_algo", WeightAlgo)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                known = ", ".join(e.value for e in enum)
+                raise InputError(f"unknown {name} {getattr(self, name)!r} (known: {known})") from None
+        b = self.block_size
+        if not (MIN_BLOCK <= b <= MAX_BLOCK) or b & (b - 1):
+            raise InputError(f"--block-size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK} (got {b})")
+        if self.calib_limit is not None and self.calib_limit < 1:
+            raise InputError(f"--calib-limit must be at least 1 (got {self.calib_limit})")
+        if self.min_macs_per_conversion < 0:
+            raise InputError(f"--min-macs must be >= 0 (got {self.min_macs_per_conversion:g})")
+        if self.min_activation_sqnr < 0:
+            raise InputError(f"--min-act-sqnr must be >= 0 dB (got {self.min_activation_sqnr:g})")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if any(not p for p in self.exclude):
+            raise InputError("--exclude needs a node name, an op type or a glob, not an empty string")
+
+    def excluded_by(self, node_name: str, op_type: str) -> str | None:
+        """The --exclude pattern that keeps this node float, or None. The one exclusion test."""
+        for pattern in self.exclude:
+            if pattern in (node_name, op_type) or fnmatchcase(node_name, pattern):
+                return pattern
+        return None
+
+    def ignored_options(self) -> list[str]:
+        """Flags set away from their default that the chosen scheme does not read (a silent no-op otherwise)."""
+        out = []
+        for f in fields(self):
+            flag, schemes = _SCHEME_ONLY.get(f.name, (None, None))
+            if flag and self.scheme not in schemes and getattr(self, f.name) != getattr(DEFAULT, f.name):
+                out.append(flag)
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,3 +113,22 @@ class QuantConfig:
 
 
 DEFAULT = QuantConfig()
+
+
+def effective(config: QuantConfig, decisions: dict[str, dict]) -> dict:
+    """The configuration as applied: fields the scheme does not read are left out, and choices left to
+    qcli (reduce_range: None) are replaced by what was decided (the why is in `decisions`)."""
+    d = config.to_dict()
+    for name, (_, schemes) in _SCHEME_ONLY.items():
+        if config.scheme not in schemes:
+            d.pop(name, None)
+    for name, decided in decisions.items():
+        if name in d:
+            d[name] = decided["value"]
+    return d
+
+
+def unmatched_excludes(config: QuantConfig, nodes) -> list[str]:
+    """--exclude patterns that match no node (name, op type or glob) of `nodes`."""
+    names = [(n.name, n.op_type) for n in nodes]
+    return [p for p in config.exclude if not any(p in pair or fnmatchcase(pair[0], p) for pair in names)]

@@ -19,9 +19,7 @@ from . import fold, model_io
 from . import qparams as qp
 from .graph import GraphIndex
 from .plan import Action, QuantPlan
-from .session import make_session
-
-_ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+from .session import Session
 
 
 @dataclass(frozen=True)
@@ -44,35 +42,28 @@ def layer_errors(
     if not tensors:
         return []
     with tempfile.TemporaryDirectory(prefix="qcli-diag-") as tmp:
-        ref = make_session(
-            model_io.save_with_outputs(reference, dict.fromkeys(tensors, TensorProto.FLOAT), Path(tmp), "ref.onnx")
-        )
-        cand = make_session(
-            model_io.save_with_outputs(
-                quantized, {qnames[t]: _ONNX_TYPES[plan.activations[t].qtype] for t in tensors}, Path(tmp), "cand.onnx"
-            )
-        )
-        sig = dict.fromkeys(tensors, 0.0)
-        noise = dict.fromkeys(tensors, 0.0)
+        ref_types = dict.fromkeys(tensors, TensorProto.FLOAT)
+        ref = Session(model_io.save_with_outputs(reference, ref_types, Path(tmp), "ref.onnx"), label="the model")
+        cand_types = {qnames[t]: qp.QTYPES[plan.activations[t].qtype].onnx_type for t in tensors}
+        cand_path = model_io.save_with_outputs(quantized, cand_types, Path(tmp), "cand.onnx")
+        cand = Session(cand_path, ours=True, label="the quantized model (per-layer run)")
+        meters = {t: qp.NoiseMeter() for t in tensors}
         for feed in feeds:
             r_out = ref.run(tensors, feed)
             c_out = cand.run([qnames[t] for t in tensors], feed)
             for t, r, q in zip(tensors, r_out, c_out):
                 a = plan.activations[t]
-                c = (q.astype(np.float64) - a.zero_point) * a.scale
-                sig[t] += float(np.sum(r.astype(np.float64) ** 2))
-                noise[t] += float(np.sum((r - c) ** 2))
-    rel = {t: noise[t] / sig[t] if sig[t] else 0.0 for t in tensors}
+                meters[t].add(r, (q.astype(np.float64) - a.zero_point) * a.scale)
+    rel = {t: m.relative_noise for t, m in meters.items()}
     producer = {o: n for n in reference.graph.node for o in n.output}
     folded = {d.node for d in plan.nodes if d.action == Action.FOLDED}
     idx = GraphIndex(reference.graph)
     out = []
     for t in tensors:
-        node, name, op = producer[t], producer[t].name, producer[t].op_type
-        while node.name in folded:  # ops folded into their producer's Q: blame the producer
-            node = producer[fold.data_input(node, idx)]
-            name, op = f"{node.name}+{name}", f"{node.op_type}+{op}"
+        chain = fold.chain(producer[t], lambda n: n.name in folded, idx)  # ops folded into a producer's Q
+        node = idx.producer[fold.data_input(chain[0], idx)] if chain else producer[t]
+        name = "+".join(n.name for n in [node, *chain])
+        op = "+".join(n.op_type for n in [node, *chain])
         upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
-        sq = qp.db(sig[t], noise[t])
-        out.append(LayerError(t, name, op, sq, max(rel[t] - upstream, 0.0)))
+        out.append(LayerError(t, name, op, meters[t].db, max(rel[t] - upstream, 0.0)))
     return out

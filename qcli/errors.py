@@ -14,12 +14,25 @@ class InputError(QcliError):
 
 
 class GateFailed(QcliError):
-    """A `compare` quality gate failed (exit code 1)."""
+    """A `compare` quality gate failed (exit code 1). `report` holds every figure measured."""
 
     exit_code = 1
+
+    def __init__(self, message: str, report=None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class InternalError(QcliError):
     """A bug in qcli (exit code 3): the message says what failed; --debug shows the traceback."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during quantize; `written` lists the files already in place (the output model is written
+    atomically, so it is either complete and listed here, or absent)."""
+
+    def __init__(self, written: list) -> None:
+        super().__init__()
+        self.written = list(written)

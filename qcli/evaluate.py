@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .qparams import db
-from .session import make_session
+from .qparams import NoiseMeter
+from .session import Session
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,10 @@ class Latency:
 
 
 def file_size(path: Path) -> int:
-    """Model file plus any external-data files next to it that it references."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    """Model file plus the external-data files it references."""
+    from .model_io import external_data_files
 
-    size = path.stat().st_size
-    locations = set()
-    model = onnx.load(str(path), load_external_data=False)
-    for t in _get_all_tensors(model):
-        if uses_external_data(t):
-            locations.update(e.value for e in t.external_data if e.key == "location")
-    return size + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).exists())
+    return path.stat().st_size + sum(p.stat().st_size for p in external_data_files(path) if p.exists())
 
 
 def class_score_outputs(model_path: Path) -> set[str]:
@@ -71,53 +64,59 @@ def _is_class_scores(a: np.ndarray) -> bool:
     return a.ndim in (2, 3) and a.shape[-1] >= 2 and a.dtype.kind == "f"
 
 
+class _OutputMeter:
+    """Streaming fidelity figures of one output."""
+
+    def __init__(self, class_scores: bool) -> None:
+        self.noise = NoiseMeter()
+        self.dot = self.cc = self.max_abs = 0.0
+        self.agree = self.rows = 0
+        self.class_scores = class_scores
+
+    def add(self, r: np.ndarray, c: np.ndarray) -> None:
+        if r.dtype.kind != "f" or not _is_class_scores(r):
+            self.class_scores = False
+        if self.class_scores:
+            self.agree += int(np.sum(r.argmax(-1) == c.argmax(-1)))
+            self.rows += int(np.prod(r.shape[:-1]))
+        r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
+        self.noise.add(r64, c64)
+        self.dot += float(r64 @ c64)
+        self.cc += float(c64 @ c64)
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
+
+    def result(self, name: str) -> OutputFidelity:
+        sig = self.noise.signal
+        cos = self.dot / np.sqrt(sig * self.cc) if sig and self.cc else 1.0
+        top1 = self.agree / self.rows if self.class_scores and self.rows else None
+        return OutputFidelity(name, self.noise.db, float(cos), self.max_abs, top1)
+
+
 def fidelity(
-    ref_path: Path, cand_path: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None
+    ref_path: Path,
+    cand_path: Path,
+    feeds: Iterable[dict[str, np.ndarray]],
+    config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
 ) -> list[OutputFidelity]:
-    ref, cand = make_session(ref_path, config=config), make_session(cand_path, config=config)
-    names = [o.name for o in ref.get_outputs()]
-    scores = class_score_outputs(ref_path)
-    cand_names = {o.name for o in cand.get_outputs()}
-    if set(names) != cand_names or {i.name for i in ref.get_inputs()} != {i.name for i in cand.get_inputs()}:
+    ref = Session(ref_path, config=config)
+    cand = Session(cand_path, config=config, ours=candidate_ours)
+    names = ref.outputs()
+    if set(names) != set(cand.outputs()) or set(ref.inputs()) != set(cand.inputs()):
         raise InputError(
             f"{ref_path.name} and {cand_path.name} have different inputs or outputs; "
             "compare needs two versions of the same model"
         )
-    acc = {
-        n: {"sig": 0.0, "noise": 0.0, "dot": 0.0, "cc": 0.0, "max": 0.0, "agree": 0, "rows": 0, "cls": True}
-        for n in names
-    }
+    scores = class_score_outputs(ref_path)
+    meters = {n: _OutputMeter(n in scores) for n in names}
     count = 0
     for feed in feeds:
-        r_out = ref.run(names, feed)
-        c_out = cand.run(names, feed)
+        for n, r, c in zip(names, ref.run(names, feed), cand.run(names, feed)):
+            meters[n].add(r, c)
         count += 1
-        for n, r, c in zip(names, r_out, c_out):
-            a = acc[n]
-            if r.dtype.kind != "f":
-                r, c = r.astype(np.float64), c.astype(np.float64)
-                a["cls"] = False
-            r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
-            a["sig"] += float(r64 @ r64)
-            a["noise"] += float((r64 - c64) @ (r64 - c64))
-            a["dot"] += float(r64 @ c64)
-            a["cc"] += float(c64 @ c64)
-            a["max"] = max(a["max"], float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
-            if a["cls"] and n in scores and _is_class_scores(r):
-                a["agree"] += int(np.sum(r.argmax(-1) == c.argmax(-1)))
-                a["rows"] += int(np.prod(r.shape[:-1]))
-            else:
-                a["cls"] = False
     if count == 0:
         raise InputError("no evaluation batches were read")
-    out = []
-    for n in names:
-        a = acc[n]
-        sq = db(a["sig"], a["noise"])
-        cos = a["dot"] / np.sqrt(a["sig"] * a["cc"]) if a["sig"] and a["cc"] else 1.0
-        top1 = a["agree"] / a["rows"] if a["cls"] and a["rows"] else None
-        out.append(OutputFidelity(n, sq, float(cos), a["max"], top1))
-    return out
+    return [meters[n].result(n) for n in names]
 
 
 def latency(
@@ -128,9 +127,11 @@ def latency(
     warmup: int = 3,
     threads: int = 0,
     config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
 ) -> Latency:
     """Median latency of both models, runs interleaved on the same inputs, thread spinning off."""
-    ref, cand = make_session(ref_path, threads, config), make_session(cand_path, threads, config)
+    ref = Session(ref_path, threads, config)
+    cand = Session(cand_path, threads, config, ours=candidate_ours)
     for _ in range(warmup):
         ref.run(None, feed)
         cand.run(None, feed)

@@ -45,6 +45,9 @@ class FeedSource:
     folder: Path
     specs: list[InputSpec]
     limit: int | None = None
+    model: str | None = None  # the model's name, for error messages
+    # Other models the same data must fit, as (name, specs): compare's candidate.
+    also: tuple[tuple[str, list[InputSpec]], ...] = ()
 
     def __post_init__(self) -> None:
         self.items = _discover(self.folder, self.specs)
@@ -60,7 +63,9 @@ class FeedSource:
 
     def load(self, item: Path) -> dict[str, np.ndarray]:
         feed = _read(item, self.specs)
-        _validate(feed, self.specs, item)
+        validate(feed, self.specs, item, self.model)
+        for name, specs in self.also:
+            validate(feed, specs, item, name)
         return feed
 
 
@@ -96,13 +101,15 @@ def _read(item: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read {item} as numpy data ({type(e).__name__}: {e})") from e
 
 
-def _validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path) -> None:
+def validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path, model: str | None = None) -> None:
+    """Check one batch against a model's inputs (names, dtype, rank, static dims, finite values)."""
+    the_model = model or "the model"
     wanted = {s.name for s in specs}
     missing, extra = wanted - feed.keys(), feed.keys() - wanted
     if missing or extra:
         raise InputError(
-            f"{where}: inputs do not match the model: missing {sorted(missing) or 'none'}, "
-            f"unexpected {sorted(extra) or 'none'} (the model's inputs are {sorted(wanted)})"
+            f"{where}: inputs do not match {the_model}: missing {sorted(missing) or 'none'}, "
+            f"unexpected {sorted(extra) or 'none'} ({the_model}'s inputs are {sorted(wanted)})"
         )
     for s in specs:
         a = feed[s.name]
@@ -110,17 +117,17 @@ def _validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path) 
             if np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
                 feed[s.name] = a.astype(s.dtype)  # e.g. float64 -> float32, int32 -> int64
             else:
-                raise InputError(f"{where}: input {s.name!r} is {a.dtype}, the model expects {s.dtype}")
+                raise InputError(f"{where}: input {s.name!r} is {a.dtype}, {the_model} expects {s.dtype}")
         if s.shape and a.ndim != len(s.shape):
             raise InputError(
-                f"{where}: input {s.name!r} has shape {list(a.shape)} (rank {a.ndim}); the model expects "
+                f"{where}: input {s.name!r} has shape {list(a.shape)} (rank {a.ndim}); {the_model} expects "
                 f"rank {len(s.shape)} {_fmt(s.shape)}"
             )
         for i, (got, want) in enumerate(zip(a.shape, s.shape)):
             if isinstance(want, int) and want > 0 and got != want:
                 raise InputError(
                     f"{where}: input {s.name!r} has shape {list(a.shape)}; dimension {i} must be {want} "
-                    f"(model expects {_fmt(s.shape)})"
+                    f"({the_model} expects {_fmt(s.shape)})"
                 )
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise InputError(f"{where}: input {s.name!r} contains NaN or Inf values; clean the data first")

@@ -11,6 +11,8 @@ the chain, so the int8 values it writes are those of the final tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import NodeProto
 
@@ -36,7 +38,7 @@ def scalar_operand(node: NodeProto, idx: GraphIndex) -> tuple[str, float] | None
 
 
 def _scalar(c: str, x: str, idx: GraphIndex) -> tuple[str, float] | None:
-    if idx.is_const(c) and idx.inits[c].data_type == 1 and not idx.is_const(x):
+    if idx.is_float_const(c) and not idx.is_const(x):
         v = idx.const(c)
         if v.size == 1 and np.isfinite(v).all():
             return x, float(v.reshape(()))
@@ -46,6 +48,16 @@ def _scalar(c: str, x: str, idx: GraphIndex) -> tuple[str, float] | None:
 def data_input(node: NodeProto, idx: GraphIndex) -> str:
     so = scalar_operand(node, idx)
     return so[0] if so else node.input[0]
+
+
+def chain(node: NodeProto, is_folded: Callable[[NodeProto], bool], idx: GraphIndex) -> list[NodeProto]:
+    """The folded ops from the one next to the int8 producer up to `node` (inclusive); the producer is
+    `idx.producer[data_input(chain[0])]`. The one walk over a folded chain."""
+    out = []
+    while is_folded(node):
+        out.append(node)
+        node = idx.producer[data_input(node, idx)]
+    return out[::-1]
 
 
 def clamp_low(node: NodeProto, idx: GraphIndex) -> float | None:

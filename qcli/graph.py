@@ -6,7 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import GraphProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
 
 
 @dataclass
@@ -36,6 +38,9 @@ class GraphIndex:
     def is_const(self, name: str) -> bool:
         return name in self.inits
 
+    def is_float_const(self, name: str) -> bool:
+        return name in self.inits and self.inits[name].data_type == FLOAT
+
     def escapes(self, name: str) -> bool:
         """True when something other than a main-graph node reads the tensor."""
         return name in self.graph_outputs or name in self.subgraph_refs
@@ -48,27 +53,47 @@ def attr(node: NodeProto, name: str, default=None):
     return default
 
 
+def subgraphs(node: NodeProto) -> list[GraphProto]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    out: list[GraphProto] = []
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
 def _outer_scope_refs(g: GraphProto) -> set[str]:
     refs: set[str] = set()
     for node in g.node:
-        for a in node.attribute:
-            subs = list(a.g and [a.g] or []) + list(a.graphs)
-            for sub in subs:
-                for n in sub.node:
-                    refs.update(i for i in n.input if i)
-                refs |= _outer_scope_refs(sub)
+        for sub in subgraphs(node):
+            for n in sub.node:
+                refs.update(i for i in n.input if i)
+            refs |= _outer_scope_refs(sub)
     return refs
 
 
+def all_names(g: GraphProto) -> set[str]:
+    """Every tensor, node, initializer, input and output name in the graph and its subgraphs."""
+    used = {t.name for t in g.initializer} | {v.name for v in g.input} | {v.name for v in g.output}
+    used |= {v.name for v in g.value_info} | {t.name for t in g.sparse_initializer}
+    for n in g.node:
+        used.add(n.name)
+        used.update(n.input)
+        used.update(n.output)
+        for sub in subgraphs(n):
+            used |= all_names(sub)
+    used.discard("")
+    return used
+
+
 class Namer:
-    """Short unique names: on small models long Q/DQ names weigh in the file size."""
+    """Names that are free in the graph, subgraphs included. Short by default: on small models long Q/DQ
+    names weigh in the file size."""
 
     def __init__(self, graph: GraphProto, prefix: str = "") -> None:
-        self.used = {t.name for t in graph.initializer} | {n.name for n in graph.node}
-        for n in graph.node:
-            self.used.update(n.input)
-            self.used.update(n.output)
-        self.used |= {v.name for v in graph.input} | {v.name for v in graph.output}
+        self.used = all_names(graph)
         self.prefix = prefix
         self.n = 0
 
@@ -79,3 +104,27 @@ class Namer:
             if name not in self.used:
                 self.used.add(name)
                 return name
+
+    def fresh(self, name: str) -> str:
+        """`name` itself when it is free, else `name_<k>` with the smallest free k."""
+        k, candidate = 1, name
+        while candidate in self.used:
+            candidate, k = f"{name}_{k}", k + 1
+        self.used.add(candidate)
+        return candidate
+
+
+def name_nodes(g: GraphProto) -> int:
+    """Give every unnamed or duplicate-named node of the main graph a unique name (the plan is keyed by
+    node name). Names already unique are kept. Returns how many nodes were renamed."""
+    namer = Namer(g)
+    seen: set[str] = set()
+    renamed = 0
+    for node in g.node:
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        node.name = namer.fresh(node.name or node.op_type)
+        seen.add(node.name)
+        renamed += 1
+    return renamed

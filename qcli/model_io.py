@@ -11,6 +11,7 @@ import onnx
 from onnx import ModelProto, version_converter
 
 from .errors import InputError
+from .session import runtime_problem
 
 # Protobuf cannot serialize a message over 2 GB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -26,6 +27,9 @@ def load(path: str | Path) -> ModelProto:
         raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
     if not model.graph.node:
         raise InputError(f"{path} has an empty graph: is it really an ONNX model?")
+    problem = runtime_problem(model.ir_version, onnx_opset(model))
+    if problem:
+        raise InputError(f"{path.name}: {problem}")
     return model
 
 
@@ -34,23 +38,69 @@ def model_bytes(model: ModelProto) -> int:
 
 
 def save_atomic(model: ModelProto, out: str | Path) -> Path:
-    """Write model (and its external data, when large) to a temp folder beside `out`, then rename."""
+    """Write model (and its external data, when large) to a temp folder beside `out`, then rename.
+
+    The rename of the model file is the commit point. Before it, a failure or Ctrl-C leaves every file as
+    it was (a previous `out` keeps its own data file, since new data never takes a name in use); after
+    it, the data files the previous `out` referenced are removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old_data = external_data_files(out) if out.is_file() else set()
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    moved: Path | None = None
+    committed = False
     try:
         tmp = tmpdir / out.name
-        large = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
-        data_name = out.name + ".data"
-        if large:
+        if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            data_name = _free_data_name(out)
             _save_external(model, tmp, data_name)
-            os.replace(tmpdir / data_name, out.parent / data_name)
+            _set_mode(tmpdir / data_name)
+            moved = out.parent / data_name
+            os.replace(tmpdir / data_name, moved)
         else:
             onnx.save(model, str(tmp))
+        _set_mode(tmp)
         os.replace(tmp, out)
+        committed = True
+        for stale in old_data - ({moved} if moved else set()):
+            stale.unlink(missing_ok=True)
     finally:
+        if moved is not None and not committed:
+            moved.unlink(missing_ok=True)
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
+
+
+def _free_data_name(out: Path) -> str:
+    name, k = out.name + ".data", 1
+    while (out.parent / name).exists():
+        name, k = f"{out.name}.{k}.data", k + 1
+    return name
+
+
+def external_data_files(path: Path) -> set[Path]:
+    """The external-data files a model file references (read without loading the weights)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return set()
+    locations = {
+        e.value
+        for t in _get_all_tensors(model)
+        if uses_external_data(t)
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return {path.parent / loc for loc in locations}
+
+
+def _set_mode(path: Path) -> None:
+    """Normal permissions (0666 less the umask), as an ordinary open() would give; mkstemp gives 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_for_session(model: ModelProto, folder: Path, name: str = "model.onnx") -> Path:
@@ -155,6 +205,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        _set_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

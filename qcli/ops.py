@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from .graph import GraphIndex, attr
+from .graph import FLOAT, GraphIndex, attr
 
 # Compute ops with a constant weight (or two activations for MatMul): the anchors of int8 regions.
 ANCHORS = {"Conv", "MatMul", "Gemm"}
@@ -37,9 +37,8 @@ SHRINKING = {"MaxPool", "AveragePool", "GlobalAveragePool"}
 # Activations absorbed into the preceding QuantizeLinear (its saturation at the zero point clamps).
 FOLDABLE = {"Relu", "Clip"}
 
-NO_INT_KERNEL = {
-    "ConvTranspose": "onnxruntime's CPU provider has no integer ConvTranspose kernel: Q/DQ would only add time",
-}
+# Compute ops onnxruntime's CPU provider has no integer kernel for: Q/DQ around them would only add time.
+NO_INT_KERNEL = {"ConvTranspose"}
 
 
 def weight_axis(node: NodeProto, w_shape: tuple[int, ...]) -> int | None:
@@ -69,7 +68,7 @@ def anchor_problem(node: NodeProto, idx: GraphIndex, is_float) -> str | None:
         return None
     if not idx.is_const(ins[1]):
         return "weight is not a constant initializer"
-    if idx.inits[ins[1]].data_type != 1:
+    if idx.inits[ins[1]].data_type != FLOAT:
         return "weight is not float32"
     if len(ins) > 2 and ins[2] and not idx.is_const(ins[2]):
         return "bias is not constant"

@@ -3,36 +3,31 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from . import evaluate, model_io
+from . import model_io
 from .calibrate import calibrate
-from .config import QuantConfig, Scheme
+from .compare import FidelityData, Progress, compare, measure, no_progress
+from .config import QuantConfig, Scheme, effective, unmatched_excludes
 from .diagnose import layer_errors
-from .errors import InputError, InternalError
+from .errors import InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
-from .hostcpu import u8s8_may_saturate
+from .graph import name_nodes
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import preprocess
 from .passes.qdq import apply_w8a8
-from .plan import Action, QuantPlan
+from .plan import QuantPlan, Why
 from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
-from .report import Report
+from .report import Report, write_beside
 from .sensitivity import activation_sqnr
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
 SENSITIVITY_BATCHES = 4  # calibration batches for the accuracy guard's second pass
-Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
-
-
-def _no_progress(desc: str, total: int) -> Callable[[], None]:
-    return lambda: None
 
 
 @dataclass
@@ -40,6 +35,7 @@ class QuantizeResult:
     plan: QuantPlan
     report: Report
     output: Path | None
+    written: list[Path] = field(default_factory=list)  # the model and its report files
 
 
 def default_output(model: Path, scheme: Scheme) -> Path:
@@ -61,10 +57,13 @@ def quantize(
     out: Path | None = None,
     eval_dir: Path | None = None,
     dry_run: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
     latency_runs: int = 30,
     ort_config: dict[str, str] | None = None,
+    write_report: bool = True,
 ) -> QuantizeResult:
+    """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
+    (unless dry_run; write_report=False skips the report files)."""
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
@@ -72,26 +71,42 @@ def quantize(
     specs = input_specs(original)
     model, notes = preprocess(original, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
     del original
-    _name_nodes(model)
-    calib_src = FeedSource(calib, specs, config.calib_limit) if calib else None
-    eval_src = FeedSource(eval_dir, specs) if eval_dir else None
+    renamed = name_nodes(model.graph)
+    calib_src = FeedSource(calib, specs, config.calib_limit, model=model_path.name) if calib else None
+    eval_src = FeedSource(eval_dir, specs, model=model_path.name) if eval_dir else None
     if config.scheme == Scheme.W8A8:
         model, plan, calibration, fid = _plan_w8a8(model, config, calib_src, eval_src, progress)
     else:
         model, plan, calibration, fid = _plan_w4a16(model, config, calib_src, eval_src)
-    plan.notes += notes
+    plan.notes += notes + ([f"named {renamed} unnamed or duplicate-named node(s)"] if renamed else [])
     report = Report(
         "quantize",
         str(model_path),
         str(out),
-        config=config.to_dict(),
+        config=effective(config, plan.decisions),
+        decisions=plan.decisions,
         plan=plan.to_dict(),
         notes=list(plan.notes),
+        warnings=_warnings(config, model, calib_src),
         calibration=calibration,
     )
-    report.float_for_speed = [d.node for d in plan.by_action(Action.FLOAT) if d.reason.startswith("kept float")]
+    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
+    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY)]
     if dry_run:
         return QuantizeResult(plan, report, None)
+    written: list[Path] = []
+    try:
+        _write_and_measure(
+            model, plan, config, report, model_path, out, fid, latency_runs, progress, ort_config, written
+        )
+        if write_report:
+            written += write_beside(report, out)
+    except KeyboardInterrupt as e:
+        raise Interrupted(written) from e
+    return QuantizeResult(plan, report, out, written)
+
+
+def _write_and_measure(model, plan, config, report, model_path, out, fid, latency_runs, progress, ort_config, written):
     qnames: dict[str, str] = {}
     if config.scheme == Scheme.W8A8:
         qmodel, qnames = apply_w8a8(model, plan)
@@ -103,28 +118,32 @@ def quantize(
             "the basic level the input passes"
         )
     model_io.save_atomic(qmodel, out)
+    written.append(out)
     if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
         del qmodel, model
-    _measure(report, model_path, out, fid.src, fid.items, fid.desc, latency_runs, progress, ort_config)
-    if config.scheme == Scheme.W4A16 and u8s8_may_saturate() and not (ort_config or {}).get(NBITS_LEVEL):
+    measure(report, model_path, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
+    slower = report.latency is not None and report.latency.ratio >= 1.0
+    if config.scheme == Scheme.W4A16 and slower and not (ort_config or {}).get(NBITS_LEVEL):
         report.notes.append(
             "onnxruntime runs DequantizeLinear(int4) -> MatMul as MatMulNBits with int8 compute by default "
-            f"(accuracy level 4); on CPUs without VNNI float compute can be faster: session config {NBITS_LEVEL}=0 "
+            f"(accuracy level 4), which can be slower than float compute: try session config {NBITS_LEVEL}=0 "
             "(measure with --ort-config)"
         )
     if qnames and fid.src is not None:
-        layers = layer_errors(model, qmodel, plan, qnames, (fid.src.load(i) for i in fid.items[:LAYER_BATCHES]))
+        feeds = (fid.src.load(i) for i in fid.items[:LAYER_BATCHES])
+        layers = layer_errors(model, qmodel, plan, qnames, feeds)
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
-    return QuantizeResult(plan, report, out)
 
 
-@dataclass(frozen=True)
-class _FidelityData:
-    """Where the report's fidelity and latency figures come from."""
-
-    src: FeedSource | None
-    items: list[Path]
-    desc: str
+def _warnings(config: QuantConfig, model: onnx.ModelProto, calib_src: FeedSource | None) -> list[str]:
+    """Options that would otherwise do nothing, silently."""
+    out = [
+        f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
+    ]
+    out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
+    if config.scheme == Scheme.W4A16 and calib_src is not None:
+        out.append("--calib is not used by w4a16 rtn; its files only serve the report's fidelity figures")
+    return out
 
 
 def _plan_w8a8(
@@ -146,6 +165,7 @@ def _plan_w8a8(
     calibration = {
         "method": config.calibrator.value,
         "batches": len(items),
+        "files": [p.name for p in items],
         "tensors": len(stats),
         "ranges": {k: v.to_dict() for k, v in stats.items()},
     }
@@ -157,11 +177,11 @@ def _plan_w8a8(
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
     plan.notes += [note] if note else []
     if eval_src:
-        fid = _FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
+        fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
     elif held:
-        fid = _FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
+        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
     else:
-        fid = _FidelityData(
+        fid = FidelityData(
             calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
         )
     return model, plan, calibration, fid
@@ -173,17 +193,9 @@ def _plan_w4a16(model, config: QuantConfig, calib_src: FeedSource | None, eval_s
     plan.notes += [note] if note else []
     src = eval_src or calib_src
     if src is None:
-        return model, plan, None, _FidelityData(None, [], "")
+        return model, plan, None, FidelityData(None, [], "")
     flag = "--eval" if eval_src else "--calib"
-    return model, plan, None, _FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
+    return model, plan, None, FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")
 
 
 def _checker(model: onnx.ModelProto, full: bool) -> None:
@@ -216,82 +228,6 @@ def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
                 "please report it with the model, or retry with --exclude on the node named"
             ) from e
         return False
-
-
-def _measure(
-    report: Report,
-    ref: Path,
-    cand: Path,
-    src: FeedSource | None,
-    items: list,
-    desc: str,
-    runs: int,
-    progress: Progress,
-    ort_config: dict[str, str] | None = None,
-) -> None:
-    ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
-    report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
-    if src is None:
-        report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
-        return
-    advance = progress("evaluating", len(items))
-
-    def feeds():
-        for item in items:
-            yield src.load(item)
-            advance()
-
-    report.fidelity = evaluate.fidelity(ref, cand, feeds(), ort_config)
-    report.fidelity_data = desc
-    report.latency = evaluate.latency(ref, cand, src.load(items[0]), runs=runs, config=ort_config)
-    if ort_config:
-        report.notes.append(
-            "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
-        )
-    if report.latency.ratio >= 1.0:
-        report.notes.append(
-            f"the quantized model is not faster than FP32 on this machine ({report.latency.ratio:.2f}x latency)"
-        )
-
-
-def compare(
-    ref: Path,
-    cand: Path,
-    data: Path,
-    min_sqnr: float | None = None,
-    max_top1_drop: float | None = None,
-    latency_runs: int = 30,
-    progress: Progress = _no_progress,
-    ort_config: dict[str, str] | None = None,
-) -> Report:
-    ref, cand = Path(ref), Path(cand)
-    ref_model = model_io.load(ref)
-    model_io.load(cand)
-    specs = input_specs(ref_model)
-    src = FeedSource(data, specs)
-    report = Report("compare", str(ref), str(cand))
-    _measure(
-        report, ref, cand, src, src.items, f"{data} ({len(src.items)} batches)", latency_runs, progress, ort_config
-    )
-    if min_sqnr is not None:
-        worst = min(f.sqnr_db for f in report.fidelity)
-        report.gates.append(
-            {"gate": "min-sqnr", "limit": min_sqnr, "value": round(worst, 2), "passed": bool(worst >= min_sqnr)}
-        )
-    if max_top1_drop is not None:
-        agreements = [f.top1_agreement for f in report.fidelity if f.top1_agreement is not None]
-        if not agreements:
-            raise InputError("--max-top1-drop needs a class-score output ([N, C] or [N, T, C]); none found")
-        drop = (1.0 - min(agreements)) * 100
-        report.gates.append(
-            {
-                "gate": "max-top1-drop",
-                "limit": max_top1_drop,
-                "value": round(drop, 2),
-                "passed": bool(drop <= max_top1_drop),
-            }
-        )
-    return report
 
 
 __all__ = ["quantize", "compare", "default_output", "QuantizeResult"]

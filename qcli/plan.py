@@ -1,10 +1,15 @@
-"""QuantPlan: what gets quantized how, and for every node left float, why. Pure data, JSON-serialisable."""
+"""QuantPlan: what gets quantized how, and for every node left float, why. Pure data, JSON-serialisable.
+
+A reason is a kind plus details (data); its text is rendered from them here, at the edge, and nothing
+parses it back.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Action(str, Enum):
@@ -16,12 +21,70 @@ class Action(str, Enum):
     FLOAT = "float"
 
 
+class Why(str, Enum):
+    """Why a compute node stays float."""
+
+    EXCLUDED = "excluded"  # --exclude matched it
+    NO_INT_KERNEL = "no-int-kernel"  # the runtime has no integer kernel for the op
+    UNSUPPORTED = "unsupported"  # its inputs cannot be quantized (not constant, not float32, shape, ...)
+    SPEED = "speed"  # the cost model: Q/DQ at its edges would cost more than int8 wins
+    ACCURACY = "accuracy"  # the accuracy guard: an input quantizes too badly
+    UNOBSERVED = "unobserved"  # a tensor it needs was never seen during calibration
+    SCHEME = "scheme"  # the scheme does not quantize this op (e.g. convolutions under w4a16)
+
+
+@dataclass(frozen=True)
+class Reason:
+    kind: Why
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return _TEXT[self.kind](self.details)
+
+
+def reason(kind: Why, **details: Any) -> Reason:
+    return Reason(kind, details)
+
+
+_TEXT = {
+    Why.EXCLUDED: lambda d: f"excluded by --exclude {d['pattern']!r}",
+    Why.NO_INT_KERNEL: lambda d: (
+        f"onnxruntime's CPU provider has no integer {d['op']} kernel: Q/DQ would only add time"
+    ),
+    Why.UNSUPPORTED: lambda d: d["problem"],
+    Why.SPEED: lambda d: (
+        f"kept float for speed: {d['macs_per_conversion']:.1f} MACs per element converted to/from int8 "
+        f"(< {d['threshold']:g}), Q/DQ would cost more than int8 wins"
+    ),
+    Why.ACCURACY: lambda d: (
+        f"kept float for accuracy: its input {d['tensor']!r} quantizes to {d['sqnr_db']:.1f} dB "
+        f"per tensor (< {d['threshold']:g}; a few outliers set its range)"
+    ),
+    Why.UNOBSERVED: lambda d: f"tensor {d['tensor']!r} was not observed during calibration",
+    Why.SCHEME: lambda d: d["problem"],
+}
+
+
 @dataclass(frozen=True)
 class NodeDecision:
     node: str
     op_type: str
     action: Action
-    reason: str = ""
+    reason: Reason | None = None
+
+    @property
+    def why(self) -> Why | None:
+        return self.reason.kind if self.reason else None
+
+    def to_dict(self) -> dict:
+        r = self.reason
+        return {
+            "node": self.node,
+            "op_type": self.op_type,
+            "action": self.action.value,
+            "reason": None if r is None else {"kind": r.kind.value, "text": r.text, **r.details},
+        }
 
 
 @dataclass(frozen=True)
@@ -52,6 +115,9 @@ class WeightQuant:
     block_size: int | None = None
     symmetric: bool = True
     algo: str = "rtn"  # weights/ registry name
+    # Smallest |scale| per output channel, where the int32 bias would overflow with the weight's own
+    # scales (bias / (input scale * weight scale) > 2^31 - 1): a planner decision, the pass obeys it.
+    scale_floor: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -61,12 +127,17 @@ class QuantPlan:
     activations: dict[str, ActivationQuant] = field(default_factory=dict)
     weights: list[WeightQuant] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The effective configuration: what was decided where the config left a choice, and why.
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)
 
     def by_action(self, *actions: Action) -> list[NodeDecision]:
         return [d for d in self.nodes if d.action in actions]
+
+    def by_reason(self, *kinds: Why) -> list[NodeDecision]:
+        return [d for d in self.nodes if d.why in kinds]
 
     def summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, Counter] = {}
@@ -79,7 +150,8 @@ class QuantPlan:
             "scheme": self.scheme,
             "summary": self.summary(),
             "notes": list(self.notes),
-            "nodes": [{**asdict(d), "action": d.action.value} for d in self.nodes],
+            "decisions": self.decisions,
+            "nodes": [d.to_dict() for d in self.nodes],
             "activations": {k: asdict(v) for k, v in self.activations.items()},
             "weights": [asdict(w) for w in self.weights],
         }

@@ -7,13 +7,16 @@ compute is too small to pay for the conversions at their edges (the cost model).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from onnx import ModelProto
 
-from . import fold
+from . import fold, hostcpu
 from . import qparams as qp
 from .config import QuantConfig
-from .hostcpu import u8s8_may_saturate
+from .graph import subgraphs
+from .hostcpu import CpuInfo
 from .observers import TensorStats
 from .ops import (
     ANCHORS,
@@ -26,34 +29,37 @@ from .ops import (
     macs_per_output,
     weight_axis,
 )
-from .plan import Action, ActivationQuant, NodeDecision, QuantPlan, WeightQuant
+from .plan import Action, ActivationQuant, NodeDecision, QuantPlan, Reason, WeightQuant, Why, reason
 from .regions import INT8_READERS, RegionBuilder
 
 
 class W8A8Planner(RegionBuilder):
-    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str]) -> None:
+    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str], cpu: CpuInfo | None = None) -> None:
         super().__init__(model, config, floats)
         self.act_qtype = qp.INT8 if config.activation_symmetric else qp.UINT8
-        self.reduce_range = u8s8_may_saturate() if config.reduce_range is None else config.reduce_range
+        self.cpu = cpu or hostcpu.host()
+        self.reduce_range = self.cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
         self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
         self.fixed: dict[str, NodeDecision] = {}  # nodes that are float whatever the data says
         for node in self.nodes:
-            reason = self._anchor_reason(node)
-            if reason is None:
+            why = self._anchor_reason(node)
+            if why is None:
                 self.anchors.add(node.name)
-            elif reason:
-                self.fixed[node.name] = NodeDecision(node.name, node.op_type, Action.FLOAT, reason)
+            elif why:
+                self.fixed[node.name] = NodeDecision(node.name, node.op_type, Action.FLOAT, why)
 
     # -- structure ---------------------------------------------------------------------------------
-    def _anchor_reason(self, node) -> str | None:
+    def _anchor_reason(self, node) -> Reason | None | Literal[""]:
         """None: an anchor candidate. '': not a compute op. Otherwise why it stays float."""
-        if node.name in self.config.exclude or node.op_type in self.config.exclude:
-            return "excluded by --exclude"
+        pattern = self.config.excluded_by(node.name, node.op_type)
+        if pattern:
+            return reason(Why.EXCLUDED, pattern=pattern)
         if node.op_type in NO_INT_KERNEL:
-            return NO_INT_KERNEL[node.op_type]
+            return reason(Why.NO_INT_KERNEL, op=node.op_type)
         if node.op_type not in ANCHORS or node.domain not in ("", "ai.onnx"):
             return ""
-        return anchor_problem(node, self.idx, lambda t: t in self.floats)
+        problem = anchor_problem(node, self.idx, lambda t: t in self.floats)
+        return reason(Why.UNSUPPORTED, problem=problem) if problem else None
 
     def watch_list(self) -> list[str]:
         """Float activations around every op that could end up on int8: what calibration must observe."""
@@ -70,7 +76,7 @@ class W8A8Planner(RegionBuilder):
         s = stats.get(t)
         return int(np.prod(s.shape)) if s and s.shape else 0
 
-    def _too_cheap(self, node, act, stats, produced_int8: set[str]) -> str | None:
+    def _too_cheap(self, node, act, stats, produced_int8: set[str]) -> Reason | None:
         ins = self._data_ins(node)
         conv = sum(self._numel(t, stats) for t in ins if not self.idx.is_const(t) and t not in produced_int8)
         out = self._out(node, act)
@@ -82,16 +88,14 @@ class W8A8Planner(RegionBuilder):
         macs = macs_per_output(node, self.idx, x_shape) * self._numel(node.output[0], stats)
         ratio = macs / conv
         if ratio < self.config.min_macs_per_conversion:
-            return (
-                f"kept float for speed: {ratio:.1f} MACs per element converted to/from int8 "
-                f"(< {self.config.min_macs_per_conversion:g}), Q/DQ would cost more than int8 wins"
-            )
+            return reason(Why.SPEED, macs_per_conversion=ratio, threshold=self.config.min_macs_per_conversion)
         return None
 
     # -- the plan ----------------------------------------------------------------------------------
     def plan(self, stats: dict[str, TensorStats], act_sqnr: dict[str, float] | None = None) -> QuantPlan:
         """`act_sqnr` (tensor -> dB, from sensitivity.py) enables the accuracy guard."""
-        anchors, dropped = set(), {}
+        anchors: set[str] = set()
+        dropped: dict[str, Reason] = {}
         floor = self.config.min_activation_sqnr
         for n in self.anchors:
             node = self.by_name[n]
@@ -99,12 +103,9 @@ class W8A8Planner(RegionBuilder):
             missing = [t for t in ins + [node.output[0]] if self._is_float(t) and t not in stats]
             weak = [t for t in ins if (act_sqnr or {}).get(t, float("inf")) < floor]
             if missing:
-                dropped[n] = f"tensor {missing[0]!r} was not observed during calibration"
+                dropped[n] = reason(Why.UNOBSERVED, tensor=missing[0])
             elif weak:
-                dropped[n] = (
-                    f"kept float for accuracy: its input {weak[0]!r} quantizes to {act_sqnr[weak[0]]:.1f} dB "
-                    f"per tensor (< {floor:g}; a few outliers set its range)"
-                )
+                dropped[n] = reason(Why.ACCURACY, tensor=weak[0], sqnr_db=act_sqnr[weak[0]], threshold=floor)
             else:
                 anchors.add(n)
         while True:
@@ -139,7 +140,7 @@ class W8A8Planner(RegionBuilder):
             self._chain(end, act), self.idx, float(p.scale), int(p.zero_point), self.act_qtype.qmin, self.act_qtype.qmax
         )
 
-    def _build(self, act: dict[str, Action], dropped: dict[str, str], stats) -> QuantPlan:
+    def _build(self, act: dict[str, Action], dropped: dict[str, Reason], stats) -> QuantPlan:
         plan = QuantPlan(scheme=self.config.scheme.value)
         for node in self.nodes:
             a = act.get(node.name)
@@ -171,16 +172,26 @@ class W8A8Planner(RegionBuilder):
         return plan
 
     def _explain(self, plan: QuantPlan) -> None:
-        """Plan-wide notes: 7-bit weights, and why nothing was quantized when that is the outcome."""
-        if any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
-            how = (
-                "chosen by --reduce-range"
-                if self.config.reduce_range
-                else "this x86 CPU has no VNNI: 8-bit weights would saturate uint8 x int8 products"
+        """The effective configuration (reduce range: value and why) and plan-wide notes."""
+        if self.config.reduce_range is None:
+            why = (
+                f"auto: {self.cpu.describe()} "
+                + ("may saturate" if self.reduce_range else "cannot saturate")
+                + " uint8 x int8 products with 8-bit weights"
             )
-            plan.notes.append(f"weights use 7 bits (-64..63) ({how}); depthwise convs keep 8")
+        else:
+            why = "--reduce-range" if self.config.reduce_range else "--no-reduce-range"
+        plan.decisions["reduce_range"] = {"value": self.reduce_range, "why": why, "cpu": self.cpu.to_dict()}
+        if any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
+            plan.notes.append(f"weights use 7 bits (-64..63) ({why}); depthwise convs keep 8")
+        widened = [w for w in plan.weights if w.scale_floor is not None]
+        if widened:
+            plan.notes.append(
+                "weight scales widened so the int32 bias fits (near-zero weights with a large bias): "
+                + ", ".join(w.node for w in widened)
+            )
         if not any(d.action != Action.FLOAT for d in plan.nodes):
-            nested = [n.name for n in self.nodes if any(a.type in (5, 10) for a in n.attribute)]  # GRAPH(S)
+            nested = [n.name for n in self.nodes if subgraphs(n)]
             where = (
                 f"; the compute is inside the subgraphs of {', '.join(nested[:3])}, which qcli passes "
                 "through unchanged (quantizing inside If/Loop/Scan is not supported yet)"
@@ -207,21 +218,40 @@ class W8A8Planner(RegionBuilder):
 
     def _add_weights(self, plan: QuantPlan, node) -> None:
         for i, t in enumerate(node.input):
-            if not t or not self.idx.is_const(t) or self.idx.inits[t].data_type != 1:
+            if not t or not self.idx.is_float_const(t):
                 continue
             if node.op_type in ANCHORS and i == 1:
                 shape = tuple(self.idx.inits[t].dims)
                 axis = weight_axis(node, shape) if self.config.per_channel else None
                 # Depthwise int8 kernels accumulate in 32 bits: full 8-bit weights cannot saturate there.
                 qtype = qp.INT8 if is_depthwise(node, shape) else self.weight_qtype
+                floor = self._bias_scale_floor(plan, node, qtype, axis)
                 plan.weights.append(
-                    WeightQuant(node.name, i, t, qtype.name, "weight", axis, algo=self.config.weight_algo.value)
+                    WeightQuant(
+                        node.name,
+                        i,
+                        t,
+                        qtype.name,
+                        "weight",
+                        axis,
+                        algo=self.config.weight_algo.value,
+                        scale_floor=floor,
+                    )
                 )
             elif node.op_type in ANCHORS and i == 2:
-                plan.weights.append(WeightQuant(node.name, i, t, "int32", "bias"))
+                plan.weights.append(WeightQuant(node.name, i, t, qp.INT32.name, "bias"))
             elif node.op_type in QLINEAR:
                 plan.weights.append(
                     WeightQuant(
                         node.name, i, t, self.act_qtype.name, "const", symmetric=self.config.activation_symmetric
                     )
                 )
+
+    def _bias_scale_floor(self, plan: QuantPlan, node, qtype: qp.QType, axis: int | None) -> tuple | None:
+        """Per-channel floor on the weight scale where bias / (x_scale * w_scale) would leave int32."""
+        if len(node.input) < 3 or not node.input[2] or node.input[0] not in plan.activations:
+            return None
+        floor = qp.bias_scale_floor(self.idx.const(node.input[2]), plan.activations[node.input[0]].scale)
+        w = qp.weight_qparams(self.idx.const(node.input[1]), qtype, True, axis)
+        scale = np.broadcast_to(np.abs(w.scale), floor.shape)
+        return tuple(float(f) for f in floor) if np.any(scale < floor) else None

@@ -32,6 +32,8 @@ UINT8 = QType("uint8", 0, 255, np.uint8, TensorProto.UINT8)
 INT4 = QType("int4", -8, 7, ml_dtypes.int4, TensorProto.INT4)
 UINT4 = QType("uint4", 0, 15, ml_dtypes.uint4, TensorProto.UINT4)
 INT32 = QType("int32", -(2**31), 2**31 - 1, np.int32, TensorProto.INT32)
+# The one table of quantized types: plans name them, passes and measurements look them up here.
+QTYPES = {t.name: t for t in (INT8, INT8_7BIT, UINT8, INT4, UINT4, INT32)}
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,12 @@ def widen_scale(w: np.ndarray, p: QParams, floor: np.ndarray) -> tuple[np.ndarra
     return quantize(w, wide), wide
 
 
+def bias_scale_floor(bias: np.ndarray, x_scale: float) -> np.ndarray:
+    """Smallest weight scale per output channel that keeps bias / (x_scale * w_scale) inside int32."""
+    b = np.abs(np.asarray(bias, np.float64)).reshape(-1)
+    return (b / (float(x_scale) * (2**31 - 1)) * (1 + 1e-6)).astype(np.float32)
+
+
 def bias_qparams(x_scale: np.ndarray, w_scale: np.ndarray) -> QParams:
     """int32 bias with scale = input scale * weight scale (what QLinearConv / QGemm assume)."""
     scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
@@ -164,5 +172,29 @@ def db(signal: float, noise: float) -> float:
 
 def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    ref = ref.astype(np.float64)
-    return db(float(np.sum(ref**2)), float(np.sum((ref - approx.astype(np.float64)) ** 2)))
+    m = NoiseMeter()
+    m.add(ref, approx)
+    return m.db
+
+
+class NoiseMeter:
+    """Streaming SQNR: summed squares of a reference and of its error over any number of batches."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def add(self, ref: np.ndarray, approx: np.ndarray) -> None:
+        r = np.asarray(ref, np.float64).ravel()
+        e = r - np.asarray(approx, np.float64).ravel()
+        self.signal += float(r @ r)
+        self.noise += float(e @ e)
+
+    @property
+    def db(self) -> float:
+        return db(self.signal, self.noise)
+
+    @property
+    def relative_noise(self) -> float:
+        """Noise power over signal power (0 when there is no signal)."""
+        return self.noise / self.signal if self.signal else 0.0

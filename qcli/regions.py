@@ -36,7 +36,7 @@ class RegionBuilder:
         qt: set[str] = set()  # tensors produced on int8
         for node in self.nodes:
             n, op, ins = node.name, node.op_type, self._data_ins(node)
-            if n in self.config.exclude or op in self.config.exclude:
+            if self.config.excluded_by(n, op):
                 continue
             if n in anchors:
                 act[n] = Action.INT8
@@ -51,9 +51,7 @@ class RegionBuilder:
             ):
                 act[n] = Action.PASSTHROUGH
             elif (
-                op in QLINEAR
-                and any(t in qt for t in ins)
-                and all(t in qt or (self.idx.is_const(t) and self.idx.inits[t].data_type == 1) for t in ins)
+                op in QLINEAR and any(t in qt for t in ins) and all(t in qt or self.idx.is_float_const(t) for t in ins)
             ):
                 act[n] = Action.INT8
             else:
@@ -80,11 +78,7 @@ class RegionBuilder:
 
     def _chain(self, node, act: dict[str, Action]) -> list:
         """Folded ops from the one next to the int8 producer up to `node` (inclusive)."""
-        chain = []
-        while act.get(node.name) == Action.FOLDED:
-            chain.append(node)
-            node = self.idx.producer[fold.data_input(node, self.idx)]
-        return chain[::-1]
+        return fold.chain(node, lambda n: act.get(n.name) == Action.FOLDED, self.idx)
 
     def _const_table(self, node) -> bool:
         """A Gather from a constant float table used by nothing else (an embedding): store it int8."""
@@ -92,9 +86,7 @@ class RegionBuilder:
             return False
         t = node.input[0]
         return (
-            node.op_type == "Gather"
-            and self.idx.is_const(t)
-            and self.idx.inits[t].data_type == 1
+            self.idx.is_float_const(t)
             and len(self.idx.consumers[t]) == 1
             and int(np.prod(self.idx.inits[t].dims)) >= 1024
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .evaluate import Latency, OutputFidelity
@@ -18,16 +19,20 @@ class Report:
     kind: str  # "quantize" | "compare"
     reference: str
     candidate: str
-    config: dict | None = None
+    config: dict | None = None  # the effective configuration (see config.effective)
+    decisions: dict = field(default_factory=dict)  # choices qcli made, with their reasons (reduce_range, ...)
     plan: dict | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # options that had no effect
     calibration: dict | None = None  # {"batches": n, "tensors": n, "method": ..., "ranges": {...}}
     size: dict | None = None  # {"reference_bytes", "candidate_bytes", "ratio"}
     latency: Latency | None = None
     fidelity: list[OutputFidelity] = field(default_factory=list)
     fidelity_data: str = ""
+    fidelity_files: list[str] = field(default_factory=list)
     gates: list[dict] = field(default_factory=list)  # {"gate", "limit", "value", "passed"}
     float_for_speed: list[str] = field(default_factory=list)
+    float_for_accuracy: list[str] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
 
     def to_dict(self) -> dict:
@@ -36,15 +41,19 @@ class Report:
             "reference": self.reference,
             "candidate": self.candidate,
             "config": self.config,
+            "decisions": self.decisions,
+            "warnings": self.warnings,
             "notes": self.notes,
             "calibration": self.calibration,
             "size": self.size,
             "latency": self.latency.to_dict() if self.latency else None,
             "fidelity_data": self.fidelity_data,
+            "fidelity_files": self.fidelity_files,
             "outputs": [_clean(vars(f)) for f in self.fidelity],
             "layers": [_clean(x) for x in self.layers],
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
+            "float_for_accuracy": self.float_for_accuracy,
             "plan": self.plan,
         }
 
@@ -57,7 +66,7 @@ def _clean(d: dict) -> dict:
 
 
 def _rows(r: Report) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = [("warning", w) for w in r.warnings]
     if r.config:
         c = r.config
         if c["scheme"] == "w8a8":
@@ -67,6 +76,8 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         else:
             sym = "symmetric" if c["weight_symmetric_int4"] else "asymmetric"
             rows.append(("scheme", f"W4A16 weight-only: int4 {sym}, blocks of {c['block_size']} along K"))
+    for name, d in r.decisions.items():
+        rows.append((f"decided {name.replace('_', ' ')}", f"{d['value']} ({d['why']})"))
     if r.plan:
         for action, ops in r.plan["summary"].items():
             rows.append((f"nodes {action}", ", ".join(f"{op} x{n}" for op, n in ops.items())))
@@ -91,14 +102,13 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         rows.append((f"output {f.name}", f"SQNR {sq}, cosine {f.cosine:.5f}, max abs err {f.max_abs:.4g}{top1}"))
     if r.fidelity_data:
         rows.append(("fidelity data", r.fidelity_data))
-    if r.float_for_speed:
-        rows.append(
-            (
-                "kept float for speed",
-                ", ".join(r.float_for_speed[:12])
-                + (f" (+{len(r.float_for_speed) - 12} more)" if len(r.float_for_speed) > 12 else ""),
-            )
-        )
+    for label, names in (
+        ("kept float for speed", r.float_for_speed),
+        ("kept float for accuracy", r.float_for_accuracy),
+    ):
+        if names:
+            more = f" (+{len(names) - 12} more)" if len(names) > 12 else ""
+            rows.append((label, ", ".join(names[:12]) + more))
     for x in r.layers[:3]:
         if x["introduced"] > 0:
             rows.append(
@@ -121,11 +131,16 @@ def _mb(n: int) -> str:
 
 
 def render_rich(r: Report, console: Console) -> None:
-    t = Table(title=f"qcli {r.kind}: {Path(r.candidate).name}", show_header=False, title_justify="left")
+    """A table on a terminal; plain `key: value` lines, never cut or wrapped, anywhere else (CI logs)."""
+    title = f"qcli {r.kind}: {Path(r.candidate).name}"
+    if not console.is_terminal:
+        console.file.write("\n".join([title] + [f"{k}: {v}" for k, v in _rows(r)]) + "\n")
+        return
+    t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     for k, v in _rows(r):
-        t.add_row(k, v)
+        t.add_row(escape(k), escape(v))
     console.print(t)
 
 
@@ -144,7 +159,7 @@ def render_markdown(r: Report) -> str:
         reasons: dict[str, list[str]] = {}
         for n in r.plan["nodes"]:
             if n["action"] == "float" and n["reason"]:
-                reasons.setdefault(n["reason"], []).append(n["node"])
+                reasons.setdefault(n["reason"]["text"], []).append(n["node"])
         if reasons:
             lines += ["", "## Compute nodes left float", ""]
             lines += [f"- {why}: {', '.join(f'`{n}`' for n in nodes)}" for why, nodes in reasons.items()]

@@ -18,9 +18,7 @@ from onnx import ModelProto, TensorProto
 from . import model_io
 from . import qparams as qp
 from .plan import ActivationQuant
-from .session import make_session
-
-_QT = {"uint8": qp.UINT8, "int8": qp.INT8}
+from .session import Session
 
 
 def activation_sqnr(
@@ -32,18 +30,15 @@ def activation_sqnr(
     inputs = [i.name for i in model.graph.input if i.name in acts]  # their values are the feed itself
     if not names and not inputs:
         return {}
-    sig = dict.fromkeys(names + inputs, 0.0)
-    noise = dict.fromkeys(names + inputs, 0.0)
+    meters = {t: qp.NoiseMeter() for t in names + inputs}
     with tempfile.TemporaryDirectory(prefix="qcli-sens-") as tmp:
         path = model_io.save_with_outputs(model, dict.fromkeys(names, TensorProto.FLOAT), Path(tmp), "sens.onnx")
-        sess = make_session(path)
+        sess = Session(path, label="the model (accuracy-guard run)")
         for feed in batches:
             values = list(zip(names, sess.run(names, feed) if names else [])) + [(t, feed[t]) for t in inputs]
             for t, v in values:
                 a = acts[t]
-                qt = _QT[a.qtype]
+                qt = qp.QTYPES[a.qtype]
                 p = qp.QParams(np.array(a.scale, np.float32), np.array(a.zero_point, qt.np_dtype), qt)
-                v64 = v.astype(np.float64)
-                sig[t] += float(np.sum(v64**2))
-                noise[t] += float(np.sum((v64 - qp.dequantize(qp.quantize(v, p), p)) ** 2))
-    return {t: qp.db(sig[t], noise[t]) for t in sig}
+                meters[t].add(v, qp.dequantize(qp.quantize(v, p), p))
+    return {t: m.db for t, m in meters.items()}

@@ -1,13 +1,20 @@
-"""onnxruntime sessions as qcli opens them: CPU provider, quiet, no thread spinning, optional config entries."""
+"""onnxruntime sessions as qcli opens them: CPU provider, quiet, no thread spinning, optional config entries.
+
+A failure is blamed on its true cause: a model or data the user gave is an InputError (exit 2), a model
+qcli generated is an InternalError (exit 3).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
-from .errors import InputError
+from .errors import InputError, InternalError
 
 
 def session_options(threads: int = 0, config: Mapping[str, str] | None = None) -> ort.SessionOptions:
@@ -22,8 +29,76 @@ def session_options(threads: int = 0, config: Mapping[str, str] | None = None) -
     return so
 
 
-def make_session(path: Path, threads: int = 0, config: Mapping[str, str] | None = None) -> ort.InferenceSession:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _error(ours: bool, message: str) -> Exception:
+    if ours:
+        return InternalError(f"internal error: {message} (a bug in qcli; rerun with --debug and report it)")
+    return InputError(message)
+
+
+class Session:
+    """An onnxruntime session over a model file; `ours` says whether qcli generated the model."""
+
+    def __init__(
+        self, path: Path, threads: int = 0, config: Mapping[str, str] | None = None, ours: bool = False, label=None
+    ) -> None:
+        self.label = label or Path(path).name
+        self.ours = ours
+        try:
+            self.sess = ort.InferenceSession(
+                str(path), session_options(threads, config), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise _error(ours, f"onnxruntime cannot load {self.label}: {_first_line(e)}") from e
+
+    def outputs(self) -> list[str]:
+        return [o.name for o in self.sess.get_outputs()]
+
+    def inputs(self) -> list[str]:
+        return [i.name for i in self.sess.get_inputs()]
+
+    def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.sess.run(names, dict(feed))
+        except Exception as e:
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise _error(
+                self.ours, f"onnxruntime failed to run {self.label} on inputs {shapes}: {_first_line(e)}"
+            ) from e
+
+
+@lru_cache(maxsize=64)
+def _loads(ir_version: int, opset: int) -> bool:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir_version
     try:
-        return ort.InferenceSession(str(path), session_options(threads, config), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise InputError(f"onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return True
+    except Exception:
+        return False
+
+
+def runtime_problem(ir_version: int, opset: int) -> str | None:
+    """Why the installed onnxruntime cannot load a model of this IR version and default-domain opset (probed
+    with a one-node model, so no weights are involved), or None."""
+    if _loads(ir_version, opset):
+        return None
+    if not _loads(ir_version, min(opset, 13)):
+        best = next((v for v in range(ir_version - 1, 2, -1) if _loads(v, min(opset, 13))), None)
+        return (
+            f"the model has IR version {ir_version}; the installed onnxruntime {ort.__version__} loads up to "
+            f"IR version {best}: re-save the model with ir_version <= {best} (model.ir_version = {best}) "
+            "or install a newer onnxruntime"
+        )
+    best = next((v for v in range(opset - 1, 6, -1) if _loads(ir_version, v)), None)
+    return (
+        f"the model uses opset {opset}; the installed onnxruntime {ort.__version__} supports up to opset {best}: "
+        "export the model at an older opset or install a newer onnxruntime"
+    )

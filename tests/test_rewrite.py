@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, Scheme, quantize
 from qcli.passes.preprocess import preprocess
+from qcli.plan import Why
 
 
 def ops(path) -> dict:
@@ -82,8 +83,7 @@ def test_cost_model_keeps_tiny_ops_float_and_says_why(tmp_path):
     onnx.save(mlp(k=8, hidden=8), tmp_path / "tiny.onnx")
     write_batches(tmp_path / "c", [(2, 3, 8)] * 3)
     r = quantize(tmp_path / "tiny.onnx", QuantConfig(), calib=tmp_path / "c", dry_run=True)
-    reasons = {d.node: d.reason for d in r.plan.nodes if d.op_type == "MatMul"}
-    assert all(why.startswith("kept float for speed") for why in reasons.values())
+    assert {d.node: d.why for d in r.plan.nodes if d.op_type == "MatMul"} == {"mm1": Why.SPEED, "mm2": Why.SPEED}
     assert set(r.report.float_for_speed) == {"mm1", "mm2"}
 
 
@@ -127,8 +127,7 @@ def test_w4a16_gemm_becomes_matmul(tmp_path):
     onnx.save(cnn(channels=32), tmp_path / "cnn.onnx")
     r = quantize(tmp_path / "cnn.onnx", QuantConfig(scheme=Scheme.W4A16), out=tmp_path / "q.onnx")
     assert ops(r.output).get("Gemm") is None and ops(r.output)["MatMul"] == 1
-    reasons = {d.node: d.reason for d in r.plan.nodes if d.op_type == "Conv"}
-    assert all("convolutions stay float" in why for why in reasons.values())
+    assert {d.why for d in r.plan.nodes if d.op_type == "Conv"} == {Why.SCHEME}
 
 
 def _if_model():
@@ -445,7 +444,7 @@ def test_accuracy_guard_keeps_float_an_op_whose_input_range_is_set_by_outliers(t
         tmp_path / "m.onnx", QuantConfig(min_macs_per_conversion=0), calib=tmp_path / "c", dry_run=True
     ).plan
     d = guarded.decision("mm1")
-    assert d.action.value == "float" and "kept float for accuracy: its input 'x'" in d.reason
+    assert d.action.value == "float" and d.why == Why.ACCURACY and d.reason.details["tensor"] == "x"
     assert guarded.decision("mm2").action.value != "float"  # its input is well spread
     off = quantize(
         tmp_path / "m.onnx",

@@ -15,8 +15,6 @@ from ..plan import QuantPlan
 from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
 
-_QT = {"int4": qp.INT4, "uint4": qp.UINT4}
-
 
 def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> ModelProto:
     m = model if inplace else ModelProto()
@@ -26,7 +24,7 @@ def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> Mo
     idx = GraphIndex(g)
     name = Namer(g)
     weights = {w.node: w for w in plan.weights}
-    done: dict[tuple[str, bool], str] = {}  # (float weight, transposed) -> dequantized tensor name
+    done: dict[tuple[str, bool, float], str] = {}  # (float weight, transposed, alpha) -> dequantized tensor
     out_nodes = []
 
     def add_init(stem: str, value: np.ndarray) -> str:
@@ -40,11 +38,14 @@ def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> Mo
             out_nodes.append(node)
             continue
         transposed = node.op_type == "Gemm" and bool(attr(node, "transB", 0))
-        key = (w.tensor, transposed)
+        alpha = float(attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+        key = (w.tensor, transposed, alpha)
         if key not in done:
             value = idx.const(w.tensor).astype(np.float32)
             value = value.T.copy() if transposed else value  # [K, N]
-            q, p = WEIGHT_ALGOS.get(w.algo)(value, _QT[w.qtype], w.symmetric, 0, w.block_size)
+            if node.op_type == "Gemm" and attr(node, "alpha", 1.0) != 1.0:
+                value = (value * np.float32(attr(node, "alpha", 1.0))).astype(np.float32)
+            q, p = WEIGHT_ALGOS.get(w.algo)(value, qp.QTYPES[w.qtype], w.symmetric, 0, w.block_size)
             ins = [add_init("w", q), add_init("ws", p.scale)]
             if not w.symmetric:
                 ins.append(add_init("wz", p.zero_point))

@@ -6,7 +6,7 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..graph import GraphIndex, attr
+from ..graph import GraphIndex, Namer, attr, subgraphs
 
 # Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
 _NO_FOLD = {
@@ -121,8 +121,8 @@ def fold_constants(m: ModelProto) -> int:
             and node.domain in ("", "ai.onnx")
             and node.op_type not in _NO_FOLD
             and not any(idx.escapes(o) for o in node.output)
-            and not any(a.type in (5, 10) for a in node.attribute)
-        )  # GRAPH / GRAPHS
+            and not subgraphs(node)
+        )
         if foldable:
             values = _evaluate(node, {i: numpy_helper.to_array(consts[i]) for i in ins}, opsets)
             if values is not None:
@@ -177,6 +177,7 @@ def _drop_unused_initializers(m: ModelProto) -> None:
 
 def fold_batchnorm_into_conv(m: ModelProto) -> int:
     idx = GraphIndex(m.graph)
+    namer = Namer(m.graph)
     remove, folded = set(), 0
     for bn in m.graph.node:
         if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
@@ -194,7 +195,8 @@ def fold_batchnorm_into_conv(m: ModelProto) -> int:
         k = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
         new_w = (w.astype(np.float64) * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
         new_b = ((b - mean) * k + beta).astype(w.dtype)
-        wname, bname = conv.output[0] + "_w", conv.output[0] + "_b"  # fresh: the old weight may be shared
+        # New names, free in the whole graph: the old weight may be shared, and "<output>_w" may be taken.
+        wname, bname = namer.fresh(bn.output[0] + "_w"), namer.fresh(bn.output[0] + "_b")
         _add_init(m, wname, new_w)
         _add_init(m, bname, new_b)
         del conv.input[1:]

@@ -18,8 +18,6 @@ from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
 from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
 
-_QTYPES = {t.name: t for t in (qp.INT8, qp.INT8_7BIT, qp.UINT8, qp.INT4, qp.UINT4, qp.INT32)}
-
 
 class _Rewriter:
     def __init__(self, model: ModelProto, plan: QuantPlan) -> None:
@@ -46,7 +44,7 @@ class _Rewriter:
     def _act_params(self, a: ActivationQuant) -> tuple[str, str]:
         key = a.share or a.tensor
         if key not in self.qparams:
-            qt = _QTYPES[a.qtype]
+            qt = qp.QTYPES[a.qtype]
             self.qparams[key] = (
                 self.init("s", np.array(a.scale, np.float32)),
                 self.init("z", np.array(a.zero_point, qt.np_dtype)),
@@ -59,7 +57,7 @@ class _Rewriter:
         s, z = self._act_params(a)
         if a.q_scale is not None:  # ops folded between src and t: src is quantized straight into t's integers
             s = self.init("s", np.array(a.q_scale, np.float32))
-            z = self.init("z", np.array(a.q_zero_point, _QTYPES[a.qtype].np_dtype))
+            z = self.init("z", np.array(a.q_zero_point, qp.QTYPES[a.qtype].np_dtype))
         qname = self.name("q")
         self.node("QuantizeLinear", [src, s, z], qname)
         self.quantized[t] = qname
@@ -71,24 +69,21 @@ class _Rewriter:
         return out
 
     # weights
-    def weight_input(
-        self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None, scale_floor: np.ndarray | None = None
-    ) -> tuple:
+    def weight_input(self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None) -> tuple:
         value = self.idx.const(w.tensor)
         if w.role == "bias":
             x_scale = np.float32(self.plan.activations[x_tensor].scale)
             p = qp.bias_qparams(x_scale, w_params.scale)
             key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes())
         else:
-            floor = None if scale_floor is None else scale_floor.tobytes()
-            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo, floor)
+            key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo, w.scale_floor)
         if key not in self.wcache:
             if w.role == "bias":
                 q = qp.quantize(value, p)
             else:
-                q, p = WEIGHT_ALGOS.get(w.algo)(value, _QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
-                if scale_floor is not None and np.any(np.abs(p.scale) < scale_floor):
-                    q, p = qp.widen_scale(value, p, scale_floor)
+                q, p = WEIGHT_ALGOS.get(w.algo)(value, qp.QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
+                if w.scale_floor is not None:  # the planner found the int32 bias would overflow
+                    q, p = qp.widen_scale(value, p, np.array(w.scale_floor, np.float32))
             self.wcache[key] = (self.init("w", q), self.init("ws", p.scale), self.init("wz", p.zero_point), p)
         qname, s, z, p = self.wcache[key]
         out = self.name("wd")
@@ -111,7 +106,7 @@ class _Rewriter:
                 writer[node.output[0]] = prod
         for t, a in self.plan.activations.items():
             if self.idx.is_const(t):  # a constant table read by int8 data movement: quantized offline
-                qt = _QTYPES[a.qtype]
+                qt = qp.QTYPES[a.qtype]
                 p = qp.QParams(np.array(a.scale, np.float32), np.array(a.zero_point, qt.np_dtype), qt)
                 self.quantized[t] = self.init("t", qp.quantize(self.idx.const(t), p))
         for t in (i.name for i in g.input):
@@ -139,35 +134,27 @@ class _Rewriter:
         for i, t in enumerate(node.input):
             w = self.weights.get((node.name, i))
             if w is not None:
-                new, p = self.weight_input(w, x, w_params, self._bias_floor(node, x) if w.role == "weight" else None)
+                new, p = self.weight_input(w, x, w_params)
                 if w.role == "weight":
                     w_params = p
                 node.input[i] = new
             elif t in self.quantized:
                 node.input[i] = self.dq_of(t)
 
-    def _bias_floor(self, node, x: str) -> np.ndarray | None:
-        """Smallest weight scale per channel that keeps bias / (x_scale * w_scale) inside int32."""
-        bias = self.weights.get((node.name, 2))
-        if bias is None or x not in self.plan.activations:
-            return None
-        b = np.abs(self.idx.const(bias.tensor).astype(np.float64))
-        return (b / (self.plan.activations[x].scale * (2**31 - 1)) * (1 + 1e-6)).astype(np.float32)
-
     def _after(self, node, a: Action) -> None:
-        t = node.output[0] if node.output else ""
-        if t not in self.plan.activations:
-            return
-        int8_out = a in (Action.INT8, Action.PASSTHROUGH)
-        if not int8_out:
-            self.emit_q(t, t)  # float producer: float readers keep reading t itself
-            return
-        raw = self.name("f")
-        node.output[0] = raw
-        self.emit_q(t, raw)
-        readers = self.idx.consumers.get(t, [])
-        if self.idx.escapes(t) or any(self.act.get(r.name, Action.FLOAT) == Action.FLOAT for r in readers):
-            self.dq_of(t, out=t)
+        """A QuantizeLinear for every output of `node` the plan quantizes (each output of a multi-output op)."""
+        for k, t in enumerate(node.output):
+            if not t or t not in self.plan.activations:
+                continue
+            if not (k == 0 and a in (Action.INT8, Action.PASSTHROUGH)):
+                self.emit_q(t, t)  # float producer: float readers keep reading t itself
+                continue
+            raw = self.name("f")
+            node.output[0] = raw
+            self.emit_q(t, raw)
+            readers = self.idx.consumers.get(t, [])
+            if self.idx.escapes(t) or any(self.act.get(r.name, Action.FLOAT) == Action.FLOAT for r in readers):
+                self.dq_of(t, out=t)
 
 
 def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:

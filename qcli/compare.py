@@ -1,0 +1,118 @@
+"""compare(): two versions of a model on the same data; the measurements quantize() reports too; CI gates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate, model_io
+from .errors import GateFailed, InputError
+from .feeds import FeedSource, input_specs
+from .report import Report
+
+Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
+
+
+def no_progress(desc: str, total: int) -> Callable[[], None]:
+    return lambda: None
+
+
+@dataclass(frozen=True)
+class FidelityData:
+    """Where fidelity and latency figures come from: these files of this source, described for the report."""
+
+    src: FeedSource | None
+    items: list[Path]
+    desc: str
+
+    def feeds(self, advance: Callable[[], None] = lambda: None) -> Iterator[dict[str, np.ndarray]]:
+        for item in self.items:
+            yield self.src.load(item)
+            advance()
+
+
+def measure(
+    report: Report,
+    ref: Path,
+    cand: Path,
+    data: FidelityData,
+    runs: int,
+    progress: Progress = no_progress,
+    ort_config: dict[str, str] | None = None,
+    candidate_ours: bool = False,
+) -> None:
+    """Size, fidelity per output and interleaved latency of `cand` against `ref`, into `report`."""
+    ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
+    report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
+    if data.src is None:
+        report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
+        return
+    advance = progress("evaluating", len(data.items))
+    report.fidelity = evaluate.fidelity(ref, cand, data.feeds(advance), ort_config, candidate_ours)
+    report.fidelity_data = data.desc
+    report.fidelity_files = [p.name for p in data.items]
+    first = data.src.load(data.items[0])
+    report.latency = evaluate.latency(ref, cand, first, runs=runs, config=ort_config, candidate_ours=candidate_ours)
+    if ort_config:
+        report.notes.append(
+            "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
+        )
+    if report.latency.ratio >= 1.0:
+        report.notes.append(
+            f"the quantized model is not faster than FP32 on this machine ({report.latency.ratio:.2f}x latency)"
+        )
+
+
+def apply_gates(report: Report, min_sqnr: float | None, max_top1_drop: float | None) -> None:
+    """Add each requested gate's verdict to the report; the worst output decides."""
+    if min_sqnr is not None:
+        worst = min(f.sqnr_db for f in report.fidelity)
+        report.gates.append(
+            {"gate": "min-sqnr", "limit": min_sqnr, "value": round(worst, 2), "passed": bool(worst >= min_sqnr)}
+        )
+    if max_top1_drop is not None:
+        agreements = [f.top1_agreement for f in report.fidelity if f.top1_agreement is not None]
+        if not agreements:
+            raise InputError(
+                "--max-top1-drop needs a class-score output ([N, C], or [N, T, C] from a (Log)Softmax); "
+                f"none of {', '.join(f.name for f in report.fidelity)} is one: use --min-sqnr"
+            )
+        drop = (1.0 - min(agreements)) * 100
+        report.gates.append(
+            {
+                "gate": "max-top1-drop",
+                "limit": max_top1_drop,
+                "value": round(drop, 4),
+                "passed": bool(drop <= max_top1_drop),
+            }
+        )
+
+
+def compare(
+    ref: Path,
+    cand: Path,
+    data: Path,
+    min_sqnr: float | None = None,
+    max_top1_drop: float | None = None,
+    latency_runs: int = 30,
+    progress: Progress = no_progress,
+    ort_config: dict[str, str] | None = None,
+) -> Report:
+    """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails."""
+    ref, cand = Path(ref), Path(cand)
+    ref_specs = input_specs(model_io.load(ref))
+    cand_specs = input_specs(model_io.load(cand))
+    # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
+    src = FeedSource(data, ref_specs, model=ref.name, also=((cand.name, cand_specs),))
+    report = Report("compare", str(ref), str(cand))
+    fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
+    measure(report, ref, cand, fid, latency_runs, progress, ort_config)
+    apply_gates(report, min_sqnr, max_top1_drop)
+    failed = [g for g in report.gates if not g["passed"]]
+    if failed:
+        g = failed[0]
+        raise GateFailed(f"{g['gate']}: {g['value']} against a limit of {g['limit']}", report)
+    return report

@@ -1,4 +1,36 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+from checks import CPUINFO  # noqa: E402
+
+from qcli import hostcpu  # noqa: E402
+
+
+def simulate_cpu(monkeypatch, tmp_path: Path, kind: str) -> hostcpu.CpuInfo:
+    """Make qcli see a CPU of this kind ("vnni" or "avx2"), whatever this machine is."""
+    fake = tmp_path / f"cpuinfo-{kind}"
+    fake.write_text(CPUINFO[kind])
+    monkeypatch.setattr(hostcpu, "CPUINFO", fake)
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "x86_64")
+    hostcpu.host.cache_clear()
+    cpu = hostcpu.host()
+    assert (cpu.int32_dot is not None) == (kind == "vnni")
+    return cpu
+
+
+@pytest.fixture(params=["vnni", "avx2"])
+def cpu_kind(request, monkeypatch, tmp_path):
+    """Runs the test once as on an x86 CPU with AVX-512 VNNI and once as on one with AVX2 only.
+    Only for tests of decisions (plans): what runs is this machine's real kernels."""
+    yield request.param, simulate_cpu(monkeypatch, tmp_path, request.param)
+    hostcpu.host.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cpu_cache():
+    yield
+    hostcpu.host.cache_clear()

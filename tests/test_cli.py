@@ -199,3 +199,88 @@ def test_every_quantize_flag_reaches_the_config_in_the_report(files):
     )
     c = json.loads(r.stdout)["config"]
     assert (c["scheme"], c["block_size"], c["weight_symmetric_int4"]) == ("w4a16", 16, False)
+
+
+def test_help_keeps_placeholders_in_angle_brackets():
+    r = runner.invoke(app, ["quantize", "--help"], env={"COLUMNS": "200"})
+    assert "<sample>/<input>.npy" in r.stdout and "<model>.int8.onnx" in r.stdout and "<model>.int4.onnx" in r.stdout
+
+
+def test_errors_keep_text_in_square_brackets_and_stay_on_one_line(files):
+    write_batches(files / "badshape", [(1, 4, 16, 16)])
+    r = run("quantize", files / "m.onnx", "--calib", files / "badshape")
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "has shape [1, 4, 16, 16]; dimension 1 must be 3 (m.onnx expects [N, 3, 16, 16])" in lines[0]
+
+
+def test_output_off_a_terminal_is_plain_lines_never_cut(files):
+    """CliRunner's stderr is not a TTY: no box drawing, no wrapping at 80 columns, no names cut with '…'."""
+    m = onnx.load(str(files / "m.onnx"))
+    long = "/features/" + "very_long_block_name/" * 8 + "Conv"
+    next(n for n in m.graph.node if n.name == "conv3").name = long
+    onnx.save(m, files / "long.onnx")
+    r = run("quantize", files / "long.onnx", "--calib", files / "calib", "-o", files / "q.onnx", "--min-macs", 1e9)
+    assert r.exit_code == 0, r.output
+    assert not set("│┃┌└─…") & set(r.stderr)
+    assert any(ln.startswith("kept float for speed: ") and long in ln for ln in r.stderr.splitlines())
+    assert r.stderr.splitlines()[0] == "qcli quantize: q.onnx"
+
+
+def test_a_broken_model_of_qcli_s_own_making_is_exit_3_not_the_users_fault(files, monkeypatch):
+    import qcli.pipeline
+
+    real = qcli.pipeline.apply_w8a8
+
+    def broken(model, plan):
+        q, names = real(model, plan)
+        del q.graph.node[0]  # a tensor is read that nothing produces now
+        return q, names
+
+    monkeypatch.setattr(qcli.pipeline, "apply_w8a8", broken)
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 3 and "internal error" in r.stderr and "Traceback" not in r.output
+    assert not (files / "q.onnx").exists()
+
+
+def test_a_qcli_model_onnxruntime_cannot_run_is_exit_3(files, monkeypatch):
+    """The checker passes, onnxruntime refuses: still qcli's fault (exit 3), not the user's (exit 2)."""
+    import qcli.pipeline
+
+    real = qcli.pipeline.apply_w8a8
+
+    def bad_attr(model, plan):
+        q, names = real(model, plan)
+        conv = next(n for n in q.graph.node if n.op_type == "Conv")
+        conv.attribute.append(onnx.helper.make_attribute("group", 7))  # wrong group count for the weights
+        return q, names
+
+    monkeypatch.setattr(qcli.pipeline, "apply_w8a8", bad_attr)
+    monkeypatch.setattr(qcli.pipeline, "_check_valid", lambda m, s: True)
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 3, r.output
+    assert "internal error" in r.stderr and "Traceback" not in r.output
+
+
+def test_on_a_terminal_brackets_in_messages_and_reports_survive_rich_markup(files, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    import qcli.cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(qcli.cli, "err", Console(file=buf, force_terminal=True, width=300))
+    write_batches(files / "badshape", [(1, 4, 16, 16)])
+    r = run("quantize", files / "m.onnx", "--calib", files / "badshape")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())
+    assert r.exit_code == 2 and "(m.onnx expects [N, 3, 16, 16])" in text
+    buf.truncate(0)
+    m = onnx.load(str(files / "m.onnx"))
+    next(n for n in m.graph.node if n.name == "conv3").name = "[bold]conv3[/bold]"
+    onnx.save(m, files / "b.onnx")
+    r = run("quantize", files / "b.onnx", "--calib", files / "calib", "-o", files / "q.onnx", "--min-macs", 1e9)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())
+    assert r.exit_code == 0 and "[bold]conv3[/bold]" in text

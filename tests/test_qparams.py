@@ -1,6 +1,5 @@
 """Quantize/dequantize math: bit-exact against onnx.reference, hand-computed golden cases, int4 packing."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -9,22 +8,6 @@ from onnx.reference import ReferenceEvaluator
 from qcli import qparams as qp
 
 rng = np.random.default_rng(42)
-
-
-def pack_int4(values: np.ndarray) -> bytes:
-    """Reference packing from the ONNX spec: two 4-bit values per byte, low nibble first."""
-    flat = values.astype(np.int8).reshape(-1).astype(np.uint8) & 0x0F
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
-
-
-def unpack_int4(data: bytes, count: int, signed: bool) -> np.ndarray:
-    b = np.frombuffer(data, np.uint8)
-    nib = np.empty(b.size * 2, np.uint8)
-    nib[0::2], nib[1::2] = b & 0x0F, b >> 4
-    nib = nib[:count].astype(np.int8)
-    return np.where(nib > 7, nib - 16, nib).astype(np.int8) if signed else nib.astype(np.uint8)
 
 
 def _reference(op: str, x: np.ndarray, p: qp.QParams, opset: int = 21) -> np.ndarray:
@@ -55,6 +38,8 @@ CASES = [
     ("per-tensor uint8 asym", (4, 8, 5), qp.UINT8, False, None, None),
     ("per-tensor int8 sym", (4, 8, 5), qp.INT8, True, None, None),
     ("per-channel int8 axis0", (16, 8, 3, 3), qp.INT8, True, 0, None),
+    ("per-channel int8 7-bit", (16, 8, 3, 3), qp.INT8_7BIT, True, 0, None),
+    ("per-tensor int8 7-bit", (8, 5), qp.INT8_7BIT, True, None, None),
     ("per-channel int8 axis1", (64, 24), qp.INT8, True, 1, None),
     ("per-channel uint8 asym", (6, 10), qp.UINT8, False, 0, None),
     ("blocked int4 sym", (96, 12), qp.INT4, True, 0, 32),
@@ -106,23 +91,6 @@ def test_bias_scale_is_input_scale_times_weight_scale():
     assert p.qtype is qp.INT32 and p.axis == 0
 
 
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("count", [1, 2, 7, 64, 1001])
-def test_int4_pack_unpack_round_trip(signed, count):
-    lo, hi = (-8, 7) if signed else (0, 15)
-    v = rng.integers(lo, hi + 1, count).astype(np.int8 if signed else np.uint8)
-    assert len(pack_int4(v)) == (count + 1) // 2
-    np.testing.assert_array_equal(unpack_int4(pack_int4(v), count, signed), v)
-
-
-def test_int4_packing_matches_onnx_tensor_layout():
-    v = rng.integers(-8, 8, (5, 3)).astype(ml_dtypes.int4)
-    t = numpy_helper.from_array(v, "t")
-    assert t.data_type == TensorProto.INT4
-    assert t.raw_data == pack_int4(v.astype(np.int8))
-    np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.int8), v.astype(np.int8))
-
-
 def test_sqnr():
     x = rng.standard_normal(1000).astype(np.float32)
     assert qp.sqnr_db(x, x) == float("inf")
@@ -150,3 +118,65 @@ def test_widen_scale_keeps_int32_bias_in_range():
     np.testing.assert_array_equal(q[0], qp.quantize(w, p)[0])
     b = qp.bias_qparams(x_scale, wide.scale)
     assert np.all(np.abs(bias / b.scale) <= 2**31 - 1)
+
+
+def test_asymmetric_zero_point_is_rounded_not_truncated():
+    # [-0.3, 1.0] on uint8: scale 1.3/255, exact zero point 0.3 * 255 / 1.3 = 58.85 -> 59 (truncation: 58)
+    p = qp.from_range(-0.3, 1.0, qp.UINT8, symmetric=False)
+    assert float(p.scale) == np.float32(1.3 / 255) and int(p.zero_point) == 59
+    # [-0.31, 1.0]: exact 60.34 -> 60 (ceiling: 61)
+    assert int(qp.from_range(-0.31, 1.0, qp.UINT8, symmetric=False).zero_point) == 60
+    # 0 stays exactly representable: dequantize(quantize(0)) == 0
+    x = np.array([0.0, -0.3, 1.0], np.float32)
+    np.testing.assert_array_equal(qp.dequantize(qp.quantize(x, p), p)[0], 0.0)
+
+
+def test_quantize_rounds_half_to_even_and_saturates():
+    p = qp.QParams(np.array(0.5, np.float32), np.array(10, np.uint8), qp.UINT8)
+    x = np.array([1.25, 1.75, -5.25, 1000.0, -1000.0], np.float32)  # x / s = 2.5, 3.5, -10.5, ...
+    np.testing.assert_array_equal(qp.quantize(x, p), [12, 14, 0, 255, 0])
+
+
+def test_reduced_range_weights_stay_within_seven_bits():
+    w = (rng.standard_normal((8, 4, 3, 3)) * 2).astype(np.float32)
+    p = qp.weight_qparams(w, qp.INT8_7BIT, True, axis=0)
+    q = qp.quantize(w, p).astype(np.int32)
+    assert q.min() >= -64 and q.max() <= 63
+    absmax = np.abs(w).reshape(8, -1).max(axis=1)
+    np.testing.assert_allclose(p.scale, absmax / 63, rtol=1e-6)  # each channel's extreme lands on +-63
+    assert np.all(np.abs(q).reshape(8, -1).max(axis=1) == 63)
+    full = qp.quantize(w, qp.weight_qparams(w, qp.INT8, True, axis=0)).astype(np.int32)
+    assert np.all(np.abs(full).reshape(8, -1).max(axis=1) == 127)
+
+
+def test_int4_block_scales_follow_each_blocks_signed_extreme():
+    """Blocks of 16 along K=40 (3 blocks, the last partial) for 5 columns: every block's scale is computed
+    here from a plain reshape, independently of qparams' padding and moveaxis."""
+    w = rng.standard_normal((40, 5)).astype(np.float32)
+    p = qp.weight_qparams(w, qp.INT4, True, axis=0, block_size=16)
+    assert p.scale.shape == (3, 5)
+    for b in range(3):
+        block = w[b * 16 : (b + 1) * 16]
+        extreme = np.where(np.abs(block.min(0)) >= np.abs(block.max(0)), block.min(0), block.max(0))
+        np.testing.assert_allclose(p.scale[b], extreme / -8, rtol=1e-6)
+    q = qp.quantize(w, p).astype(np.int8)
+    assert q.min() >= -8 and q.max() <= 7
+    for b in range(3):  # the extreme of every block and column maps exactly to -8
+        assert np.all(q[b * 16 : (b + 1) * 16].min(0) == -8)
+
+
+def test_bias_scale_floor_keeps_int32_bias_in_range():
+    bias, x_scale = np.array([3.0, 1e-3, -2e6], np.float32), 1e-4
+    floor = qp.bias_scale_floor(bias, x_scale)
+    assert np.all(np.abs(bias) / (x_scale * floor.astype(np.float64)) <= 2**31 - 1)
+    np.testing.assert_allclose(floor, np.abs(bias) / (x_scale * (2**31 - 1)), rtol=1e-5)
+
+
+def test_noise_meter_streams_like_one_shot():
+    a, b = rng.standard_normal(300), rng.standard_normal(300)
+    m = qp.NoiseMeter()
+    for i in range(0, 300, 70):
+        m.add(a[i : i + 70], b[i : i + 70])
+    expected = 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2))
+    assert abs(m.db - expected) < 1e-9 and abs(m.relative_noise - 10 ** (-expected / 10)) < 1e-12
+    assert qp.NoiseMeter().db == float("inf") and qp.NoiseMeter().relative_noise == 0.0

@@ -87,7 +87,7 @@ def quantize(
         decisions=plan.decisions,
         plan=plan.to_dict(),
         notes=list(plan.notes),
-        warnings=_warnings(config, model, calib_src),
+        warnings=_warnings(config, model, plan, calib_src),
         calibration=calibration,
     )
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
@@ -135,15 +135,15 @@ def _write_and_measure(model, plan, config, report, model_path, out, fid, latenc
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
 
 
-def _warnings(config: QuantConfig, model: onnx.ModelProto, calib_src: FeedSource | None) -> list[str]:
-    """Options that would otherwise do nothing, silently."""
+def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, calib_src: FeedSource | None) -> list[str]:
+    """Options that would otherwise do nothing, silently, and a run that quantizes nothing."""
     out = [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
     out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
     if config.scheme == Scheme.W4A16 and calib_src is not None:
         out.append("--calib is not used by w4a16 rtn; its files only serve the report's fidelity figures")
-    return out
+    return out + plan.warnings
 
 
 def _plan_w8a8(

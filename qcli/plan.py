@@ -127,6 +127,7 @@ class QuantPlan:
     activations: dict[str, ActivationQuant] = field(default_factory=dict)
     weights: list[WeightQuant] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # outcomes the user should not miss (nothing quantized)
     # The effective configuration: what was decided where the config left a choice, and why.
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -150,6 +151,7 @@ class QuantPlan:
             "scheme": self.scheme,
             "summary": self.summary(),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "decisions": self.decisions,
             "nodes": [d.to_dict() for d in self.nodes],
             "activations": {k: asdict(v) for k, v in self.activations.items()},

@@ -35,7 +35,7 @@ def plan_w4a16(model: ModelProto, config: QuantConfig) -> QuantPlan:
         else:
             plan.nodes.append(NodeDecision(node.name, node.op_type, Action.FLOAT, why or None))
     if not plan.weights and any("reduction_dim" in d.reason.details for d in plan.by_reason(Why.UNSUPPORTED)):
-        plan.notes.append(
+        plan.warnings.append(
             f"nothing was quantized: every weight's reduction dimension is smaller than --block-size "
             f"{config.block_size}; use a smaller block"
         )

@@ -200,7 +200,7 @@ class W8A8Planner(RegionBuilder):
             )
             if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.nodes):
                 where += "; the model already contains QuantizeLinear/DequantizeLinear: is it quantized already?"
-            plan.notes.append(f"nothing was quantized{where}")
+            plan.warnings.append(f"nothing was quantized{where}")
 
     def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None, q: tuple | None = None) -> None:
         if t in plan.activations:

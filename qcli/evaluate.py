@@ -102,10 +102,17 @@ def fidelity(
     ref = Session(ref_path, config=config)
     cand = Session(cand_path, config=config, ours=candidate_ours)
     names = ref.outputs()
-    if set(names) != set(cand.outputs()) or set(ref.inputs()) != set(cand.inputs()):
+    diffs = []
+    for kind, r_names, c_names in (("inputs", ref.inputs(), cand.inputs()), ("outputs", names, cand.outputs())):
+        only_r, only_c = sorted(set(r_names) - set(c_names)), sorted(set(c_names) - set(r_names))
+        if only_r or only_c:
+            diffs.append(
+                f"{kind} only in {ref_path.name}: {only_r or 'none'}, only in {cand_path.name}: {only_c or 'none'}"
+            )
+    if diffs:
         raise InputError(
-            f"{ref_path.name} and {cand_path.name} have different inputs or outputs; "
-            "compare needs two versions of the same model"
+            f"{ref_path.name} and {cand_path.name} differ ({'; '.join(diffs)}); compare needs two versions of "
+            "the same model"
         )
     scores = class_score_outputs(ref_path)
     meters = {n: _OutputMeter(n in scores) for n in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from .errors import InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
 from .graph import name_nodes
 from .passes.int4 import apply_w4a16
-from .passes.preprocess import preprocess
+from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
 from .plan import QuantPlan, Why
 from .plan_w4a16 import plan_w4a16
@@ -69,16 +70,58 @@ def quantize(
     _check_paths(model_path, out)
     original = model_io.load(model_path)
     specs = input_specs(original)
+    with contextlib.ExitStack() as stack:
+        reference, renamed = _unique_names(original, model_path, stack)
+        args = (model_path, config, calib, out, eval_dir, dry_run, progress, latency_runs, ort_config, write_report)
+        return _quantize(original, specs, reference, renamed, *args)
+
+
+def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:
+    """Name every node uniquely (the plan is keyed by node name). onnxruntime refuses a model with duplicate
+    node names, so fidelity is then measured against a renamed copy of the input (same computation)."""
+    named = [n.name for n in model.graph.node if n.name]
+    duplicates = len(named) != len(set(named))
+    renamed = name_nodes(model.graph)
+    if not duplicates:
+        return model_path, renamed
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcli-ref-")))
+    return model_io.save_for_session(model, tmp, model_path.name), renamed
+
+
+def _quantize(
+    original,
+    specs,
+    reference,
+    renamed,
+    model_path,
+    config,
+    calib,
+    out,
+    eval_dir,
+    dry_run,
+    progress,
+    latency_runs,
+    ort_config,
+    write_report,
+) -> QuantizeResult:
     model, notes = preprocess(original, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
     del original
-    renamed = name_nodes(model.graph)
+    model, opset_note = _upgrade_opset(model, config)
+    notes += [opset_note] if opset_note else []
     calib_src = FeedSource(calib, specs, config.calib_limit, model=model_path.name) if calib else None
     eval_src = FeedSource(eval_dir, specs, model=model_path.name) if eval_dir else None
     if config.scheme == Scheme.W8A8:
         model, plan, calibration, fid = _plan_w8a8(model, config, calib_src, eval_src, progress)
     else:
         model, plan, calibration, fid = _plan_w4a16(model, config, calib_src, eval_src)
-    plan.notes += notes + ([f"named {renamed} unnamed or duplicate-named node(s)"] if renamed else [])
+    if renamed:
+        notes.append(f"named {renamed} unnamed or duplicate-named node(s)")
+    if reference != model_path:
+        notes.append(
+            "the input has duplicate node names, which onnxruntime refuses: fidelity and latency "
+            "are measured against the same model with unique node names"
+        )
+    plan.notes += notes
     report = Report(
         "quantize",
         str(model_path),
@@ -97,7 +140,7 @@ def quantize(
     written: list[Path] = []
     try:
         _write_and_measure(
-            model, plan, config, report, model_path, out, fid, latency_runs, progress, ort_config, written
+            model, plan, config, report, reference, out, fid, latency_runs, progress, ort_config, written
         )
         if write_report:
             written += write_beside(report, out)
@@ -146,6 +189,20 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, cali
     return out + plan.warnings
 
 
+def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, str | None]:
+    """The opset the scheme's Q/DQ need. onnx's converter may add Constant nodes (Clip's min/max from opset
+    11 on) and unnamed nodes: lifted and named like the input's own."""
+    if config.scheme == Scheme.W8A8:
+        need, why = (13, "per-channel Q/DQ") if config.per_channel else (10, "Q/DQ")
+    else:
+        need, why = 21, "int4 block-wise DequantizeLinear"
+    model, note = model_io.ensure_opset(model, need, why)
+    if note:
+        lift_constants(model)
+        name_nodes(model.graph)
+    return model, note
+
+
 def _plan_w8a8(
     model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None, progress: Progress
 ):
@@ -154,7 +211,6 @@ def _plan_w8a8(
             "W8A8 static quantization needs calibration data: pass --calib DIR "
             "(or use --scheme w4a16 for weight-only quantization without data)"
         )
-    model, note = model_io.ensure_opset(model, 13 if config.per_channel else 10, "per-channel Q/DQ")
     items, held = calib_src.items, []
     if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
         cut = max(1, len(items) // 5)
@@ -175,7 +231,6 @@ def _plan_w8a8(
         if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
             plan = planner.plan(stats, act_sqnr)
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
-    plan.notes += [note] if note else []
     if eval_src:
         fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
     elif held:
@@ -188,9 +243,7 @@ def _plan_w8a8(
 
 
 def _plan_w4a16(model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
-    model, note = model_io.ensure_opset(model, 21, "int4 block-wise DequantizeLinear")
     plan = plan_w4a16(model, config)
-    plan.notes += [note] if note else []
     src = eval_src or calib_src
     if src is None:
         return model, plan, None, FidelityData(None, [], "")

@@ -62,9 +62,15 @@ def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> Mo
         mm_out = name("mm") if has_bias else node.output[0]
         out_nodes.append(helper.make_node("MatMul", [node.input[0], done[key]], [mm_out], name=node.name))
         if has_bias:
-            c = node.input[2]
-            if attr(node, "beta", 1.0) != 1.0:
-                c = add_init("c", (idx.const(c) * np.float32(attr(node, "beta", 1.0))).astype(np.float32))
+            c, beta = node.input[2], np.float32(attr(node, "beta", 1.0))
+            if beta != 1.0 and idx.is_const(c):
+                c = add_init("c", (idx.const(c) * beta).astype(np.float32))
+            elif beta != 1.0:  # C computed at run time: scale it there
+                scaled = name("c")
+                out_nodes.append(
+                    helper.make_node("Mul", [c, add_init("beta", np.array(beta))], [scaled], name=name("mul"))
+                )
+                c = scaled
             out_nodes.append(helper.make_node("Add", [mm_out, c], [node.output[0]], name=name("add")))
     del g.node[:]
     g.node.extend(out_nodes)

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint mutation clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,5 +28,11 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run_bench.py
 
+# Mutation testing (mutmut 3) in a throwaway clone of HEAD: slow (an hour or more on 2 cores), not part of CI.
+mutation: $(STAMP)
+	rm -rf .mutation && git clone -q . .mutation
+	cd .mutation && $(PY) -m venv .venv && .venv/bin/pip install -q -e '.[dev]' 'mutmut==3.8.1'
+	cd .mutation && .venv/bin/mutmut run --max-children 2; .venv/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) demo_out bench/.cache
+	rm -rf $(VENV) demo_out bench/.cache .mutation

@@ -203,10 +203,24 @@ def versions(metrics_tool: str) -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "qcli": version("qcli"),
+        "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "metrics": "qcli compare" if metrics_tool == "qcli" else "bench/metrics.py",
     }
+
+
+def _cpu() -> str:
+    """The CPU model and whether it has an int32 dot product for u8 x s8 (VNNI): it decides 7- or 8-bit weights."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    dot = next((f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags), None)
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({simd}, {'VNNI: ' + dot if dot else 'no VNNI'})"
 
 
 def main() -> None:

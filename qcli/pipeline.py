@@ -68,44 +68,37 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
-    original = model_io.load(model_path)
-    specs = input_specs(original)
     with contextlib.ExitStack() as stack:
-        reference, renamed = _unique_names(original, model_path, stack)
-        args = (model_path, config, calib, out, eval_dir, dry_run, progress, latency_runs, ort_config, write_report)
-        return _quantize(original, specs, reference, renamed, *args)
+        job = _plan(stack, model_path, config, calib, eval_dir, out, progress)
+        if dry_run:
+            return QuantizeResult(job.plan, job.report, None)
+        written: list[Path] = []
+        try:
+            _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
+            if write_report:
+                written += write_beside(job.report, out)
+        except KeyboardInterrupt as e:
+            raise Interrupted(written) from e
+        return QuantizeResult(job.plan, job.report, out, written)
 
 
-def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:
-    """Name every node uniquely (the plan is keyed by node name). onnxruntime refuses a model with duplicate
-    node names, so fidelity is then measured against a renamed copy of the input (same computation)."""
-    named = [n.name for n in model.graph.node if n.name]
-    duplicates = len(named) != len(set(named))
-    renamed = name_nodes(model.graph)
-    if not duplicates:
-        return model_path, renamed
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcli-ref-")))
-    return model_io.save_for_session(model, tmp, model_path.name), renamed
+@dataclass
+class _Job:
+    """What quantize() carries from planning to writing. It holds the only reference to the float graph,
+    so the graph can be freed before the measurement sessions load."""
+
+    model: onnx.ModelProto | None
+    plan: QuantPlan
+    report: Report
+    fid: FidelityData
+    reference: Path  # the model fidelity is measured against (the input, or a renamed copy of it)
 
 
-def _quantize(
-    original,
-    specs,
-    reference,
-    renamed,
-    model_path,
-    config,
-    calib,
-    out,
-    eval_dir,
-    dry_run,
-    progress,
-    latency_runs,
-    ort_config,
-    write_report,
-) -> QuantizeResult:
-    model, notes = preprocess(original, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
-    del original
+def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
+    model = model_io.load(model_path)
+    specs = input_specs(model)
+    reference, renamed = _unique_names(model, model_path, stack)
+    model, notes = preprocess(model, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
     model, opset_note = _upgrade_opset(model, config)
     notes += [opset_note] if opset_note else []
     calib_src = FeedSource(calib, specs, config.calib_limit, model=model_path.name) if calib else None
@@ -135,27 +128,29 @@ def _quantize(
     )
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
     report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY)]
-    if dry_run:
-        return QuantizeResult(plan, report, None)
-    written: list[Path] = []
-    try:
-        _write_and_measure(
-            model, plan, config, report, reference, out, fid, latency_runs, progress, ort_config, written
-        )
-        if write_report:
-            written += write_beside(report, out)
-    except KeyboardInterrupt as e:
-        raise Interrupted(written) from e
-    return QuantizeResult(plan, report, out, written)
+    return _Job(model, plan, report, fid, reference)
 
 
-def _write_and_measure(model, plan, config, report, model_path, out, fid, latency_runs, progress, ort_config, written):
+def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:
+    """Name every node uniquely (the plan is keyed by node name). onnxruntime refuses a model with duplicate
+    node names, so fidelity is then measured against a renamed copy of the input (same computation)."""
+    named = [n.name for n in model.graph.node if n.name]
+    duplicates = len(named) != len(set(named))
+    renamed = name_nodes(model.graph)
+    if not duplicates:
+        return model_path, renamed
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcli-ref-")))
+    return model_io.save_for_session(model, tmp, model_path.name), renamed
+
+
+def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, progress, ort_config, written) -> None:
+    plan, report, fid = job.plan, job.report, job.fid
     qnames: dict[str, str] = {}
     if config.scheme == Scheme.W8A8:
-        qmodel, qnames = apply_w8a8(model, plan)
+        qmodel, qnames = apply_w8a8(job.model, plan)
     else:
-        qmodel = apply_w4a16(model, plan, inplace=True)  # the float graph is not needed after this
-    if not _check_valid(qmodel, model_path):
+        qmodel = apply_w4a16(job.model, plan, inplace=True)  # the float graph is not needed after this
+    if not _check_valid(qmodel, job.reference):
         report.notes.append(
             "the input model does not pass onnx.checker's full check; output checked at "
             "the basic level the input passes"
@@ -163,8 +158,8 @@ def _write_and_measure(model, plan, config, report, model_path, out, fid, latenc
     model_io.save_atomic(qmodel, out)
     written.append(out)
     if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
-        del qmodel, model
-    measure(report, model_path, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
+        job.model = qmodel = None
+    measure(report, job.reference, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
     slower = report.latency is not None and report.latency.ratio >= 1.0
     if config.scheme == Scheme.W4A16 and slower and not (ort_config or {}).get(NBITS_LEVEL):
         report.notes.append(
@@ -174,8 +169,9 @@ def _write_and_measure(model, plan, config, report, model_path, out, fid, latenc
         )
     if qnames and fid.src is not None:
         feeds = (fid.src.load(i) for i in fid.items[:LAYER_BATCHES])
-        layers = layer_errors(model, qmodel, plan, qnames, feeds)
+        layers = layer_errors(job.model, qmodel, plan, qnames, feeds)
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
+    job.model = None
 
 
 def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, calib_src: FeedSource | None) -> list[str]:

@@ -105,3 +105,32 @@ def write_batches(folder, shapes, seed=1):
     for i, s in enumerate(shapes):
         np.save(folder / f"b{i:02d}.npy", r.standard_normal(s).astype(np.float32))
     return folder
+
+
+def vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def model_of(nodes, inputs, outputs, inits: dict, opset: int = 17):
+    """A model from nodes, value infos and a {name: array} of initializers."""
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def save_with_data(tmp_path, model, shape, n_calib=4, n_eval=3):
+    """The model saved as m.onnx, calibration batches in c/, separate evaluation batches in e/."""
+    import onnx
+
+    onnx.save(model, tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [shape] * n_calib, seed=1)
+    write_batches(tmp_path / "e", [shape] * n_eval, seed=7)
+    return tmp_path / "m.onnx"
+
+
+def quantize_files(tmp_path, config, out="q.onnx"):
+    """quantize() on the files save_with_data wrote."""
+    from qcli import quantize
+
+    return quantize(tmp_path / "m.onnx", config, calib=tmp_path / "c", out=tmp_path / out, latency_runs=2)

@@ -9,34 +9,16 @@ import onnx
 import pytest
 from checks import batches_of, fused_ops, ops, run, sqnr, sqnr_on
 from models import cnn, write_batches
+from models import model_of as _model
+from models import quantize_files as _quantize
+from models import save_with_data as _files
+from models import vi as _vi
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
 from qcli.plan import Action
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def _vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def _model(nodes, inputs, outputs, inits: dict, opset: int = 17):
-    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def _files(tmp_path, model, shape, n_calib=4, n_eval=3):
-    """The model saved as m.onnx, calibration batches in c/, separate evaluation batches in e/."""
-    onnx.save(model, tmp_path / "m.onnx")
-    write_batches(tmp_path / "c", [shape] * n_calib, seed=1)
-    write_batches(tmp_path / "e", [shape] * n_eval, seed=7)
-
-
-def _quantize(tmp_path, config, out="q.onnx"):
-    return quantize(tmp_path / "m.onnx", config, calib=tmp_path / "c", out=tmp_path / out, latency_runs=2)
 
 
 def _sqnr(tmp_path, cand, exact_qdq=False) -> float:

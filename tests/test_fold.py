@@ -464,3 +464,15 @@ def test_q_params_refuses_a_shift_out_of_the_integer_range(b, zero_point, expect
     nodes, inits = _chain_nodes([("Add", b)])
     got = fold.q_params(nodes, _index(nodes, inits), 0.01, zero_point, 0, 255)
     assert got == (expect if expect is None else (pytest.approx(expect[0]), expect[1]))
+
+
+def test_clip_with_only_a_min_input_has_that_lower_bound():
+    """Clip(x, 0) with no max input: a lower bound of 0, like Relu (opset >= 11 inputs)."""
+    from onnx import helper, numpy_helper
+
+    from qcli.fold import clamp_low
+    from qcli.graph import GraphIndex
+
+    node = helper.make_node("Clip", ["x", "lo"], ["y"])
+    g = helper.make_graph([node], "g", [], [], [numpy_helper.from_array(np.array(0.0, np.float32), "lo")])
+    assert clamp_low(node, GraphIndex(g)) == 0.0

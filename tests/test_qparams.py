@@ -180,3 +180,23 @@ def test_noise_meter_streams_like_one_shot():
     expected = 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2))
     assert abs(m.db - expected) < 1e-9 and abs(m.relative_noise - 10 ** (-expected / 10)) < 1e-12
     assert qp.NoiseMeter().db == float("inf") and qp.NoiseMeter().relative_noise == 0.0
+
+
+def test_an_all_zero_int4_block_dequantizes_to_exact_zeros():
+    w = rng.standard_normal((64, 3)).astype(np.float32)
+    w[32:, 1] = 0.0  # the second block of column 1 is all zeros
+    p = qp.weight_qparams(w, qp.INT4, True, axis=0, block_size=32)
+    assert p.scale[1, 1] != 0 and np.isfinite(p.scale).all()
+    deq = qp.dequantize(qp.quantize(w, p), p)
+    np.testing.assert_array_equal(deq[32:, 1], 0.0)
+    assert np.isfinite(deq).all()
+
+
+def test_widen_scale_raises_only_the_channels_below_their_own_floor():
+    w = np.array([[0.5, -0.25], [1e-6, -1e-6], [0.005, 0.001]], np.float32)  # channel 2: scale 3.9e-5
+    p = qp.weight_qparams(w, qp.INT8, True, axis=0)
+    floor = np.array([0.0, 1e-4, 1e-5], np.float32)  # channel 1 needs widening; channel 2's floor is below its scale
+    q, wide = qp.widen_scale(w, p, floor)
+    np.testing.assert_array_equal(wide.scale[[0, 2]], p.scale[[0, 2]])
+    assert abs(wide.scale[1]) == np.float32(1e-4)
+    np.testing.assert_array_equal(q[[0, 2]], qp.quantize(w, p)[[0, 2]])

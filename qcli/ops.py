@@ -52,6 +52,20 @@ def weight_axis(node: NodeProto, w_shape: tuple[int, ...]) -> int | None:
     return None
 
 
+def input_channels(node, idx: GraphIndex) -> int | None:
+    """Channels (axis 1) of input 0 of a Conv / ConvTranspose / Gemm with a constant float weight, else None."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+        return None
+    if not idx.is_float_const(node.input[1]) or attr(node, "transA", 0):
+        return None
+    w = idx.inits[node.input[1]].dims
+    if node.op_type == "Conv":
+        return w[1] * attr(node, "group", 1)
+    if node.op_type == "ConvTranspose":
+        return w[0]
+    return w[1] if attr(node, "transB", 0) else w[0]
+
+
 def is_depthwise(node: NodeProto, w_shape: tuple[int, ...]) -> bool:
     """A Conv with one input channel per group and as many groups as output channels."""
     return node.op_type == "Conv" and len(w_shape) >= 3 and w_shape[1] == 1 and attr(node, "group", 1) == w_shape[0] > 1

@@ -13,7 +13,8 @@ from onnx import ModelProto, helper, numpy_helper
 
 from .. import fold
 from .. import qparams as qp
-from ..graph import GraphIndex, Namer, attr
+from ..graph import GraphIndex, Namer
+from ..ops import input_channels
 from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
 from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
@@ -73,17 +74,13 @@ class _Rewriter:
         ConvTranspose / Gemm reading a per-tensor DQ and writing only into a Q into an integer kernel with
         per-tensor int8 weights, so a node the plan keeps float would not run float. For such readers the DQ
         repeats T's one scale per channel (axis 1): the same values, a pattern that transformation skips."""
-        channels = {
-            c
-            for r in readers
-            if self.act.get(r.name, Action.FLOAT) == Action.FLOAT
-            for c in [_in_channels(r, self.idx)]
-            if c
-        }
-        if len(channels) != 1 or next(iter(channels)) < 2:
+        floats = [r for r in readers if self.act.get(r.name, Action.FLOAT) == Action.FLOAT]
+        channels = {input_channels(r, self.idx) for r in floats} - {None}
+        n = channels.pop() if len(channels) == 1 else 0
+        if n < 2:
             self.dq_of(t, out=t)
             return
-        a, n = self.plan.activations[t], next(iter(channels))
+        a = self.plan.activations[t]
         qt = qp.QTYPES[a.qtype]
         s = self.init("s", np.full(n, a.scale, np.float32))
         z = self.init("z", np.full(n, a.zero_point, qt.np_dtype))
@@ -176,20 +173,6 @@ class _Rewriter:
             readers = self.idx.consumers.get(t, [])
             if self.idx.escapes(t) or any(self.act.get(r.name, Action.FLOAT) == Action.FLOAT for r in readers):
                 self.dq_for_float_readers(t, readers)
-
-
-def _in_channels(node, idx: GraphIndex) -> int | None:
-    """Channels (axis 1) of input 0 of a Conv / ConvTranspose / Gemm with a constant float weight, else None."""
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
-        return None
-    if not idx.is_float_const(node.input[1]) or attr(node, "transA", 0):
-        return None
-    w = idx.inits[node.input[1]].dims
-    if node.op_type == "Conv":
-        return w[1] * attr(node, "group", 1)
-    if node.op_type == "ConvTranspose":
-        return w[0]
-    return w[1] if attr(node, "transB", 0) else w[0]
 
 
 def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:

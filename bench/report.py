@@ -67,6 +67,8 @@ def model_source(model: str) -> str:
         return f"sample_models/{model}/model.onnx"
     if model in PPOCR_MEMBERS:
         return f"{RAPIDOCR}: {PPOCR_MEMBERS[model]}"
+    if model == "dwsep":
+        return "depthwise-separable convnet with per-channel outliers, made by bench/make_dwsep.py"
     return f"{MINILM} weights, exported by bench/export_minilm.py"
 
 
@@ -94,9 +96,42 @@ def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     ]
 
 
-def write_reports(rows: list[dict], models: list[str], env: dict, md_path: Path, json_path: Path) -> None:
+def _calib_cell(row: dict | None) -> tuple[str, str]:
+    if row is None:
+        return "-", "-"
+    if "error" in row:
+        return _cell(row["error"]), f"{row['peak_mb']:.0f}"
+    return f"{row['seconds']:.1f}", f"{row['peak_mb']:.0f}"
+
+
+def calib_lines(calib_rows: list[dict]) -> list[list[str]]:
+    """One line per model and method: time and peak memory at each sample count, qcli then onnxruntime."""
+    by = {(r["model"], r["tool"], r["method"], r["samples"]): r for r in calib_rows}
+    sizes = sorted({r["samples"] for r in calib_rows})
+    lines = []
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in calib_rows):
+        cells = [model, method]
+        for tool in ("qcli", "onnxruntime"):
+            for n in sizes:
+                cells += _calib_cell(by.get((model, tool, method, n)))
+        lines.append(cells)
+    return lines
+
+
+def calib_header(calib_rows: list[dict]) -> list[str]:
+    sizes = sorted({r["samples"] for r in calib_rows})
+    return ["model", "method"] + [
+        f"{tool} {what} n={n}" for tool in ("qcli", "ORT") for n in sizes for what in ("s", "peak MB")
+    ]
+
+
+def write_reports(
+    rows: list[dict], models: list[str], env: dict, md_path: Path, json_path: Path, calib_rows: list[dict] = ()
+) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    text = json.dumps({"generated": stamp, "environment": env, "rows": rows}, indent=2) + "\n"
+    calib_rows = list(calib_rows)
+    text = json.dumps({"generated": stamp, "environment": env, "rows": rows, "calibration": calib_rows}, indent=2)
+    text += "\n"
     # Machine-independent paths: relative to the repository root, "python" for the interpreter.
     text = text.replace(json.dumps(sys.executable)[1:-1], "python").replace(json.dumps(str(ROOT))[1:-1] + "/", "")
     json_path.write_text(text)
@@ -111,6 +146,18 @@ def write_reports(rows: list[dict], models: list[str], env: dict, md_path: Path,
         "",
         *_table(COLUMNS, [result_line(r) for r in rows]),
         "",
+        *(
+            [
+                "## Calibration alone: seconds and peak memory (MB) per method and sample count",
+                "",
+                "bench/calib_bench.py: each cell its own process; the same samples for both tools.",
+                "",
+                *_table(calib_header(calib_rows), calib_lines(calib_rows)),
+                "",
+            ]
+            if calib_rows
+            else []
+        ),
         "## Models",
         "",
         *_table(

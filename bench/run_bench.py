@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import calib_bench
 import onnx
 import onnxruntime as ort
 from common import BENCH, CACHE, ROOT, SAMPLE_MODELS, model_dir
@@ -42,25 +43,41 @@ class Variant:
     label: str
     slug: str
     optional: bool  # skipped with --quick
+    args: tuple[str, ...] = ()  # extra flags for the tool
 
     def command(self, model: Path, calib: Path, out: Path) -> list[str]:
         qcli = [PY, "-m", "qcli", "quantize", str(model)]
-        ort_base = [PY, str(BENCH / "ort_baseline.py")]
-        return {
+        ort_static = [PY, str(BENCH / "ort_baseline.py"), "static", str(model), str(calib), str(out)]
+        base = {
             "qcli-w8a8": qcli + ["--calib", str(calib), "-o", str(out)],
             "qcli-w4a16": qcli + ["--scheme", "w4a16", "-o", str(out)],
-            "ort-static": ort_base + ["static", str(model), str(calib), str(out)],
-            "ort-static-rr": ort_base + ["static", str(model), str(calib), str(out), "--reduce-range"],
-            "ort-pre-static": ort_base + ["static", str(model), str(calib), str(out), "--preprocess"],
-            "ort-nbits": ort_base + ["nbits", str(model), str(out)],
-        }[self.slug]
+            "ort-static": ort_static,
+            "ort-nbits": [PY, str(BENCH / "ort_baseline.py"), "nbits", str(model), str(out)],
+        }[self.slug.split(":")[0]]
+        return base + list(self.args)
+
+
+def qcli_w8a8(label: str = "", *args: str, optional: bool = False) -> Variant:
+    name = "-".join(a.lstrip("-") for a in args)
+    return Variant(f"qcli W8A8 {label}".strip(), f"qcli-w8a8:{name}" if name else "qcli-w8a8", optional, args)
+
+
+def ort_static(label: str = "", *args: str, optional: bool = False) -> Variant:
+    name = "-".join(a.lstrip("-") for a in args)
+    full = f"ORT quantize_static QDQ {label}".strip()
+    return Variant(full, f"ort-static:{name}" if name else "ort-static", optional, args)
 
 
 W8A8 = [
-    Variant("qcli W8A8", "qcli-w8a8", False),
-    Variant("ORT quantize_static QDQ", "ort-static", False),
-    Variant("ORT quantize_static QDQ reduce_range", "ort-static-rr", False),
-    Variant("ORT quant_pre_process + quantize_static QDQ", "ort-pre-static", True),
+    qcli_w8a8(),
+    ort_static(),
+    ort_static("reduce_range", "--reduce-range"),
+    Variant("ORT quant_pre_process + quantize_static QDQ", "ort-static:pre", True, ("--preprocess",)),
+]
+# Calibration methods, side by side (issue: better ranges instead of float layers).
+METHODS = [
+    *(qcli_w8a8(m, "--calibrator", m, optional=True) for m in ("percentile", "entropy", "mse", "auto")),
+    *(ort_static(m, "--method", m, optional=True) for m in ("percentile", "entropy")),
 ]
 W4 = [
     Variant("qcli W4A16", "qcli-w4a16", False),
@@ -69,10 +86,22 @@ W4 = [
 MODELS = {
     "cnn": W8A8,
     "attention": W8A8 + W4,
-    "det": W8A8,
-    "rec": W8A8,
+    "det": W8A8 + METHODS,
+    "rec": W8A8 + METHODS,
     "cls": W8A8,
-    "minilm": W4 + [Variant(v.label, v.slug, True) for v in W8A8],
+    "dwsep": [
+        qcli_w8a8(),
+        qcli_w8a8("equalize", "--equalize"),
+        qcli_w8a8("equalize auto", "--equalize", "--calibrator", "auto"),
+        ort_static(),
+    ],
+    "minilm": W4
+    + [Variant(v.label, v.slug, True, v.args) for v in W8A8]
+    + METHODS
+    + [
+        qcli_w8a8("smooth-quant 0.5", "--smooth-quant", "0.5", optional=True),
+        qcli_w8a8("smooth-quant 0.5 auto", "--smooth-quant", "0.5", "--calibrator", "auto", optional=True),
+    ],
 }
 
 
@@ -92,6 +121,8 @@ def prepare(models: list[str]) -> None:
     subprocess.run([PY, str(BENCH / "fetch_models.py")], check=True, cwd=ROOT)
     if "minilm" in cached and not (CACHE / "minilm" / "model.onnx").exists():
         subprocess.run([PY, str(BENCH / "export_minilm.py")], check=True, cwd=ROOT)
+    if "dwsep" in cached and not (CACHE / "dwsep" / "model.onnx").exists():
+        subprocess.run([PY, str(BENCH / "make_dwsep.py")], check=True, cwd=ROOT)
     if not all((CACHE / m / "eval").is_dir() for m in cached):
         subprocess.run([PY, str(BENCH / "make_inputs.py")], check=True, cwd=ROOT)
 
@@ -171,9 +202,9 @@ def bench_model(model: str, args) -> list[dict]:
     for variant in MODELS[model]:
         if args.quick and variant.optional:
             continue
-        out = CACHE / "out" / model / f"{variant.slug}.onnx"
+        out = CACHE / "out" / model / f"{variant.slug.replace(':', '-')}.onnx"
         out.unlink(missing_ok=True)
-        log = CACHE / "logs" / f"{model}-{variant.slug}.log"
+        log = CACHE / "logs" / f"{model}-{variant.slug.replace(':', '-')}.log"
         print(f"[{model}] {variant.label} ...", end=" ", flush=True)
         row = {"model": model, "variant": variant.label, "command": variant.command(ref, calib, out)}
         row["quantize"] = quant = run_measured(row["command"], log)
@@ -226,7 +257,11 @@ def _cpu() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    parser.add_argument("--quick", action="store_true", help=f"skip optional variants, {QUICK_EVAL_FILES} eval files")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"skip optional variants and the calibration-alone table, {QUICK_EVAL_FILES} eval files",
+    )
     parser.add_argument(
         "--metrics",
         choices=("qcli", "bench"),
@@ -242,8 +277,9 @@ def main() -> None:
     start = time.perf_counter()
     prepare(models)
     rows = [row for model in models for row in bench_model(model, args)]
+    calib_rows = [] if args.quick else calib_bench.run([m for m in models if m in calib_bench.MODELS])
     env = versions(args.metrics) | {"quick": args.quick, "total_seconds": time.perf_counter() - start}
-    write_reports(rows, models, env, BENCH / "results.md", BENCH / "results.json")
+    write_reports(rows, models, env, BENCH / "results.md", BENCH / "results.json", calib_rows)
     print(f"wrote {BENCH / 'results.md'} and {BENCH / 'results.json'} in {env['total_seconds']:.0f} s")
 
 

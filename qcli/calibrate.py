@@ -3,43 +3,72 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from onnx import ModelProto, TensorProto
 
 from . import model_io
+from .config import QuantConfig
 from .errors import InputError
-from .observers import OBSERVERS, TensorStats
+from .observers import OBSERVERS, NonFiniteValues, ObserverSettings, TensorStats
 from .session import Session
 
 
-def calibrate(
+class Streaming(Protocol):
+    def update(self, x: np.ndarray) -> None: ...
+
+
+def observe(
     model: ModelProto,
-    watch: Iterable[str],
+    observers: Mapping[str, Streaming],
     batches: Iterable[dict[str, np.ndarray]],
-    method: str = "minmax",
     on_batch: Callable[[], None] | None = None,
-) -> dict[str, TensorStats]:
-    """Expose `watch` as extra graph outputs, run every batch once, reduce each output at once."""
-    observer_cls = OBSERVERS.get(method)
-    watch = list(dict.fromkeys(watch))
-    observers = {name: observer_cls() for name in watch}
+    label: str = "calibration",
+) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """Expose the observed tensors as extra graph outputs, run every batch once, stream each output into
+    its observer and drop it. Returns the number of batches and each tensor's shape in the first batch.
+    Memory: one batch's outputs at a time, whatever the number of batches."""
+    watch = list(observers)
     shapes: dict[str, tuple[int, ...]] = {}
     count = 0
     with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
         path = model_io.save_with_outputs(model, dict.fromkeys(watch, TensorProto.FLOAT), Path(tmp), "calib.onnx")
-        sess = Session(path, label="the model (calibration run)")
+        sess = Session(path, label=f"the model ({label} run)")
         for feed in batches:
             results = sess.run(watch, feed)
             for name, value in zip(watch, results):
-                observers[name].update(value)
+                try:
+                    observers[name].update(value)
+                except NonFiniteValues as e:
+                    raise InputError(f"{label} batch {count + 1}: tensor {name!r} {e}") from None
                 shapes.setdefault(name, tuple(value.shape))
             del results
             count += 1
             if on_batch:
                 on_batch()
     if count == 0:
-        raise InputError("no calibration batches were read")
-    return {name: TensorStats(*obs.range(), shapes.get(name, ()), count) for name, obs in observers.items()}
+        raise InputError(f"no {label} batches were read")
+    return count, shapes
+
+
+def calibrate(
+    model: ModelProto,
+    watch: Iterable[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    config: QuantConfig,
+    levels: int = 256,
+    on_batch: Callable[[], None] | None = None,
+) -> dict[str, TensorStats]:
+    """The range of every watched activation, each with its method (config.calib_for: override or global)."""
+    observers = {}
+    for name in dict.fromkeys(watch):
+        method, percentile = config.calib_for(name)
+        settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.moving_average)
+        observers[name] = OBSERVERS.get(method.value)(settings)
+    count, shapes = observe(model, observers, batches, on_batch)
+    return {
+        name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen()) for name, obs in observers.items()
+    }

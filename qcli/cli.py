@@ -19,6 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import pipeline
 from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
 from .errors import GateFailed, InputError, QcliError
+from .overrides import Overrides
+from .overrides import load as load_overrides
 from .report import Report, render_rich
 
 err = Console(stderr=True)
@@ -39,6 +41,14 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
     qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
 
     qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
+
+    qcli quantize model.onnx --calib data/ --calibrator auto     # per tensor, the range with the least error
+
+    qcli quantize encoder.onnx --calib data/ --smooth-quant 0.5
+
+    qcli quantize detector.onnx --calib data/ --equalize
+
+    qcli quantize model.onnx --calib data/ --overrides overrides.toml
 """
 
 COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latency, size; gate for CI.
@@ -128,7 +138,33 @@ def quantize(
             help="7-bit weights, so int8 kernels cannot saturate on x86 CPUs without VNNI [default: auto-detect]",
         ),
     ] = DEFAULT.reduce_range,
-    calibrator: Annotated[CalibMethod, typer.Option(help="range statistic for activations")] = DEFAULT.calibrator,
+    calibrator: Annotated[
+        CalibMethod,
+        typer.Option(
+            help="activation range: minmax, percentile, entropy (KL), mse (least expected error) or auto "
+            "(per tensor, whichever of them has the least expected error)"
+        ),
+    ] = DEFAULT.calibrator,
+    percentile: Annotated[
+        float, typer.Option(help="percentile calibrator: the share of values (%, two-sided) the range keeps")
+    ] = DEFAULT.percentile,
+    moving_average: Annotated[
+        float | None, typer.Option(help="minmax calibrator: moving-average constant per batch (0 to 1)")
+    ] = DEFAULT.moving_average,
+    smooth_quant: Annotated[
+        float | None,
+        typer.Option(
+            metavar="ALPHA",
+            help="SmoothQuant: move activation outliers into the next MatMul/Gemm weights (ALPHA 0 to 1, e.g. 0.5)",
+        ),
+    ] = DEFAULT.smooth_quant,
+    equalize: Annotated[
+        bool, typer.Option("--equalize", help="cross-layer equalization of Conv -> (Relu) -> Conv pairs first")
+    ] = DEFAULT.equalize,
+    overrides: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of per-tensor calibration method overrides (format: README, qcli/overrides.py)"),
+    ] = None,
     calib_limit: Annotated[
         int | None, typer.Option(min=1, help="use at most N calibration files")
     ] = DEFAULT.calib_limit,
@@ -170,6 +206,11 @@ def quantize(
             activation_symmetric=activation_symmetric,
             reduce_range=reduce_range,
             calibrator=calibrator,
+            percentile=percentile,
+            moving_average=moving_average,
+            smooth_quant=smooth_quant,
+            equalize=equalize,
+            overrides=load_overrides(overrides) if overrides else Overrides(),
             calib_limit=calib_limit,
             block_size=block_size,
             weight_symmetric_int4=not weight_asymmetric,

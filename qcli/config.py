@@ -8,15 +8,12 @@ from enum import Enum
 from fnmatch import fnmatchcase
 
 from .errors import InputError
+from .overrides import CalibMethod, Overrides, check_percentile
 
 
 class Scheme(str, Enum):
     W8A8 = "w8a8"  # static: int8 weights, 8-bit activations, QDQ
     W4A16 = "w4a16"  # weight-only int4, block-wise; activations stay float
-
-
-class CalibMethod(str, Enum):
-    MINMAX = "minmax"
 
 
 class WeightAlgo(str, Enum):
@@ -32,6 +29,11 @@ _SCHEME_ONLY = {
     "reduce_range": ("--reduce-range/--no-reduce-range", {Scheme.W8A8}),
     "calibrator": ("--calibrator", {Scheme.W8A8}),
     "calib_limit": ("--calib-limit", {Scheme.W8A8}),
+    "percentile": ("--percentile", {Scheme.W8A8}),
+    "moving_average": ("--moving-average", {Scheme.W8A8}),
+    "smooth_quant": ("--smooth-quant", {Scheme.W8A8}),
+    "equalize": ("--equalize", {Scheme.W8A8}),
+    "overrides": ("--overrides", {Scheme.W8A8}),
     "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
     "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
     "block_size": ("--block-size", {Scheme.W4A16}),
@@ -52,6 +54,13 @@ class QuantConfig:
     reduce_range: bool | None = None
     calibrator: CalibMethod = CalibMethod.MINMAX
     calib_limit: int | None = None
+    percentile: float = 99.99  # "percentile": the share of values (two-sided) the range keeps
+    moving_average: float | None = None  # "minmax": EMA constant per batch instead of the global min/max
+    # SmoothQuant: migrate activation outliers into the next MatMul/Gemm weights with strength alpha (0..1).
+    smooth_quant: float | None = None
+    # Cross-layer equalization of Conv -> (Relu) -> Conv pairs before calibration (Nagel et al. 2019).
+    equalize: bool = False
+    overrides: Overrides = field(default_factory=Overrides)  # per-tensor calibration method (TOML file)
     # Cost model: an int8 op whose inputs/outputs must be converted from/to float is kept float when it
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).
@@ -81,6 +90,11 @@ class QuantConfig:
             raise InputError(f"--block-size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK} (got {b})")
         if self.calib_limit is not None and self.calib_limit < 1:
             raise InputError(f"--calib-limit must be at least 1 (got {self.calib_limit})")
+        check_percentile(self.percentile)
+        if self.moving_average is not None and not (0 < self.moving_average <= 1):
+            raise InputError(f"--moving-average must be in (0, 1] (got {self.moving_average:g})")
+        if self.smooth_quant is not None and not (0 <= self.smooth_quant <= 1):
+            raise InputError(f"--smooth-quant ALPHA must be from 0 to 1 (got {self.smooth_quant:g})")
         if self.min_macs_per_conversion < 0:
             raise InputError(f"--min-macs must be >= 0 (got {self.min_macs_per_conversion:g})")
         if self.min_activation_sqnr < 0:
@@ -96,6 +110,13 @@ class QuantConfig:
                 return pattern
         return None
 
+    def calib_for(self, tensor: str) -> tuple[CalibMethod, float]:
+        """The calibration method and percentile for one activation: its override, or the global ones."""
+        o = self.overrides.for_tensor(tensor)
+        if o is None:
+            return self.calibrator, self.percentile
+        return o.calibrator, self.percentile if o.percentile is None else o.percentile
+
     def ignored_options(self) -> list[str]:
         """Flags set away from their default that the chosen scheme does not read (a silent no-op otherwise)."""
         out = []
@@ -109,6 +130,7 @@ class QuantConfig:
         d = asdict(self)
         d = {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
         d["exclude"] = list(self.exclude)
+        d["overrides"] = self.overrides.to_dict() if self.overrides else None
         return {"version": self.VERSION, **d}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .passes.qdq import apply_w8a8
 from .plan import QuantPlan, Why
 from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
+from .prepare import prepare
 from .report import Report, write_beside
 from .sensitivity import activation_sqnr
 
@@ -211,11 +213,16 @@ def _plan_w8a8(
     if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
         cut = max(1, len(items) // 5)
         items, held = items[:-cut], items[-cut:]
-    planner = W8A8Planner(model, config, model_io.float_tensors(model))
+    prepared = prepare(model, config, calib_src, items, progress)
+    planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
     advance = progress("calibrating", len(items))
-    stats = calibrate(model, planner.watch_list(), (calib_src.load(i) for i in items), config.calibrator.value, advance)
+    levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
+    batches = (calib_src.load(i) for i in items)
+    stats = calibrate(model, planner.watch_list(), batches, config, levels, advance)
     calibration = {
         "method": config.calibrator.value,
+        "methods_used": dict(Counter(s.method for s in stats.values())),
+        **prepared.done,
         "batches": len(items),
         "files": [p.name for p in items],
         "tensors": len(stats),
@@ -227,6 +234,10 @@ def _plan_w8a8(
         if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
             plan = planner.plan(stats, act_sqnr)
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
+    plan.notes += prepared.notes
+    plan.warnings += [
+        f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)
+    ]
     if eval_src:
         fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
     elif held:

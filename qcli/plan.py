@@ -100,6 +100,10 @@ class ActivationQuant:
     # the producer's raw output is quantized straight into this tensor's integers (see fold.py).
     q_scale: float | None = None
     q_zero_point: int | None = None
+    # Where the parameters came from: the calibration method that chose the range (for "auto" the winner),
+    # and that range, before it was widened to include zero.
+    method: str | None = None
+    range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

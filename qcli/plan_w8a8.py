@@ -34,15 +34,22 @@ from .regions import INT8_READERS, RegionBuilder
 
 
 class W8A8Planner(RegionBuilder):
-    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str], cpu: CpuInfo | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelProto,
+        config: QuantConfig,
+        floats: set[str],
+        cpu: CpuInfo | None = None,
+        pinned: dict[str, Reason] | None = None,
+    ) -> None:
+        """`pinned`: nodes an earlier step needs float, with the reason (e.g. a SmoothQuant scale)."""
         super().__init__(model, config, floats)
         self.act_qtype = qp.INT8 if config.activation_symmetric else qp.UINT8
         self.cpu = cpu or hostcpu.host()
         self.reduce_range = self.cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
         self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
-        self.fixed: dict[str, NodeDecision] = {}  # nodes that are float whatever the data says
         for node in self.nodes:
-            why = self._anchor_reason(node)
+            why = (pinned or {}).get(node.name) or self._anchor_reason(node)
             if why is None:
                 self.anchors.add(node.name)
             elif why:
@@ -159,7 +166,9 @@ class W8A8Planner(RegionBuilder):
                         self._add_act(plan, t, stats)
                     elif a == Action.PASSTHROUGH and self._const_table(node):
                         table = self.idx.const(t)
-                        self._add_act(plan, t, {t: TensorStats(float(table.min()), float(table.max()), (), 0)})
+                        self._add_act(
+                            plan, t, {t: TensorStats(float(table.min()), float(table.max()), (), 0, "constant")}
+                        )
                 self._add_weights(plan, node)
             if a in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED) and self._out(node, act) == node.output[0]:
                 share = None
@@ -207,13 +216,20 @@ class W8A8Planner(RegionBuilder):
             return
         if share:
             s = plan.activations[share]
-            plan.activations[t] = ActivationQuant(t, s.scale, s.zero_point, s.qtype, share)
+            plan.activations[t] = ActivationQuant(t, s.scale, s.zero_point, s.qtype, share, method=s.method)
             return
         st = stats[t]
         p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
         q_scale, q_zp = q if q else (None, None)
         plan.activations[t] = ActivationQuant(
-            t, float(p.scale), int(p.zero_point), self.act_qtype.name, q_scale=q_scale, q_zero_point=q_zp
+            t,
+            float(p.scale),
+            int(p.zero_point),
+            self.act_qtype.name,
+            q_scale=q_scale,
+            q_zero_point=q_zp,
+            method=st.method,
+            range=(st.rmin, st.rmax),
         )
 
     def _add_weights(self, plan: QuantPlan, node) -> None:

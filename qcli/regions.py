@@ -24,6 +24,7 @@ class RegionBuilder:
         self.floats = floats
         self.anchors: set[str] = set()  # Conv/MatMul/Gemm that may run on int8 (set by the planner)
         self.no_fold: set[str] = set()  # folds whose zero-point shift would leave the integer range
+        self.fixed: dict = {}  # node -> NodeDecision: float whatever the data says (set by the planner)
 
     def _is_float(self, t: str) -> bool:
         return t in self.floats and not self.idx.is_const(t)
@@ -36,7 +37,7 @@ class RegionBuilder:
         qt: set[str] = set()  # tensors produced on int8
         for node in self.nodes:
             n, op, ins = node.name, node.op_type, self._data_ins(node)
-            if self.config.excluded_by(n, op):
+            if self.config.excluded_by(n, op) or n in self.fixed:
                 continue
             if n in anchors:
                 act[n] = Action.INT8

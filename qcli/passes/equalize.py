@@ -1,0 +1,235 @@
+"""Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+Correction", sec. 4.1): rescale the output channels of a Conv and the matching input channels of the Conv
+that reads it, so that no single channel sets the 8-bit range of a whole tensor.
+
+For a pair Conv1 -> [f] -> Conv2, where f commutes with a positive per-channel scale (f(x / s) == f(x) / s:
+Relu, LeakyRelu, PRelu, or nothing), channel i is divided by s_i on Conv1's side (weight rows and bias) and
+multiplied by s_i on Conv2's side (the weight column that reads channel i). The float model computes the same.
+With r1_i the range (max |w|) of Conv1's output channel i and r2_i that of Conv2's input channel i,
+s_i = sqrt(r1_i * r2_i) / r2_i makes both ranges sqrt(r1_i * r2_i). Chains (Conv1 -> Conv2 -> Conv3) change
+Conv2 from both sides, so the pairs are swept repeatedly until the scales settle.
+Bias absorption (sec. 4.2) is not done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from onnx import ModelProto, NodeProto, numpy_helper
+
+from ..errors import InputError
+from ..graph import GraphIndex, attr
+
+# f(x * s) == f(x) * s for every s > 0, per channel (PRelu's slope is unchanged by the scale).
+EQUIVARIANT = {"Relu", "LeakyRelu", "PRelu"}
+# Activations that make a Conv -> f -> Conv chain look like a candidate, but do not commute with a scale:
+# Clip(0, 6) saturates at a fixed value, HardSwish/HardSigmoid have fixed breakpoints, the rest are curved.
+NOT_EQUIVARIANT = {
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "ThresholdedRelu",
+}
+# Scales are clamped to [1/S_LIMIT, S_LIMIT] per sweep: where one side's range is tiny next to the other's
+# (a nearly dead channel), the exact s would push the other side's weights towards float32 denormals or
+# overflow for no quantization gain. Later sweeps may move further if the ranges still ask for it.
+S_LIMIT = 256.0
+TOL = 1e-4  # stop sweeping when no scale of a sweep differs from 1 by more than this (relative)
+
+
+@dataclass(frozen=True)
+class EqualizedPair:
+    first: str  # node name of the producing Conv
+    second: str  # node name of the consuming Conv
+    through: str | None  # op type of the activation between them, None if direct
+    channels: int
+    spread_before: float  # max/median of the per-channel weight ranges of `first`'s output channels, before
+    spread_after: float  # the same after equalization
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spread_before"] = round(self.spread_before, 3)
+        d["spread_after"] = round(self.spread_after, 3)
+        return d
+
+
+@dataclass(frozen=True)
+class EqualizeResult:
+    pairs: list[EqualizedPair]
+    skipped: list[tuple[str, str, str]]  # (first, second, reason), for Conv -> [activation] -> Conv candidates
+
+    def notes(self) -> list[str]:
+        out = []
+        for p in self.pairs:
+            via = f"through {p.through}" if p.through else "directly"
+            out.append(
+                f"equalized {p.first} -> {p.second} {via}: {p.channels} channels, "
+                f"weight range spread {p.spread_before:.1f}x -> {p.spread_after:.1f}x"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class _Pair:
+    first: NodeProto
+    second: NodeProto
+    through: NodeProto | None
+
+
+def equalize(model: ModelProto, iterations: int = 10) -> EqualizeResult:
+    """Equalize every eligible Conv -> [Relu/LeakyRelu/PRelu] -> Conv pair of the main graph, in place.
+    Expects a preprocessed float model (weights as initializers, BatchNormalization folded into Conv)."""
+    if iterations < 1:
+        raise InputError(f"equalization needs at least 1 iteration (got {iterations})")
+    idx = GraphIndex(model.graph)
+    pairs, skipped = _find_pairs(idx)
+    arrays = {t: idx.const(t).astype(np.float64) for p in pairs for t in _tensors(p)}
+    before = [spread(arrays[p.first.input[1]]) for p in pairs]
+    for _ in range(iterations):
+        moved = max((_equalize_pair(p, arrays) for p in pairs), default=0.0)
+        if moved < TOL:
+            break
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(numpy_helper.from_array(arrays[t.name].astype(np.float32), t.name))
+    done = [
+        EqualizedPair(
+            _name(p.first),
+            _name(p.second),
+            p.through.op_type if p.through is not None else None,
+            int(arrays[p.first.input[1]].shape[0]),
+            b,
+            spread(arrays[p.first.input[1]]),
+        )
+        for p, b in zip(pairs, before)
+    ]
+    return EqualizeResult(done, skipped)
+
+
+def spread(w: np.ndarray) -> float:
+    """max / median of the per-output-channel ranges (max |w|) of a Conv weight; dead channels (range 0) are
+    left out, and a weight with no live channel has spread 1."""
+    r = out_ranges(w)
+    r = r[r > 0]
+    return float(r.max() / np.median(r)) if r.size else 1.0
+
+
+def out_ranges(w: np.ndarray) -> np.ndarray:
+    """max |w| per output channel (axis 0)."""
+    return np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+
+
+def in_ranges(w: np.ndarray, group: int) -> np.ndarray:
+    """max |w| per input channel of a Conv with `group` groups: input channel i (in group i // cin_g) is read
+    by column i % cin_g of that group's output channels only."""
+    cout, cin_g = w.shape[:2]
+    return np.abs(w).reshape(group, cout // group, cin_g, -1).max(axis=(1, 3)).reshape(-1)
+
+
+def scale_inputs(w: np.ndarray, s: np.ndarray, group: int) -> np.ndarray:
+    """w with input channel i (see in_ranges) multiplied by s[i]."""
+    cout, cin_g = w.shape[:2]
+    return (w.reshape(group, cout // group, cin_g, -1) * s.reshape(group, 1, cin_g, 1)).reshape(w.shape)
+
+
+def _equalize_pair(p: _Pair, arrays: dict[str, np.ndarray]) -> float:
+    """One rescaling of the pair; returns the largest relative change of a scale (0 when settled)."""
+    w1, w2 = arrays[p.first.input[1]], arrays[p.second.input[1]]
+    group = attr(p.second, "group", 1)
+    r1, r2 = out_ranges(w1), in_ranges(w2, group)
+    live = (r1 > 0) & (r2 > 0)  # a dead channel on either side keeps s = 1
+    s = np.ones_like(r1)
+    s[live] = np.sqrt(r1[live] * r2[live]) / r2[live]
+    s = np.clip(s, 1.0 / S_LIMIT, S_LIMIT)
+    shape = (-1,) + (1,) * (w1.ndim - 1)
+    arrays[p.first.input[1]] = w1 / s.reshape(shape)
+    if _bias(p.first):
+        arrays[_bias(p.first)] = arrays[_bias(p.first)] / s
+    arrays[p.second.input[1]] = scale_inputs(w2, s, group)
+    return float(np.max(np.abs(s - 1.0), initial=0.0))
+
+
+def _bias(conv: NodeProto) -> str:
+    return conv.input[2] if len(conv.input) > 2 else ""
+
+
+def _tensors(p: _Pair) -> list[str]:
+    return [t for t in (p.first.input[1], _bias(p.first), p.second.input[1]) if t]
+
+
+def _name(node: NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+def _is_conv_on(node: NodeProto, tensor: str) -> bool:
+    return node.op_type == "Conv" and node.domain in ("", "ai.onnx") and node.input[0] == tensor
+
+
+def _once(nodes: list[NodeProto]) -> list[NodeProto]:
+    """The nodes without repeats (a node reading a tensor twice is listed twice by GraphIndex.consumers)."""
+    return list({id(n): n for n in nodes}.values())
+
+
+def _candidates(idx: GraphIndex):
+    """Every Conv -> Conv and Conv -> activation -> Conv chain, whatever its eligibility, in graph order."""
+    for first in idx.graph.node:
+        if first.op_type != "Conv" or first.domain not in ("", "ai.onnx"):
+            continue
+        out = first.output[0]
+        for reader in _once(idx.consumers[out]):
+            if _is_conv_on(reader, out):
+                yield _Pair(first, reader, None)
+            elif reader.op_type in EQUIVARIANT | NOT_EQUIVARIANT and reader.input[0] == out:
+                for second in _once(idx.consumers[reader.output[0]]):
+                    if _is_conv_on(second, reader.output[0]):
+                        yield _Pair(first, second, reader)
+
+
+def _find_pairs(idx: GraphIndex) -> tuple[list[_Pair], list[tuple[str, str, str]]]:
+    pairs, skipped = [], []
+    for p in _candidates(idx):
+        why = _problem(p, idx)
+        if why:
+            skipped.append((_name(p.first), _name(p.second), why))
+        else:
+            pairs.append(p)
+    return pairs, skipped
+
+
+def _problem(p: _Pair, idx: GraphIndex) -> str | None:
+    """Why the pair cannot be equalized exactly, or None."""
+    links = [(p.first, p.first.output[0])] + ([(p.through, p.through.output[0])] if p.through is not None else [])
+    for node, t in links:
+        readers = len(idx.consumers[t])
+        if readers != 1:
+            return f"output of {_name(node)} has {readers} readers"
+        if idx.escapes(t):
+            return f"output of {_name(node)} is a graph output"
+    if p.through is not None and p.through.op_type not in EQUIVARIANT:
+        return f"{p.through.op_type} between: not scale-equivariant"
+    for conv, role, t in ((p.first, "weight", p.first.input[1]), (p.first, "bias", _bias(p.first))) + (
+        (p.second, "weight", p.second.input[1]),
+    ):
+        if not t:
+            continue
+        if not idx.is_float_const(t):
+            return f"{role} of {_name(conv)} is not a constant float32 initializer"
+        if len(idx.consumers[t]) != 1 or idx.escapes(t):
+            return f"{role} {t} of {_name(conv)} is shared with another node or output"
+    w1, w2 = idx.inits[p.first.input[1]].dims, idx.inits[p.second.input[1]].dims
+    group = attr(p.second, "group", 1)
+    if len(w1) < 3 or len(w2) < 3 or group < 1 or w2[0] % group:
+        return "weights are not Conv kernels with a valid group count"
+    if w1[0] != w2[1] * group:
+        return f"{_name(p.first)} has {w1[0]} output channels, {_name(p.second)} reads {w2[1] * group}"
+    return None

@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import pipeline
+from . import inspection, pipeline
 from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
 from .errors import GateFailed, InputError, QcliError
 from .overrides import Overrides
 from .overrides import load as load_overrides
-from .report import Report, render_rich
+from .report import Report, render_layers, render_rich
 
 err = Console(stderr=True)
 app = typer.Typer(
@@ -58,6 +58,8 @@ COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latenc
     qcli compare model.onnx model.int8.onnx --data eval/
 
     qcli compare model.onnx model.int8.onnx --data eval/ --min-sqnr 25 --max-top1-drop 1 --json
+
+    qcli compare model.onnx other_tool.int8.onnx --data eval/ --per-layer     # which layers cost the most
 """
 
 
@@ -272,6 +274,13 @@ def compare(
         float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer", help="rank layers by the error each adds (tensors matched by name; any tool's model)"
+        ),
+    ] = False,
+    top: Annotated[int, typer.Option(min=1, help="--per-layer: rows in the ranked table (all in --json)")] = 20,
     ort_config: Annotated[
         list[str] | None,
         typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
@@ -282,18 +291,62 @@ def compare(
     with _errors(debug), _progress() as progress:
         try:
             report = pipeline.compare(
-                reference, candidate, data, min_sqnr, max_top1_drop, runs, progress, ort_config=_kv(ort_config)
+                reference,
+                candidate,
+                data,
+                min_sqnr,
+                max_top1_drop,
+                runs,
+                progress,
+                ort_config=_kv(ort_config),
+                per_layer=per_layer,
             )
         except GateFailed as e:
-            _show(e.report, json_out)
+            _show(e.report, json_out, top if per_layer else 0)
             raise
-        _show(report, json_out)
+        _show(report, json_out, top if per_layer else 0)
 
 
-def _show(report: Report, json_out: bool) -> None:
+def _show(report: Report, json_out: bool, top: int = 0) -> None:
     if json_out:
         sys.stdout.write(report.to_json() + "\n")
     render_rich(report, err)
+    if top:
+        render_layers(report, err, top)
+
+
+INSPECT_HELP = """What a model is and what qcli would quantize in it, before any data.
+
+**Examples**
+
+    qcli inspect model.onnx
+
+    qcli inspect model.onnx --scheme w4a16 --json
+
+    qcli inspect model.onnx --exclude '/head/*'
+"""
+
+
+@app.command(help=INSPECT_HELP)
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model (read only)")],
+    scheme: Annotated[Scheme, typer.Option(help="the scheme to plan for")] = DEFAULT.scheme,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="w4a16: weights per scale along K")] = DEFAULT.block_size,
+    json_out: Annotated[bool, typer.Option("--json", help="print the inspection as JSON on stdout")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    with _errors(debug):
+        config = QuantConfig(scheme=scheme, exclude=tuple(exclude or ()), block_size=block_size)
+        info = inspection.inspect(model, config)
+    if json_out:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+    for line in info.lines():
+        key, _, rest = line.partition(": ")
+        _say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
 
 
 @app.callback(invoke_without_command=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluate, model_io
+from . import evaluate, layerwise, model_io
 from .errors import GateFailed, InputError
 from .feeds import FeedSource, input_specs
 from .report import Report
@@ -100,8 +100,10 @@ def compare(
     latency_runs: int = 30,
     progress: Progress = no_progress,
     ort_config: dict[str, str] | None = None,
+    per_layer: bool = False,
 ) -> Report:
-    """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails."""
+    """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
+    per_layer: also rank the layers by the error each adds (tensors matched by name)."""
     ref, cand = Path(ref), Path(cand)
     ref_specs = input_specs(model_io.load(ref))
     cand_specs = input_specs(model_io.load(cand))
@@ -110,6 +112,11 @@ def compare(
     report = Report("compare", str(ref), str(cand))
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
+    if per_layer:
+        layers = layerwise.per_layer(ref, cand, lambda: (src.load(i) for i in src.items))
+        report.layers = [vars(x) for x in layers]
+        if not layers:
+            report.notes.append("--per-layer: no float tensor of the reference has a float namesake in the candidate")
     apply_gates(report, min_sqnr, max_top1_drop)
     failed = [g for g in report.gates if not g["passed"]]
     if failed:

@@ -144,6 +144,25 @@ def render_rich(r: Report, console: Console) -> None:
     console.print(t)
 
 
+def render_layers(r: Report, console: Console, top: int) -> None:
+    """The per-layer ranking, largest introduced error first: a table on a terminal, plain lines elsewhere."""
+    head = ("rank", "introduced", "SQNR dB", "op", "node", "tensor")
+    rows = [
+        (str(i), f"{x['introduced']:.3g}", f"{x['sqnr_db']:.1f}", x["op_type"], x["node"], x["tensor"])
+        for i, x in enumerate(r.layers[:top], 1)
+    ]
+    title = f"per-layer error: top {len(rows)} of {len(r.layers)} matched tensors (all in --json)"
+    if not console.is_terminal:
+        console.file.write("\n".join([title, "\t".join(head)] + ["\t".join(row) for row in rows]) + "\n")
+        return
+    t = Table(title=escape(title), title_justify="left")
+    for h in head:
+        t.add_column(h, justify="right" if h in ("rank", "introduced", "SQNR dB") else "left")
+    for row in rows:
+        t.add_row(*map(escape, row))
+    console.print(t)
+
+
 def render_markdown(r: Report) -> str:
     lines = [
         f"# qcli {r.kind} report",

@@ -1,0 +1,100 @@
+"""Per-layer comparison of any two versions of a model (`qcli compare --per-layer`): qcli's output, another
+tool's, or a hand-edited one.
+
+Tensors are matched by name: every float tensor a node of the reference writes that the candidate also
+has as a float tensor (QDQ models keep the float names: a quantized producer still writes its float output
+before its QuantizeLinear). Both models expose the matched tensors as extra outputs and run batch by batch;
+each tensor's noise is accumulated on the fly, so memory is one batch of at most `chunk` tensors per model,
+whatever the number of batches (more tensors than `chunk`: more passes over the data).
+
+A layer's *introduced* error is its relative noise power minus the largest of its matched inputs', so error
+inherited from upstream is not blamed on it (the same measure as quantize's per-layer report).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from . import model_io
+from . import qparams as qp
+from .session import Session
+
+CHUNK = 256  # tensors per pass
+
+
+def _as_seen(model: ModelProto) -> dict[str, str]:
+    """Tensor -> the DequantizeLinear output its readers see, where the tensor only goes through Q -> DQ.
+    Compared there, a layer's error includes its output's quantization and an activation folded into the Q
+    (tools that drop a Relu give its name to the tensor before the clamp)."""
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out = {}
+    for t, rs in readers.items():
+        if len(rs) == 1 and rs[0].op_type == "QuantizeLinear" and rs[0].input[0] == t:
+            dq = readers.get(rs[0].output[0], [])
+            if dq and all(d.op_type == "DequantizeLinear" for d in dq):
+                out[t] = dq[0].output[0]
+    return out
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    tensor: str
+    node: str
+    op_type: str
+    sqnr_db: float
+    introduced: float  # relative noise power added by this layer (0.01 is -20 dB)
+
+
+def float_outputs(model: ModelProto) -> dict[str, str]:
+    """Float tensors written by nodes of the main graph -> the writing node's name (or op type)."""
+    floats = model_io.float_tensors(model)
+    return {o: n.name or n.op_type for n in model.graph.node for o in n.output if o and o in floats}
+
+
+def per_layer(
+    ref_path: Path,
+    cand_path: Path,
+    batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    chunk: int = CHUNK,
+) -> list[LayerDiff]:
+    """Rank the matched tensors by the error each one's layer introduces; `batches()` yields the same
+    feeds on every call (one pass per chunk of tensors)."""
+    ref, cand = model_io.load(ref_path), model_io.load(cand_path)
+    ref_out, cand_out = float_outputs(ref), float_outputs(cand)
+    graph_outputs = {o.name for o in ref.graph.output}
+    matched = [t for t in ref_out if t in cand_out and t not in graph_outputs]
+    matched += [o.name for o in ref.graph.output if o.name in cand_out]
+    seen = _as_seen(cand)
+    rel: dict[str, float] = {}
+    db: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="qcli-layers-") as tmp:
+        for start in range(0, len(matched), chunk):
+            part = matched[start : start + chunk]
+            cpart = [seen.get(t, t) for t in part]
+            types = dict.fromkeys(part, TensorProto.FLOAT)
+            r = Session(model_io.save_with_outputs(ref, types, Path(tmp), "ref.onnx"), label="the reference model")
+            ctypes = dict.fromkeys(cpart, TensorProto.FLOAT)
+            c = Session(model_io.save_with_outputs(cand, ctypes, Path(tmp), "cand.onnx"), label="the candidate model")
+            meters = {t: qp.NoiseMeter() for t in part}
+            for feed in batches():
+                for t, a, b in zip(part, r.run(part, feed), c.run(cpart, feed)):
+                    meters[t].add(a, b)
+            del r, c
+            rel |= {t: m.relative_noise for t, m in meters.items()}
+            db |= {t: m.db for t, m in meters.items()}
+    producer = {o: n for n in ref.graph.node for o in n.output}
+    out = []
+    for t in matched:
+        node = producer[t]
+        upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
+        out.append(LayerDiff(t, node.name or node.op_type, node.op_type, db[t], max(rel[t] - upstream, 0.0)))
+    return sorted(out, key=lambda x: (-x.introduced, x.sqnr_db))

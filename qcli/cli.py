@@ -42,6 +42,8 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 
     qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
 
+    qcli quantize model.onnx --calib data/ --eval eval/ --min-sqnr 30     # fewest layers float to meet it
+
     qcli quantize model.onnx --calib data/ --calibrator auto     # per tensor, the range with the least error
 
     qcli quantize encoder.onnx --calib data/ --smooth-quant 0.5
@@ -183,6 +185,17 @@ def quantize(
             help="keep float the ops whose input activation quantizes (per tensor) to fewer dB; 0 turns the guard off"
         ),
     ] = DEFAULT.min_activation_sqnr,
+    min_sqnr: Annotated[
+        float | None,
+        typer.Option(
+            help="accuracy target: the fewest layers back to float until every output's SQNR (dB) reaches it "
+            "on held-out data; exit 1 if it cannot be met"
+        ),
+    ] = DEFAULT.min_sqnr,
+    max_top1_drop: Annotated[
+        float | None,
+        typer.Option(help="accuracy target: at most PCT % of class-score rows may change their top-1"),
+    ] = DEFAULT.max_top1_drop,
     exclude: Annotated[
         list[str] | None,
         typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
@@ -220,10 +233,18 @@ def quantize(
             min_macs_per_conversion=min_macs,
             min_activation_sqnr=min_act_sqnr,
             weight_algo=weight_algo,
+            min_sqnr=min_sqnr,
+            max_top1_drop=max_top1_drop,
         )
-        result = pipeline.quantize(
-            model, config, calib, output, eval_dir, dry_run, progress, ort_config=_kv(ort_config)
-        )
+        try:
+            result = pipeline.quantize(
+                model, config, calib, output, eval_dir, dry_run, progress, ort_config=_kv(ort_config)
+            )
+        except GateFailed as e:  # the target was not met: the best model found is written, and reported
+            render_rich(e.report, err)
+            if json_out:
+                sys.stdout.write(e.report.to_json() + "\n")
+            raise
     if dry_run:
         for w in result.report.warnings:
             _say("warning:", w, "yellow")

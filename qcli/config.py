@@ -34,6 +34,8 @@ _SCHEME_ONLY = {
     "smooth_quant": ("--smooth-quant", {Scheme.W8A8}),
     "equalize": ("--equalize", {Scheme.W8A8}),
     "overrides": ("--overrides", {Scheme.W8A8}),
+    "min_sqnr": ("--min-sqnr", {Scheme.W8A8}),
+    "max_top1_drop": ("--max-top1-drop", {Scheme.W8A8}),
     "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
     "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
     "block_size": ("--block-size", {Scheme.W4A16}),
@@ -69,6 +71,10 @@ class QuantConfig:
     # this stay float. Well-spread tensors give 35-45 dB; outlier-dominated ones (BERT LayerNorm/GELU) ~20.
     min_activation_sqnr: float = 22.0
     fold_batchnorm: bool = True
+    # Accuracy target: the fewest layers back to float until every output reaches this SQNR (dB) and/or
+    # at most this % of class-score rows change their top-1, on data not used for calibration.
+    min_sqnr: float | None = None
+    max_top1_drop: float | None = None
     # W4A16
     block_size: int = 32
     weight_symmetric_int4: bool = True
@@ -95,6 +101,8 @@ class QuantConfig:
             raise InputError(f"--moving-average must be in (0, 1] (got {self.moving_average:g})")
         if self.smooth_quant is not None and not (0 <= self.smooth_quant <= 1):
             raise InputError(f"--smooth-quant ALPHA must be from 0 to 1 (got {self.smooth_quant:g})")
+        if self.max_top1_drop is not None and not (0 <= self.max_top1_drop <= 100):
+            raise InputError(f"--max-top1-drop must be a percentage from 0 to 100 (got {self.max_top1_drop:g})")
         if self.min_macs_per_conversion < 0:
             raise InputError(f"--min-macs must be >= 0 (got {self.min_macs_per_conversion:g})")
         if self.min_activation_sqnr < 0:

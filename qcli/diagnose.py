@@ -29,6 +29,7 @@ class LayerError:
     op_type: str
     sqnr_db: float
     introduced: float  # relative noise power added by this layer (0: none; 0.01 is -20 dB)
+    nodes: tuple[str, ...] = ()  # the producer and the ops folded into its QuantizeLinear
 
 
 def layer_errors(
@@ -65,5 +66,6 @@ def layer_errors(
         name = "+".join(n.name for n in [node, *chain])
         op = "+".join(n.op_type for n in [node, *chain])
         upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
-        out.append(LayerError(t, name, op, meters[t].db, max(rel[t] - upstream, 0.0)))
+        nodes = tuple(n.name for n in [node, *chain])
+        out.append(LayerError(t, name, op, meters[t].db, max(rel[t] - upstream, 0.0), nodes))
     return out

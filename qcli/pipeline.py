@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from . import model_io
-from .calibrate import calibrate
+from . import model_io, schemes
 from .compare import FidelityData, Progress, compare, measure, no_progress
 from .config import QuantConfig, Scheme, effective, unmatched_excludes
 from .diagnose import layer_errors
-from .errors import InputError, InternalError, Interrupted
+from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
 from .graph import name_nodes
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
-from .plan import QuantPlan, Why
-from .plan_w4a16 import plan_w4a16
-from .plan_w8a8 import W8A8Planner
-from .prepare import prepare
+from .plan import QuantPlan, Reason, Why
 from .report import Report, write_beside
-from .sensitivity import activation_sqnr
+from .target import AccuracyTarget, SearchResult, search
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
-SENSITIVITY_BATCHES = 4  # calibration batches for the accuracy guard's second pass
 
 
 @dataclass
@@ -70,18 +65,47 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
+    target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
     with contextlib.ExitStack() as stack:
         job = _plan(stack, model_path, config, calib, eval_dir, out, progress)
         if dry_run:
+            if target and job.replan:
+                job.report.notes.append("--dry-run: the plan before the accuracy-target search (it needs a model)")
             return QuantizeResult(job.plan, job.report, None)
         written: list[Path] = []
         try:
+            found = _meet(job, config, target) if target and job.replan else None
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
                 written += write_beside(job.report, out)
         except KeyboardInterrupt as e:
             raise Interrupted(written) from e
-        return QuantizeResult(job.plan, job.report, out, written)
+        result = QuantizeResult(job.plan, job.report, out, written)
+        if found and not found.met:
+            raise GateFailed(
+                f"accuracy target not met ({found.shortfall}) with {len(found.returned)} node(s) back to float; "
+                f"wrote the most accurate model found: {out}",
+                job.report,
+            )
+        return result
+
+
+def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget) -> SearchResult:
+    """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid)
+    job.plan = plan = found.plan
+    report = job.report
+    report.target = found.to_dict(target)
+    report.plan = plan.to_dict()
+    report.config = effective(config, plan.decisions)
+    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
+    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
+    if job.fid.src is not None and job.fid.desc.startswith("the "):
+        report.warnings.append(
+            "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
+            "give --eval data for a target that holds on unseen inputs"
+        )
+    return found
 
 
 @dataclass
@@ -94,6 +118,7 @@ class _Job:
     report: Report
     fid: FidelityData
     reference: Path  # the model fidelity is measured against (the input, or a renamed copy of it)
+    replan: Callable[[dict[str, Reason]], QuantPlan] | None = None  # W8A8: the plan again, these nodes float
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -106,9 +131,10 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     calib_src = FeedSource(calib, specs, config.calib_limit, model=model_path.name) if calib else None
     eval_src = FeedSource(eval_dir, specs, model=model_path.name) if eval_dir else None
     if config.scheme == Scheme.W8A8:
-        model, plan, calibration, fid = _plan_w8a8(model, config, calib_src, eval_src, progress)
+        planned = schemes.plan_w8a8(model, config, calib_src, eval_src, progress)
     else:
-        model, plan, calibration, fid = _plan_w4a16(model, config, calib_src, eval_src)
+        planned = schemes.plan_w4a16(model, config, calib_src, eval_src)
+    plan, calibration, fid = planned.plan, planned.calibration, planned.fid
     if renamed:
         notes.append(f"named {renamed} unnamed or duplicate-named node(s)")
     if reference != model_path:
@@ -130,7 +156,7 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     )
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
     report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY)]
-    return _Job(model, plan, report, fid, reference)
+    return _Job(model, plan, report, fid, reference, planned.replan)
 
 
 def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:
@@ -199,63 +225,6 @@ def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.Mo
         lift_constants(model)
         name_nodes(model.graph)
     return model, note
-
-
-def _plan_w8a8(
-    model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None, progress: Progress
-):
-    if calib_src is None:
-        raise InputError(
-            "W8A8 static quantization needs calibration data: pass --calib DIR "
-            "(or use --scheme w4a16 for weight-only quantization without data)"
-        )
-    items, held = calib_src.items, []
-    if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
-        cut = max(1, len(items) // 5)
-        items, held = items[:-cut], items[-cut:]
-    prepared = prepare(model, config, calib_src, items, progress)
-    planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
-    advance = progress("calibrating", len(items))
-    levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
-    batches = (calib_src.load(i) for i in items)
-    stats = calibrate(model, planner.watch_list(), batches, config, levels, advance)
-    calibration = {
-        "method": config.calibrator.value,
-        "methods_used": dict(Counter(s.method for s in stats.values())),
-        **prepared.done,
-        "batches": len(items),
-        "files": [p.name for p in items],
-        "tensors": len(stats),
-        "ranges": {k: v.to_dict() for k, v in stats.items()},
-    }
-    plan = planner.plan(stats)
-    if config.min_activation_sqnr > 0:  # accuracy guard: a short second pass with the planned parameters
-        act_sqnr = activation_sqnr(model, plan.activations, (calib_src.load(i) for i in items[:SENSITIVITY_BATCHES]))
-        if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
-            plan = planner.plan(stats, act_sqnr)
-        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
-    plan.notes += prepared.notes
-    plan.warnings += [
-        f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)
-    ]
-    if eval_src:
-        fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
-    elif held:
-        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
-    else:
-        fid = FidelityData(
-            calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
-        )
-    return model, plan, calibration, fid
-
-
-def _plan_w4a16(model, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
-    plan = plan_w4a16(model, config)
-    src = eval_src or calib_src
-    if src is None:
-        return model, plan, None, FidelityData(None, [], "")
-    flag = "--eval" if eval_src else "--calib"
-    return model, plan, None, FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")
 
 
 def _checker(model: onnx.ModelProto, full: bool) -> None:

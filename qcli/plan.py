@@ -31,6 +31,7 @@ class Why(str, Enum):
     ACCURACY = "accuracy"  # the accuracy guard: an input quantizes too badly
     UNOBSERVED = "unobserved"  # a tensor it needs was never seen during calibration
     SCHEME = "scheme"  # the scheme does not quantize this op (e.g. convolutions under w4a16)
+    TARGET = "accuracy-target"  # returned to float to meet --min-sqnr / --max-top1-drop
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ _TEXT = {
     ),
     Why.UNOBSERVED: lambda d: f"tensor {d['tensor']!r} was not observed during calibration",
     Why.SCHEME: lambda d: d["problem"],
+    Why.TARGET: lambda d: f"returned to float to meet the accuracy target (rank {d['rank']} by the noise it adds)",
 }
 
 

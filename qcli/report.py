@@ -34,6 +34,7 @@ class Report:
     float_for_speed: list[str] = field(default_factory=list)
     float_for_accuracy: list[str] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
+    target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
 
     def to_dict(self) -> dict:
         return {
@@ -51,6 +52,7 @@ class Report:
             "fidelity_files": self.fidelity_files,
             "outputs": [_clean(vars(f)) for f in self.fidelity],
             "layers": [_clean(x) for x in self.layers],
+            "target": self.target,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
             "float_for_accuracy": self.float_for_accuracy,
@@ -109,6 +111,28 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         if names:
             more = f" (+{len(names) - 12} more)" if len(names) > 12 else ""
             rows.append((label, ", ".join(names[:12]) + more))
+    if r.target:
+        t = r.target
+        goal = " and ".join(
+            g
+            for g in (
+                f"SQNR >= {t['min_sqnr']:g} dB" if t["min_sqnr"] is not None else "",
+                f"top-1 drop <= {t['max_top1_drop']:g}%" if t["max_top1_drop"] is not None else "",
+            )
+            if g
+        )
+        back = t["returned_to_float"]
+        verdict = "met" if t["met"] else f"NOT met ({t['shortfall']})"
+        cost = ""
+        if back and t["all_int8_latency_ratio"] is not None and r.latency and r.size:
+            cost = (
+                f"; all-int8 would be {t['all_int8_latency_ratio']:.2f}x FP32 latency, "
+                f"{_mb(t['all_int8_size_bytes'])} (this model {r.latency.ratio:.2f}x, {_mb(r.size['candidate_bytes'])})"
+            )
+        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) back to float{cost}"))
+        if back:
+            more = f" (+{len(back) - 12} more)" if len(back) > 12 else ""
+            rows.append(("back to float for the target", ", ".join(back[:12]) + more))
     for x in r.layers[:3]:
         if x["introduced"] > 0:
             rows.append(

@@ -1,0 +1,102 @@
+"""Per-scheme planning: from the float model and its data to a plan, the calibration record, where fidelity is
+measured, and (W8A8) how to plan again with more nodes float (the accuracy-target search)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onnx import ModelProto
+
+from . import model_io
+from .calibrate import calibrate
+from .compare import FidelityData, Progress
+from .config import QuantConfig
+from .errors import InputError
+from .feeds import FeedSource
+from .plan import QuantPlan, Reason
+from .plan_w4a16 import plan_w4a16 as _plan_w4a16
+from .plan_w8a8 import W8A8Planner
+from .prepare import prepare
+from .sensitivity import activation_sqnr
+
+SENSITIVITY_BATCHES = 4  # calibration batches for the accuracy guard's second pass
+
+
+@dataclass
+class Planned:
+    plan: QuantPlan
+    calibration: dict | None
+    fid: FidelityData
+    replan: Callable[[dict[str, Reason]], QuantPlan] | None = None
+
+
+def plan_w8a8(
+    model: ModelProto,
+    config: QuantConfig,
+    calib_src: FeedSource | None,
+    eval_src: FeedSource | None,
+    progress: Progress,
+) -> Planned:
+    if calib_src is None:
+        raise InputError(
+            "W8A8 static quantization needs calibration data: pass --calib DIR "
+            "(or use --scheme w4a16 for weight-only quantization without data)"
+        )
+    items, held = calib_src.items, []
+    if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
+        cut = max(1, len(items) // 5)
+        items, held = items[:-cut], items[-cut:]
+    prepared = prepare(model, config, calib_src, items, progress)
+    planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
+    advance = progress("calibrating", len(items))
+    levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
+    batches = (calib_src.load(i) for i in items)
+    stats = calibrate(model, planner.watch_list(), batches, config, levels, advance)
+    calibration = {
+        "method": config.calibrator.value,
+        "methods_used": dict(Counter(s.method for s in stats.values())),
+        **prepared.done,
+        "batches": len(items),
+        "files": [p.name for p in items],
+        "tensors": len(stats),
+        "ranges": {k: v.to_dict() for k, v in stats.items()},
+    }
+    act_sqnr = None
+    plan = planner.plan(stats)
+    if config.min_activation_sqnr > 0:  # accuracy guard: a short second pass with the planned parameters
+        act_sqnr = activation_sqnr(model, plan.activations, (calib_src.load(i) for i in items[:SENSITIVITY_BATCHES]))
+        if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
+            plan = planner.plan(stats, act_sqnr)
+        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
+    unmatched = [f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)]
+
+    def finish(p: QuantPlan) -> QuantPlan:
+        p.notes += prepared.notes
+        p.warnings += unmatched
+        return p
+
+    def replan(more_float: dict[str, Reason]) -> QuantPlan:
+        floats = model_io.float_tensors(model)
+        again = W8A8Planner(model, config, floats, planner.cpu, pinned={**prepared.pinned, **more_float})
+        return finish(again.plan(stats, act_sqnr))
+
+    if eval_src:
+        fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
+    elif held:
+        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
+    else:
+        fid = FidelityData(
+            calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
+        )
+    return Planned(finish(plan), calibration, fid, replan)
+
+
+def plan_w4a16(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
+    plan = _plan_w4a16(model, config)
+    src = eval_src or calib_src
+    if src is None:
+        return Planned(plan, None, FidelityData(None, [], ""))
+    flag = "--eval" if eval_src else "--calib"
+    return Planned(plan, None, FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)"))

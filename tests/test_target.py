@@ -1,0 +1,88 @@
+"""The accuracy target on quantize: the fewest layers back to float until the target holds on held-out data,
+checked here by running the written model; unreachable targets write the best model and exit 1."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from checks import run, sqnr
+from models import cnn, write_batches
+from typer.testing import CliRunner
+
+from qcli import QuantConfig, quantize
+from qcli.cli import app
+from qcli.errors import GateFailed
+from qcli.plan import Action, Why
+
+BASE = {"reduce_range": False, "min_macs_per_conversion": 0, "min_activation_sqnr": 0}
+
+
+@pytest.fixture
+def files(tmp_path):
+    onnx.save(cnn(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(4, 3, 16, 16)] * 4, seed=1)
+    write_batches(tmp_path / "e", [(4, 3, 16, 16)] * 3, seed=7)
+    return tmp_path
+
+
+def _q(tmp_path, **kw):
+    config = QuantConfig(**{**BASE, **kw})
+    return quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=2)
+
+
+def _measured(tmp_path):
+    files = sorted((tmp_path / "e").iterdir())
+    ref = np.concatenate([run(tmp_path / "m.onnx", {"x": np.load(p)})[0] for p in files])
+    got = np.concatenate([run(tmp_path / "q.onnx", {"x": np.load(p)})[0] for p in files])
+    return sqnr(ref, got)
+
+
+def test_target_met_with_the_fewest_nodes_back_to_float(files):
+    plain = _q(files)
+    base_db = _measured(files)
+    int8 = {d.node for d in plain.plan.by_action(Action.INT8, Action.INT8_OUT_FLOAT)}
+    goal = base_db + 2  # measured: 41.8 dB all-int8, 44.7 dB with conv1 and conv2 float
+    r = _q(files, min_sqnr=goal)
+    t = r.report.target
+    assert t["met"] and t["returned_to_float"]
+    back = set(t["returned_to_float"])
+    assert back < int8 | {d.node for d in plain.plan.by_action(Action.PASSTHROUGH)}  # some, not all
+    assert {d.node for d in r.plan.by_reason(Why.TARGET)} == back
+    assert _measured(files) >= goal  # the written model, measured here
+    assert r.report.fidelity[0].sqnr_db >= goal
+    steps = {s["units"]: s for s in t["steps"]}
+    best = max(k for k, s in steps.items() if s["met"] and s["nodes_float"] == len(back))
+    assert not steps[best - 1]["met"]  # one unit fewer was tried and falls short
+    assert t["all_int8_size_bytes"] < r.report.size["candidate_bytes"]
+
+
+def test_target_already_met_changes_nothing(files):
+    plain = _q(files)
+    r = _q(files, min_sqnr=_measured(files) - 1)
+    assert r.report.target["met"] and r.report.target["returned_to_float"] == []
+    assert r.plan.to_dict()["nodes"] == plain.plan.to_dict()["nodes"]
+
+
+def test_unreachable_target_writes_the_best_model_and_exits_1(files):
+    with pytest.raises(GateFailed, match="accuracy target not met") as e:
+        _q(files, min_sqnr=200)
+    assert not e.value.report.target["met"]
+    assert (files / "q.onnx").exists() and (files / "q.onnx.report.json").exists()
+    assert json.loads((files / "q.onnx.report.json").read_text())["target"]["met"] is False
+    args = ["quantize", files / "m.onnx", "--calib", files / "c", "--eval", files / "e", "-o", files / "q2.onnx"]
+    res = CliRunner().invoke(app, [str(a) for a in args + ["--min-sqnr", "200", "--min-macs", "0", "--json"]])
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["target"]["met"] is False and (files / "q2.onnx").exists()
+
+
+def test_top1_target_on_class_scores(files):
+    r = _q(files, max_top1_drop=0.0)
+    t = r.report.target
+    assert t["met"] and r.report.fidelity[0].top1_agreement == 1.0
+
+
+def test_target_is_ignored_by_w4a16_with_a_warning(files):
+    r = quantize(files / "m.onnx", QuantConfig(scheme="w4a16", min_sqnr=30), out=files / "q4.onnx", latency_runs=1)
+    assert r.report.target is None
+    assert any("--min-sqnr does not apply" in w for w in r.report.warnings)

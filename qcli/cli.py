@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import inspection, pipeline
+from .cli_output import err, errors, kv, print_plan, progress_bars, say, show
 from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
-from .errors import GateFailed, InputError, QcliError
+from .errors import GateFailed
 from .overrides import Overrides
 from .overrides import load as load_overrides
-from .report import Report, render_layers, render_rich
+from .report import render_rich
 
-err = Console(stderr=True)
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -63,57 +59,6 @@ COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latenc
 
     qcli compare model.onnx other_tool.int8.onnx --data eval/ --per-layer     # which layers cost the most
 """
-
-
-def _say(label: str, message: str, style: str = "bold red") -> None:
-    """One line on stderr: styled on a terminal, plain and unwrapped elsewhere; never read as markup."""
-    if err.is_terminal:
-        err.print(f"[{style}]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
-    else:
-        sys.stderr.write(f"{label} {message}\n")
-
-
-@contextmanager
-def _errors(debug: bool):
-    try:
-        yield
-    except QcliError as e:
-        if debug:
-            err.print_exception()
-        _say("gate failed:" if e.exit_code == 1 else "error:", str(e))
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt as e:
-        written = getattr(e, "written", [])
-        if written:
-            names = ", ".join(str(p) for p in written)
-            _say("interrupted:", f"{names} written and complete; the rest (report, measurements) was not", "yellow")
-        else:
-            _say("interrupted:", "nothing was written", "yellow")
-        raise typer.Exit(130) from None
-    except Exception as e:  # a bug: one line, and the traceback only on request
-        if debug:
-            err.print_exception()
-        _say("internal error:", f"{type(e).__name__}: {e} (a bug in qcli; rerun with --debug and report it)")
-        raise typer.Exit(3) from None
-
-
-@contextmanager
-def _progress():
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-
-        def start(desc: str, total: int):
-            task = bar.add_task(desc, total=total)
-            return lambda: bar.advance(task)
-
-        yield start
 
 
 @app.command(help=QUANTIZE_HELP)
@@ -214,7 +159,7 @@ def quantize(
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    with _errors(debug), _progress() as progress:
+    with errors(debug), progress_bars() as progress:
         config = QuantConfig(  # validates: the API refuses what the CLI refuses
             scheme=scheme,
             per_channel=not per_tensor,
@@ -238,7 +183,7 @@ def quantize(
         )
         try:
             result = pipeline.quantize(
-                model, config, calib, output, eval_dir, dry_run, progress, ort_config=_kv(ort_config)
+                model, config, calib, output, eval_dir, dry_run, progress, ort_config=kv(ort_config)
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)
@@ -247,40 +192,17 @@ def quantize(
             raise
     if dry_run:
         for w in result.report.warnings:
-            _say("warning:", w, "yellow")
+            say("warning:", w, "yellow")
         plan = result.plan.to_dict()
         if json_out:
             sys.stdout.write(json.dumps(plan, indent=2) + "\n")
         else:
-            _print_plan(plan)
+            print_plan(plan)
         return
     render_rich(result.report, err)
-    _say("wrote", ", ".join(str(p) for p in result.written), "bold green")
+    say("wrote", ", ".join(str(p) for p in result.written), "bold green")
     if json_out:
         sys.stdout.write(result.report.to_json() + "\n")
-
-
-def _kv(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--ort-config expects KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
-
-
-def _print_plan(plan: dict) -> None:
-    lines = [
-        f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for action, ops in plan["summary"].items()
-    ]
-    for n in plan["nodes"]:
-        if n["action"] != "float" or n["reason"]:
-            why = f"  ({n['reason']['text']})" if n["reason"] else ""
-            lines.append(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}")
-    lines += [f"decided {k}: {d['value']} ({d['why']})" for k, d in plan["decisions"].items()]
-    lines += [f"note: {note}" for note in plan["notes"]]
-    sys.stderr.write("\n".join(lines) + "\n")
 
 
 @app.command(help=COMPARE_HELP)
@@ -309,7 +231,7 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    with _errors(debug), _progress() as progress:
+    with errors(debug), progress_bars() as progress:
         try:
             report = pipeline.compare(
                 reference,
@@ -319,21 +241,13 @@ def compare(
                 max_top1_drop,
                 runs,
                 progress,
-                ort_config=_kv(ort_config),
+                ort_config=kv(ort_config),
                 per_layer=per_layer,
             )
         except GateFailed as e:
-            _show(e.report, json_out, top if per_layer else 0)
+            show(e.report, json_out, top if per_layer else 0)
             raise
-        _show(report, json_out, top if per_layer else 0)
-
-
-def _show(report: Report, json_out: bool, top: int = 0) -> None:
-    if json_out:
-        sys.stdout.write(report.to_json() + "\n")
-    render_rich(report, err)
-    if top:
-        render_layers(report, err, top)
+        show(report, json_out, top if per_layer else 0)
 
 
 INSPECT_HELP = """What a model is and what qcli would quantize in it, before any data.
@@ -360,14 +274,14 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="print the inspection as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    with _errors(debug):
+    with errors(debug):
         config = QuantConfig(scheme=scheme, exclude=tuple(exclude or ()), block_size=block_size)
         info = inspection.inspect(model, config)
     if json_out:
         sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
     for line in info.lines():
         key, _, rest = line.partition(": ")
-        _say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
+        say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
 
 
 @app.callback(invoke_without_command=True)

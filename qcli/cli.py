@@ -1,6 +1,6 @@
 """The qcli command line: flags -> QuantConfig, errors -> exit codes. No algorithms here.
 
-Exit codes: 0 ok, 1 a compare gate failed, 2 usage or input error, 3 internal error (a bug).
+Exit codes: 0 ok, 1 a compare gate or quantize accuracy target not met, 2 usage or input error, 3 internal error (a bug).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="Quantize ONNX models for CPUs and measure what it cost. Exit codes: 0 ok, "
-    "1 a compare gate failed, 2 usage or input error, 3 internal error.",
+    "1 a compare gate or accuracy target not met, 2 usage or input error, 3 internal error.",
 )
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.

@@ -8,7 +8,7 @@ from enum import Enum
 from fnmatch import fnmatchcase
 
 from .errors import InputError
-from .overrides import CalibMethod, Overrides, check_percentile
+from .overrides import CalibMethod, Overrides, Precision, check_percentile
 
 
 class Scheme(str, Enum):
@@ -112,11 +112,18 @@ class QuantConfig:
             raise InputError("--exclude needs a node name, an op type or a glob, not an empty string")
 
     def excluded_by(self, node_name: str, op_type: str) -> str | None:
-        """The --exclude pattern that keeps this node float, or None. The one exclusion test."""
+        """The --exclude pattern (or overrides-file entry with precision float) that keeps this node float,
+        or None. The one exclusion test."""
         for pattern in self.exclude:
             if pattern in (node_name, op_type) or fnmatchcase(node_name, pattern):
                 return pattern
-        return None
+        o = self.overrides.for_node(node_name, op_type)
+        return f'[nodes."{o.pattern}"]' if o is not None and o.precision == Precision.FLOAT else None
+
+    def precision_of(self, node_name: str, op_type: str) -> Precision | None:
+        """The overrides file's precision for this node, if an entry matches."""
+        o = self.overrides.for_node(node_name, op_type)
+        return o.precision if o else None
 
     def calib_for(self, tensor: str) -> tuple[CalibMethod, float]:
         """The calibration method and percentile for one activation: its override, or the global ones."""

@@ -8,9 +8,13 @@
     [tensors."logits"]
     calibrator = "minmax"
 
-Keys are tensor names or fnmatch globs; the first matching entry, in file order, wins. The file is a
-table of sections so that per-node precision (a `[nodes."..."]` section) can join it later without
-changing what is already written.
+    # the precision of nodes whose name (or glob, or op type) matches
+    [nodes."/head/*"]
+    precision = "float"          # float | int8 | per-tensor | per-channel
+
+Keys are names, fnmatch globs (or, for nodes, op types); the first matching entry, in file order, wins.
+`int8` keeps a Conv/MatMul/Gemm on int8 whatever the cost model and the accuracy guard say; `per-tensor` and
+`per-channel` set its weight granularity.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ class CalibMethod(str, Enum):
     AUTO = "auto"  # per tensor, whichever method gives the least expected quantization error
 
 
+class Precision(str, Enum):
+    FLOAT = "float"
+    INT8 = "int8"
+    PER_TENSOR = "per-tensor"  # int8, one weight scale for the tensor
+    PER_CHANNEL = "per-channel"  # int8, one weight scale per output channel
+
+
 PERCENTILE_MIN = 50.0  # a "percentile" range keeps at least this much of the mass (two-sided)
 
 
@@ -58,26 +69,50 @@ class TensorOverride:
 
 
 @dataclass(frozen=True)
+class NodeOverride:
+    pattern: str  # a node name, a glob or an op type
+    precision: Precision
+
+    def matches(self, name: str, op_type: str) -> bool:
+        return self.pattern in (name, op_type) or fnmatchcase(name, self.pattern)
+
+    def to_dict(self) -> dict:
+        return {"pattern": self.pattern, "precision": self.precision.value}
+
+
+@dataclass(frozen=True)
 class Overrides:
     tensors: tuple[TensorOverride, ...] = field(default_factory=tuple)
+    nodes: tuple[NodeOverride, ...] = field(default_factory=tuple)
     source: str | None = None  # the file they were read from
 
     def for_tensor(self, name: str) -> TensorOverride | None:
         return next((o for o in self.tensors if o.pattern == name or fnmatchcase(name, o.pattern)), None)
 
+    def for_node(self, name: str, op_type: str) -> NodeOverride | None:
+        return next((o for o in self.nodes if o.matches(name, op_type)), None)
+
     def unmatched(self, names) -> list[str]:
         names = list(names)
         return [o.pattern for o in self.tensors if not any(o.pattern == n or fnmatchcase(n, o.pattern) for n in names)]
 
+    def unmatched_nodes(self, nodes) -> list[str]:
+        pairs = [(n.name, n.op_type) for n in nodes]
+        return [o.pattern for o in self.nodes if not any(o.matches(*p) for p in pairs)]
+
     def to_dict(self) -> dict:
-        return {"source": self.source, "tensors": [o.to_dict() for o in self.tensors]}
+        return {
+            "source": self.source,
+            "tensors": [o.to_dict() for o in self.tensors],
+            "nodes": [o.to_dict() for o in self.nodes],
+        }
 
     def __bool__(self) -> bool:
-        return bool(self.tensors)
+        return bool(self.tensors or self.nodes)
 
 
 _TENSOR_KEYS = {"calibrator", "percentile"}
-_SECTIONS = {"tensors"}
+_SECTIONS = {"tensors", "nodes"}
 
 
 def load(path: Path) -> Overrides:
@@ -94,10 +129,22 @@ def load(path: Path) -> Overrides:
     unknown = sorted(set(data) - _SECTIONS)
     if unknown:
         raise InputError(f"{path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(sorted(_SECTIONS))})")
-    tensors = data.get("tensors", {})
-    if not isinstance(tensors, dict):
-        raise InputError(f'{path}: "tensors" must be a table of [tensors."NAME"] entries')
-    return Overrides(tuple(_tensor(path, k, v) for k, v in tensors.items()), str(path))
+    for section in _SECTIONS:
+        if not isinstance(data.get(section, {}), dict):
+            raise InputError(f'{path}: "{section}" must be a table of [{section}."NAME"] entries')
+    tensors = tuple(_tensor(path, k, v) for k, v in data.get("tensors", {}).items())
+    return Overrides(tensors, tuple(_node(path, k, v) for k, v in data.get("nodes", {}).items()), str(path))
+
+
+def _node(path: Path, pattern: str, entry) -> NodeOverride:
+    where = f'{path}: [nodes."{pattern}"]'
+    if not isinstance(entry, dict) or set(entry) != {"precision"}:
+        raise InputError(f"{where} must hold exactly one key: precision = float | int8 | per-tensor | per-channel")
+    try:
+        return NodeOverride(pattern, Precision(entry["precision"]))
+    except ValueError:
+        known = ", ".join(p.value for p in Precision)
+        raise InputError(f"{where}: unknown precision {entry['precision']!r} (known: {known})") from None
 
 
 def _tensor(path: Path, pattern: str, entry) -> TensorOverride:

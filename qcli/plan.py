@@ -49,7 +49,11 @@ def reason(kind: Why, **details: Any) -> Reason:
 
 
 _TEXT = {
-    Why.EXCLUDED: lambda d: f"excluded by --exclude {d['pattern']!r}",
+    Why.EXCLUDED: lambda d: (
+        f"excluded by --overrides {d['pattern']}"
+        if d["pattern"].startswith("[nodes.")
+        else f"excluded by --exclude {d['pattern']!r}"
+    ),
     Why.NO_INT_KERNEL: lambda d: (
         f"onnxruntime's CPU provider has no integer {d['op']} kernel: Q/DQ would only add time"
     ),
@@ -136,6 +140,7 @@ class QuantPlan:
     warnings: list[str] = field(default_factory=list)  # outcomes the user should not miss (nothing quantized)
     # The effective configuration: what was decided where the config left a choice, and why.
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)  # node -> precision set by the overrides file
 
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)
@@ -159,6 +164,7 @@ class QuantPlan:
             "notes": list(self.notes),
             "warnings": list(self.warnings),
             "decisions": self.decisions,
+            "overrides": self.overrides,
             "nodes": [d.to_dict() for d in self.nodes],
             "activations": {k: asdict(v) for k, v in self.activations.items()},
             "weights": [asdict(w) for w in self.weights],

@@ -29,8 +29,12 @@ from .ops import (
     macs_per_output,
     weight_axis,
 )
+from .overrides import Precision
 from .plan import Action, ActivationQuant, NodeDecision, QuantPlan, Reason, WeightQuant, Why, reason
 from .regions import INT8_READERS, RegionBuilder
+
+# Overrides-file precisions that keep a Conv/MatMul/Gemm on int8 whatever the cost model and guard say.
+_INT8_FORCED = (Precision.INT8, Precision.PER_TENSOR, Precision.PER_CHANNEL)
 
 
 class W8A8Planner(RegionBuilder):
@@ -108,7 +112,8 @@ class W8A8Planner(RegionBuilder):
             node = self.by_name[n]
             ins = self._data_ins(node)
             missing = [t for t in ins + [node.output[0]] if self._is_float(t) and t not in stats]
-            weak = [t for t in ins if (act_sqnr or {}).get(t, float("inf")) < floor]
+            forced = self.config.precision_of(n, node.op_type) in _INT8_FORCED
+            weak = [] if forced else [t for t in ins if (act_sqnr or {}).get(t, float("inf")) < floor]
             if missing:
                 dropped[n] = reason(Why.UNOBSERVED, tensor=missing[0])
             elif weak:
@@ -122,7 +127,7 @@ class W8A8Planner(RegionBuilder):
                 n.output[0] for n in self.nodes if act.get(n.name) in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)
             }
             for node in self.nodes:
-                if node.name in anchors:
+                if node.name in anchors and self.config.precision_of(node.name, node.op_type) not in _INT8_FORCED:
                     why = self._too_cheap(node, act, stats, produced)
                     if why:
                         cheap[node.name] = why
@@ -149,6 +154,10 @@ class W8A8Planner(RegionBuilder):
 
     def _build(self, act: dict[str, Action], dropped: dict[str, Reason], stats) -> QuantPlan:
         plan = QuantPlan(scheme=self.config.scheme.value)
+        for node in self.nodes:
+            precision = self.config.precision_of(node.name, node.op_type)
+            if precision is not None:
+                plan.overrides[node.name] = precision.value
         for node in self.nodes:
             a = act.get(node.name)
             if a is not None:
@@ -238,7 +247,11 @@ class W8A8Planner(RegionBuilder):
                 continue
             if node.op_type in ANCHORS and i == 1:
                 shape = tuple(self.idx.inits[t].dims)
-                axis = weight_axis(node, shape) if self.config.per_channel else None
+                granularity = self.config.precision_of(node.name, node.op_type)
+                per_channel = granularity == Precision.PER_CHANNEL or (
+                    self.config.per_channel and granularity != Precision.PER_TENSOR
+                )
+                axis = weight_axis(node, shape) if per_channel else None
                 # Depthwise int8 kernels accumulate in 32 bits: full 8-bit weights cannot saturate there.
                 qtype = qp.INT8 if is_depthwise(node, shape) else self.weight_qtype
                 floor = self._bias_scale_floor(plan, node, qtype, axis)

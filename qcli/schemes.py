@@ -71,6 +71,10 @@ def plan_w8a8(
             plan = planner.plan(stats, act_sqnr)
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
     unmatched = [f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)]
+    unmatched += [
+        f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
+        for p in config.overrides.unmatched_nodes(model.graph.node)
+    ]
 
     def finish(p: QuantPlan) -> QuantPlan:
         p.notes += prepared.notes

@@ -47,7 +47,7 @@ def test_config_calib_for_uses_the_override_or_the_global_method():
         ("[tensors.x]\ncalibrator = 'mse'\npercentile = 99.0\n", "only applies to calibrator"),
         ("[tensors.x]\nmethod = 'mse'\n", "unknown key"),
         ("[tensors.x]\n", "sets nothing"),
-        ("[nodes.x]\nprecision = 'float'\n", "unknown section"),
+        ("[weights.x]\nbits = 4\n", "unknown section"),
         ("tensors = 3\n", "must be a table"),
         ("[tensors\n", "not valid TOML"),
     ],
@@ -84,3 +84,56 @@ def test_config_refuses_out_of_range_calibration_options(kwargs, message):
 def test_config_accepts_the_boundaries():
     QuantConfig(percentile=100.0, moving_average=1.0, smooth_quant=0.0)
     QuantConfig(smooth_quant=1.0)
+
+
+def test_node_section_loads_and_validates(tmp_path):
+    o = load(_write(tmp_path, '[nodes."/head/*"]\nprecision = "float"\n[nodes.Conv]\nprecision = "per-tensor"\n'))
+    assert [(n.pattern, n.precision.value) for n in o.nodes] == [("/head/*", "float"), ("Conv", "per-tensor")]
+    assert o.for_node("/head/fc", "Gemm").precision.value == "float"
+    assert o.for_node("conv1", "Conv").precision.value == "per-tensor"  # by op type
+    assert o.for_node("fc", "Gemm") is None
+    for text, message in (
+        ('[nodes.x]\nprecision = "int4"\n', "unknown precision 'int4'"),
+        ('[nodes.x]\nprecision = "float"\ncalibrator = "mse"\n', "exactly one key"),
+    ):
+        with pytest.raises(InputError, match=message):
+            load(_write(tmp_path, text))
+
+
+def test_node_precisions_change_the_plan_and_are_recorded(tmp_path):
+    """float: kept float with the entry named; int8: on int8 though the cost model would keep it float;
+    per-tensor: one weight scale."""
+    import onnx
+    from models import cnn, write_batches
+
+    from qcli import quantize
+    from qcli.overrides import NodeOverride, Precision
+    from qcli.plan import Action, Why
+
+    onnx.save(cnn(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(2, 3, 16, 16)] * 4)
+    costly = 1e6  # MACs per converted element: no layer pays for its conversions
+    base = quantize(
+        tmp_path / "m.onnx", QuantConfig(min_macs_per_conversion=costly), tmp_path / "c", tmp_path / "q.onnx"
+    )
+    assert base.plan.decision("conv1").why == Why.SPEED
+    nodes = (
+        NodeOverride("conv1", Precision.INT8),
+        NodeOverride("conv2", Precision.FLOAT),
+        NodeOverride("conv3", Precision.PER_TENSOR),
+        NodeOverride("/nothing/*", Precision.FLOAT),
+    )
+    r = quantize(
+        tmp_path / "m.onnx",
+        QuantConfig(min_macs_per_conversion=costly, overrides=Overrides(nodes=nodes)),
+        tmp_path / "c",
+        tmp_path / "q.onnx",
+        latency_runs=1,
+    )
+    assert r.plan.decision("conv1").action == Action.INT8
+    d = r.plan.decision("conv2")
+    assert d.action == Action.FLOAT and d.why == Why.EXCLUDED and "--overrides" in d.reason.text
+    axes = {w.node: w.axis for w in r.plan.weights if w.role == "weight"}
+    assert axes["conv3"] is None and axes["conv1"] == 0
+    assert r.plan.overrides == {"conv1": "int8", "conv2": "float", "conv3": "per-tensor"}
+    assert any('[nodes."/nothing/*"] matches no node' in w for w in r.report.warnings)

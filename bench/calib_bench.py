@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, CACHE, ROOT, load_samples
+from common import BENCH, CACHE, ROOT
 
 PY = sys.executable
 MEMORY_CAP_GB = 16
@@ -71,6 +71,16 @@ def make_samples(model: str, sizes=SIZES) -> None:
                 np.save(folder / f"{i:03d}.npy", s)
 
 
+def stream(data: Path, names: list[str]):
+    """One sample in memory at a time (the calibrators' memory, not the data's, is measured)."""
+    for path in sorted(data.iterdir()):
+        if path.suffix == ".npy":
+            yield {names[0]: np.load(path)}
+        elif path.suffix == ".npz":
+            with np.load(path) as npz:
+                yield {n: npz[n] for n in names}
+
+
 def child(tool: str, method: str, model: Path, data: Path) -> dict:
     if tool == "qcli":
         from qcli import model_io
@@ -82,21 +92,20 @@ def child(tool: str, method: str, model: Path, data: Path) -> dict:
         m, _ = preprocess(model_io.load(model), inplace=True)
         config = QuantConfig(calibrator=method)
         watch = W8A8Planner(m, config, model_io.float_tensors(m)).watch_list()
-        names = [i.name for i in m.graph.input]
-        feeds = load_samples(data, names)
+        inits = {i.name for i in m.graph.initializer}
+        names = [i.name for i in m.graph.input if i.name not in inits]
         start = time.perf_counter()
-        stats = calibrate(m, watch, iter(feeds), config)
+        stats = calibrate(m, watch, stream(data, names), config)
         return {"seconds": time.perf_counter() - start, "tensors": len(stats)}
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry
 
     names = [i.name for i in ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()]
-    feeds = load_samples(data, names)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(feeds)
+            self.it = stream(data, names)
 
         def get_next(self):
             return next(self.it, None)
@@ -131,7 +140,14 @@ def measure(tool: str, method: str, model: str, n: int) -> dict:
     else:
         last = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or ["no output"]
         oom = "MemoryError" in text or "bad_alloc" in text or "Failed to allocate" in text
-        row["error"] = f"out of memory at the {MEMORY_CAP_GB} GB cap" if oom else last[0][:200]
+        ragged = "inhomogeneous shape" in text
+        row["error"] = (
+            f"out of memory at the {MEMORY_CAP_GB} GB cap"
+            if oom
+            else "fails on samples of different shapes (ValueError: inhomogeneous shape)"
+            if ragged
+            else last[0][:200]
+        )
     return row
 
 

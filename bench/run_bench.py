@@ -100,7 +100,8 @@ MODELS = {
     + METHODS
     + [
         qcli_w8a8("smooth-quant 0.5", "--smooth-quant", "0.5", optional=True),
-        qcli_w8a8("smooth-quant 0.5 auto", "--smooth-quant", "0.5", "--calibrator", "auto", optional=True),
+        qcli_w8a8("smooth-quant 0.6", "--smooth-quant", "0.6", optional=True),
+        qcli_w8a8("smooth-quant 0.6 percentile", "--smooth-quant", "0.6", "--calibrator", "percentile", optional=True),
     ],
 }
 

@@ -13,6 +13,7 @@ inherited from upstream is not blamed on it (the same measure as quantize's per-
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from onnx import ModelProto, TensorProto
 
 from . import model_io
 from . import qparams as qp
+from .passes.qdq import QUANTIZED_TENSORS_KEY
 from .session import Session
 
 CHUNK = 256  # tensors per pass
@@ -31,12 +33,18 @@ CHUNK = 256  # tensors per pass
 def _as_seen(model: ModelProto) -> dict[str, str]:
     """Tensor -> the DequantizeLinear output its readers see, where the tensor only goes through Q -> DQ.
     Compared there, a layer's error includes its output's quantization and an activation folded into the Q
-    (tools that drop a Relu give its name to the tensor before the clamp)."""
+    (tools that drop a Relu give its name to the tensor before the clamp). qcli's own models say in their
+    metadata which QuantizeLinear output holds each original tensor (its int8 producers write new names)."""
     readers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     out = {}
+    meta = next((p.value for p in model.metadata_props if p.key == QUANTIZED_TENSORS_KEY), None)
+    for t, q in (json.loads(meta) if meta else {}).items():
+        dq = [d for d in readers.get(q, []) if d.op_type == "DequantizeLinear"]
+        if dq:
+            out[t] = dq[0].output[0]
     for t, rs in readers.items():
         if len(rs) == 1 and rs[0].op_type == "QuantizeLinear" and rs[0].input[0] == t:
             dq = readers.get(rs[0].output[0], [])
@@ -70,10 +78,10 @@ def per_layer(
     feeds on every call (one pass per chunk of tensors)."""
     ref, cand = model_io.load(ref_path), model_io.load(cand_path)
     ref_out, cand_out = float_outputs(ref), float_outputs(cand)
-    graph_outputs = {o.name for o in ref.graph.output}
-    matched = [t for t in ref_out if t in cand_out and t not in graph_outputs]
-    matched += [o.name for o in ref.graph.output if o.name in cand_out]
     seen = _as_seen(cand)
+    graph_outputs = {o.name for o in ref.graph.output}
+    matched = [t for t in ref_out if (t in cand_out or t in seen) and t not in graph_outputs]
+    matched += [o.name for o in ref.graph.output if o.name in cand_out]
     rel: dict[str, float] = {}
     db: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="qcli-layers-") as tmp:

@@ -2,10 +2,10 @@
 meets it, by returning the fewest layers to float.
 
 The layers are ranked once, by the noise each adds at its output in the all-int8 model (diagnose.py, on the
-fidelity data). A unit is what must go float for a tensor to stay float: its int8 producer and its int8
-readers. The search returns the top k units to float, re-planning the Q/DQ placement each time (so nothing is
-left stranded between conversions), with k doubling until the target is met on the fidelity data (never the
-calibration files where others exist), then bisecting down to the fewest.
+fidelity data). A unit is the int8 producer of a tensor that gains noise (or, for a tensor no int8 op
+writes, its int8 readers). The search returns the top k units to float, re-planning the Q/DQ
+placement each time (so nothing is left stranded between conversions), with k doubling until the target is
+met on the fidelity data (never the calibration files where others exist), then bisecting down to the fewest.
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def _units(model: ModelProto, plan: QuantPlan, qmodel: ModelProto, qnames, fid: 
     errors = sorted(layer_errors(model, qmodel, plan, qnames, feeds), key=lambda e: -e.introduced)
     units, seen = [], set()
     for e in errors:
-        nodes = [n for n in e.nodes if n in int8]
-        nodes += [n.name for n in idx.consumers.get(e.tensor, []) if n.name in int8]
+        # The noise a tensor gains is added by its producer (its weights, how it reads its quantized inputs)
+        # and by its own quantization: the producer goes float first (a float reader then reads the int8
+        # producer's float output); a tensor with no int8 producer blames its int8 readers.
+        nodes = [n for n in e.nodes if n in int8] or [n.name for n in idx.consumers.get(e.tensor, []) if n.name in int8]
         nodes = [n for n in dict.fromkeys(nodes) if n not in seen]
         if nodes and e.introduced > 0:
             units.append(nodes)

@@ -7,12 +7,14 @@ import numpy as np
 import onnx
 import pytest
 from checks import run, sqnr
-from models import cnn, write_batches
+from models import cnn, model_of, vi, write_batches
+from onnx import helper
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
 from qcli.cli import app
 from qcli.errors import GateFailed
+from qcli.layerwise import per_layer
 from qcli.plan import Action, Why
 
 BASE = {"reduce_range": False, "min_macs_per_conversion": 0, "min_activation_sqnr": 0}
@@ -34,7 +36,7 @@ def _q(tmp_path, **kw):
 def _measured(tmp_path):
     files = sorted((tmp_path / "e").iterdir())
     ref = np.concatenate([run(tmp_path / "m.onnx", {"x": np.load(p)})[0] for p in files])
-    got = np.concatenate([run(tmp_path / "q.onnx", {"x": np.load(p)})[0] for p in files])
+    got = np.concatenate([run(tmp_path / "q.onnx", {"x": np.load(p)}, exact_qdq=True)[0] for p in files])
     return sqnr(ref, got)
 
 
@@ -86,3 +88,43 @@ def test_target_is_ignored_by_w4a16_with_a_warning(files):
     r = quantize(files / "m.onnx", QuantConfig(scheme="w4a16", min_sqnr=30), out=files / "q4.onnx", latency_runs=1)
     assert r.report.target is None
     assert any("--min-sqnr does not apply" in w for w in r.report.warnings)
+
+
+def _outlier_chain():
+    """x -> 4 MatMul(+Relu) layers; mm2 writes one channel 1000x the others (and mm3 reads it 1000x
+    smaller, so the float output is ordinary). One 8-bit range for h2 then crushes its other 63 channels:
+    mm3's output is ruined, while h2 itself still measures ~35 dB per tensor (the outlier dominates)."""
+    rng = np.random.default_rng(5)
+    w = {
+        f"w{i}": (rng.standard_normal((64, n)) / 8).astype(np.float32) for i, n in ((1, 64), (2, 64), (3, 64), (4, 10))
+    }
+    w["w2"][:, 5] *= 1000
+    w["w3"][5, :] /= 1000
+    nodes, x = [], "x"
+    for i in range(1, 5):
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        if i < 4:
+            nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i}"], name=f"relu{i}"))
+            x = f"h{i}"
+    return model_of(nodes, [vi("x", ["N", 64])], [vi("m4", ["N", 10])], w)
+
+
+def test_planted_outlier_layer_is_ranked_first_and_the_only_one_returned(tmp_path):
+    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
+    write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
+    plain = _q(tmp_path)
+    assert plain.report.float_for_accuracy == []  # the per-tensor guard does not see it
+    assert _measured(tmp_path) < 1  # measured 0.0 dB: the output is destroyed
+    feeds = [{"x": np.load(p)} for p in sorted((tmp_path / "e").iterdir())]
+    layers = per_layer(tmp_path / "m.onnx", tmp_path / "q.onnx", lambda: iter(feeds))
+    assert layers[0].tensor == "h3" and layers[0].introduced > 100 * layers[1].introduced  # mm3's output
+    r = _q(tmp_path, min_sqnr=25)
+    assert r.report.target["met"] and r.report.target["returned_to_float"] == ["mm3"]
+    assert _measured(tmp_path) > 31  # measured 33.6 dB with only mm3 float
+    res = CliRunner().invoke(
+        app,
+        ["compare", str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), "--data", str(tmp_path / "e")]
+        + ["--per-layer", "--json", "--runs", "1"],
+    )
+    assert res.exit_code == 0 and json.loads(res.stdout)["layers"][0]["tensor"] != "h3"  # mm3 is float now

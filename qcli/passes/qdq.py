@@ -8,6 +8,8 @@ subgraphs, so nothing outside the region changes.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
@@ -18,6 +20,8 @@ from ..ops import input_channels
 from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
 from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
+
+QUANTIZED_TENSORS_KEY = "qcli.quantized_tensors"  # metadata: {float tensor: its QuantizeLinear output}
 
 
 class _Rewriter:
@@ -181,4 +185,8 @@ def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str
     m.CopyFrom(model)
     rw = _Rewriter(m, plan)
     rw.run()
-    return m, {t: q for t, q in rw.quantized.items() if not rw.idx.is_const(t)}
+    qnames = {t: q for t, q in rw.quantized.items() if not rw.idx.is_const(t)}
+    # Where each original activation went (its QuantizeLinear output), for per-layer comparisons later.
+    entry = next((p for p in m.metadata_props if p.key == QUANTIZED_TENSORS_KEY), None) or m.metadata_props.add()
+    entry.key, entry.value = QUANTIZED_TENSORS_KEY, json.dumps(qnames, separators=(",", ":"))
+    return m, qnames

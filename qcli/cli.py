@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a compare gate or quantize accuracy target not met, 2 usage 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -183,7 +184,15 @@ def quantize(
         )
         try:
             result = pipeline.quantize(
-                model, config, calib, output, eval_dir, dry_run, progress, ort_config=kv(ort_config)
+                model,
+                config,
+                calib,
+                output,
+                eval_dir,
+                dry_run,
+                progress,
+                ort_config=kv(ort_config),
+                command=_command(),
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)
@@ -243,11 +252,17 @@ def compare(
                 progress,
                 ort_config=kv(ort_config),
                 per_layer=per_layer,
+                command=_command(),
             )
         except GateFailed as e:
             show(e.report, json_out, top if per_layer else 0)
             raise
         show(report, json_out, top if per_layer else 0)
+
+
+def _command() -> str:
+    """The command line as typed, for the report's provenance."""
+    return shlex.join(["qcli", *sys.argv[1:]])
 
 
 INSPECT_HELP = """What a model is and what qcli would quantize in it, before any data.

@@ -11,6 +11,7 @@ import numpy as np
 from . import evaluate, layerwise, model_io
 from .errors import GateFailed, InputError
 from .feeds import FeedSource, input_specs
+from .provenance import provenance
 from .report import Report
 
 Progress = Callable[[str, int], Callable[[], None]]  # (task description, total) -> advance()
@@ -101,6 +102,7 @@ def compare(
     progress: Progress = no_progress,
     ort_config: dict[str, str] | None = None,
     per_layer: bool = False,
+    command: str | None = None,
 ) -> Report:
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
     per_layer: also rank the layers by the error each adds (tensors matched by name)."""
@@ -110,6 +112,7 @@ def compare(
     # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
     src = FeedSource(data, ref_specs, model=ref.name, also=((cand.name, cand_specs),))
     report = Report("compare", str(ref), str(cand))
+    report.provenance = provenance({"evaluation": list(src.items)}, command)
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
     if per_layer:

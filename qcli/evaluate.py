@@ -26,9 +26,12 @@ class OutputFidelity:
 
 @dataclass(frozen=True)
 class Latency:
-    reference_ms: float
+    reference_ms: float  # medians
     candidate_ms: float
     runs: int
+    # Spread: 10th and 90th percentiles of each model's runs (ms)
+    reference_p10_p90: tuple[float, float] | None = None
+    candidate_p10_p90: tuple[float, float] | None = None
 
     @property
     def ratio(self) -> float:
@@ -149,4 +152,9 @@ def latency(
             t0 = time.perf_counter()
             sess.run(None, feed)
             times.append(time.perf_counter() - t0)
-    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs)
+    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
+
+
+def _spread(seconds: list[float]) -> tuple[float, float]:
+    p10, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 90])
+    return float(p10), float(p90)

@@ -21,6 +21,7 @@ from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
 from .plan import QuantPlan, Reason, Why
+from .provenance import provenance
 from .report import Report, write_beside
 from .target import AccuracyTarget, SearchResult, search
 
@@ -59,6 +60,7 @@ def quantize(
     latency_runs: int = 30,
     ort_config: dict[str, str] | None = None,
     write_report: bool = True,
+    command: str | None = None,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
     (unless dry_run; write_report=False skips the report files)."""
@@ -68,6 +70,9 @@ def quantize(
     target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
     with contextlib.ExitStack() as stack:
         job = _plan(stack, model_path, config, calib, eval_dir, out, progress)
+        calib_files = job.report.calibration["files"] if job.report.calibration else []
+        used = [Path(calib) / f for f in calib_files] if calib else []
+        job.report.provenance = provenance({"calibration": used, "evaluation": list(job.fid.items)}, command)
         if dry_run:
             if target and job.replan:
                 job.report.notes.append("--dry-run: the plan before the accuracy-target search (it needs a model)")

@@ -35,6 +35,7 @@ class Report:
     float_for_accuracy: list[str] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
     target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
+    provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +54,7 @@ class Report:
             "outputs": [_clean(vars(f)) for f in self.fidelity],
             "layers": [_clean(x) for x in self.layers],
             "target": self.target,
+            "provenance": self.provenance,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
             "float_for_accuracy": self.float_for_accuracy,
@@ -95,7 +97,7 @@ def _rows(r: Report) -> list[tuple[str, str]]:
             (
                 "latency (median)",
                 f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms "
-                f"({lat.ratio:.2f}x, {lat.runs} interleaved runs)",
+                f"({lat.ratio:.2f}x, {lat.runs} interleaved runs{_spread_text(lat)})",
             )
         )
     for f in r.fidelity:
@@ -148,6 +150,13 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         for g in r.gates
     ]
     return rows
+
+
+def _spread_text(lat) -> str:
+    if not lat.reference_p10_p90 or not lat.candidate_p10_p90:
+        return ""
+    (a, b), (c, d) = lat.reference_p10_p90, lat.candidate_p10_p90
+    return f"; p10-p90 {a:.3f}-{b:.3f} -> {c:.3f}-{d:.3f} ms"
 
 
 def _mb(n: int) -> str:
@@ -218,7 +227,57 @@ def render_markdown(r: Report) -> str:
             f"| `{x['tensor']}` | `{x['node']}` | {x['op_type']} | {x['sqnr_db']:.1f} | {x['introduced']:.2g} |"
             for x in r.layers[:30]
         ]
+    if r.plan:
+        lines += _markdown_plan(r)
+    if r.provenance:
+        p = r.provenance
+        lines += ["", "## Provenance", ""]
+        lines += [f"- versions: {', '.join(f'{k} {v}' for k, v in p['versions'].items())}"]
+        lines += [f"- CPU: {p['cpu'].get('text', p['cpu'])}", f"- command: `{p['command'] or '(API call)'}`"]
+        lines += [f"- {k} data: {d['files']} file(s), sha256 `{d['sha256']}`" for k, d in p["data"].items()]
+    lines += ["", "## Glossary", ""] + [f"- **{k}**: {v}" for k, v in GLOSSARY]
     return "\n".join(lines) + "\n"
+
+
+GLOSSARY = [
+    (
+        "SQNR",
+        "signal-to-quantization-noise ratio of an output against the FP32 model, in dB (higher is closer; "
+        "20 dB: noise power 1% of the signal's)",
+    ),
+    (
+        "added noise",
+        "per layer: relative noise power at its output minus the largest at its inputs, so noise "
+        "inherited from upstream is not blamed on it",
+    ),
+    ("int8", "runs as an integer kernel (QLinearConv, QGemm, QLinearMatMul, QLinearAdd, ...)"),
+    ("int8-float-out", "MatMul/Gemm on int8 inputs that writes float directly (MatMulIntegerToFloat, QGemm)"),
+    ("int8-passthrough", "moves int8 data without converting it (Reshape, MaxPool, Concat, ...)"),
+    ("folded-into-q", "Relu/Clip or a scalar Mul/Div/Add removed: the following QuantizeLinear does its work"),
+    ("int4-weight", "weight stored as int4 blocks, compute in float"),
+    ("latency ratio", "median candidate latency / median FP32 latency over interleaved runs on the same input"),
+]
+
+
+def _markdown_plan(r: Report) -> list[str]:
+    lines = ["", "## Plan: every node", "", "| node | op | action | reason |", "|---|---|---|---|"]
+    lines += [
+        f"| `{n['node']}` | {n['op_type']} | {n['action']} | {(n['reason'] or {}).get('text', '').replace('|', '/')} |"
+        for n in r.plan["nodes"]
+    ]
+    acts = r.plan.get("activations") or {}
+    if acts:
+        lines += [
+            "",
+            "## Activation ranges",
+            "",
+            "| tensor | method | range | scale | zero point |",
+            "|---|---|---|---|---|",
+        ]
+        for t, a in acts.items():
+            rng = f"{a['range'][0]:.4g} .. {a['range'][1]:.4g}" if a.get("range") else f"shares {a.get('share')}"
+            lines.append(f"| `{t}` | {a.get('method') or '-'} | {rng} | {a['scale']:.4g} | {a['zero_point']} |")
+    return lines
 
 
 def write_beside(r: Report, out: Path) -> tuple[Path, Path]:

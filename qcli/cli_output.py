@@ -51,6 +51,15 @@ def errors(debug: bool):
 
 @contextmanager
 def progress_bars():
+    """Bars on a terminal; elsewhere (CI logs) one plain line as each phase starts."""
+    if not err.is_terminal:
+
+        def announce(desc: str, total: int | None):
+            sys.stderr.write(f"qcli: {desc}{f' ({total})' if total else ''} ...\n")
+            return lambda: None
+
+        yield announce
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

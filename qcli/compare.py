@@ -56,7 +56,15 @@ def measure(
     report.fidelity_data = data.desc
     report.fidelity_files = [p.name for p in data.items]
     first = data.src.load(data.items[0])
-    report.latency = evaluate.latency(ref, cand, first, runs=runs, config=ort_config, candidate_ours=candidate_ours)
+    report.latency = evaluate.latency(
+        ref,
+        cand,
+        first,
+        runs=runs,
+        config=ort_config,
+        candidate_ours=candidate_ours,
+        on_run=progress("latency runs", runs),
+    )
     if ort_config:
         report.notes.append(
             "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
@@ -116,7 +124,8 @@ def compare(
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
     if per_layer:
-        layers = layerwise.per_layer(ref, cand, lambda: (src.load(i) for i in src.items))
+        advance = progress("per-layer pass", None)
+        layers = layerwise.per_layer(ref, cand, lambda: FidelityData(src, src.items, "").feeds(advance))
         report.layers = [vars(x) for x in layers]
         if not layers:
             report.notes.append("--per-layer: no float tensor of the reference has a float namesake in the candidate")

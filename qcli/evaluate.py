@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,6 +138,7 @@ def latency(
     threads: int = 0,
     config: Mapping[str, str] | None = None,
     candidate_ours: bool = False,
+    on_run: Callable[[], None] = lambda: None,
 ) -> Latency:
     """Median latency of both models, runs interleaved on the same inputs, thread spinning off."""
     ref = Session(ref_path, threads, config)
@@ -152,6 +153,7 @@ def latency(
             t0 = time.perf_counter()
             sess.run(None, feed)
             times.append(time.perf_counter() - t0)
+        on_run()
     return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
 
 

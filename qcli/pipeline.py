@@ -79,7 +79,7 @@ def quantize(
             return QuantizeResult(job.plan, job.report, None)
         written: list[Path] = []
         try:
-            found = _meet(job, config, target) if target and job.replan else None
+            found = _meet(job, config, target, progress) if target and job.replan else None
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
                 written += write_beside(job.report, out)
@@ -95,9 +95,10 @@ def quantize(
         return result
 
 
-def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget) -> SearchResult:
+def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
     """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid)
+    advance = progress("accuracy-target search (models tried)", None)
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance)
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)
@@ -188,7 +189,9 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
             "the input model does not pass onnx.checker's full check; output checked at "
             "the basic level the input passes"
         )
+    saved = progress("saving", 1)
     model_io.save_atomic(qmodel, out)
+    saved()
     written.append(out)
     if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
         job.model = qmodel = None
@@ -201,7 +204,8 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
             "(measure with --ort-config)"
         )
     if qnames and fid.src is not None:
-        feeds = (fid.src.load(i) for i in fid.items[:LAYER_BATCHES])
+        items = fid.items[:LAYER_BATCHES]
+        feeds = FidelityData(fid.src, items, "").feeds(progress("per-layer pass", len(items)))
         layers = layer_errors(job.model, qmodel, plan, qnames, feeds)
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
     job.model = None

@@ -66,7 +66,9 @@ def plan_w8a8(
     act_sqnr = None
     plan = planner.plan(stats)
     if config.min_activation_sqnr > 0:  # accuracy guard: a short second pass with the planned parameters
-        act_sqnr = activation_sqnr(model, plan.activations, (calib_src.load(i) for i in items[:SENSITIVITY_BATCHES]))
+        guard_items = items[:SENSITIVITY_BATCHES]
+        guard = FidelityData(calib_src, guard_items, "").feeds(progress("accuracy guard pass", len(guard_items)))
+        act_sqnr = activation_sqnr(model, plan.activations, guard)
         if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
             plan = planner.plan(stats, act_sqnr)
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}

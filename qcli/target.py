@@ -121,13 +121,17 @@ def search(
     replan: Callable[[dict[str, Reason]], QuantPlan],
     target: AccuracyTarget,
     fid: FidelityData,
+    advance: Callable[[], None] = lambda: None,
 ) -> SearchResult:
+    """Each fidelity measurement calls advance() (a step of the search)."""
     with tempfile.TemporaryDirectory(prefix="qcli-target-") as tmp:
 
         def measure(plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
             qmodel, _ = apply_w8a8(model, plan)
             path = model_io.save_for_session(qmodel, Path(tmp), name)
-            return evaluate.fidelity(reference, path, fid.feeds(), candidate_ours=True)
+            result = evaluate.fidelity(reference, path, fid.feeds(), candidate_ours=True)
+            advance()
+            return result
 
         fidelity = measure(first, "all-int8.onnx")
         all_int8 = Path(tmp) / "all-int8.onnx"

@@ -86,8 +86,10 @@ W4 = [
 MODELS = {
     "cnn": W8A8,
     "attention": W8A8 + W4,
-    "det": W8A8 + METHODS,
-    "rec": W8A8 + METHODS,
+    "det": W8A8 + METHODS + [qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
+    "rec": W8A8
+    + METHODS
+    + [qcli_w8a8("percentile min-sqnr 20", "--calibrator", "percentile", "--min-sqnr", "20", optional=True)],
     "cls": W8A8,
     "dwsep": [
         qcli_w8a8(),
@@ -102,6 +104,7 @@ MODELS = {
         qcli_w8a8("smooth-quant 0.5", "--smooth-quant", "0.5", optional=True),
         qcli_w8a8("smooth-quant 0.6", "--smooth-quant", "0.6", optional=True),
         qcli_w8a8("smooth-quant 0.6 percentile", "--smooth-quant", "0.6", "--calibrator", "percentile", optional=True),
+        qcli_w8a8("smooth-quant 0.6 min-sqnr 25", "--smooth-quant", "0.6", "--min-sqnr", "25", optional=True),
     ],
 }
 

@@ -128,3 +128,44 @@ def test_planted_outlier_layer_is_ranked_first_and_the_only_one_returned(tmp_pat
         + ["--per-layer", "--json", "--runs", "1"],
     )
     assert res.exit_code == 0 and json.loads(res.stdout)["layers"][0]["tensor"] != "h3"  # mm3 is float now
+
+
+def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
+    """The search alone, with a stand-in model whose SQNR rises 3 dB per unit back to float: 25 dB needs 5."""
+    import qcli.target as T
+    from qcli.compare import FidelityData
+    from qcli.evaluate import Latency, OutputFidelity
+    from qcli.plan import NodeDecision, QuantPlan
+
+    units = [[f"n{i}"] for i in range(10)]
+    current = {}
+    monkeypatch.setattr(T, "_units", lambda *a: units)
+    monkeypatch.setattr(T, "apply_w8a8", lambda model, plan: (plan, {}))
+
+    def save(plan, folder, name):
+        current["plan"] = plan
+        return folder / name
+
+    def fidelity(ref, path, feeds, candidate_ours):
+        return [OutputFidelity("y", 10.0 + 3 * len(current["plan"].by_reason(Why.TARGET)), 1.0, 0.0, None)]
+
+    monkeypatch.setattr(T.model_io, "save_for_session", save)
+    monkeypatch.setattr(T.evaluate, "fidelity", fidelity)
+    monkeypatch.setattr(T.evaluate, "latency", lambda *a, **k: Latency(1.0, 0.5, 1))
+    monkeypatch.setattr(T.evaluate, "file_size", lambda p: 100)
+
+    def replan(more):
+        return QuantPlan("w8a8", nodes=[NodeDecision(n, "MatMul", Action.FLOAT, r) for n, r in more.items()])
+
+    class Src:
+        def load(self, item):
+            return {}
+
+    fid = FidelityData(Src(), [tmp_path / "a.npy"], "held aside")
+    found = T.search(None, tmp_path / "ref.onnx", QuantPlan("w8a8"), replan, T.AccuracyTarget(min_sqnr=25), fid)
+    assert found.met and found.returned == ["n0", "n1", "n2", "n3", "n4"]
+    assert [s.k for s in found.steps] == [0, 1, 2, 4, 8, 6, 5]
+    assert [s.met for s in found.steps] == [False, False, False, False, True, True, True]
+    unreachable = T.search(None, tmp_path / "r.onnx", QuantPlan("w8a8"), replan, T.AccuracyTarget(min_sqnr=99), fid)
+    assert not unreachable.met and len(unreachable.returned) == 10  # the most accurate plan tried: all units
+    assert "< --min-sqnr 99" in unreachable.shortfall

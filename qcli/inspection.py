@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from . import model_io
 from .config import QuantConfig, Scheme, unmatched_excludes
@@ -31,6 +31,8 @@ class Inspection:
     outputs: list[dict]
     ops: dict[str, int]
     scheme: str
+    weights_bytes: int = 0  # float initializers and Constant-node tensors
+    external_data_files: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)  # nodes that would be quantized (or may be, for w8a8)
     float_nodes: list[dict] = field(default_factory=list)  # nodes that stay float, with the reason
     notes: list[str] = field(default_factory=list)
@@ -42,8 +44,11 @@ class Inspection:
     def lines(self) -> list[str]:
         """Plain lines for a person (stderr)."""
         shape = lambda io: ", ".join(f"{x['name']} {x['type'].lower()} {x['shape']}" for x in io)  # noqa: E731
+        share = f", weights {self.weights_bytes / max(self.size_bytes, 1):.0%} of it" if self.size_bytes else ""
+        ext = f", external data in {', '.join(self.external_data_files)}" if self.external_data_files else ""
         out = [
-            f"model: {self.model} ({self.size_bytes / 1e6:.2f} MB, IR {self.ir_version}, opsets {self.opsets})",
+            f"model: {self.model} ({self.size_bytes / 1e6:.2f} MB{share}{ext}, IR {self.ir_version}, "
+            f"opsets {self.opsets})",
             f"inputs: {shape(self.inputs)}",
             f"outputs: {shape(self.outputs)}",
             "ops: " + ", ".join(f"{op} x{n}" for op, n in self.ops.items()),
@@ -70,6 +75,14 @@ def _io(values) -> list[dict]:
     return out
 
 
+def _nbytes(t: TensorProto) -> int:
+    """A tensor's size from its shape and type (its data may be external or typed fields)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+
+
 def inspect(path: Path, config: QuantConfig) -> Inspection:
     path = Path(path)
     model = model_io.load(path)
@@ -85,6 +98,16 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
         scheme=config.scheme.value,
     )
     input_specs(model)  # refuses inputs qcli cannot feed, as quantize would
+    info.external_data_files = sorted(p.name for p in model_io.external_data_files(path))
+    info.weights_bytes = sum(_nbytes(t) for t in model.graph.initializer) + sum(
+        _nbytes(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    )
+    need = {Scheme.W8A8: 13 if config.per_channel else 10, Scheme.W4A16: 21}[config.scheme]
+    opset = model_io.onnx_opset(model)
+    if opset < need:
+        info.notes.append(
+            f"opset {opset} will be upgraded to {need} for {config.scheme.value} (recorded in the report)"
+        )
     name_nodes(model.graph)
     model, notes = preprocess(model, config.fold_batchnorm, inplace=True)
     info.notes += notes

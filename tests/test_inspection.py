@@ -71,3 +71,14 @@ def test_unreadable_model_is_an_input_error(tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
     res = _cli(tmp_path / "missing.onnx")
     assert res.exit_code == 2
+
+
+def test_weights_share_external_data_and_opset_upgrade(tmp_path):
+    m = cnn(opset=11)
+    weights = sum(onnx.numpy_helper.to_array(t).nbytes for t in m.graph.initializer)
+    onnx.save(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    info = json.loads(_cli(tmp_path / "m.onnx", "--json").stdout)
+    assert info["weights_bytes"] == weights
+    assert info["external_data_files"] == ["m.data"]
+    assert info["size_bytes"] == (tmp_path / "m.onnx").stat().st_size + (tmp_path / "m.data").stat().st_size
+    assert "opset 11 will be upgraded to 13 for w8a8 (recorded in the report)" in info["notes"]

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, CACHE, ROOT
+from common import BENCH, CACHE, ROOT, iter_samples
 
 PY = sys.executable
 MEMORY_CAP_GB = 16
@@ -71,16 +71,6 @@ def make_samples(model: str, sizes=SIZES) -> None:
                 np.save(folder / f"{i:03d}.npy", s)
 
 
-def stream(data: Path, names: list[str]):
-    """One sample in memory at a time (the calibrators' memory, not the data's, is measured)."""
-    for path in sorted(data.iterdir()):
-        if path.suffix == ".npy":
-            yield {names[0]: np.load(path)}
-        elif path.suffix == ".npz":
-            with np.load(path) as npz:
-                yield {n: npz[n] for n in names}
-
-
 def child(tool: str, method: str, model: Path, data: Path) -> dict:
     if tool == "qcli":
         from qcli import model_io
@@ -95,7 +85,7 @@ def child(tool: str, method: str, model: Path, data: Path) -> dict:
         inits = {i.name for i in m.graph.initializer}
         names = [i.name for i in m.graph.input if i.name not in inits]
         start = time.perf_counter()
-        stats = calibrate(m, watch, stream(data, names), config)
+        stats = calibrate(m, watch, iter_samples(data, names), config)
         return {"seconds": time.perf_counter() - start, "tensors": len(stats)}
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
@@ -105,7 +95,7 @@ def child(tool: str, method: str, model: Path, data: Path) -> dict:
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = stream(data, names)
+            self.it = iter_samples(data, names)
 
         def get_next(self):
             return next(self.it, None)

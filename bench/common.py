@@ -37,21 +37,27 @@ def model_dir(name: str) -> Path:
     return CACHE / name
 
 
-def load_samples(data_dir: Path, input_names: list[str]) -> list[dict[str, np.ndarray]]:
-    """Read a calib/ or eval/ folder: one feed dict per file, sorted by file name.
+def iter_samples(data_dir: Path, input_names: list[str]):
+    """Read a calib/ or eval/ folder one file at a time: a feed dict per file, sorted by file name.
 
     A .npy file is one batch for a single-input model; a .npz file holds one array per model
     input, named after it.
     """
-    feeds = []
+    found = False
     for path in sorted(Path(data_dir).iterdir()):
         if path.suffix == ".npy":
             if len(input_names) != 1:
                 raise ValueError(f"{path}: .npy data needs a single-input model, got {input_names}")
-            feeds.append({input_names[0]: np.load(path)})
+            found = True
+            yield {input_names[0]: np.load(path)}
         elif path.suffix == ".npz":
+            found = True
             with np.load(path) as npz:
-                feeds.append({name: npz[name] for name in input_names})
-    if not feeds:
+                yield {name: npz[name] for name in input_names}
+    if not found:
         raise ValueError(f"no .npy/.npz files in {data_dir}")
-    return feeds
+
+
+def load_samples(data_dir: Path, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """Every feed of a folder at once (see iter_samples)."""
+    return list(iter_samples(data_dir, input_names))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from fnmatch import fnmatchcase
 
 from .errors import InputError
-from .overrides import CalibMethod, Overrides, Precision, check_percentile
+from .overrides import CalibMethod, Overrides, Precision, check_percentile, matches
 
 
 class Scheme(str, Enum):
@@ -115,7 +114,7 @@ class QuantConfig:
         """The --exclude pattern (or overrides-file entry with precision float) that keeps this node float,
         or None. The one exclusion test."""
         for pattern in self.exclude:
-            if pattern in (node_name, op_type) or fnmatchcase(node_name, pattern):
+            if matches(pattern, node_name, op_type):
                 return pattern
         o = self.overrides.for_node(node_name, op_type)
         return f'[nodes."{o.pattern}"]' if o is not None and o.precision == Precision.FLOAT else None
@@ -167,5 +166,5 @@ def effective(config: QuantConfig, decisions: dict[str, dict]) -> dict:
 
 def unmatched_excludes(config: QuantConfig, nodes) -> list[str]:
     """--exclude patterns that match no node (name, op type or glob) of `nodes`."""
-    names = [(n.name, n.op_type) for n in nodes]
-    return [p for p in config.exclude if not any(p in pair or fnmatchcase(pair[0], p) for pair in names)]
+    pairs = [(n.name, n.op_type) for n in nodes]
+    return [p for p in config.exclude if not any(matches(p, *pair) for pair in pairs)]

@@ -128,3 +128,12 @@ def name_nodes(g: GraphProto) -> int:
         seen.add(node.name)
         renamed += 1
     return renamed
+
+
+def add_initializer(model, name: str, value: np.ndarray) -> TensorProto:
+    """Append `value` as initializer `name` (before IR 4 an initializer must also be a graph input)."""
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+    if model.ir_version < 4:
+        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
+        model.graph.input.append(helper.make_tensor_value_info(name, dtype, value.shape))
+    return model.graph.initializer[-1]

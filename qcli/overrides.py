@@ -41,6 +41,12 @@ class CalibMethod(str, Enum):
     AUTO = "auto"  # per tensor, whichever method gives the least expected quantization error
 
 
+def matches(pattern: str, name: str, op_type: str | None = None) -> bool:
+    """The one matching rule for --exclude and override entries: the exact name, an fnmatch glob of the name,
+    or (for nodes) the op type."""
+    return pattern in (name, op_type) or fnmatchcase(name, pattern)
+
+
 class Precision(str, Enum):
     FLOAT = "float"
     INT8 = "int8"
@@ -74,7 +80,7 @@ class NodeOverride:
     precision: Precision
 
     def matches(self, name: str, op_type: str) -> bool:
-        return self.pattern in (name, op_type) or fnmatchcase(name, self.pattern)
+        return matches(self.pattern, name, op_type)
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "precision": self.precision.value}
@@ -87,14 +93,14 @@ class Overrides:
     source: str | None = None  # the file they were read from
 
     def for_tensor(self, name: str) -> TensorOverride | None:
-        return next((o for o in self.tensors if o.pattern == name or fnmatchcase(name, o.pattern)), None)
+        return next((o for o in self.tensors if matches(o.pattern, name)), None)
 
     def for_node(self, name: str, op_type: str) -> NodeOverride | None:
         return next((o for o in self.nodes if o.matches(name, op_type)), None)
 
     def unmatched(self, names) -> list[str]:
         names = list(names)
-        return [o.pattern for o in self.tensors if not any(o.pattern == n or fnmatchcase(n, o.pattern) for n in names)]
+        return [o.pattern for o in self.tensors if not any(matches(o.pattern, n) for n in names)]
 
     def unmatched_nodes(self, nodes) -> list[str]:
         pairs = [(n.name, n.op_type) for n in nodes]

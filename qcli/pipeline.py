@@ -102,10 +102,7 @@ def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget, progress: Prog
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)
-    report.plan = plan.to_dict()
-    report.config = effective(config, plan.decisions)
-    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
-    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
+    _describe(report, config, plan)
     if job.fid.src is not None and job.fid.desc.startswith("the "):
         report.warnings.append(
             "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
@@ -153,16 +150,21 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         "quantize",
         str(model_path),
         str(out),
-        config=effective(config, plan.decisions),
         decisions=plan.decisions,
-        plan=plan.to_dict(),
         notes=list(plan.notes),
         warnings=_warnings(config, model, plan, calib_src),
         calibration=calibration,
     )
-    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
-    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY)]
+    _describe(report, config, plan)
     return _Job(model, plan, report, fid, reference, planned.replan)
+
+
+def _describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
+    """The report's view of a plan: the plan itself, the effective config, the nodes kept float and why."""
+    report.plan = plan.to_dict()
+    report.config = effective(config, plan.decisions)
+    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
+    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
 
 
 def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:

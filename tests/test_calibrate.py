@@ -5,7 +5,7 @@ overrides in the plan, bad data refused with the tensor named, and the float rew
 import numpy as np
 import onnx
 import pytest
-from checks import run, sqnr
+from checks import batches_of, sqnr_on
 from models import cnn, mlp, model_of, vi, write_batches
 from onnx import helper
 from test_equalize import _bn_dwsep
@@ -68,10 +68,8 @@ def test_minmax_range_is_the_exact_min_max(cnn_files):
 
 
 def _eval_sqnr(tmp_path):
-    files = sorted((tmp_path / "e").iterdir())
-    ref = np.concatenate([run(tmp_path / "m.onnx", {"x": np.load(p)})[0] for p in files])
-    got = np.concatenate([run(tmp_path / "q.onnx", {"x": np.load(p)}, exact_qdq=True)[0] for p in files])
-    return sqnr(ref, got)
+    """Worst-output SQNR of q.onnx against m.onnx on e/, with Q/DQ run exactly as written."""
+    return sqnr_on(tmp_path / "m.onnx", tmp_path / "q.onnx", batches_of(tmp_path / "e"), exact_qdq=True)
 
 
 def test_percentile_ignores_rare_calibration_outliers_and_gains_accuracy(cnn_files):
@@ -160,22 +158,15 @@ def test_ragged_sequence_lengths(tmp_path, method):
     assert r.report.fidelity[0].sqnr_db > 25
 
 
-def _sqnr(tmp_path, out, shape):
-    files = sorted((tmp_path / "e").iterdir())
-    ref = np.concatenate([run(tmp_path / "m.onnx", {"x": np.load(p)})[0] for p in files])
-    got = np.concatenate([run(out, {"x": np.load(p)}, exact_qdq=True)[0] for p in files])
-    return sqnr(ref, got)
-
-
 def test_equalize_flag_equalizes_and_recovers_accuracy(tmp_path):
     onnx.save(_bn_dwsep(), tmp_path / "m.onnx")
     shape = (1, 3, 16, 16)
     write_batches(tmp_path / "c", [shape] * 6, seed=1)
     write_batches(tmp_path / "e", [shape] * 3, seed=7)
     plain = _q(tmp_path)
-    plain_db = _sqnr(tmp_path, tmp_path / "q.onnx", shape)
+    plain_db = _eval_sqnr(tmp_path)
     eq = _q(tmp_path, equalize=True)
-    eq_db = _sqnr(tmp_path, tmp_path / "q.onnx", shape)
+    eq_db = _eval_sqnr(tmp_path)
     assert "equalized" not in plain.report.calibration
     pairs = eq.report.calibration["equalized"]
     assert pairs and all(p["spread_after"] < p["spread_before"] for p in pairs)
@@ -189,9 +180,9 @@ def test_smooth_quant_flag_smooths_keeps_its_mul_float_and_recovers_accuracy(tmp
     write_batches(tmp_path / "c", [shape] * 4, seed=1)
     write_batches(tmp_path / "e", [shape] * 3, seed=7)
     plain = _q(tmp_path, min_activation_sqnr=0, min_macs_per_conversion=48)
-    plain_db = _sqnr(tmp_path, tmp_path / "q.onnx", shape)
+    plain_db = _eval_sqnr(tmp_path)
     sm = _q(tmp_path, min_activation_sqnr=0, min_macs_per_conversion=48, smooth_quant=0.5)
-    sm_db = _sqnr(tmp_path, tmp_path / "q.onnx", shape)
+    sm_db = _eval_sqnr(tmp_path)
     layers = sm.report.calibration["smoothed"]
     assert layers and "smoothed" not in plain.report.calibration
     muls = [x["mul_node"] for x in layers if x["folded_into"] == "Mul"]

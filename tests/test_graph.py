@@ -4,6 +4,8 @@ included. Oracle: names collected here by walking the protobuf independently of 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from models import mlp
 from onnx import GraphProto, TensorProto, helper, numpy_helper
 
 from qcli.graph import GraphIndex, Namer, all_names, name_nodes
@@ -159,3 +161,17 @@ def test_escapes_graph_outputs_and_tensors_read_in_subgraphs():
     assert not idx.escapes("x")
     assert {n.name for n in idx.consumers["e"]} == {"add"}
     assert idx.producer["c"].name == "relu" and idx.is_const("trip") and not idx.is_float_const("trip")
+
+
+@pytest.mark.parametrize("ir, as_input", [(3, True), (8, False)])
+def test_add_initializer_lists_it_as_a_graph_input_only_before_ir4(ir, as_input):
+    from qcli.graph import add_initializer
+
+    m = mlp()
+    m.ir_version = ir
+    t = add_initializer(m, "extra", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert t is m.graph.initializer[-1] and t.name == "extra" and list(t.dims) == [2, 3]
+    inputs = {v.name: v for v in m.graph.input}
+    assert ("extra" in inputs) == as_input
+    if as_input:
+        assert [d.dim_value for d in inputs["extra"].type.tensor_type.shape.dim] == [2, 3]

@@ -6,7 +6,7 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..graph import GraphIndex, Namer, attr, subgraphs
+from ..graph import GraphIndex, Namer, add_initializer, attr, subgraphs
 
 # Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
 _NO_FOLD = {
@@ -43,14 +43,6 @@ def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = F
     return m, notes
 
 
-def _add_init(m: ModelProto, name: str, value: np.ndarray) -> None:
-    m.graph.initializer.append(numpy_helper.from_array(value, name))
-    if m.ir_version < 4:  # old IR: every initializer must also be a graph input
-        m.graph.input.append(
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-        )
-
-
 def lift_constants(m: ModelProto) -> int:
     outputs = {o.name for o in m.graph.output}
     keep, lifted = [], 0
@@ -61,7 +53,7 @@ def lift_constants(m: ModelProto) -> int:
             except ValueError:
                 keep.append(node)
                 continue
-            _add_init(m, node.output[0], value)
+            add_initializer(m, node.output[0], value)
             lifted += 1
         else:
             keep.append(node)
@@ -197,8 +189,8 @@ def fold_batchnorm_into_conv(m: ModelProto) -> int:
         new_b = ((b - mean) * k + beta).astype(w.dtype)
         # New names, free in the whole graph: the old weight may be shared, and "<output>_w" may be taken.
         wname, bname = namer.fresh(bn.output[0] + "_w"), namer.fresh(bn.output[0] + "_b")
-        _add_init(m, wname, new_w)
-        _add_init(m, bname, new_b)
+        add_initializer(m, wname, new_w)
+        add_initializer(m, bname, new_b)
         del conv.input[1:]
         conv.input.extend([wname, bname])
         conv.output[0] = bn.output[0]

@@ -18,7 +18,7 @@ import numpy as np
 from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
 from ..errors import InputError
-from ..graph import FLOAT, GraphIndex, Namer, attr
+from ..graph import FLOAT, GraphIndex, Namer, add_initializer, attr
 from ..observers import NonFiniteValues
 
 # s is clamped to [S_MIN, S_MAX]: any positive s is exact, but beyond this range W * s and X / s drift towards
@@ -226,8 +226,8 @@ class _Editor:
     """Rewrites initializers for one use: in place when that use is the only reader, else as a fresh copy."""
 
     def __init__(self, model: ModelProto) -> None:
+        self.model = model
         self.g = g = model.graph
-        self.old_ir = model.ir_version < 4  # initializers must be graph inputs too
         self.namer = Namer(g)
         self.inits = {t.name: t for t in g.initializer}
         idx = GraphIndex(g)
@@ -238,11 +238,7 @@ class _Editor:
 
     def add(self, stem: str, value: np.ndarray) -> str:
         name = self.namer.fresh(stem)
-        t = self.g.initializer.add()
-        t.CopyFrom(numpy_helper.from_array(value, name))
-        self.inits[name] = t
-        if self.old_ir:
-            self.g.input.append(helper.make_tensor_value_info(name, FLOAT, value.shape))
+        self.inits[name] = add_initializer(self.model, name, value)
         return name
 
     def scale(self, node: NodeProto, i: int, factor: np.ndarray, axis: int) -> None:

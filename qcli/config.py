@@ -13,6 +13,16 @@ from .overrides import CalibMethod, Overrides, Precision, check_percentile, matc
 class Scheme(str, Enum):
     W8A8 = "w8a8"  # static: int8 weights, 8-bit activations, QDQ
     W4A16 = "w4a16"  # weight-only int4, block-wise; activations stay float
+    W8A16 = "w8a16"  # weight-only int8, block-wise; activations stay float
+    DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time (no calibration data)
+
+
+class WeightFormat(str, Enum):
+    """How weight-only schemes are written."""
+
+    AUTO = "auto"  # measure on this CPU which form (and accuracy level) is fastest
+    QDQ = "qdq"  # portable: block-wise DequantizeLinear -> MatMul / Gather
+    ORT = "ort"  # onnxruntime's com.microsoft MatMulNBits / GatherBlockQuantized
 
 
 class WeightAlgo(str, Enum):
@@ -23,7 +33,7 @@ MIN_BLOCK, MAX_BLOCK = 16, 256
 
 # Options that only mean something for some schemes (field name -> CLI flag, schemes that read it).
 _SCHEME_ONLY = {
-    "per_channel": ("--per-tensor", {Scheme.W8A8}),
+    "per_channel": ("--per-tensor", {Scheme.W8A8, Scheme.DYNAMIC}),
     "activation_symmetric": ("--activation-symmetric", {Scheme.W8A8}),
     "reduce_range": ("--reduce-range/--no-reduce-range", {Scheme.W8A8}),
     "calibrator": ("--calibrator", {Scheme.W8A8}),
@@ -32,13 +42,14 @@ _SCHEME_ONLY = {
     "moving_average": ("--moving-average", {Scheme.W8A8}),
     "smooth_quant": ("--smooth-quant", {Scheme.W8A8}),
     "equalize": ("--equalize", {Scheme.W8A8}),
-    "overrides": ("--overrides", {Scheme.W8A8}),
-    "min_sqnr": ("--min-sqnr", {Scheme.W8A8}),
-    "max_top1_drop": ("--max-top1-drop", {Scheme.W8A8}),
+    "overrides": ("--overrides", {Scheme.W8A8, Scheme.DYNAMIC}),
+    "min_sqnr": ("--min-sqnr", {Scheme.W8A8, Scheme.DYNAMIC}),
+    "max_top1_drop": ("--max-top1-drop", {Scheme.W8A8, Scheme.DYNAMIC}),
     "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
     "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
-    "block_size": ("--block-size", {Scheme.W4A16}),
-    "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16}),
+    "block_size": ("--block-size", {Scheme.W4A16, Scheme.W8A16}),
+    "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16, Scheme.W8A16}),
+    "weight_format": ("--format", {Scheme.W4A16, Scheme.W8A16}),
 }
 
 
@@ -78,13 +89,19 @@ class QuantConfig:
     block_size: int = 32
     weight_symmetric_int4: bool = True
     weight_algo: WeightAlgo = WeightAlgo.RTN
+    weight_format: WeightFormat = WeightFormat.AUTO
     # Both: node names, op types or node-name globs (fnmatch: *, ?, [..]) kept float
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
     VERSION = 1
 
     def __post_init__(self) -> None:
-        for name, enum in (("scheme", Scheme), ("calibrator", CalibMethod), ("weight_algo", WeightAlgo)):
+        for name, enum in (
+            ("scheme", Scheme),
+            ("calibrator", CalibMethod),
+            ("weight_algo", WeightAlgo),
+            ("weight_format", WeightFormat),
+        ):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:

@@ -125,10 +125,18 @@ def quantize(
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
     ] = not DEFAULT.weight_symmetric_int4,
+    guard: Annotated[
+        bool,
+        typer.Option(
+            help="w8a8: keep float the layers that cause a large share of the noise at the model's outputs "
+            "(measured on calibration batches; an accuracy target replaces it)"
+        ),
+    ] = DEFAULT.accuracy_guard,
     min_act_sqnr: Annotated[
         float,
         typer.Option(
-            help="keep float the ops whose input activation quantizes (per tensor) to fewer dB; 0 turns the guard off"
+            help="expert: also keep float the ops whose input activation quantizes (alone, per tensor) to fewer dB; "
+            "0 (default) is off"
         ),
     ] = DEFAULT.min_activation_sqnr,
     min_sqnr: Annotated[
@@ -178,6 +186,7 @@ def quantize(
             exclude=tuple(exclude or ()),
             min_macs_per_conversion=min_macs,
             min_activation_sqnr=min_act_sqnr,
+            accuracy_guard=guard,
             weight_algo=weight_algo,
             min_sqnr=min_sqnr,
             max_top1_drop=max_top1_drop,

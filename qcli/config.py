@@ -47,6 +47,7 @@ _SCHEME_ONLY = {
     "max_top1_drop": ("--max-top1-drop", {Scheme.W8A8, Scheme.DYNAMIC}),
     "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
     "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
+    "accuracy_guard": ("--no-guard", {Scheme.W8A8}),
     "block_size": ("--block-size", {Scheme.W4A16, Scheme.W8A16}),
     "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16, Scheme.W8A16}),
     "weight_format": ("--format", {Scheme.W4A16, Scheme.W8A16}),
@@ -77,9 +78,12 @@ class QuantConfig:
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).
     min_macs_per_conversion: float = 48.0
-    # Accuracy guard: compute ops reading an activation that quantizes (alone, per tensor) to fewer dB than
-    # this stay float. Well-spread tensors give 35-45 dB; outlier-dominated ones (BERT LayerNorm/GELU) ~20.
-    min_activation_sqnr: float = 22.0
+    # Accuracy guard (guard.py): the layers that cause a large share of the noise at the model's outputs
+    # stay float. Replaced by an accuracy target when one is given.
+    accuracy_guard: bool = True
+    # Expert switch, off by default: compute ops reading an activation that quantizes (alone, per tensor) to
+    # fewer dB than this stay float (well-spread tensors give 35-45 dB; BERT LayerNorm/GELU outputs ~20).
+    min_activation_sqnr: float = 0.0
     fold_batchnorm: bool = True
     # Accuracy target: the fewest layers back to float until every output reaches this SQNR (dB) and/or
     # at most this % of class-score rows change their top-1, on data not used for calibration.

@@ -17,6 +17,7 @@ from .diagnose import layer_errors
 from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
 from .graph import name_nodes
+from .guard import guard
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
@@ -73,13 +74,17 @@ def quantize(
         calib_files = job.report.calibration["files"] if job.report.calibration else []
         used = [Path(calib) / f for f in calib_files] if calib else []
         job.report.provenance = provenance({"calibration": used, "evaluation": list(job.fid.items)}, command)
+        guarded = not target and config.accuracy_guard and job.replan and job.guard_data
         if dry_run:
-            if target and job.replan:
-                job.report.notes.append("--dry-run: the plan before the accuracy-target search (it needs a model)")
+            if job.replan and (target or guarded):
+                step = "accuracy-target search" if target else "accuracy guard"
+                job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
             return QuantizeResult(job.plan, job.report, None)
         written: list[Path] = []
         try:
             found = _meet(job, config, target, progress) if target and job.replan else None
+            if guarded:
+                _guard(job, config, progress)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
                 written += write_beside(job.report, out)
@@ -111,6 +116,17 @@ def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget, progress: Prog
     return found
 
 
+def _guard(job: _Job, config: QuantConfig, progress: Progress) -> None:
+    """The default accuracy guard (guard.py) on the calibration batches; its plan and findings into job and report."""
+    advance = progress("accuracy guard (models tried)", None)
+    result = guard(job.model, job.reference, job.plan, job.replan, job.guard_data, job.suspects, advance)
+    job.plan = result.plan
+    job.report.guard = result.to_dict()
+    if result.note:
+        job.report.notes.append(f"accuracy guard: {result.note}; nothing kept float for accuracy")
+    _describe(job.report, config, result.plan)
+
+
 @dataclass
 class _Job:
     """What quantize() carries from planning to writing. It holds the only reference to the float graph,
@@ -122,6 +138,8 @@ class _Job:
     fid: FidelityData
     reference: Path  # the model fidelity is measured against (the input, or a renamed copy of it)
     replan: Callable[[dict[str, Reason]], QuantPlan] | None = None  # W8A8: the plan again, these nodes float
+    guard_data: FidelityData | None = None  # where the default accuracy guard measures
+    suspects: list[list[str]] = field(default_factory=list)  # the guard's first candidates
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -156,7 +174,7 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         calibration=calibration,
     )
     _describe(report, config, plan)
-    return _Job(model, plan, report, fid, reference, planned.replan)
+    return _Job(model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects)
 
 
 def _describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:

@@ -64,7 +64,12 @@ _TEXT = {
     ),
     Why.ACCURACY: lambda d: (
         f"kept float for accuracy: its input {d['tensor']!r} quantizes to {d['sqnr_db']:.1f} dB "
-        f"per tensor (< {d['threshold']:g}; a few outliers set its range)"
+        f"per tensor (< --min-act-sqnr {d['threshold']:g}; a few outliers set its range)"
+        if "tensor" in d
+        else f"kept float for accuracy: int8, it causes {d['share']:.0%} of the output noise (alone back to "
+        f"float, the worst output goes from {d['int8_db']:.1f} to {d['float_db']:.1f} dB)"
+        if "share" in d
+        else "kept float for accuracy (being measured)"
     ),
     Why.UNOBSERVED: lambda d: f"tensor {d['tensor']!r} was not observed during calibration",
     Why.SCHEME: lambda d: d["problem"],

@@ -35,6 +35,7 @@ class Report:
     float_for_accuracy: list[str] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
     target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
+    guard: dict | None = None  # the default accuracy guard: all-int8 and final worst SQNR, layers checked
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
     def to_dict(self) -> dict:
@@ -54,6 +55,7 @@ class Report:
             "outputs": [_clean(vars(f)) for f in self.fidelity],
             "layers": [_clean(x) for x in self.layers],
             "target": self.target,
+            "guard": self.guard,
             "provenance": self.provenance,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
@@ -113,6 +115,15 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         if names:
             more = f" (+{len(names) - 12} more)" if len(names) > 12 else ""
             rows.append((label, ", ".join(names[:12]) + more))
+    if r.guard and r.guard["kept_float"]:
+        g = r.guard
+        rows.append(
+            (
+                "accuracy guard",
+                f"worst output {g['all_int8_worst_sqnr_db']:.1f} dB all-int8 -> {g['worst_sqnr_db']:.1f} dB with "
+                f"{len(g['kept_float'])} node(s) float (each causes >= {g['share']:.0%} of the output noise)",
+            )
+        )
     if r.target:
         t = r.target
         goal = " and ".join(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
@@ -15,13 +15,15 @@ from .compare import FidelityData, Progress
 from .config import QuantConfig
 from .errors import InputError
 from .feeds import FeedSource
-from .plan import QuantPlan, Reason
+from .ops import ANCHORS
+from .plan import Action, QuantPlan, Reason
 from .plan_w4a16 import plan_w4a16 as _plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .prepare import prepare
 from .sensitivity import activation_sqnr
 
-SENSITIVITY_BATCHES = 4  # calibration batches for the accuracy guard's second pass
+SENSITIVITY_BATCHES = 4  # calibration batches the accuracy guards measure on
+SUSPECT_DB = 30.0  # an activation quantizing alone to fewer dB makes its readers candidates for the guard
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Planned:
     calibration: dict | None
     fid: FidelityData
     replan: Callable[[dict[str, Reason]], QuantPlan] | None = None
+    guard_data: FidelityData | None = None  # calibration batches the default accuracy guard measures on
+    suspects: list[list[str]] = field(default_factory=list)  # its first candidates (see suspects())
 
 
 def plan_w8a8(
@@ -63,15 +67,17 @@ def plan_w8a8(
         "tensors": len(stats),
         "ranges": {k: v.to_dict() for k, v in stats.items()},
     }
-    act_sqnr = None
+    act_sqnr, measured = None, {}
     plan = planner.plan(stats)
-    if config.min_activation_sqnr > 0:  # accuracy guard: a short second pass with the planned parameters
-        guard_items = items[:SENSITIVITY_BATCHES]
-        guard = FidelityData(calib_src, guard_items, "").feeds(progress("accuracy guard pass", len(guard_items)))
-        act_sqnr = activation_sqnr(model, plan.activations, guard)
+    guard_items = items[:SENSITIVITY_BATCHES]
+    if config.min_activation_sqnr > 0 or config.accuracy_guard:  # each activation quantized alone
+        guard = FidelityData(calib_src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
+        measured = activation_sqnr(model, plan.activations, guard)
+        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in measured.items() if v != float("inf")}
+    if config.min_activation_sqnr > 0:  # the per-tensor guard (expert switch)
+        act_sqnr = measured
         if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
             plan = planner.plan(stats, act_sqnr)
-        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in act_sqnr.items() if v != float("inf")}
     unmatched = [f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)]
     unmatched += [
         f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
@@ -96,7 +102,21 @@ def plan_w8a8(
         fid = FidelityData(
             calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
         )
-    return Planned(finish(plan), calibration, fid, replan)
+    guard_data = FidelityData(calib_src, guard_items, f"{len(guard_items)} calibration batches")
+    return Planned(finish(plan), calibration, fid, replan, guard_data, suspects(model, plan, measured))
+
+
+def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> list[list[str]]:
+    """The int8 compute readers of each activation that quantizes badly on its own, worst tensor first: the
+    accuracy guard's first candidates (whether they matter is measured at the outputs)."""
+    compute = {d.node for d in plan.nodes if d.action in (Action.INT8, Action.INT8_OUT_FLOAT) and d.op_type in ANCHORS}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            if node.name in compute and t in act_sqnr:
+                readers.setdefault(t, []).append(node.name)
+    weak = sorted((db, t) for t, db in act_sqnr.items() if db < SUSPECT_DB and t in readers)
+    return [readers[t] for _, t in weak]
 
 
 def plan_w4a16(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):

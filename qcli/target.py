@@ -10,24 +10,19 @@ met on the fidelity data (never the calibration files where others exist), then 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnx import ModelProto
 
-from . import evaluate, model_io
+from . import evaluate
 from .compare import FidelityData
-from .diagnose import layer_errors
 from .evaluate import OutputFidelity
-from .graph import GraphIndex
-from .passes.qdq import apply_w8a8
-from .plan import Action, QuantPlan, Reason, Why, reason
+from .plan import QuantPlan, Reason, Why, reason
+from .trials import trials, worst_sqnr
 
-RANK_BATCHES = 4  # fidelity batches used to rank the layers
 LATENCY_RUNS = 10  # interleaved runs for the all-int8 model's latency, when layers had to go back
-INT8_ACTIONS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
 
 
 @dataclass(frozen=True)
@@ -91,29 +86,6 @@ class SearchResult:
         }
 
 
-def _units(model: ModelProto, plan: QuantPlan, qmodel: ModelProto, qnames, fid: FidelityData) -> list[list[str]]:
-    """Int8 node groups, the one whose tensor gains the most noise first."""
-    int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
-    idx = GraphIndex(model.graph)
-    feeds = (fid.src.load(i) for i in fid.items[:RANK_BATCHES])
-    errors = sorted(layer_errors(model, qmodel, plan, qnames, feeds), key=lambda e: -e.introduced)
-    units, seen = [], set()
-    for e in errors:
-        # The noise a tensor gains is added by its producer (its weights, how it reads its quantized inputs)
-        # and by its own quantization: the producer goes float first (a float reader then reads the int8
-        # producer's float output); a tensor with no int8 producer blames its int8 readers.
-        nodes = [n for n in e.nodes if n in int8] or [n.name for n in idx.consumers.get(e.tensor, []) if n.name in int8]
-        nodes = [n for n in dict.fromkeys(nodes) if n not in seen]
-        if nodes and e.introduced > 0:
-            units.append(nodes)
-            seen.update(nodes)
-    # Int8 compute whose added noise no quantized tensor shows (a MatMul/Gemm writing float, a layer whose
-    # noise is within its input's): last, one by one, so the ranking can end at all-float.
-    compute = (Action.INT8, Action.INT8_OUT_FLOAT)
-    units += [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
-    return units
-
-
 def search(
     model: ModelProto,
     reference: Path,
@@ -124,36 +96,27 @@ def search(
     advance: Callable[[], None] = lambda: None,
 ) -> SearchResult:
     """Each fidelity measurement calls advance() (a step of the search)."""
-    with tempfile.TemporaryDirectory(prefix="qcli-target-") as tmp:
-
-        def measure(plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
-            qmodel, _ = apply_w8a8(model, plan)
-            path = model_io.save_for_session(qmodel, Path(tmp), name)
-            result = evaluate.fidelity(reference, path, fid.feeds(), candidate_ours=True)
-            advance()
-            return result
-
-        fidelity = measure(first, "all-int8.onnx")
-        all_int8 = Path(tmp) / "all-int8.onnx"
+    with trials(model, reference, fid, advance) as t:
+        fidelity = t.measure(first, "all-int8.onnx")
+        all_int8 = t.tmp / "all-int8.onnx"
         size = evaluate.file_size(all_int8)
         missing = target.shortfall(fidelity)
         if missing is None:
-            return SearchResult(first, True, steps=[Step(0, [], _worst(fidelity), True)], first_size=size)
+            return SearchResult(first, True, steps=[Step(0, [], worst_sqnr(fidelity), True)], first_size=size)
         first_feed = fid.src.load(fid.items[0])
         lat = evaluate.latency(reference, all_int8, first_feed, runs=LATENCY_RUNS, candidate_ours=True).ratio
-        qmodel, qnames = apply_w8a8(model, first)
-        units = _units(model, first, qmodel, qnames, fid)
-        steps = [Step(0, [], _worst(fidelity), False)]
-        tried: dict[int, tuple[QuantPlan, str | None, float]] = {0: (first, missing, _worst(fidelity))}
+        units = t.rank_units(first)
+        steps = [Step(0, [], worst_sqnr(fidelity), False)]
+        tried: dict[int, tuple[QuantPlan, str | None, float]] = {0: (first, missing, worst_sqnr(fidelity))}
 
         def attempt(k: int) -> bool:
             nodes = [n for u in units[:k] for n in u]
             why = {n: reason(Why.TARGET, rank=i + 1) for i, n in enumerate(nodes)}
             plan = replan(why)
-            fid_k = measure(plan)
+            fid_k = t.measure(plan)
             short = target.shortfall(fid_k)
-            tried[k] = (plan, short, _worst(fid_k))
-            steps.append(Step(k, nodes, _worst(fid_k), short is None))
+            tried[k] = (plan, short, worst_sqnr(fid_k))
+            steps.append(Step(k, nodes, worst_sqnr(fid_k), short is None))
             return short is None
 
         lo, hi, k = 0, None, 1
@@ -173,7 +136,3 @@ def search(
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if attempt(mid) else (mid, hi)
         return SearchResult(tried[hi][0], True, [n for u in units[:hi] for n in u], steps, None, size, lat)
-
-
-def _worst(fidelity: list[OutputFidelity]) -> float:
-    return min(f.sqnr_db for f in fidelity)

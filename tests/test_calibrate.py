@@ -46,7 +46,7 @@ def cnn_files(tmp_path):
 
 
 def _q(tmp_path, **kw):
-    config = QuantConfig(**{"reduce_range": False, "min_macs_per_conversion": 0, **kw})
+    config = QuantConfig(**{"reduce_range": False, "min_macs_per_conversion": 0, "accuracy_guard": False, **kw})
     return quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
 
 

@@ -426,12 +426,15 @@ def test_accuracy_guard_keeps_float_an_op_whose_input_range_is_set_by_outliers(t
     _spiky_batches(tmp_path / "c", 100.0)
     _spiky_batches(tmp_path / "e", 100.0, n=2, seed=9)
     x_db = _own_activation_sqnr([f["x"] for f in batches_of(tmp_path / "c")])
-    guarded = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0), "g.onnx")
+    per_tensor = QuantConfig(min_macs_per_conversion=0, accuracy_guard=False, min_activation_sqnr=22)
+    guarded = _quantize(tmp_path, per_tensor, "g.onnx")
     d = guarded.plan.decision("mm1")
     assert d.action == Action.FLOAT and d.why == Why.ACCURACY
     assert d.reason.details == {"tensor": "x", "sqnr_db": pytest.approx(x_db, abs=0.2), "threshold": 22}
+    by_output = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0), "o.onnx")  # the default guard agrees
+    assert [d.node for d in by_output.plan.by_reason(Why.ACCURACY)] == ["mm1"]
     assert guarded.plan.decision("mm2").action != Action.FLOAT  # its input is well spread
-    off = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=0), "off.onnx")
+    off = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0, accuracy_guard=False), "off.onnx")
     assert off.plan.decision("mm1").action == Action.INT8
     assert not off.plan.by_reason(Why.ACCURACY)
     assert "MatMul" not in fused_ops(off.output, tmp_path)
@@ -440,9 +443,9 @@ def test_accuracy_guard_keeps_float_an_op_whose_input_range_is_set_by_outliers(t
 
 
 def test_accuracy_guard_threshold_between_two_tensors_keeps_only_the_weaker_reader_float(tmp_path):
-    """Mild spikes (x20) put x at ~27 dB, the hidden r1 sits higher: both pass the default 22 dB guard; a
-    threshold halfway between the two (computed here from numpy quantize-dequantize of the float values)
-    keeps only mm1 (reader of x) float. Measured: x 27.6 dB, r1 41.1 dB."""
+    """Mild spikes (x20) put x at ~27 dB, the hidden r1 sits higher: both pass the old default per-tensor
+    threshold of 22 dB; a threshold halfway between the two (computed here from numpy quantize-dequantize of
+    the float values) keeps only mm1 (reader of x) float. Measured: x 27.6 dB, r1 41.1 dB."""
     onnx.save(mlp(k=64, hidden=128), tmp_path / "m.onnx")
     _spiky_batches(tmp_path / "c", 20.0)
     _spiky_batches(tmp_path / "e", 20.0, n=2, seed=9)
@@ -452,7 +455,7 @@ def test_accuracy_guard_threshold_between_two_tensors_keeps_only_the_weaker_read
     x_db = _own_activation_sqnr([f["x"] for f in calib])
     r1_db = _own_activation_sqnr([run(probe, f)[1] for f in calib])
     assert 22 < x_db < r1_db - 5
-    default = _plan(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    default = _plan(tmp_path, QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=22))
     assert not default.by_reason(Why.ACCURACY)
     threshold = (x_db + r1_db) / 2
     plan = _plan(tmp_path, QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=threshold))

@@ -17,7 +17,7 @@ from qcli.errors import GateFailed
 from qcli.layerwise import per_layer
 from qcli.plan import Action, Why
 
-BASE = {"reduce_range": False, "min_macs_per_conversion": 0, "min_activation_sqnr": 0}
+BASE = {"reduce_range": False, "min_macs_per_conversion": 0, "accuracy_guard": False}
 
 
 @pytest.fixture
@@ -132,14 +132,15 @@ def test_planted_outlier_layer_is_ranked_first_and_the_only_one_returned(tmp_pat
 def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
     """The search alone, with a stand-in model whose SQNR rises 3 dB per unit back to float: 25 dB needs 5."""
     import qcli.target as T
+    import qcli.trials as TR
     from qcli.compare import FidelityData
     from qcli.evaluate import Latency, OutputFidelity
     from qcli.plan import NodeDecision, QuantPlan
 
     units = [[f"n{i}"] for i in range(10)]
     current = {}
-    monkeypatch.setattr(T, "_units", lambda *a: units)
-    monkeypatch.setattr(T, "apply_w8a8", lambda model, plan: (plan, {}))
+    monkeypatch.setattr(TR.Trials, "rank_units", lambda *a: units)
+    monkeypatch.setattr(TR, "apply_w8a8", lambda model, plan: (plan, {}))
 
     def save(plan, folder, name):
         current["plan"] = plan
@@ -148,7 +149,7 @@ def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
     def fidelity(ref, path, feeds, candidate_ours):
         return [OutputFidelity("y", 10.0 + 3 * len(current["plan"].by_reason(Why.TARGET)), 1.0, 0.0, None)]
 
-    monkeypatch.setattr(T.model_io, "save_for_session", save)
+    monkeypatch.setattr(TR.model_io, "save_for_session", save)
     monkeypatch.setattr(T.evaluate, "fidelity", fidelity)
     monkeypatch.setattr(T.evaluate, "latency", lambda *a, **k: Latency(1.0, 0.5, 1))
     monkeypatch.setattr(T.evaluate, "file_size", lambda p: 100)

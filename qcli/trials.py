@@ -1,0 +1,78 @@
+"""Candidate plans of one model, each written and measured against the float reference on the same batches:
+what the accuracy target's search and the default accuracy guard both need.
+
+`rank_units` orders the int8 layers by the noise each adds in the all-int8 model (diagnose.py), once, so the
+callers try returning layers to float in that order instead of evaluating every layer at every step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from onnx import ModelProto
+
+from . import evaluate, model_io
+from .compare import FidelityData
+from .diagnose import layer_errors
+from .evaluate import OutputFidelity
+from .graph import GraphIndex
+from .passes.qdq import apply_w8a8
+from .plan import Action, QuantPlan
+
+RANK_BATCHES = 4  # batches used to rank the layers
+INT8_ACTIONS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
+
+
+class Trials:
+    """Writes candidate plans of `model` into one temporary folder and measures each against `reference`."""
+
+    def __init__(self, model: ModelProto, reference: Path, data: FidelityData, tmp: Path, advance=lambda: None):
+        self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
+
+    def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
+        qmodel, _ = apply_w8a8(self.model, plan)
+        return model_io.save_for_session(qmodel, self.tmp, name)
+
+    def measure(self, plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
+        """Fidelity of every output of the plan's model; one step of progress."""
+        path = self.write(plan, name)
+        result = evaluate.fidelity(self.reference, path, self.data.feeds(), candidate_ours=True)
+        self.advance()
+        return result
+
+    def rank_units(self, plan: QuantPlan) -> list[list[str]]:
+        """Int8 node groups, the one whose tensor gains the most noise first."""
+        qmodel, qnames = apply_w8a8(self.model, plan)
+        int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
+        idx = GraphIndex(self.model.graph)
+        feeds = (self.data.src.load(i) for i in self.data.items[:RANK_BATCHES])
+        errors = sorted(layer_errors(self.model, qmodel, plan, qnames, feeds), key=lambda e: -e.introduced)
+        units, seen = [], set()
+        for e in errors:
+            # The noise a tensor gains is added by its producer (its weights, how it reads its quantized
+            # inputs) and by its own quantization: the producer goes float first (a float reader then reads
+            # the int8 producer's float output); a tensor with no int8 producer blames its int8 readers.
+            nodes = [n for n in e.nodes if n in int8]
+            nodes = nodes or [n.name for n in idx.consumers.get(e.tensor, []) if n.name in int8]
+            nodes = [n for n in dict.fromkeys(nodes) if n not in seen]
+            if nodes and e.introduced > 0:
+                units.append(nodes)
+                seen.update(nodes)
+        # Int8 compute whose added noise no quantized tensor shows (a MatMul/Gemm writing float, a layer whose
+        # noise is within its input's): last, one by one, so the ranking can end at all-float.
+        compute = (Action.INT8, Action.INT8_OUT_FLOAT)
+        units += [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
+        return units
+
+
+@contextmanager
+def trials(model: ModelProto, reference: Path, data: FidelityData, advance: Callable[[], None]) -> Iterator[Trials]:
+    with tempfile.TemporaryDirectory(prefix="qcli-trials-") as tmp:
+        yield Trials(model, reference, data, Path(tmp), advance)
+
+
+def worst_sqnr(fidelity: list[OutputFidelity]) -> float:
+    return min(f.sqnr_db for f in fidelity)

@@ -15,7 +15,7 @@ import typer
 
 from . import inspection, pipeline
 from .cli_output import err, errors, kv, print_plan, progress_bars, say, show
-from .config import DEFAULT, CalibMethod, QuantConfig, Scheme, WeightAlgo
+from .config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo
 from .errors import GateFailed
 from .overrides import Overrides
 from .overrides import load as load_overrides
@@ -157,6 +157,20 @@ def quantize(
     min_macs: Annotated[
         float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
     ] = DEFAULT.min_macs_per_conversion,
+    objective: Annotated[
+        Objective,
+        typer.Option(
+            help="w8a8: latency (the fastest model within the accuracy guard, never slower than FP32 by choice) "
+            "or size (quantize every op that can be)"
+        ),
+    ] = DEFAULT.objective,
+    placement: Annotated[
+        Placement,
+        typer.Option(
+            help="w8a8: measured (time on this CPU the choices the cost rule is unsure about) or static "
+            "(the rule alone: the same plan on every machine, for CI)"
+        ),
+    ] = DEFAULT.placement,
     eval_dir: Annotated[
         Path | None, typer.Option("--eval", help="data folder for the report's fidelity figures")
     ] = None,
@@ -185,6 +199,8 @@ def quantize(
             weight_symmetric_int4=not weight_asymmetric,
             exclude=tuple(exclude or ()),
             min_macs_per_conversion=min_macs,
+            objective=objective,
+            placement=placement,
             min_activation_sqnr=min_act_sqnr,
             accuracy_guard=guard,
             weight_algo=weight_algo,

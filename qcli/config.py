@@ -17,6 +17,16 @@ class Scheme(str, Enum):
     DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time (no calibration data)
 
 
+class Objective(str, Enum):
+    LATENCY = "latency"  # the fastest model within the accuracy guard; never slower than FP32 by choice
+    SIZE = "size"  # quantize every op that can be, whatever it does to latency
+
+
+class Placement(str, Enum):
+    MEASURED = "measured"  # time the alternatives the static cost rule is unsure about on this CPU
+    STATIC = "static"  # the cost rule alone: deterministic, the same plan on every machine
+
+
 class WeightFormat(str, Enum):
     """How weight-only schemes are written."""
 
@@ -46,6 +56,8 @@ _SCHEME_ONLY = {
     "min_sqnr": ("--min-sqnr", {Scheme.W8A8, Scheme.DYNAMIC}),
     "max_top1_drop": ("--max-top1-drop", {Scheme.W8A8, Scheme.DYNAMIC}),
     "min_macs_per_conversion": ("--min-macs", {Scheme.W8A8}),
+    "objective": ("--objective", {Scheme.W8A8}),
+    "placement": ("--placement", {Scheme.W8A8}),
     "min_activation_sqnr": ("--min-act-sqnr", {Scheme.W8A8}),
     "accuracy_guard": ("--no-guard", {Scheme.W8A8}),
     "block_size": ("--block-size", {Scheme.W4A16, Scheme.W8A16}),
@@ -78,6 +90,8 @@ class QuantConfig:
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).
     min_macs_per_conversion: float = 48.0
+    objective: Objective = Objective.LATENCY
+    placement: Placement = Placement.MEASURED
     # Accuracy guard (guard.py): the layers that cause a large share of the noise at the model's outputs
     # stay float. Replaced by an accuracy target when one is given.
     accuracy_guard: bool = True
@@ -105,6 +119,8 @@ class QuantConfig:
             ("calibrator", CalibMethod),
             ("weight_algo", WeightAlgo),
             ("weight_format", WeightFormat),
+            ("objective", Objective),
+            ("placement", Placement),
         ):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
@@ -130,6 +146,11 @@ class QuantConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if any(not p for p in self.exclude):
             raise InputError("--exclude needs a node name, an op type or a glob, not an empty string")
+
+    @property
+    def macs_threshold(self) -> float:
+        """The cost rule's threshold as applied: none when the smallest model is the objective."""
+        return 0.0 if self.objective == Objective.SIZE else self.min_macs_per_conversion
 
     def excluded_by(self, node_name: str, op_type: str) -> str | None:
         """The --exclude pattern (or overrides-file entry with precision float) that keeps this node float,

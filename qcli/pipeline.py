@@ -12,19 +12,19 @@ import onnx
 
 from . import model_io, schemes
 from .compare import FidelityData, Progress, compare, measure, no_progress
-from .config import QuantConfig, Scheme, effective, unmatched_excludes
+from .config import Objective, Placement, QuantConfig, Scheme, unmatched_excludes
 from .diagnose import layer_errors
 from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
 from .graph import name_nodes
-from .guard import guard
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
-from .plan import QuantPlan, Reason, Why
+from .plan import QuantPlan, Reason
 from .provenance import provenance
+from .refine import describe, meet, run_guard, run_placement
 from .report import Report, write_beside
-from .target import AccuracyTarget, SearchResult, search
+from .target import AccuracyTarget
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
@@ -76,15 +76,20 @@ def quantize(
         job.report.provenance = provenance({"calibration": used, "evaluation": list(job.fid.items)}, command)
         guarded = not target and config.accuracy_guard and job.replan and job.guard_data
         if dry_run:
-            if job.replan and (target or guarded):
-                step = "accuracy-target search" if target else "accuracy guard"
-                job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
+            if job.replan:
+                step = "accuracy-target search" if target else "accuracy guard" if guarded else ""
+                step += " and " if step and config.placement == Placement.MEASURED else ""
+                step += "measured placement" if config.placement == Placement.MEASURED else ""
+                if step:
+                    job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
             return QuantizeResult(job.plan, job.report, None)
         written: list[Path] = []
         try:
-            found = _meet(job, config, target, progress) if target and job.replan else None
+            found = meet(job, config, target, progress) if target and job.replan else None
             if guarded:
-                _guard(job, config, progress)
+                run_guard(job, config, progress)
+            if job.replan and config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
+                run_placement(job, config, progress)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
                 written += write_beside(job.report, out)
@@ -98,33 +103,6 @@ def quantize(
                 job.report,
             )
         return result
-
-
-def _meet(job: _Job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
-    """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
-    advance = progress("accuracy-target search (models tried)", None)
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance)
-    job.plan = plan = found.plan
-    report = job.report
-    report.target = found.to_dict(target)
-    _describe(report, config, plan)
-    if job.fid.src is not None and job.fid.desc.startswith("the "):
-        report.warnings.append(
-            "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
-            "give --eval data for a target that holds on unseen inputs"
-        )
-    return found
-
-
-def _guard(job: _Job, config: QuantConfig, progress: Progress) -> None:
-    """The default accuracy guard (guard.py) on the calibration batches; its plan and findings into job and report."""
-    advance = progress("accuracy guard (models tried)", None)
-    result = guard(job.model, job.reference, job.plan, job.replan, job.guard_data, job.suspects, advance)
-    job.plan = result.plan
-    job.report.guard = result.to_dict()
-    if result.note:
-        job.report.notes.append(f"accuracy guard: {result.note}; nothing kept float for accuracy")
-    _describe(job.report, config, result.plan)
 
 
 @dataclass
@@ -173,16 +151,8 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         warnings=_warnings(config, model, plan, calib_src),
         calibration=calibration,
     )
-    _describe(report, config, plan)
+    describe(report, config, plan)
     return _Job(model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects)
-
-
-def _describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
-    """The report's view of a plan: the plan itself, the effective config, the nodes kept float and why."""
-    report.plan = plan.to_dict()
-    report.config = effective(config, plan.decisions)
-    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED)]
-    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
 
 
 def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:

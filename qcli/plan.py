@@ -32,6 +32,7 @@ class Why(str, Enum):
     UNOBSERVED = "unobserved"  # a tensor it needs was never seen during calibration
     SCHEME = "scheme"  # the scheme does not quantize this op (e.g. convolutions under w4a16)
     TARGET = "accuracy-target"  # returned to float to meet --min-sqnr / --max-top1-drop
+    MEASURED = "measured"  # timed on this CPU: the model ran faster with it float (--placement measured)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ _TEXT = {
     ),
     Why.UNOBSERVED: lambda d: f"tensor {d['tensor']!r} was not observed during calibration",
     Why.SCHEME: lambda d: d["problem"],
+    Why.MEASURED: lambda d: (
+        f"kept float for speed, measured on this CPU: with the {d['group']} float the model ran "
+        f"{d['ratio']:.2f}x the time of the plan with them int8"
+    ),
     Why.TARGET: lambda d: f"returned to float to meet the accuracy target (rank {d['rank']} by the noise it adds)",
 }
 
@@ -146,6 +151,8 @@ class QuantPlan:
     # The effective configuration: what was decided where the config left a choice, and why.
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)  # node -> precision set by the overrides file
+    # W8A8: int8 anchors that convert some input or output, and their MACs per converted element
+    macs_per_conversion: dict[str, float] = field(default_factory=dict)
 
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)

@@ -52,6 +52,7 @@ class W8A8Planner(RegionBuilder):
         self.cpu = cpu or hostcpu.host()
         self.reduce_range = self.cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
         self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
+        self.macs_ratio: dict[str, float] = {}  # anchor -> MACs per element it converts (none: no conversion)
         for node in self.nodes:
             why = (pinned or {}).get(node.name) or self._anchor_reason(node)
             if why is None:
@@ -94,12 +95,14 @@ class W8A8Planner(RegionBuilder):
         if act[node.name] == Action.INT8 and self._float_readers(out, act):
             conv += self._numel(out, stats)
         if conv == 0:
+            self.macs_ratio.pop(node.name, None)
             return None
         x_shape = stats[ins[0]].shape if ins[0] in stats else ()
         macs = macs_per_output(node, self.idx, x_shape) * self._numel(node.output[0], stats)
         ratio = macs / conv
-        if ratio < self.config.min_macs_per_conversion:
-            return reason(Why.SPEED, macs_per_conversion=ratio, threshold=self.config.min_macs_per_conversion)
+        self.macs_ratio[node.name] = ratio
+        if ratio < self.config.macs_threshold:
+            return reason(Why.SPEED, macs_per_conversion=ratio, threshold=self.config.macs_threshold)
         return None
 
     # -- the plan ----------------------------------------------------------------------------------
@@ -186,6 +189,9 @@ class W8A8Planner(RegionBuilder):
                     share = src.share or src.tensor
                 q = self._chain_q(node, act, stats) if a == Action.FOLDED else None
                 self._add_act(plan, node.output[0], stats, share, q)
+        plan.macs_per_conversion = {
+            n: r for n, r in self.macs_ratio.items() if act.get(n) in (Action.INT8, Action.INT8_OUT_FLOAT)
+        }
         self._explain(plan)
         return plan
 

@@ -36,6 +36,7 @@ class Report:
     layers: list[dict] = field(default_factory=list)  # per quantized activation, largest introduced error first
     target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
     guard: dict | None = None  # the default accuracy guard: all-int8 and final worst SQNR, layers checked
+    placement: dict | None = None  # measured placement: the groups timed, the chosen plan's ratio to FP32
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
     def to_dict(self) -> dict:
@@ -56,6 +57,7 @@ class Report:
             "layers": [_clean(x) for x in self.layers],
             "target": self.target,
             "guard": self.guard,
+            "placement": self.placement,
             "provenance": self.provenance,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
@@ -124,6 +126,10 @@ def _rows(r: Report) -> list[tuple[str, str]]:
                 f"{len(g['kept_float'])} node(s) float (each causes >= {g['share']:.0%} of the output noise)",
             )
         )
+    if r.placement and r.placement["timed"]:
+        p = r.placement
+        tried = "; ".join(f"{t['group']}: {t['ratio']:.2f}x{' (kept float)' if t['float'] else ''}" for t in p["timed"])
+        rows.append(("measured placement", f"timed float vs int8 on this CPU: {tried}"))
     if r.target:
         t = r.target
         goal = " and ".join(

@@ -40,3 +40,15 @@ def _fresh_cpu_cache(monkeypatch, tmp_path_factory):
         simulate_cpu(monkeypatch, tmp_path_factory.mktemp("cpu"), kind)
     yield
     hostcpu.host.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_timed_placement(request, monkeypatch):
+    """Measured placement decides by timing this machine: outside tests marked `timed_placement` (which replace
+    the timer with a stand-in) it is replaced by 'timed, nothing to change', so plans in tests are the static
+    rule's, whatever the machine's speed."""
+    if request.node.get_closest_marker("timed_placement"):
+        return
+    from qcli import placement, refine
+
+    monkeypatch.setattr(refine, "place", lambda model, ref, plan, *a, **k: placement.PlacementResult(plan, 0.0))

@@ -1,0 +1,149 @@
+"""Placement by measurement (`--placement measured`, the default): where the static cost rule is unsure,
+time the alternatives on this CPU and keep the faster; and never write a model slower than FP32 by choice.
+
+The static plan (plan_w8a8.py: regions, MACs per converted element >= --min-macs) is the starting point.
+The groups of int8 nodes it is least sure about are each timed back to float against the best plan so far,
+interleaved in one process on the same input (thread spinning off), and kept float when that is at least
+MARGIN faster:
+  - the int8 anchors under NEAR x the --min-macs threshold (their conversions cost about what they win);
+  - the ops run by QLinear kernels without multiply-accumulates (Add, Mul, Sigmoid, Concat, pools: whether
+    the kernel beats float plus conversions depends on the CPU and the shapes), all together, then by type.
+Then the best plan is timed against FP32. Not faster: every anchor under HEAVY x the threshold and every
+such op type go float, timed again; still not faster: nothing is quantized, and the report says so in one
+line. `--objective size` skips all of this (every candidate is quantized); `--placement static` keeps the
+static plan, deterministic for CI.
+Accuracy: nodes only ever go back to float here, so the accuracy guard's or target's choice still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx import ModelProto
+
+from . import evaluate
+from .compare import FidelityData
+from .ops import ANCHORS, QLINEAR
+from .plan import Action, QuantPlan, Reason, Why, reason
+from .trials import trials
+
+NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
+MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
+RUNS, WARMUP = 20, 3
+MAX_GROUPS = 5
+INT8 = (Action.INT8, Action.INT8_OUT_FLOAT)
+
+
+@dataclass
+class Timed:
+    group: str
+    nodes: list[str]
+    ratio: float  # time with the group float / time of the best plan before it
+    kept_float: bool
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "nodes": len(self.nodes), "ratio": round(self.ratio, 3), "float": self.kept_float}
+
+
+@dataclass
+class PlacementResult:
+    plan: QuantPlan
+    vs_fp32: float  # latency ratio of the chosen plan to FP32, as timed here
+    timed: list[Timed] = field(default_factory=list)
+    verdict: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": "measured",
+            "vs_fp32": round(self.vs_fp32, 3),
+            "timed": [t.to_dict() for t in self.timed],
+            "verdict": self.verdict,
+        }
+
+
+def ratio_of(a: Path, b: Path, feed: dict) -> float:
+    """Median latency of model b over model a, interleaved runs on the same input, spinning off."""
+    return evaluate.latency(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+
+
+def groups(
+    plan: QuantPlan, threshold: float, near: float = NEAR, limit: int | None = None
+) -> list[tuple[str, list[str]]]:
+    """The int8 node groups the static rule is least sure about, in the order they are tried."""
+    out = []
+    under = near * threshold
+    anchors = [n for n, r in plan.macs_per_conversion.items() if r < under]
+    if anchors:
+        out.append((f"{len(anchors)} int8 layer(s) under {under:g} MACs per converted element", anchors))
+    elementwise: dict[str, list[str]] = {}
+    for d in plan.nodes:
+        if d.action in INT8 and d.op_type in QLINEAR and d.op_type not in ANCHORS:
+            elementwise.setdefault(d.op_type, []).append(d.node)
+    # All of them together first: one such op float between int8 neighbours still reads DequantizeLinear and
+    # feeds QuantizeLinear, which onnxruntime fuses into the same int8 kernel (SiLU: Sigmoid and Mul together).
+    every = [n for nodes in elementwise.values() for n in nodes]
+    if len(elementwise) > 1:
+        out.append((f"int8 elementwise ops ({len(every)})", every))
+    for op, nodes in sorted(elementwise.items(), key=lambda kv: -len(kv[1])):
+        out.append((f"int8 {op} ({len(nodes)})", nodes))
+    return out[:limit]
+
+
+def place(
+    model: ModelProto,
+    reference: Path,
+    first: QuantPlan,
+    replan: Callable[[dict[str, Reason]], QuantPlan],
+    threshold: float,
+    data: FidelityData,
+    advance: Callable[[], None] = lambda: None,
+) -> PlacementResult:
+    """The fastest of the plans tried (each timing calls advance())."""
+    # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
+    fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
+    feed = data.src.load(data.items[0])
+    with trials(model, reference, data, advance) as t:
+
+        def time(a: Path, b: Path) -> float:
+            r = ratio_of(a, b, feed)
+            advance()
+            return r
+
+        best, best_path, floated = first, t.write(first, "best.onnx"), {}
+        timed = []
+        for i, (label, nodes) in enumerate(groups(first, threshold, limit=MAX_GROUPS)):
+            nodes = [n for n in nodes if n not in floated]
+            more = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in nodes}
+            cand = replan({**fixed, **floated, **more})
+            path = t.write(cand, f"group{i}.onnx")  # a kept group's file stays the best plan's
+            ratio = time(best_path, path)
+            keep = ratio < 1 - MARGIN
+            timed.append(Timed(label, nodes, ratio, keep))
+            if keep:  # the same plan, with the measured ratio in its reasons
+                floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in nodes})
+                best, best_path = replan({**fixed, **floated}), path
+        vs_fp32 = time(reference, best_path)
+        if vs_fp32 < 1.0:
+            return PlacementResult(best, vs_fp32, timed)
+        heavy = groups(best, threshold, near=HEAVY)
+        light = [n for _, nodes in heavy for n in nodes]
+        if light:
+            probe = {n: reason(Why.MEASURED, group="fallback", ratio=0.0) for n in light}
+            cand_path = t.write(replan({**fixed, **floated, **probe}), "fallback.onnx")
+            ratio = time(reference, cand_path)
+            label = f"fallback: {len(light)} node(s) under {HEAVY * threshold:g} MACs per conversion"
+            timed.append(Timed(label, light, ratio / vs_fp32, ratio < 1))
+            if ratio < 1.0:
+                more = {n: reason(Why.MEASURED, group=label, ratio=ratio / vs_fp32) for n in light}
+                verdict = f"int8 only where it pays: {len(light)} more node(s) kept float after timing"
+                return PlacementResult(replan({**fixed, **floated, **more}), ratio, timed, verdict)
+        every = {
+            d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32) for d in best.nodes if d.action in INT8
+        }
+        verdict = (
+            f"no placement tried made this model faster than FP32 on this CPU (best {vs_fp32:.2f}x): "
+            "written without int8 compute; --objective size quantizes it anyway"
+        )
+        return PlacementResult(replan({**fixed, **floated, **every}), 1.0, timed, verdict)

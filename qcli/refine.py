@@ -1,0 +1,62 @@
+"""After the static plan, the steps that measure models and change it: the accuracy target's search, the
+default accuracy guard and measured placement. Each takes the pipeline's job (model, plan, report, data) and
+leaves its plan and findings in it."""
+
+from __future__ import annotations
+
+from .compare import Progress
+from .config import QuantConfig, effective
+from .guard import guard
+from .placement import place
+from .plan import QuantPlan, Why
+from .report import Report
+from .target import AccuracyTarget, SearchResult, search
+
+
+def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
+    """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
+    advance = progress("accuracy-target search (models tried)", None)
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance)
+    job.plan = plan = found.plan
+    report = job.report
+    report.target = found.to_dict(target)
+    describe(report, config, plan)
+    if job.fid.src is not None and job.fid.desc.startswith("the "):
+        report.warnings.append(
+            "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
+            "give --eval data for a target that holds on unseen inputs"
+        )
+    return found
+
+
+def run_guard(job, config: QuantConfig, progress: Progress) -> None:
+    """The default accuracy guard (guard.py) on the calibration batches; its plan and findings into job and report."""
+    advance = progress("accuracy guard (models tried)", None)
+    result = guard(job.model, job.reference, job.plan, job.replan, job.guard_data, job.suspects, advance)
+    job.plan = result.plan
+    job.report.guard = result.to_dict()
+    if result.note:
+        job.report.notes.append(f"accuracy guard: {result.note}; nothing kept float for accuracy")
+    describe(job.report, config, result.plan)
+
+
+def run_placement(job, config: QuantConfig, progress: Progress) -> None:
+    """Measured placement (placement.py) on the fidelity data's first batch; plan and timings into job, report."""
+    data = job.fid if job.fid.src is not None else job.guard_data
+    if data is None or data.src is None:
+        return
+    advance = progress("measured placement (timings)", None)
+    result = place(job.model, job.reference, job.plan, job.replan, config.macs_threshold, data, advance)
+    job.plan = result.plan
+    job.report.placement = result.to_dict()
+    if result.verdict:
+        job.report.warnings.append(result.verdict)
+    describe(job.report, config, result.plan)
+
+
+def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
+    """The report's view of a plan: the plan itself, the effective config, the nodes kept float and why."""
+    report.plan = plan.to_dict()
+    report.config = effective(config, plan.decisions)
+    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED, Why.MEASURED)]
+    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]

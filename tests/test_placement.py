@@ -1,0 +1,146 @@
+"""Measured placement (placement.py): the groups the static rule is unsure about are timed back to float and
+kept float when faster; a plan not faster than FP32 falls back, down to no int8 compute, and says so. Timing
+is replaced by a stand-in cost model here (tests never depend on the machine's speed): each test states which
+plans are faster and checks what was chosen, in the plan and in the written model."""
+
+import numpy as np
+import onnx
+import pytest
+from checks import ops
+from models import model_of, save_with_data, vi
+from onnx import helper
+from typer.testing import CliRunner
+
+from qcli import QuantConfig, quantize
+from qcli import placement as P
+from qcli.cli import app
+from qcli.plan import Action, Why
+
+pytestmark = pytest.mark.timed_placement
+BASE = {"reduce_range": False, "accuracy_guard": False}
+
+
+def _silu_net():
+    """x [N,16,12,12] -> (Conv -> Sigmoid, Mul: SiLU) x 2 -> Conv: the SiLU ops are int8 in the static plan."""
+    rng = np.random.default_rng(2)
+    w = {f"w{i}": (rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32) for i in range(1, 4)}
+    nodes, t = [], "x"
+    for i in (1, 2):
+        nodes += [
+            helper.make_node("Conv", [t, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"], name=f"sig{i}"),
+            helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"h{i}"], name=f"mul{i}"),
+        ]
+        t = f"h{i}"
+    nodes.append(helper.make_node("Conv", [t, "w3"], ["y"], name="conv3", pads=[1, 1, 1, 1]))
+    return model_of(nodes, [vi("x", ["N", 16, 12, 12])], [vi("y", ["N", 16, 12, 12])], w)
+
+
+COST = {"Conv": -4.0, "elementwise": 1.5, "QuantizeLinear": 0.0}
+
+
+def _cost(path) -> float:
+    """Stand-in latency, counted the way onnxruntime fuses: the float model 20; each Conv reading a
+    DequantizeLinear output adds COST["Conv"] (int8 convs save time), each Sigmoid or Mul whose inputs are all
+    DequantizeLinear outputs and whose output feeds a QuantizeLinear (a QLinear kernel) adds
+    COST["elementwise"] (slower than float on this imaginary CPU), each QuantizeLinear COST["QuantizeLinear"]."""
+    m = onnx.load(str(path), load_external_data=False)
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    to_q = {i for n in m.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    total = 20.0
+    for n in m.graph.node:
+        if n.op_type == "Conv" and n.input[0] in dq:
+            total += COST["Conv"]
+        if n.op_type in ("Sigmoid", "Mul") and all(i in dq for i in n.input) and n.output[0] in to_q:
+            total += COST["elementwise"]
+        total += COST["QuantizeLinear"] if n.op_type == "QuantizeLinear" else 0.0
+    return total
+
+
+@pytest.fixture
+def timer(monkeypatch):
+    calls = []
+
+    def ratio_of(a, b, feed):
+        calls.append((a.name, b.name))
+        return _cost(b) / _cost(a)
+
+    monkeypatch.setattr(P, "ratio_of", ratio_of)
+    return calls
+
+
+def _q(tmp_path, **kw):
+    return quantize(
+        tmp_path / "m.onnx", QuantConfig(**{**BASE, **kw}), tmp_path / "c", tmp_path / "q.onnx", latency_runs=1
+    )
+
+
+SILU = ("sig1", "mul1", "sig2", "mul2")
+
+
+def test_a_group_timed_faster_float_is_kept_float_and_the_rest_stays_int8(tmp_path, timer):
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    r = _q(tmp_path)
+    assert _cost(tmp_path / "q.onnx") == 8  # the written model is the one chosen (below)
+    static = _q(tmp_path, placement="static")
+    assert [static.plan.decision(n).action for n in SILU] == [Action.INT8] * 4
+    for n in SILU:
+        d = r.plan.decision(n)
+        assert d.action == Action.FLOAT and d.why == Why.MEASURED and "elementwise ops (4)" in d.reason.text
+    assert all(r.plan.decision(f"conv{i}").action != Action.FLOAT for i in (1, 2, 3))
+    timed = r.report.placement["timed"]
+    assert [t["group"] for t in timed][1:] == ["int8 elementwise ops (4)", "int8 Sigmoid (2)", "int8 Mul (2)"]
+    assert [t["float"] for t in timed] == [False, True, False, False]
+    assert timed[1]["ratio"] == pytest.approx(8 / 14, abs=1e-3)  # three int8 convs, no int8 SiLU: 8 against 14
+    assert r.report.placement["vs_fp32"] == pytest.approx(8 / 20, abs=1e-3)
+    assert "ran 0.57x the time" in r.plan.decision("mul1").reason.text
+    assert set(SILU) <= set(r.report.float_for_speed)
+
+
+def test_a_group_not_faster_float_stays_int8(tmp_path, timer, monkeypatch):
+    monkeypatch.setitem(COST, "elementwise", -0.1)  # int8 SiLU a little faster than float
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    r = _q(tmp_path)
+    assert r.plan.decision("sig1").action == Action.INT8 and not r.plan.by_reason(Why.MEASURED)
+    assert not any(t["float"] for t in r.report.placement["timed"]) and len(timer) == 4 + 1  # groups, FP32
+
+
+def test_no_placement_faster_than_fp32_writes_no_int8_compute_and_says_so(tmp_path, timer, monkeypatch):
+    monkeypatch.setitem(COST, "QuantizeLinear", 10.0)  # any conversion costs more than int8 wins
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    r = _q(tmp_path)
+    assert not r.plan.by_action(Action.INT8, Action.INT8_OUT_FLOAT)
+    assert any("faster than FP32 on this CPU" in w for w in r.report.warnings)
+    assert ops(tmp_path / "q.onnx").get("QuantizeLinear", 0) == 0
+    size = _q(tmp_path, objective="size")
+    assert size.report.placement is None and size.plan.decision("conv1").action == Action.INT8
+
+
+def test_fallback_keeps_int8_only_the_heavy_layers(tmp_path, timer, monkeypatch):
+    """Int8 as planned is slower than FP32 and no group helps; float below HEAVY x the threshold is faster."""
+    monkeypatch.setattr(P, "MAX_GROUPS", 0)
+    monkeypatch.setitem(COST, "elementwise", 10.0)
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    r = _q(tmp_path)
+    last = r.report.placement["timed"][-1]
+    assert last["group"].startswith("fallback") and last["float"] and r.report.placement["vs_fp32"] < 1
+    assert r.plan.decision("mul1").action == Action.FLOAT and r.plan.decision("mul1").why == Why.MEASURED
+
+
+def test_objective_size_quantizes_what_the_cost_rule_would_keep_float(tmp_path, timer):
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    latency = _q(tmp_path, min_macs_per_conversion=1e6, placement="static")
+    assert latency.plan.decision("conv1").why == Why.SPEED
+    size = _q(tmp_path, min_macs_per_conversion=1e6, objective="size")
+    assert size.plan.decision("conv1").action != Action.FLOAT and not size.plan.by_reason(Why.SPEED)
+    assert size.report.size["ratio"] < latency.report.size["ratio"]
+    assert timer == []  # neither was timed
+
+
+def test_static_placement_is_not_timed_and_the_cli_takes_both_switches(tmp_path, timer):
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c"), "-o", str(tmp_path / "q.onnx")]
+    res = CliRunner().invoke(app, args + ["--placement", "static", "--no-guard", "--json"])
+    assert res.exit_code == 0 and timer == []
+    res = CliRunner().invoke(app, args + ["--objective", "fastest"])
+    assert res.exit_code == 2 and "fastest" in res.output

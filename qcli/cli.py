@@ -37,6 +37,8 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 
     qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
 
+    qcli quantize model.onnx --scheme dynamic -o model.dyn.onnx     # no calibration data
+
     qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
 
     qcli quantize model.onnx --calib data/ --eval eval/ --min-sqnr 30     # fewest layers float to meet it
@@ -73,7 +75,11 @@ def quantize(
         typer.Option("-o", "--output", help="output model (default: `<model>.int8.onnx` or `<model>.int4.onnx`)"),
     ] = None,
     scheme: Annotated[
-        Scheme, typer.Option(help="w8a8: static int8 QDQ; w4a16: weight-only int4 blocks")
+        Scheme,
+        typer.Option(
+            help="w8a8: static int8 QDQ; dynamic: int8 weights, activations quantized at run time (no data "
+            "needed); w4a16 / w8a16: weight-only int4 / int8 blocks"
+        ),
     ] = DEFAULT.scheme,
     per_tensor: Annotated[
         bool, typer.Option("--per-tensor", help="one weight scale per tensor instead of per output channel")

@@ -45,7 +45,7 @@ MIN_BLOCK, MAX_BLOCK = 16, 256
 _SCHEME_ONLY = {
     "per_channel": ("--per-tensor", {Scheme.W8A8, Scheme.DYNAMIC}),
     "activation_symmetric": ("--activation-symmetric", {Scheme.W8A8}),
-    "reduce_range": ("--reduce-range/--no-reduce-range", {Scheme.W8A8}),
+    "reduce_range": ("--reduce-range/--no-reduce-range", {Scheme.W8A8, Scheme.DYNAMIC}),
     "calibrator": ("--calibrator", {Scheme.W8A8}),
     "calib_limit": ("--calib-limit", {Scheme.W8A8}),
     "percentile": ("--percentile", {Scheme.W8A8}),

@@ -17,6 +17,7 @@ from .diagnose import layer_errors
 from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
 from .graph import name_nodes
+from .passes.dynamic import apply_dynamic
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
@@ -39,7 +40,9 @@ class QuantizeResult:
 
 
 def default_output(model: Path, scheme: Scheme) -> Path:
-    suffix = ".int8.onnx" if scheme == Scheme.W8A8 else ".int4.onnx"
+    suffix = {Scheme.W8A8: ".int8.onnx", Scheme.DYNAMIC: ".dyn.onnx", Scheme.W8A16: ".w8.onnx"}.get(
+        scheme, ".int4.onnx"
+    )
     return model.with_name(model.stem + suffix)
 
 
@@ -88,7 +91,8 @@ def quantize(
             found = meet(job, config, target, progress) if target and job.replan else None
             if guarded:
                 run_guard(job, config, progress)
-            if job.replan and config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
+            measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
+            if job.replan and config.scheme == Scheme.W8A8 and measured:
                 run_placement(job, config, progress)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
@@ -131,6 +135,8 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     eval_src = FeedSource(eval_dir, specs, model=model_path.name) if eval_dir else None
     if config.scheme == Scheme.W8A8:
         planned = schemes.plan_w8a8(model, config, calib_src, eval_src, progress)
+    elif config.scheme == Scheme.DYNAMIC:
+        planned = schemes.plan_dynamic(model, config, calib_src, eval_src)
     else:
         planned = schemes.plan_w4a16(model, config, calib_src, eval_src)
     plan, calibration, fid = planned.plan, planned.calibration, planned.fid
@@ -172,6 +178,8 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
     qnames: dict[str, str] = {}
     if config.scheme == Scheme.W8A8:
         qmodel, qnames = apply_w8a8(job.model, plan)
+    elif config.scheme == Scheme.DYNAMIC:
+        qmodel = apply_dynamic(job.model, plan, inplace=True)
     else:
         qmodel = apply_w4a16(job.model, plan, inplace=True)  # the float graph is not needed after this
     if not _check_valid(qmodel, job.reference):
@@ -209,6 +217,10 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, cali
     out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
     if config.scheme == Scheme.W4A16 and calib_src is not None:
         out.append("--calib is not used by w4a16 rtn; its files only serve the report's fidelity figures")
+    if config.scheme == Scheme.DYNAMIC and calib_src is not None:
+        out.append(
+            "--calib is not used by --scheme dynamic (ranges are computed at run time); its files only serve fidelity"
+        )
     return out + plan.warnings
 
 
@@ -217,6 +229,8 @@ def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.Mo
     11 on) and unnamed nodes: lifted and named like the input's own."""
     if config.scheme == Scheme.W8A8:
         need, why = (13, "per-channel Q/DQ") if config.per_channel else (10, "Q/DQ")
+    elif config.scheme == Scheme.DYNAMIC:
+        need, why = (13, "per-column DequantizeLinear") if config.per_channel else (11, "DynamicQuantizeLinear")
     else:
         need, why = 21, "int4 block-wise DequantizeLinear"
     model, note = model_io.ensure_opset(model, need, why)

@@ -5,18 +5,21 @@ leaves its plan and findings in it."""
 from __future__ import annotations
 
 from .compare import Progress
-from .config import QuantConfig, effective
+from .config import QuantConfig, Scheme, effective
 from .guard import guard
+from .passes.dynamic import apply_dynamic
 from .placement import place
 from .plan import QuantPlan, Why
 from .report import Report
 from .target import AccuracyTarget, SearchResult, search
+from .trials import w8a8
 
 
 def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
     """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
     advance = progress("accuracy-target search (models tried)", None)
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance)
+    apply = (lambda m, p: apply_dynamic(m, p)) if config.scheme == Scheme.DYNAMIC else w8a8
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply)
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)

@@ -81,6 +81,9 @@ def _rows(r: Report) -> list[tuple[str, str]]:
             acts = "int8 symmetric" if c["activation_symmetric"] else "uint8 asymmetric"
             wts = "int8 symmetric " + ("per-channel" if c["per_channel"] else "per-tensor")
             rows.append(("scheme", f"W8A8 static QDQ: weights {wts}, activations {acts}, bias int32"))
+        elif c["scheme"] == "dynamic":
+            wts = "per-channel" if c["per_channel"] else "per-tensor"
+            rows.append(("scheme", f"dynamic: int8 weights {wts}, activations uint8 quantized at run time"))
         else:
             sym = "symmetric" if c["weight_symmetric_int4"] else "asymmetric"
             rows.append(("scheme", f"W4A16 weight-only: int4 {sym}, blocks of {c['block_size']} along K"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
-from . import model_io
+from . import hostcpu, model_io
 from .calibrate import calibrate
 from .compare import FidelityData, Progress
 from .config import QuantConfig
@@ -17,6 +17,7 @@ from .errors import InputError
 from .feeds import FeedSource
 from .ops import ANCHORS
 from .plan import Action, QuantPlan, Reason
+from .plan_dynamic import plan_dynamic as _plan_dynamic
 from .plan_w4a16 import plan_w4a16 as _plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .prepare import prepare
@@ -120,9 +121,21 @@ def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> 
 
 
 def plan_w4a16(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
-    plan = _plan_w4a16(model, config)
+    return Planned(_plan_w4a16(model, config), None, _data_only_for_fidelity(calib_src, eval_src))
+
+
+def plan_dynamic(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
+    """No calibration: activations are quantized at run time. Any data given serves fidelity (and a target)."""
+    cpu = hostcpu.host()
+    plan = _plan_dynamic(model, config, cpu=cpu)
+    return Planned(
+        plan, None, _data_only_for_fidelity(calib_src, eval_src), lambda more: _plan_dynamic(model, config, more, cpu)
+    )
+
+
+def _data_only_for_fidelity(calib_src: FeedSource | None, eval_src: FeedSource | None) -> FidelityData:
     src = eval_src or calib_src
     if src is None:
-        return Planned(plan, None, FidelityData(None, [], ""))
+        return FidelityData(None, [], "")
     flag = "--eval" if eval_src else "--calib"
-    return Planned(plan, None, FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)"))
+    return FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")

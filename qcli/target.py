@@ -20,7 +20,7 @@ from . import evaluate
 from .compare import FidelityData
 from .evaluate import OutputFidelity
 from .plan import QuantPlan, Reason, Why, reason
-from .trials import trials, worst_sqnr
+from .trials import Apply, trials, w8a8, worst_sqnr
 
 LATENCY_RUNS = 10  # interleaved runs for the all-int8 model's latency, when layers had to go back
 
@@ -94,9 +94,10 @@ def search(
     target: AccuracyTarget,
     fid: FidelityData,
     advance: Callable[[], None] = lambda: None,
+    apply: Apply = w8a8,
 ) -> SearchResult:
-    """Each fidelity measurement calls advance() (a step of the search)."""
-    with trials(model, reference, fid, advance) as t:
+    """Each fidelity measurement calls advance() (a step of the search). `apply` writes a plan into a model."""
+    with trials(model, reference, fid, advance, apply) as t:
         fidelity = t.measure(first, "all-int8.onnx")
         all_int8 = t.tmp / "all-int8.onnx"
         size = evaluate.file_size(all_int8)

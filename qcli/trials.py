@@ -19,6 +19,7 @@ from .compare import FidelityData
 from .diagnose import layer_errors
 from .evaluate import OutputFidelity
 from .graph import GraphIndex
+from .layerwise import per_layer
 from .passes.qdq import apply_w8a8
 from .plan import Action, QuantPlan
 
@@ -26,15 +27,24 @@ RANK_BATCHES = 4  # batches used to rank the layers
 INT8_ACTIONS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
 
 
+Apply = Callable[[ModelProto, QuantPlan], ModelProto]
+
+
+def w8a8(model: ModelProto, plan: QuantPlan) -> ModelProto:
+    return apply_w8a8(model, plan)[0]
+
+
 class Trials:
     """Writes candidate plans of `model` into one temporary folder and measures each against `reference`."""
 
-    def __init__(self, model: ModelProto, reference: Path, data: FidelityData, tmp: Path, advance=lambda: None):
+    def __init__(
+        self, model: ModelProto, reference: Path, data: FidelityData, tmp: Path, advance=lambda: None, apply=w8a8
+    ):
         self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
+        self.apply = apply
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
-        qmodel, _ = apply_w8a8(self.model, plan)
-        return model_io.save_for_session(qmodel, self.tmp, name)
+        return model_io.save_for_session(self.apply(self.model, plan), self.tmp, name)
 
     def measure(self, plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
         """Fidelity of every output of the plan's model; one step of progress."""
@@ -45,6 +55,8 @@ class Trials:
 
     def rank_units(self, plan: QuantPlan) -> list[list[str]]:
         """Int8 node groups, the one whose tensor gains the most noise first."""
+        if self.apply is not w8a8:
+            return self._rank_by_name(plan)
         qmodel, qnames = apply_w8a8(self.model, plan)
         int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
         idx = GraphIndex(self.model.graph)
@@ -61,17 +73,33 @@ class Trials:
             if nodes and e.introduced > 0:
                 units.append(nodes)
                 seen.update(nodes)
-        # Int8 compute whose added noise no quantized tensor shows (a MatMul/Gemm writing float, a layer whose
-        # noise is within its input's): last, one by one, so the ranking can end at all-float.
-        compute = (Action.INT8, Action.INT8_OUT_FLOAT)
-        units += [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
-        return units
+        return units + _rest(plan, seen)
+
+    def _rank_by_name(self, plan: QuantPlan) -> list[list[str]]:
+        """Schemes whose quantized ops keep their output names (dynamic): each int8 op's output against the
+        float model's tensor of the same name (layerwise.py), the op adding the most noise first."""
+        ref = model_io.save_for_session(self.model, self.tmp, "float.onnx")
+        cand = self.write(plan, "ranked.onnx")
+        items = self.data.items[:RANK_BATCHES]
+        layers = per_layer(ref, cand, lambda: (self.data.src.load(i) for i in items))
+        int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
+        units = [[x.node] for x in layers if x.node in int8 and x.introduced > 0]
+        return units + _rest(plan, {u[0] for u in units})
+
+
+def _rest(plan: QuantPlan, seen: set[str]) -> list[list[str]]:
+    """Int8 compute whose added noise no measured tensor shows (a MatMul/Gemm writing float, a layer whose
+    noise is within its input's): last, one by one, so the ranking can end at all-float."""
+    compute = (Action.INT8, Action.INT8_OUT_FLOAT)
+    return [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
 
 
 @contextmanager
-def trials(model: ModelProto, reference: Path, data: FidelityData, advance: Callable[[], None]) -> Iterator[Trials]:
+def trials(
+    model: ModelProto, reference: Path, data: FidelityData, advance: Callable[[], None], apply: Apply = w8a8
+) -> Iterator[Trials]:
     with tempfile.TemporaryDirectory(prefix="qcli-trials-") as tmp:
-        yield Trials(model, reference, data, Path(tmp), advance)
+        yield Trials(model, reference, data, Path(tmp), advance, apply)
 
 
 def worst_sqnr(fidelity: list[OutputFidelity]) -> float:

@@ -17,7 +17,9 @@ ANCHORS = {"Conv", "MatMul", "Gemm"}
 # Integer kernels that need every data input and the output quantized (QLinearAdd, QLinearConcat, ...).
 # (QLinearSoftmax exists but measured 4x slower than float Softmax on an attention model: left out.)
 QLINEAR = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"}
-# Data movement: the runtime drops DQ -> op -> Q when both sides share scale and zero point.
+# Data movement: the runtime drops DQ -> op -> Q when both sides share scale and zero point (Split: every
+# output's Q; MaxPool / ReduceMax / ReduceMin: a positive scale keeps the order). DepthToSpace's rule and
+# uint8 kernel came in onnxruntime 1.21: older versions run it float between its Q/DQ, as they would anyway.
 # (Transpose is left out: on uint8 it measured 6% slower end to end on an attention model, neutral elsewhere.)
 PASSTHROUGH = {
     "Reshape",
@@ -26,14 +28,27 @@ PASSTHROUGH = {
     "Unsqueeze",
     "MaxPool",
     "Slice",
+    "Split",
     "Gather",
     "GatherElements",
     "Expand",
     "Tile",
     "Resize",
+    "DepthToSpace",
+    "ReduceMax",
+    "ReduceMin",
+    "Pad",
 }
+# Passthrough ops with several outputs, each sharing the input's scale and zero point.
+MULTI_OUTPUT = {"Split"}
+# Passthrough ops qcli writes on the integers itself: onnxruntime has int8/uint8 CPU kernels for them but no
+# rule that drops the Q/DQ around them. Pad (int8 types from opset 11) pads with its value quantized.
+# (SpaceToDepth is left out: its int8 kernels are newer than the onnxruntime qcli supports.)
+NATIVE_INT8 = {"Pad"}
+# Ops that read int8 and write no activation (indices): the runtime drops the DequantizeLinear in front.
+INT_OUTPUT = {"ArgMax"}
 # Ops that make their output smaller: worth running on int8 even when float follows.
-SHRINKING = {"MaxPool", "AveragePool", "GlobalAveragePool"}
+SHRINKING = {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMax", "ReduceMin", "ArgMax"}
 # Activations absorbed into the preceding QuantizeLinear (its saturation at the zero point clamps).
 FOLDABLE = {"Relu", "Clip"}
 
@@ -107,7 +122,7 @@ def macs_per_output(node: NodeProto, idx: GraphIndex, x_shape: tuple[int, ...]) 
 
 def data_inputs(node: NodeProto) -> list[int]:
     """Indices of the inputs that carry activations (as opposed to shapes, indices, axes)."""
-    if node.op_type in PASSTHROUGH:
+    if node.op_type in PASSTHROUGH or node.op_type in INT_OUTPUT:
         return [0]
     if node.op_type in ("Conv", "Gemm"):
         return [0]

@@ -127,7 +127,10 @@ class W8A8Planner(RegionBuilder):
             act = self._region(anchors)
             cheap = {}
             produced = {
-                n.output[0] for n in self.nodes if act.get(n.name) in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)
+                t
+                for n in self.nodes
+                if act.get(n.name) in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)
+                for t in self.int8_outputs(n, act[n.name])
             }
             for node in self.nodes:
                 if node.name in anchors and self.config.precision_of(node.name, node.op_type) not in _INT8_FORCED:
@@ -188,7 +191,8 @@ class W8A8Planner(RegionBuilder):
                     src = plan.activations[node.input[0]]
                     share = src.share or src.tensor
                 q = self._chain_q(node, act, stats) if a == Action.FOLDED else None
-                self._add_act(plan, node.output[0], stats, share, q)
+                for t in self.int8_outputs(node, a):  # every output of a Split shares its input's parameters
+                    self._add_act(plan, t, stats, share, q)
         plan.macs_per_conversion = {
             n: r for n, r in self.macs_ratio.items() if act.get(n) in (Action.INT8, Action.INT8_OUT_FLOAT)
         }

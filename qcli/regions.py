@@ -9,7 +9,7 @@ from onnx import ModelProto
 from . import fold
 from .config import QuantConfig
 from .graph import GraphIndex
-from .ops import ANCHORS, PASSTHROUGH, QLINEAR, SHRINKING, data_inputs
+from .ops import ANCHORS, INT_OUTPUT, MULTI_OUTPUT, NATIVE_INT8, PASSTHROUGH, QLINEAR, SHRINKING, data_inputs
 from .plan import Action
 
 INT8_READERS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
@@ -21,6 +21,7 @@ class RegionBuilder:
         self.nodes = list(model.graph.node)
         self.by_name = {n.name: n for n in self.nodes}
         self.idx = GraphIndex(model.graph)
+        self.opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
         self.floats = floats
         self.anchors: set[str] = set()  # Conv/MatMul/Gemm that may run on int8 (set by the planner)
         self.no_fold: set[str] = set()  # folds whose zero-point shift would leave the integer range
@@ -43,23 +44,41 @@ class RegionBuilder:
                 act[n] = Action.INT8
             elif (op in fold.CLAMPS or op in fold.AFFINE) and n not in self.no_fold and self._foldable(node, act):
                 act[n] = Action.FOLDED
-            elif (
-                op in PASSTHROUGH
-                and ins
-                and (ins[0] in qt or self._const_table(node))
-                and self._rest_not_activations(node)
-                and len([o for o in node.output if o]) == 1
-            ):
+            elif op in PASSTHROUGH and ins and self._passes_int8(node, qt):
                 act[n] = Action.PASSTHROUGH
             elif (
                 op in QLINEAR and any(t in qt for t in ins) and all(t in qt or self.idx.is_float_const(t) for t in ins)
             ):
                 act[n] = Action.INT8
+            elif op in INT_OUTPUT and ins and ins[0] in qt:
+                act[n] = Action.INT8_OUT_FLOAT  # indices: nothing to quantize
+                continue
             else:
                 continue
-            qt.add(node.output[0])
+            qt.update(self.int8_outputs(node, act[n]))
         self._shrink(act)
         return act
+
+    def _passes_int8(self, node, qt: set[str]) -> bool:
+        """A data-movement op whose data input is int8 (or a constant table) and whose other inputs are not
+        activations. Pad is written on the integers: its value must be an input of the data's type (opset 11)."""
+        outputs = [o for o in node.output if o]
+        return (
+            (node.input[0] in qt or self._const_table(node))
+            and self._rest_not_activations(node)
+            and (len(outputs) == 1 or (node.op_type in MULTI_OUTPUT and len(outputs) == len(node.output)))
+            and (node.op_type not in NATIVE_INT8 or self._native_ok(node))
+        )
+
+    def _native_ok(self, node) -> bool:
+        """Pad on the integers: int8 types from opset 11, and a pad value known now (it is quantized here)."""
+        value = node.input[2] if len(node.input) > 2 else ""
+        return self.opset >= 11 and (not value or self.idx.is_float_const(value))
+
+    @staticmethod
+    def int8_outputs(node, action: Action) -> list[str]:
+        """The outputs an int8 node writes on int8: all of a passthrough's (Split), else the first."""
+        return [o for o in node.output if o] if action == Action.PASSTHROUGH else [node.output[0]]
 
     def _foldable(self, node, act: dict[str, Action]) -> bool:
         """Relu/Clip/Mul/Add right after an int8 producer (or after ops already folded into it)."""
@@ -121,7 +140,8 @@ class RegionBuilder:
                 keep = node.op_type in SHRINKING or self._const_table(node)  # int8 output is smaller anyway
                 if a is None or node.name in self.anchors or a == Action.FOLDED or keep:
                     continue
-                if not self._int8_readers(self._out(node, act), act):
+                outs = self.int8_outputs(node, a) if a == Action.PASSTHROUGH else [self._out(node, act)]
+                if not any(self._int8_readers(t, act) for t in outs):
                     del act[node.name]
                     changed = True
         for node in self.nodes:

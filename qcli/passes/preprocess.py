@@ -7,6 +7,7 @@ from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..graph import GraphIndex, Namer, add_initializer, attr, subgraphs
+from .fuse_pad import fuse_pads
 
 # Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
 _NO_FOLD = {
@@ -34,13 +35,31 @@ def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = F
         (lift_constants, True),
         (remove_identities, True),
         (fold_constants, True),
+        (fold_pads, True),
         (fold_batchnorm_into_conv, fold_batchnorm),
     ):
         if enabled:
             n = step(m)
-            if n:
+            if isinstance(n, list):
+                notes += n
+            elif n:
                 notes.append(f"{step.__name__.replace('_', ' ')}: {n}")
     return m, notes
+
+
+def fold_pads(m: ModelProto) -> list[str]:
+    """Zero constant Pads into the Conv / pool that reads them (see fuse_pad.py): one note for the folds,
+    one per Pad kept in front of a Conv / pool."""
+    done = fuse_pads(m)
+    notes = list(done.kept)
+    if done.folded:
+        _drop_unused_initializers(m)
+        notes.insert(
+            0,
+            f"fold pads: {len(done.folded)} zero Pad(s) folded into the pads of the Conv/pool reading them, as "
+            f"onnxruntime does at session start ({', '.join(done.folded)})",
+        )
+    return notes
 
 
 def lift_constants(m: ModelProto) -> int:

@@ -3,7 +3,9 @@
 Every quantized tensor T gets one QuantizeLinear after its producer and one DequantizeLinear per int8
 reader (onnxruntime matches each DQ -> op -> Q unit on its own). When T's producer runs on int8, the
 producer writes a new name, and a DequantizeLinear writes T back for float readers, graph outputs and
-subgraphs, so nothing outside the region changes.
+subgraphs, so nothing outside the region changes. A passthrough writes every output that way (Split);
+one qcli writes on the integers itself (ops.NATIVE_INT8: Pad) reads its input's quantized tensor and
+writes T's, with no Q/DQ around it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from onnx import ModelProto, helper, numpy_helper
 from .. import fold
 from .. import qparams as qp
 from ..graph import GraphIndex, Namer
-from ..ops import input_channels
+from ..ops import NATIVE_INT8, input_channels
 from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
 from ..weights import WEIGHT_ALGOS
 from .preprocess import _drop_unused_initializers
@@ -138,7 +140,9 @@ class _Rewriter:
             if node.name in folded:
                 continue
             a = self.act.get(node.name, Action.FLOAT)
-            if a in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH):
+            if a == Action.PASSTHROUGH and node.op_type in NATIVE_INT8:
+                self._native_inputs(node)
+            elif a in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH):
                 self._rewire_inputs(node)
             self.out.append(node)
             self._after(node, a)
@@ -163,17 +167,33 @@ class _Rewriter:
             elif t in self.quantized:
                 node.input[i] = self.dq_of(t)
 
+    def _native_inputs(self, node) -> None:
+        """An op on the integers: the quantized data in; Pad's value quantized like its output (a zero pad is
+        the zero point), so it writes exactly what DQ -> Pad -> Q would."""
+        node.input[0] = self.quantized[node.input[0]]
+        if node.op_type == "Pad":
+            a = self.plan.activations[node.output[0]]
+            qt = qp.QTYPES[a.qtype]
+            value = self.idx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.float32(0)
+            p = qp.QParams(np.array(a.scale, np.float32), np.array(a.zero_point, qt.np_dtype), qt)
+            q = qp.quantize(np.asarray(value, np.float32).reshape(()), p)
+            node.input.extend([""] * (3 - len(node.input)))
+            node.input[2] = self.init("pv", q)
+
     def _after(self, node, a: Action) -> None:
         """A QuantizeLinear for every output of `node` the plan quantizes (each output of a multi-output op)."""
         for k, t in enumerate(node.output):
             if not t or t not in self.plan.activations:
                 continue
-            if not (k == 0 and a in (Action.INT8, Action.PASSTHROUGH)):
+            if not (a == Action.PASSTHROUGH or (k == 0 and a == Action.INT8)):
                 self.emit_q(t, t)  # float producer: float readers keep reading t itself
                 continue
-            raw = self.name("f")
-            node.output[0] = raw
-            self.emit_q(t, raw)
+            if a == Action.PASSTHROUGH and node.op_type in NATIVE_INT8:
+                node.output[k] = self.quantized[t] = self.name("q")  # writes the integers itself
+            else:
+                raw = self.name("f")
+                node.output[k] = raw
+                self.emit_q(t, raw)
             readers = self.idx.consumers.get(t, [])
             if self.idx.escapes(t) or any(self.act.get(r.name, Action.FLOAT) == Action.FLOAT for r in readers):
                 self.dq_for_float_readers(t, readers)

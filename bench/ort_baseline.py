@@ -2,6 +2,7 @@
 
     python bench/ort_baseline.py static MODEL CALIB_DIR OUT [--preprocess] [--reduce-range]
     python bench/ort_baseline.py nbits MODEL OUT
+    python bench/ort_baseline.py dynamic MODEL OUT
 
 static: quantize_static, QDQ format, per-channel, MinMax calibration (--method: percentile, entropy
         with onnxruntime's default options: 99.999 percentile, 128 quantized bins), QUInt8 activations and
@@ -10,6 +11,7 @@ static: quantize_static, QDQ format, per-channel, MinMax calibration (--method: 
         inference + graph optimisation + ONNX shape inference). --reduce-range stores 7-bit
         weights, as onnxruntime recommends on x86 CPUs without VNNI, where uint8 x int8
         products can saturate.
+dynamic: quantize_dynamic, per-channel QInt8 weights (activations quantized at run time, no data).
 nbits:  MatMulNBitsQuantizer, 4-bit symmetric round-to-nearest weights in blocks of 32
         (DefaultWeightOnlyQuantConfig, which is plain RTN; the algorithm named "RTN" in
         onnxruntime needs Intel Neural Compressor), written as com.microsoft MatMulNBits.
@@ -86,6 +88,12 @@ def nbits(model: Path, out: Path) -> None:
     quantizer.model.save_model_to_file(str(out))
 
 
+def dynamic(model: Path, out: Path) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(model), str(out), per_channel=True, weight_type=QuantType.QInt8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -99,11 +107,16 @@ def main() -> None:
     p_nbits = sub.add_parser("nbits")
     p_nbits.add_argument("model", type=Path)
     p_nbits.add_argument("out", type=Path)
+    p_dynamic = sub.add_parser("dynamic")
+    p_dynamic.add_argument("model", type=Path)
+    p_dynamic.add_argument("out", type=Path)
     args = parser.parse_args()
     args.model, args.out = args.model.resolve(), args.out.resolve()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.mode == "static":
         static(args.model, args.calib.resolve(), args.out, args.preprocess, args.reduce_range, args.method)
+    elif args.mode == "dynamic":
+        dynamic(args.model, args.out)
     else:
         nbits(args.model, args.out)
 

@@ -51,10 +51,12 @@ class Variant:
         base = {
             "qcli-w8a8": qcli + ["--calib", str(calib), "-o", str(out)],
             "qcli-w4a16": qcli + ["--scheme", "w4a16", "-o", str(out)],
+            "qcli-dynamic": qcli + ["--scheme", "dynamic", "-o", str(out)],
+            "ort-dynamic": [PY, str(BENCH / "ort_baseline.py"), "dynamic", str(model), str(out)],
             "ort-static": ort_static,
             "ort-nbits": [PY, str(BENCH / "ort_baseline.py"), "nbits", str(model), str(out)],
         }[self.slug.split(":")[0]]
-        return base + list(self.args)
+        return base + [str(calib) if a == "CALIB" else a for a in self.args]
 
 
 def qcli_w8a8(label: str = "", *args: str, optional: bool = False) -> Variant:
@@ -83,14 +85,19 @@ W4 = [
     Variant("qcli W4A16", "qcli-w4a16", False),
     Variant("ORT MatMulNBits int4 RTN b32", "ort-nbits", False),
 ]
+DYNAMIC = [
+    Variant("qcli dynamic", "qcli-dynamic", False),
+    Variant("ORT quantize_dynamic per-channel", "ort-dynamic", False),
+]
+STATIC_PLACEMENT = qcli_w8a8("static placement", "--placement", "static", optional=True)
 MODELS = {
     "cnn": W8A8,
     "attention": W8A8 + W4,
-    "det": W8A8 + METHODS + [qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
+    "det": W8A8 + METHODS + [STATIC_PLACEMENT, qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
     "rec": W8A8
     + METHODS
     + [qcli_w8a8("percentile min-sqnr 20", "--calibrator", "percentile", "--min-sqnr", "20", optional=True)],
-    "cls": W8A8,
+    "cls": W8A8 + [STATIC_PLACEMENT],
     "dwsep": [
         qcli_w8a8(),
         qcli_w8a8("equalize", "--equalize"),
@@ -98,6 +105,8 @@ MODELS = {
         ort_static(),
     ],
     "minilm": W4
+    + DYNAMIC
+    + [Variant("qcli dynamic min-sqnr 20", "qcli-dynamic:target", True, ("--calib", "CALIB", "--min-sqnr", "20"))]
     + [Variant(v.label, v.slug, True, v.args) for v in W8A8]
     + METHODS
     + [

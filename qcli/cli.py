@@ -15,7 +15,7 @@ import typer
 
 from . import inspection, pipeline
 from .cli_output import err, errors, kv, print_plan, progress_bars, say, show
-from .config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo
+from .config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat
 from .errors import GateFailed
 from .overrides import Overrides
 from .overrides import load as load_overrides
@@ -128,6 +128,15 @@ def quantize(
     block_size: Annotated[
         int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")
     ] = DEFAULT.block_size,
+    weight_format: Annotated[
+        WeightFormat,
+        typer.Option(
+            "--format",
+            help="w4a16/w8a16: qdq (portable DequantizeLinear -> MatMul), ort (onnxruntime's MatMulNBits / "
+            "GatherBlockQuantized) or auto (time both on this CPU, keep the fastest that keeps the exact math's "
+            "fidelity)",
+        ),
+    ] = DEFAULT.weight_format,
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
     ] = not DEFAULT.weight_symmetric_int4,
@@ -203,6 +212,7 @@ def quantize(
             calib_limit=calib_limit,
             block_size=block_size,
             weight_symmetric_int4=not weight_asymmetric,
+            weight_format=weight_format,
             exclude=tuple(exclude or ()),
             min_macs_per_conversion=min_macs,
             objective=objective,

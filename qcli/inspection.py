@@ -17,6 +17,7 @@ from .config import QuantConfig, Scheme, unmatched_excludes
 from .feeds import input_specs
 from .graph import name_nodes, subgraphs
 from .passes.preprocess import preprocess
+from .plan_dynamic import plan_dynamic
 from .plan_w4a16 import plan_w4a16
 from .plan_w8a8 import W8A8Planner
 
@@ -54,7 +55,9 @@ class Inspection:
             "ops: " + ", ".join(f"{op} x{n}" for op, n in self.ops.items()),
         ]
         by_op = Counter(c["op_type"] for c in self.candidates)
-        label = "int4 weights" if self.scheme == Scheme.W4A16.value else "int8 candidates"
+        label = {Scheme.W4A16.value: "int4 weights", Scheme.W8A16.value: "int8 weights"}.get(
+            self.scheme, "int8 candidates"
+        )
         out.append(f"{self.scheme} {label}: " + (", ".join(f"{op} x{n}" for op, n in by_op.items()) or "none"))
         reasons: dict[str, list[str]] = {}
         for d in self.float_nodes:
@@ -102,7 +105,8 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.weights_bytes = sum(_nbytes(t) for t in model.graph.initializer) + sum(
         _nbytes(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
     )
-    need = {Scheme.W8A8: 13 if config.per_channel else 10, Scheme.W4A16: 21}[config.scheme]
+    per_channel = 13 if config.per_channel else 10
+    need = {Scheme.W8A8: per_channel, Scheme.DYNAMIC: 13 if config.per_channel else 11}.get(config.scheme, 21)
     opset = model_io.onnx_opset(model)
     if opset < need:
         info.notes.append(
@@ -117,8 +121,8 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.warnings += [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
-    if config.scheme == Scheme.W4A16:
-        plan = plan_w4a16(model, config)
+    if config.scheme != Scheme.W8A8:  # these need no data: the final plan
+        plan = plan_dynamic(model, config) if config.scheme == Scheme.DYNAMIC else plan_w4a16(model, config)
         info.candidates = [
             {"node": d.node, "op_type": d.op_type, "action": d.action.value}
             for d in plan.nodes

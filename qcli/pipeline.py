@@ -12,7 +12,7 @@ import onnx
 
 from . import model_io, schemes
 from .compare import FidelityData, Progress, compare, measure, no_progress
-from .config import Objective, Placement, QuantConfig, Scheme, unmatched_excludes
+from .config import Objective, Placement, QuantConfig, Scheme, WeightFormat, unmatched_excludes
 from .diagnose import layer_errors
 from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
@@ -21,9 +21,10 @@ from .passes.dynamic import apply_dynamic
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
+from .passes.weight_only import quantize_plan
 from .plan import QuantPlan, Reason
 from .provenance import provenance
-from .refine import describe, meet, run_guard, run_placement
+from .refine import choose_weight_format, describe, meet, run_guard, run_placement
 from .report import Report, write_beside
 from .target import AccuracyTarget
 
@@ -181,7 +182,10 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
     elif config.scheme == Scheme.DYNAMIC:
         qmodel = apply_dynamic(job.model, plan, inplace=True)
     else:
-        qmodel = apply_w4a16(job.model, plan, inplace=True)  # the float graph is not needed after this
+        quantized = quantize_plan(job.model, plan)
+        if config.weight_format == WeightFormat.AUTO:
+            choose_weight_format(job, config, progress, ort_config, quantized)
+        qmodel = apply_w4a16(job.model, plan, inplace=True, quantized=quantized)  # the float graph is done
     if not _check_valid(qmodel, job.reference):
         report.notes.append(
             "the input model does not pass onnx.checker's full check; output checked at "
@@ -195,7 +199,9 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
         job.model = qmodel = None
     measure(report, job.reference, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
     slower = report.latency is not None and report.latency.ratio >= 1.0
-    if config.scheme == Scheme.W4A16 and slower and not (ort_config or {}).get(NBITS_LEVEL):
+    qdq = plan.decisions.get("weight_format", {}).get("value", "qdq") == "qdq"
+    weight_only = config.scheme in (Scheme.W4A16, Scheme.W8A16)
+    if weight_only and qdq and slower and not (ort_config or {}).get(NBITS_LEVEL):
         report.notes.append(
             "onnxruntime runs DequantizeLinear(int4) -> MatMul as MatMulNBits with int8 compute by default "
             f"(accuracy level 4), which can be slower than float compute: try session config {NBITS_LEVEL}=0 "
@@ -215,8 +221,10 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, cali
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
     out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
-    if config.scheme == Scheme.W4A16 and calib_src is not None:
-        out.append("--calib is not used by w4a16 rtn; its files only serve the report's fidelity figures")
+    if config.scheme in (Scheme.W4A16, Scheme.W8A16) and calib_src is not None:
+        out.append(
+            f"--calib is not used by {config.scheme.value} rtn; its files serve fidelity (and --format auto's timing)"
+        )
     if config.scheme == Scheme.DYNAMIC and calib_src is not None:
         out.append(
             "--calib is not used by --scheme dynamic (ranges are computed at run time); its files only serve fidelity"
@@ -231,8 +239,10 @@ def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.Mo
         need, why = (13, "per-channel Q/DQ") if config.per_channel else (10, "Q/DQ")
     elif config.scheme == Scheme.DYNAMIC:
         need, why = (13, "per-column DequantizeLinear") if config.per_channel else (11, "DynamicQuantizeLinear")
+    elif config.weight_format == WeightFormat.ORT:
+        return model, None  # com.microsoft MatMulNBits / GatherBlockQuantized: no standard opset needed
     else:
-        need, why = 21, "int4 block-wise DequantizeLinear"
+        need, why = 21, "block-wise DequantizeLinear"
     model, note = model_io.ensure_opset(model, need, why)
     if note:
         lift_constants(model)

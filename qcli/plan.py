@@ -14,10 +14,11 @@ from typing import Any
 
 class Action(str, Enum):
     INT8 = "int8"  # runs as an integer kernel (QLinearConv, QGemm, QLinearMatMul, QLinearAdd, ...)
-    INT8_OUT_FLOAT = "int8-float-out"  # MatMul/Gemm on int8 inputs writing float (MatMulIntegerToFloat, QGemm)
+    INT8_OUT_FLOAT = "int8-float-out"  # int8 inputs, float output (MatMulIntegerToFloat, QGemm; ArgMax)
     PASSTHROUGH = "int8-passthrough"  # moves int8 data (Reshape, MaxPool, ...): the runtime drops its Q/DQ
     FOLDED = "folded-into-q"  # Relu/Clip removed: the following QuantizeLinear's saturation does the clamp
     INT4_WEIGHT = "int4-weight"  # weight-only int4 blocks, float compute
+    INT8_WEIGHT = "int8-weight"  # weight-only int8 blocks (w8a16), float compute; int8 embedding tables
     FLOAT = "float"
 
 

@@ -4,6 +4,7 @@ leaves its plan and findings in it."""
 
 from __future__ import annotations
 
+from . import weight_format
 from .compare import Progress
 from .config import QuantConfig, Scheme, effective
 from .guard import guard
@@ -63,3 +64,34 @@ def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
     report.config = effective(config, plan.decisions)
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED, Why.MEASURED)]
     report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
+
+
+def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_config, quantized) -> None:
+    """W4A16 / W8A16 --format auto: the form (and MatMulNBits accuracy level) measured fastest on this CPU among
+    those that keep the exact math's fidelity (weight_format.py), into the plan's decisions and the report."""
+    plan, fid = job.plan, job.fid
+    items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
+    feeds = [fid.src.load(i) for i in items]
+    advance = progress("choosing the weight format (timings)", 1)
+    choice = weight_format.choose(job.model, plan, job.reference, feeds, ort_config=ort_config, quantized=quantized)
+    advance()
+    plan.decisions.update(choice.decisions())
+    describe(job.report, config, plan)
+    job.report.warnings += _slower_than_float(choice)
+
+
+def _slower_than_float(choice: weight_format.FormatChoice) -> list[str]:
+    """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
+    chosen = next((t for t in choice.trials if choice.why.startswith(t.name + ":")), None)
+    if chosen is None or choice.float_ms is None or chosen.median_ms < choice.float_ms:
+        return []
+    faster = [t for t in choice.trials if t.median_ms < choice.float_ms and not t.accepted]
+    alt = "; ".join(
+        f"{t.name} runs {t.median_ms / choice.float_ms:.2f}x, {t.sqnr_vs_exact_db:.1f} dB from the exact math"
+        for t in faster
+    )
+    return [
+        f"--format auto: the only form that keeps the exact math's fidelity ({chosen.name}) runs "
+        f"{chosen.median_ms / choice.float_ms:.2f}x FP32 on this CPU"
+        + (f"; faster but less exact: {alt}" if alt else "")
+    ]

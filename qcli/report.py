@@ -86,7 +86,15 @@ def _rows(r: Report) -> list[tuple[str, str]]:
             rows.append(("scheme", f"dynamic: int8 weights {wts}, activations uint8 quantized at run time"))
         else:
             sym = "symmetric" if c["weight_symmetric_int4"] else "asymmetric"
-            rows.append(("scheme", f"W4A16 weight-only: int4 {sym}, blocks of {c['block_size']} along K"))
+            bits = "int8" if c["scheme"] == "w8a16" else "int4"
+            form = r.decisions.get("weight_format", {}).get("value", c.get("weight_format", "qdq"))
+            rows.append(
+                (
+                    "scheme",
+                    f"{c['scheme'].upper()} weight-only: {bits} {sym}, blocks of {c['block_size']} along K, "
+                    f"written as {'MatMulNBits' if form == 'ort' else 'DequantizeLinear -> MatMul'} ({form})",
+                )
+            )
     for name, d in r.decisions.items():
         rows.append((f"decided {name.replace('_', ' ')}", f"{d['value']} ({d['why']})"))
     if r.plan:

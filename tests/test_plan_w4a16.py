@@ -134,6 +134,7 @@ def matmul_model(k, n=64, seed=0, heavy_tail=False):
 
 def _quantize(tmp_path, model, **cfg):
     onnx.save(model, tmp_path / "f.onnx")
+    cfg.setdefault("weight_format", "qdq")  # this file tests the portable form; test_nbits.py the ort one
     return quantize(tmp_path / "f.onnx", QuantConfig(scheme=W4, **cfg), out=tmp_path / "q.onnx", latency_runs=2)
 
 
@@ -349,7 +350,9 @@ def test_smaller_blocks_are_at_least_as_faithful(tmp_path):
     measured = {}
     for block in (16, 32, 64, 128):
         out = tmp_path / f"q{block}.onnx"
-        quantize(tmp_path / "f.onnx", QuantConfig(scheme=W4, block_size=block), out=out, latency_runs=2)
+        quantize(
+            tmp_path / "f.onnx", QuantConfig(scheme=W4, block_size=block, weight_format="qdq"), out=out, latency_runs=2
+        )
         measured[block] = sqnr(ref, run(out, {"x": x}, exact_qdq=True)[0])
     assert measured[16] >= measured[32] >= measured[64] >= measured[128], measured
     assert measured[16] > measured[128] + 3, measured
@@ -429,7 +432,11 @@ def test_a_block_larger_than_every_reduction_dim_quantizes_nothing_and_says_so(t
     assert not [n for n in some.report.warnings + some.report.notes if "128" in n]
 
 
-def test_a_weight_shared_by_two_matmuls_is_stored_once(tmp_path):
+def test_a_weight_shared_by_two_matmuls_gets_a_copy_per_reader_so_both_fuse(tmp_path):
+    """onnxruntime fuses DequantizeLinear -> MatMul into MatMulNBits only where the DequantizeLinear is its
+    initializers' sole reader (one DQ read by two MatMuls, or two DQs of one initializer, stay unfused: the
+    weight would be dequantized on every run). So each reader gets its own int4 copy, same values; a note says
+    so (--format ort stores one)."""
     w = (np.random.default_rng(0).standard_normal((64, 64)) * 0.1).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["h"], name="mm1"),
@@ -438,8 +445,11 @@ def test_a_weight_shared_by_two_matmuls_is_stored_once(tmp_path):
     m = _model(nodes, [_vi("x", ["N", 64])], [_vi("y", ["N", 64])], [numpy_helper.from_array(w, "W")])
     r = _quantize(tmp_path, m)
     q = onnx.load(str(r.output))
-    assert ops(r.output)["DequantizeLinear"] == 1
-    assert sum(t.data_type == TensorProto.INT4 for t in q.graph.initializer) == 1
-    (_, v1), (_, v2) = weight_read_by(q, "mm1"), weight_read_by(q, "mm2")
+    assert ops(r.output)["DequantizeLinear"] == 2
+    assert sum(t.data_type == TensorProto.INT4 for t in q.graph.initializer) == 2
+    (dq1, v1), (dq2, v2) = weight_read_by(q, "mm1"), weight_read_by(q, "mm2")
+    assert not set(dq1.input) & set(dq2.input)
     np.testing.assert_array_equal(v1, expected_dequantized(w, 32)[0])
     np.testing.assert_array_equal(v2, v1)
+    assert fused_ops(r.output, tmp_path) == {"MatMulNBits": 2}
+    assert [n for n in r.report.notes if "one copy per reader" in n]

@@ -1,78 +1,72 @@
-"""Apply a W4A16 plan: weights become INT4/UINT4 initializers read through a blocked DequantizeLinear.
+"""Apply a weight-only plan (w4a16, w8a16) in the form chosen: the portable QDQ form, here, or onnxruntime's
+MatMulNBits / GatherBlockQuantized (nbits.py).
 
-Gemm nodes become MatMul (+ Add for the bias) with the weight laid out [K, N], blocked along K: the
-`DQ(int4, axis=0, block_size) -> MatMul` form that onnxruntime turns into its MatMulNBits kernel.
+The QDQ form: MatMul reads `DequantizeLinear(int4|uint4|int8|uint8 [K, N], axis=0, block_size)`, which
+onnxruntime fuses into MatMulNBits (K need not be a multiple of the block). Gemm becomes MatMul (+ Add for
+the bias) with alpha folded into the weight. A Gather table is stored one code per byte (standard Gather takes
+no 4-bit type) and dequantized after the Gather: Gather(codes) and Gather(scales) -> DequantizeLinear(axis=-1),
+so only the rows read are dequantized.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto
 
-from .. import qparams as qp
-from ..graph import GraphIndex, Namer, attr
+from ..config import WeightFormat
+from ..errors import InternalError
 from ..plan import QuantPlan
-from ..weights import WEIGHT_ALGOS
-from .preprocess import _drop_unused_initializers
+from ..weights import BlockWeight
+from . import nbits
+from .weight_only import Key, Rewriter, rewrite
 
 
-def apply_w4a16(model: ModelProto, plan: QuantPlan, inplace: bool = False) -> ModelProto:
-    m = model if inplace else ModelProto()
-    if not inplace:
-        m.CopyFrom(model)
-    g = m.graph
-    idx = GraphIndex(g)
-    name = Namer(g)
-    weights = {w.node: w for w in plan.weights}
-    done: dict[tuple[str, bool, float], str] = {}  # (float weight, transposed, alpha) -> dequantized tensor
-    out_nodes = []
+class QdqForm:
+    def __init__(self) -> None:
+        self.tables: dict[Key, list[str]] = {}
 
-    def add_init(stem: str, value: np.ndarray) -> str:
-        n = name(stem)
-        g.initializer.append(numpy_helper.from_array(value, n))
-        return n
+    def matmul(self, rw: Rewriter, a: str, w: BlockWeight, key: Key, out: str, name: str) -> None:
+        # One set of initializers per reader, even for a weight read twice: onnxruntime fuses DequantizeLinear ->
+        # MatMul into MatMulNBits only where the DequantizeLinear is its initializers' sole reader.
+        ins = [rw.init("w", w.codes.T), rw.init("ws", w.params.scale.T)]
+        if not w.symmetric:
+            ins.append(rw.init("wz", w.params.zero_point.T))
+        deq = rw.name("wd")
+        rw.add("DequantizeLinear", ins, [deq], axis=0, block_size=w.block_size)
+        rw.add("MatMul", [a, deq], [out], name=name)
 
-    for node in g.node:
-        w = weights.get(node.name)
-        if w is None:
-            out_nodes.append(node)
-            continue
-        transposed = node.op_type == "Gemm" and bool(attr(node, "transB", 0))
-        alpha = float(attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        key = (w.tensor, transposed, alpha)
-        if key not in done:
-            value = idx.const(w.tensor).astype(np.float32)
-            value = value.T.copy() if transposed else value  # [K, N]
-            if node.op_type == "Gemm" and attr(node, "alpha", 1.0) != 1.0:
-                value = (value * np.float32(attr(node, "alpha", 1.0))).astype(np.float32)
-            q, p = WEIGHT_ALGOS.get(w.algo)(value, qp.QTYPES[w.qtype], w.symmetric, 0, w.block_size)
-            ins = [add_init("w", q), add_init("ws", p.scale)]
+    def gather(self, rw: Rewriter, ids: str, w: BlockWeight, key: Key, out: str, name: str) -> None:
+        if key not in self.tables:
+            byte = np.int8 if w.qtype.signed else np.uint8
+            self.tables[key] = [rw.init("e", w.codes.astype(byte)), rw.init("es", w.params.scale)]
             if not w.symmetric:
-                ins.append(add_init("wz", p.zero_point))
-            done[key] = name("wd")
-            out_nodes.append(
-                helper.make_node("DequantizeLinear", ins, [done[key]], name=name("dq"), axis=0, block_size=w.block_size)
-            )
-        if node.op_type == "MatMul":
-            node.input[1] = done[key]
-            out_nodes.append(node)
-            continue
-        # Gemm(A, B, C) -> MatMul(A, B') [+ Add C]
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = name("mm") if has_bias else node.output[0]
-        out_nodes.append(helper.make_node("MatMul", [node.input[0], done[key]], [mm_out], name=node.name))
-        if has_bias:
-            c, beta = node.input[2], np.float32(attr(node, "beta", 1.0))
-            if beta != 1.0 and idx.is_const(c):
-                c = add_init("c", (idx.const(c) * beta).astype(np.float32))
-            elif beta != 1.0:  # C computed at run time: scale it there
-                scaled = name("c")
-                out_nodes.append(
-                    helper.make_node("Mul", [c, add_init("beta", np.array(beta))], [scaled], name=name("mul"))
-                )
-                c = scaled
-            out_nodes.append(helper.make_node("Add", [mm_out, c], [node.output[0]], name=name("add")))
-    del g.node[:]
-    g.node.extend(out_nodes)
-    _drop_unused_initializers(m)
-    return m
+                self.tables[key].append(rw.init("ez", w.params.zero_point.astype(byte)))
+        rows = [rw.name("g") for _ in self.tables[key]]
+        for i, (table, row) in enumerate(zip(self.tables[key], rows)):
+            rw.add("Gather", [table, ids], [row], name=name if i == 0 else None, axis=0)
+        rw.add("DequantizeLinear", rows, [out], axis=-1, block_size=w.block_size)
+
+    def finish(self, model: ModelProto) -> None:
+        return None
+
+
+def apply_w4a16(
+    model: ModelProto,
+    plan: QuantPlan,
+    inplace: bool = False,
+    weight_format: WeightFormat | str | None = None,
+    accuracy_level: int | None = None,
+    quantized: dict[Key, BlockWeight] | None = None,
+) -> ModelProto:
+    """Write the plan's weights in `weight_format` (default: the plan's decision, else qdq). accuracy_level
+    (ort form only; default: the plan's decision, else 0: fp32 compute) is MatMulNBits' attribute.
+    `quantized` (weight_only.quantize_plan) saves quantizing again when several forms are written."""
+    decided = plan.decisions.get("weight_format", {}).get("value", WeightFormat.QDQ.value)
+    fmt = WeightFormat(weight_format or decided)
+    if fmt == WeightFormat.AUTO:
+        raise InternalError("internal error: --format auto must be decided (weight_format.choose) before writing")
+    if fmt == WeightFormat.QDQ:
+        return rewrite(model, plan, QdqForm(), quantized, inplace)
+    if accuracy_level is None:
+        accuracy_level = plan.decisions.get("accuracy_level", {}).get("value", nbits.FP32)
+    return rewrite(model, plan, nbits.OrtForm(accuracy_level), quantized, inplace)

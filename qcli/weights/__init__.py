@@ -2,5 +2,6 @@
 
 from . import rtn  # noqa: F401  (registers "rtn")
 from .base import WEIGHT_ALGOS, WeightQuantizer
+from .blocks import BlockWeight, quantize_rows
 
-__all__ = ["WEIGHT_ALGOS", "WeightQuantizer"]
+__all__ = ["WEIGHT_ALGOS", "WeightQuantizer", "BlockWeight", "quantize_rows"]

@@ -1,0 +1,235 @@
+"""--format auto: which weight-only form, and which MatMulNBits accuracy level, runs fastest on this CPU while
+computing what the quantized weights mean.
+
+Candidates, all written from the same quantized weights:
+  qdq       DequantizeLinear -> MatMul, portable; onnxruntime fuses it into MatMulNBits at its session's
+            accuracy level (session.qdq_matmulnbits_accuracy_level, default 4: int8 compute)
+  ort-fp32  MatMulNBits, accuracy level 0: the activations stay fp32
+  ort-int8  MatMulNBits, accuracy level 4: the activations are quantized to int8 per block (faster where int8
+            dot products are; it can flip the argmax of small LMs, onnxruntime issue 29849)
+Fidelity, against the exact math (the qdq model run with graph optimizations off: each weight dequantized, then
+an fp32 MatMul): a candidate is accepted when on every output its deviation from the exact math is at least
+MARGIN_DB under the quantization noise itself (exact vs the FP32 model) or at float-rounding level, and when on
+score outputs it flips no more argmax rows than the fp32-compute form does (float rounding near ties).
+Speed: median latency over runs interleaved round robin with the FP32 model, on one batch, thread spinning off,
+for about budget_s seconds. Choice: the fastest accepted candidate; one within TIE of it that comes earlier in
+CANDIDATES (more portable, then more exact) wins the tie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto
+
+from . import evaluate, model_io
+from .config import WeightFormat
+from .passes.int4 import apply_w4a16
+from .passes.nbits import FP32, INT8
+from .passes.weight_only import Key, quantize_plan
+from .plan import QuantPlan
+from .qparams import NoiseMeter
+from .session import Session, session_options
+from .weights import BlockWeight
+
+MARGIN_DB = 6.0  # a candidate's own noise at most 1/4 of the quantization noise's power: <= 1 dB off the exact SQNR
+ROUNDING_DB = 80.0  # closer than this to the exact math is float rounding (weights that quantize exactly)
+TIE = 0.03  # medians within 3% count as equally fast
+FIDELITY_BATCHES = 4
+MIN_RUNS, MAX_RUNS = 5, 200
+LEVELS = {FP32: "fp32 compute", INT8: "int8 compute (activations quantized per block)"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    weight_format: WeightFormat
+    accuracy_level: int | None  # MatMulNBits attribute; None: the qdq form, fused at the session's level
+
+
+EXACT = Candidate("exact", WeightFormat.QDQ, None)  # the qdq form, run with graph optimizations off
+CANDIDATES = (
+    Candidate("qdq", WeightFormat.QDQ, None),
+    Candidate("ort-fp32", WeightFormat.ORT, FP32),
+    Candidate("ort-int8", WeightFormat.ORT, INT8),
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    median_ms: float
+    p10_p90_ms: tuple[float, float]
+    sqnr_vs_exact_db: float  # worst output: the candidate against the exact dequantized math
+    flips: int  # score-output rows whose argmax differs from the exact math's
+    rows: int
+    accepted: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    weight_format: WeightFormat
+    accuracy_level: int | None
+    why: str
+    trials: tuple[Trial, ...] = ()
+    float_ms: float | None = None  # the FP32 model's median in the same interleaved runs
+    quantization_db: float | None = None  # worst output: exact dequantized math vs the FP32 model
+    runs: int = 0
+
+    def decisions(self) -> dict[str, dict]:
+        """Entries for QuantPlan.decisions: apply_w4a16 reads them; the report shows them."""
+        measured = {"float_ms": self.float_ms, "runs": self.runs, "trials": [asdict(t) for t in self.trials]}
+        out = {"weight_format": {"value": self.weight_format.value, "why": self.why, **measured}}
+        if self.accuracy_level is not None:
+            level = LEVELS.get(self.accuracy_level, f"level {self.accuracy_level}")
+            out["accuracy_level"] = {"value": self.accuracy_level, "why": f"{level}; {self.why}"}
+        return out
+
+
+def choose(
+    model: ModelProto,
+    plan: QuantPlan,
+    reference: Path,
+    feeds: list[dict[str, np.ndarray]],
+    candidates: tuple[Candidate, ...] = CANDIDATES,
+    budget_s: float = 3.0,
+    ort_config: dict[str, str] | None = None,
+    quantized: dict[Key, BlockWeight] | None = None,
+) -> FormatChoice:
+    """Measure `candidates` (written from `model`, the float graph the plan was made on) against the FP32
+    model at `reference`, on `feeds` (the first one times them). Leaves `model` unchanged. `quantized`
+    (weight_only.quantize_plan) saves quantizing the weights again; pass the same to apply_w4a16."""
+    if not feeds:
+        return FormatChoice(WeightFormat.QDQ, None, "no data to measure on (--eval or --calib): the portable form")
+    if not plan.weights:
+        return FormatChoice(WeightFormat.QDQ, None, "nothing quantized: no weight-only operator to choose")
+    quantized = quantize_plan(model, plan) if quantized is None else quantized
+    with tempfile.TemporaryDirectory(prefix="qcli-format-") as tmp, contextlib.ExitStack() as stack:
+        paths: dict[str, Path] = {}
+        for c in candidates if any(c.name == "qdq" for c in candidates) else (EXACT, *candidates):
+            written = apply_w4a16(model, plan, False, c.weight_format, c.accuracy_level, quantized)
+            paths[c.name] = model_io.save_for_session(written, Path(tmp), f"{c.name}.onnx")
+            del written
+        sessions = {
+            c.name: stack.enter_context(Session(paths[c.name], config=ort_config, ours=True)) for c in candidates
+        }
+        exact = paths.get("qdq", paths.get(EXACT.name))
+        fid = _fidelity(model, reference, exact, sessions, feeds[:FIDELITY_BATCHES])
+        ref = stack.enter_context(Session(reference, config=ort_config))
+        times, runs = _interleaved({"float": ref, **sessions}, feeds[0], budget_s)
+    return _decide(candidates, fid, times, runs)
+
+
+@dataclass
+class _Fidelity:
+    quantization: dict[str, NoiseMeter]  # per output: exact vs FP32
+    deviation: dict[str, dict[str, NoiseMeter]]  # per candidate, per output: candidate vs exact
+    flips: dict[str, int]
+    rows: int = 0
+
+
+def _fidelity(model, reference: Path, exact_path: Path, sessions: dict[str, Session], feeds) -> _Fidelity:
+    so = session_options()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # DQ then MatMul, as written
+    exact = ort.InferenceSession(str(exact_path), so, providers=["CPUExecutionProvider"])
+    scores = score_outputs(model, reference)
+    with Session(reference) as ref:
+        names = ref.outputs()
+        fid = _Fidelity({n: NoiseMeter() for n in names}, {c: {n: NoiseMeter() for n in names} for c in sessions}, {})
+        fid.flips = dict.fromkeys(sessions, 0)
+        for feed in feeds:
+            want = dict(zip(names, exact.run(names, feed)))
+            for n, r in zip(names, ref.run(names, feed)):
+                fid.quantization[n].add(r, want[n])
+            for c, sess in sessions.items():
+                for n, got in zip(names, sess.run(names, feed)):
+                    fid.deviation[c][n].add(want[n], got)
+                    if n in scores and got.ndim >= 2 and got.shape[-1] >= 2:
+                        fid.flips[c] += int(np.sum(got.argmax(-1) != want[n].argmax(-1)))
+            fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in names if n in scores and want[n].ndim >= 2)
+    del exact
+    return fid
+
+
+def score_outputs(model: ModelProto, reference: Path) -> set[str]:
+    """Outputs whose argmax means something: class scores (evaluate.class_score_outputs) and outputs written by
+    a final linear layer (MatMul/Gemm, or an Add after one), such as a language model's logits."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def linear(name: str, after_add: bool = False) -> bool:
+        n = producer.get(name)
+        if n is None:
+            return False
+        if n.op_type in ("MatMul", "Gemm"):
+            return True
+        return n.op_type == "Add" and not after_add and any(linear(i, True) for i in n.input)
+
+    return set(evaluate.class_score_outputs(reference)) | {o.name for o in model.graph.output if linear(o.name)}
+
+
+def _interleaved(sessions: dict[str, Session], feed, budget_s: float) -> tuple[dict[str, list[float]], int]:
+    """Round-robin runs, the order rotated each round, until budget_s has passed (at least MIN_RUNS rounds)."""
+    order = list(sessions)
+    for s in sessions.values():
+        s.run(None, feed)  # warm-up (first-run allocations, prepacking)
+    times: dict[str, list[float]] = {n: [] for n in order}
+    start, runs = time.perf_counter(), 0
+    while runs < MAX_RUNS and (runs < MIN_RUNS or time.perf_counter() - start < budget_s):
+        shift = runs % len(order)
+        for name in order[shift:] + order[:shift]:
+            t0 = time.perf_counter()
+            sessions[name].run(None, feed)
+            times[name].append(time.perf_counter() - t0)
+        runs += 1
+    return times, runs
+
+
+def _problems(name: str, fid: _Fidelity, allowed_flips: int) -> list[str]:
+    """Why candidate `name` does not compute what the quantized weights mean (empty: it does)."""
+    out = []
+    for n, dev in fid.deviation[name].items():
+        need = min(fid.quantization[n].db + MARGIN_DB, ROUNDING_DB)
+        if dev.db < need:
+            out.append(
+                f"{n} is {dev.db:.1f} dB from the exact math (needs {need:.1f}: {MARGIN_DB:g} dB under the "
+                f"quantization noise {fid.quantization[n].db:.1f} dB, or float rounding)"
+            )
+    if fid.flips[name] > allowed_flips:
+        out.append(
+            f"{fid.flips[name]} of {fid.rows} argmax rows differ from the exact math's (fp32 compute: {allowed_flips})"
+        )
+    return out
+
+
+def _decide(candidates, fid: _Fidelity, times: dict[str, list[float]], runs: int) -> FormatChoice:
+    quant_db = min(m.db for m in fid.quantization.values())
+    allowed = fid.flips.get("ort-fp32", 0)
+    trials = []
+    for c in candidates:
+        dev_db = min((m.db for m in fid.deviation[c.name].values()), default=float("inf"))
+        problems = _problems(c.name, fid, allowed)
+        ms = np.asarray(times[c.name]) * 1e3
+        p10, p90 = np.percentile(ms, [10, 90])
+        why = "; ".join(problems) or f"{dev_db:.1f} dB from the exact math (quantization noise {quant_db:.1f} dB)"
+        spread = (float(p10), float(p90))
+        trials.append(
+            Trial(c.name, float(np.median(ms)), spread, dev_db, fid.flips[c.name], fid.rows, not problems, why)
+        )
+    float_ms = statistics.median(times["float"]) * 1e3
+    ok = [t for t in trials if t.accepted] or [t for t in trials if t.name == "ort-fp32"] or trials
+    fastest = min(t.median_ms for t in ok)
+    best = next(t for t in ok if t.median_ms <= fastest * (1 + TIE))
+    c = next(c for c in candidates if c.name == best.name)
+    timing = ", ".join(f"{t.name} {t.median_ms:.3g}" for t in trials)
+    rejected = "; ".join(f"{t.name} rejected: {t.why}" for t in trials if not t.accepted)
+    why = f"{best.name}: the fastest accepted on this CPU (median ms: {timing}; FP32 {float_ms:.3g}; {runs} runs)"
+    why += f"; {rejected}" if rejected else ""
+    return FormatChoice(c.weight_format, c.accuracy_level, why, tuple(trials), float_ms, quant_db, runs)

@@ -1,0 +1,75 @@
+"""Weight-only schemes through quantize() and the CLI: --format auto measures and records its choice (timing
+replaced by a stand-in: tests never depend on the machine's speed), --format ort writes MatMulNBits without
+an opset upgrade, w8a16 writes 8-bit blocks."""
+
+import json
+
+import numpy as np
+import onnx
+from checks import ops
+from models import mlp, write_batches
+from typer.testing import CliRunner
+
+from qcli import QuantConfig, quantize, weight_format
+from qcli.cli import app
+from qcli.plan import Action
+
+
+def _files(tmp_path, opset=17):
+    onnx.save(mlp(opset=opset, k=64, hidden=128), tmp_path / "m.onnx")
+    write_batches(tmp_path / "e", [(2, 8, 64)] * 3, seed=7)
+    return tmp_path / "m.onnx"
+
+
+def test_auto_records_the_measured_choice_and_writes_that_form(tmp_path, monkeypatch):
+    """Stand-in timings make ort-int8 the fastest; it is accepted (within the margin of the exact math) and
+    written: MatMulNBits with accuracy_level 4, and the report names the choice and why."""
+    speed = {"float": 10.0, "qdq": 9.0, "ort-fp32": 9.5, "ort-int8": 5.0}
+
+    def interleaved(sessions, feed, budget_s):
+        return {name: [speed[name] / 1e3] * 5 for name in sessions}, 5
+
+    monkeypatch.setattr(weight_format, "_interleaved", interleaved)
+    m = _files(tmp_path)
+    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    d = r.plan.decisions
+    assert d["weight_format"]["value"] == "ort" and d["accuracy_level"]["value"] == 4
+    assert d["weight_format"]["why"].startswith("ort-int8: the fastest accepted")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    nbits = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")
+    assert json.loads((tmp_path / "q.onnx.report.json").read_text())["decisions"]["weight_format"]["value"] == "ort"
+    assert r.report.warnings == []  # faster than FP32: nothing to warn about
+
+
+def test_auto_warns_when_the_only_exact_form_is_slower_than_float(tmp_path, monkeypatch):
+    speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
+    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    m = _files(tmp_path)
+    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)
+
+
+def test_cli_format_ort_writes_matmulnbits_without_an_opset_upgrade(tmp_path):
+    m = _files(tmp_path, opset=17)
+    res = CliRunner().invoke(
+        app, ["quantize", str(m), "--scheme", "w4a16", "--format", "ort", "-o", str(tmp_path / "q.onnx")]
+    )
+    assert res.exit_code == 0, res.output
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert ops(tmp_path / "q.onnx").get("MatMulNBits", 0) == 2 and "MatMul" not in ops(tmp_path / "q.onnx")
+    assert {o.domain: o.version for o in q.opset_import}[""] == 17
+    assert not any("upgraded" in n for n in json.loads((tmp_path / "q.onnx.report.json").read_text())["notes"])
+
+
+def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
+    m = _files(tmp_path)
+    r = quantize(
+        m, QuantConfig(scheme="w8a16", weight_format="qdq"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1
+    )
+    assert [d.action for d in r.plan.nodes if d.op_type in ("MatMul", "Gemm")] == [Action.INT8_WEIGHT] * 2
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    blocked = [i for i in q.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(blocked) == 2
+    assert r.report.fidelity[0].sqnr_db > 38  # 8-bit blocks: far closer than int4
+    assert np.isfinite(r.report.size["ratio"]) and r.report.size["ratio"] < 0.45

@@ -6,6 +6,7 @@ qcli generated is an InternalError (exit 3).
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -41,12 +42,14 @@ def _error(ours: bool, message: str) -> Exception:
 
 
 class Session:
-    """An onnxruntime session over a model file; `ours` says whether qcli generated the model."""
+    """An onnxruntime session over a model file; `ours` says whether qcli generated the model. close() (or a
+    `with` block) frees its memory at once, for the next session to use."""
 
     def __init__(
         self, path: Path, threads: int = 0, config: Mapping[str, str] | None = None, ours: bool = False, label=None
     ) -> None:
-        self.label = label or Path(path).name
+        self.path = Path(path)
+        self.label = label or self.path.name
         self.ours = ours
         try:
             self.sess = ort.InferenceSession(
@@ -69,6 +72,25 @@ class Session:
             raise _error(
                 self.ours, f"onnxruntime failed to run {self.label} on inputs {shapes}: {_first_line(e)}"
             ) from e
+
+    def close(self) -> None:
+        self.sess = None
+        release_memory()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system. glibc keeps the blocks a closed session freed for reuse,
+    so without this each session's weights count again on top of the last one's."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except Exception:  # not glibc (musl, macOS, Windows): nothing to do
+        pass
 
 
 @lru_cache(maxsize=64)

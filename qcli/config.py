@@ -36,7 +36,9 @@ class WeightFormat(str, Enum):
 
 
 class WeightAlgo(str, Enum):
-    RTN = "rtn"
+    RTN = "rtn"  # round to nearest (optionally with a per-block clipping search: --clip-search)
+    GPTQ = "gptq"  # Hessian-based error feedback from calibration activations (Frantar et al. 2022)
+    AWQ = "awq"  # activation-aware per-input-channel scales searched on calibration data (Lin et al. 2023)
 
 
 MIN_BLOCK, MAX_BLOCK = 16, 256
@@ -63,6 +65,9 @@ _SCHEME_ONLY = {
     "block_size": ("--block-size", {Scheme.W4A16, Scheme.W8A16}),
     "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16, Scheme.W8A16}),
     "weight_format": ("--format", {Scheme.W4A16, Scheme.W8A16}),
+    "clip_search": ("--clip-search", {Scheme.W4A16, Scheme.W8A16}),
+    "gptq_damp": ("--gptq-damp", {Scheme.W4A16, Scheme.W8A16}),
+    "gptq_act_order": ("--act-order", {Scheme.W4A16, Scheme.W8A16}),
 }
 
 
@@ -108,6 +113,9 @@ class QuantConfig:
     weight_symmetric_int4: bool = True
     weight_algo: WeightAlgo = WeightAlgo.RTN
     weight_format: WeightFormat = WeightFormat.AUTO
+    clip_search: bool = False  # rtn: per block, the clipping ratio with the least (activation-weighted) error
+    gptq_damp: float = 0.01  # gptq: diagonal damping, as a fraction of the mean diagonal of X^T X
+    gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing activation energy
     # Both: node names, op types or node-name globs (fnmatch: *, ?, [..]) kept float
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
@@ -137,6 +145,8 @@ class QuantConfig:
             raise InputError(f"--moving-average must be in (0, 1] (got {self.moving_average:g})")
         if self.smooth_quant is not None and not (0 <= self.smooth_quant <= 1):
             raise InputError(f"--smooth-quant ALPHA must be from 0 to 1 (got {self.smooth_quant:g})")
+        if not (0 < self.gptq_damp < 1):
+            raise InputError(f"--gptq-damp must be between 0 and 1 (got {self.gptq_damp:g})")
         if self.max_top1_drop is not None and not (0 <= self.max_top1_drop <= 100):
             raise InputError(f"--max-top1-drop must be a percentage from 0 to 100 (got {self.max_top1_drop:g})")
         if self.min_macs_per_conversion < 0:

@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/weight_only_bench.py
 
 # Mutation testing (mutmut 3) in a throwaway clone of HEAD: slow (an hour or more on 2 cores), not part of CI.
 mutation: $(STAMP)

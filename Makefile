@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint mutation clean
+.PHONY: demo test test-big bench lint mutation clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-big: $(STAMP)
+	QCLI_BIG_TESTS=1 $(BIN)/python -m pytest tests/test_big_model.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check qcli tests bench sample_models

@@ -52,19 +52,13 @@ def measure(
         report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
         return
     advance = progress("evaluating", len(data.items))
-    report.fidelity = evaluate.fidelity(ref, cand, data.feeds(advance), ort_config, candidate_ours)
-    report.fidelity_data = data.desc
-    report.fidelity_files = [p.name for p in data.items]
-    first = data.src.load(data.items[0])
-    report.latency = evaluate.latency(
-        ref,
-        cand,
-        first,
-        runs=runs,
-        config=ort_config,
-        candidate_ours=candidate_ours,
-        on_run=progress("latency runs", runs),
-    )
+    # One session pair for fidelity and latency: each model is loaded once.
+    with evaluate.pair(ref, cand, ort_config, candidate_ours) as (ref_sess, cand_sess):
+        report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance))
+        report.fidelity_data = data.desc
+        report.fidelity_files = [p.name for p in data.items]
+        first = data.src.load(data.items[0])
+        report.latency = evaluate.latency(ref_sess, cand_sess, first, runs=runs, on_run=progress("latency runs", runs))
     if ort_config:
         report.notes.append(
             "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
@@ -115,8 +109,8 @@ def compare(
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
     per_layer: also rank the layers by the error each adds (tensors matched by name)."""
     ref, cand = Path(ref), Path(cand)
-    ref_specs = input_specs(model_io.load(ref))
-    cand_specs = input_specs(model_io.load(cand))
+    ref_specs = input_specs(model_io.load(ref, weights=False))  # the graphs only: the sessions load the weights
+    cand_specs = input_specs(model_io.load(cand, weights=False))
     # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
     src = FeedSource(data, ref_specs, model=ref.name, also=((cand.name, cand_specs),))
     report = Report("compare", str(ref), str(cand))

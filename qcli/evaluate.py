@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, InternalError
 from .qparams import NoiseMeter
 from .session import Session
 
@@ -50,10 +53,11 @@ def file_size(path: Path) -> int:
 
 def class_score_outputs(model_path: Path) -> set[str]:
     """Outputs whose last axis holds class scores: rank-2 [N, C], or rank-3 [N, T, C] written by a
-    (Log)Softmax (per-position classes, e.g. OCR). Hidden states [N, T, D] are not class scores."""
-    import onnx
+    (Log)Softmax (per-position classes, e.g. OCR). Hidden states [N, T, D] are not class scores.
+    Reads the graph only, never the weights."""
+    from .structure import read_structure
 
-    g = onnx.load(str(model_path), load_external_data=False).graph
+    g = read_structure(model_path).graph
     producer = {o: n.op_type for n in g.node for o in n.output}
     out = set()
     for o in g.output:
@@ -95,29 +99,78 @@ class _OutputMeter:
         return OutputFidelity(name, self.noise.db, float(cos), self.max_abs, top1)
 
 
+def _key(feed: Mapping[str, np.ndarray]) -> tuple:
+    """A batch by content (files are read again for each candidate: new arrays, same values)."""
+    items = sorted(feed.items(), key=lambda kv: kv[0])
+    return tuple((k, v.dtype.str, v.shape, hashlib.sha1(np.ascontiguousarray(v)).digest()) for k, v in items)
+
+
+class Recorded:
+    """The reference model's outputs on a fixed set of batches, computed once: it stands in for the reference
+    session in fidelity(), so candidates tried one after another on the same batches (accuracy target,
+    accuracy guard) are compared without the reference model loaded again, nor held in memory meanwhile."""
+
+    def __init__(self, ref: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None):
+        with Session(ref, config=config) as sess:
+            self.path, self.label = sess.path, sess.label
+            self._inputs, self._outputs = sess.inputs(), sess.outputs()
+            self._by_feed = {_key(f): sess.run(self._outputs, f) for f in feeds}
+
+    def inputs(self) -> list[str]:
+        return self._inputs
+
+    def outputs(self) -> list[str]:
+        return self._outputs
+
+    def run(self, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = self._by_feed.get(_key(feed))
+        if values is None:
+            raise InternalError(f"internal error: a batch the outputs of {self.label} were not recorded on")
+        return [values[self._outputs.index(n)] for n in names]
+
+
+@contextlib.contextmanager
+def pair(
+    ref: Path | Session | Recorded,
+    cand: Path | Session,
+    config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
+    threads: int = 0,
+) -> Iterator[tuple[Session | Recorded, Session]]:
+    """Sessions over both models: those given as paths are opened here and closed on leaving."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(ref, (str, os.PathLike)):
+            ref = stack.enter_context(Session(ref, threads, config))
+        if isinstance(cand, (str, os.PathLike)):
+            cand = stack.enter_context(Session(cand, threads, config, ours=candidate_ours))
+        yield ref, cand
+
+
 def fidelity(
-    ref_path: Path,
-    cand_path: Path,
+    ref: Path | Session | Recorded,
+    cand: Path | Session,
     feeds: Iterable[dict[str, np.ndarray]],
     config: Mapping[str, str] | None = None,
     candidate_ours: bool = False,
 ) -> list[OutputFidelity]:
-    ref = Session(ref_path, config=config)
-    cand = Session(cand_path, config=config, ours=candidate_ours)
+    """Fidelity per output of `cand` against `ref` (model paths, sessions open already (see pair()), or for the
+    reference its outputs recorded on these very batches)."""
+    with pair(ref, cand, config, candidate_ours) as (ref, cand):
+        return _fidelity(ref, cand, feeds)
+
+
+def _fidelity(ref: Session | Recorded, cand: Session, feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputFidelity]:
     names = ref.outputs()
     diffs = []
     for kind, r_names, c_names in (("inputs", ref.inputs(), cand.inputs()), ("outputs", names, cand.outputs())):
         only_r, only_c = sorted(set(r_names) - set(c_names)), sorted(set(c_names) - set(r_names))
         if only_r or only_c:
-            diffs.append(
-                f"{kind} only in {ref_path.name}: {only_r or 'none'}, only in {cand_path.name}: {only_c or 'none'}"
-            )
+            diffs.append(f"{kind} only in {ref.label}: {only_r or 'none'}, only in {cand.label}: {only_c or 'none'}")
     if diffs:
         raise InputError(
-            f"{ref_path.name} and {cand_path.name} differ ({'; '.join(diffs)}); compare needs two versions of "
-            "the same model"
+            f"{ref.label} and {cand.label} differ ({'; '.join(diffs)}); compare needs two versions of the same model"
         )
-    scores = class_score_outputs(ref_path)
+    scores = class_score_outputs(ref.path)
     meters = {n: _OutputMeter(n in scores) for n in names}
     count = 0
     for feed in feeds:
@@ -130,8 +183,8 @@ def fidelity(
 
 
 def latency(
-    ref_path: Path,
-    cand_path: Path,
+    ref: Path | Session,
+    cand: Path | Session,
     feed: dict[str, np.ndarray],
     runs: int = 30,
     warmup: int = 3,
@@ -140,20 +193,20 @@ def latency(
     candidate_ours: bool = False,
     on_run: Callable[[], None] = lambda: None,
 ) -> Latency:
-    """Median latency of both models, runs interleaved on the same inputs, thread spinning off."""
-    ref = Session(ref_path, threads, config)
-    cand = Session(cand_path, threads, config, ours=candidate_ours)
-    for _ in range(warmup):
-        ref.run(None, feed)
-        cand.run(None, feed)
-    rt, ct = [], []
-    for i in range(runs):
-        order = ((ref, rt), (cand, ct)) if i % 2 == 0 else ((cand, ct), (ref, rt))
-        for sess, times in order:
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        on_run()
+    """Median latency of both models, runs interleaved on the same inputs, thread spinning off. Sessions
+    given open already keep their own threads and config."""
+    with pair(ref, cand, config, candidate_ours, threads) as (ref, cand):
+        for _ in range(warmup):
+            ref.run(None, feed)
+            cand.run(None, feed)
+        rt, ct = [], []
+        for i in range(runs):
+            order = ((ref, rt), (cand, ct)) if i % 2 == 0 else ((cand, ct), (ref, rt))
+            for sess, times in order:
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            on_run()
     return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
 
 

@@ -1,4 +1,8 @@
-"""The one place that loads and saves models: external data, >2 GB, atomic writes, opset upgrades."""
+"""The one place that loads and saves models: external data, >2 GB, atomic writes, opset upgrades.
+
+Nothing here serializes or measures a whole in-memory model that may exceed protobuf's 2 GB limit: sizes,
+shape inference, checks and opset conversion work on a skeleton without the weights (qcli.detach), and
+weights are written one tensor at a time."""
 
 from __future__ import annotations
 
@@ -10,19 +14,23 @@ from pathlib import Path
 import onnx
 from onnx import ModelProto, version_converter
 
+from .detach import Skeleton, as_inputs, copy_fields, replace_fields
 from .errors import InputError
 from .session import runtime_problem
+from .structure import read_structure
 
 # Protobuf cannot serialize a message over 2 GB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def load(path: str | Path) -> ModelProto:
+def load(path: str | Path, weights: bool = True) -> ModelProto:
+    """The model in `path`, checked to be one onnxruntime can load. weights=False: its structure only (graph,
+    inputs, outputs, tensor headers), for reading; the large initializers have no data, so never save it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=True) if weights else read_structure(path)
     except Exception as e:  # protobuf's DecodeError, missing external data file, ...
         raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
     if not model.graph.node:
@@ -34,7 +42,8 @@ def load(path: str | Path) -> ModelProto:
 
 
 def model_bytes(model: ModelProto) -> int:
-    return model.ByteSize()
+    """The model's serialized size (to a few bytes a tensor), without serializing it."""
+    return Skeleton(model).nbytes
 
 
 def save_atomic(model: ModelProto, out: str | Path) -> Path:
@@ -51,9 +60,10 @@ def save_atomic(model: ModelProto, out: str | Path) -> Path:
     committed = False
     try:
         tmp = tmpdir / out.name
-        if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        skeleton = Skeleton(model)
+        if skeleton.nbytes > EXTERNAL_DATA_THRESHOLD:
             data_name = _free_data_name(out)
-            _save_external(model, tmp, data_name)
+            skeleton.write(tmp, data_name)
             _set_mode(tmpdir / data_name)
             moved = out.parent / data_name
             os.replace(tmpdir / data_name, moved)
@@ -83,7 +93,7 @@ def external_data_files(path: Path) -> set[Path]:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = read_structure(path)
     except Exception:
         return set()
     locations = {
@@ -104,36 +114,21 @@ def _set_mode(path: Path) -> None:
 
 
 def save_for_session(model: ModelProto, folder: Path, name: str = "model.onnx") -> Path:
-    """Save a model where onnxruntime can open it by path (works above the 2 GB protobuf limit)."""
-    path = folder / name
-    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        _save_external(model, path, name + ".data")
-    else:
-        onnx.save(model, str(path))
-    return path
+    """Save a model where onnxruntime can open it by path: tensors of 1 KB and more in `name`.data, written one
+    at a time (any size, no copy of the model in memory; onnxruntime maps the aligned ones)."""
+    return Skeleton(model).write(folder / name, name + ".data")
 
 
-def _save_external(model: ModelProto, path: Path, location: str) -> None:
-    """Save with tensors in an external file, leaving `model` as it was: onnx.save would otherwise turn
-    every tensor in memory into a reference to that file (gone once a temporary folder is removed)."""
-    from onnx import TensorProto
-    from onnx.external_data_helper import _get_all_tensors
-
-    held = [(t, t.raw_data) for t in _get_all_tensors(model) if t.HasField("raw_data") and len(t.raw_data) >= 1024]
-    try:
-        onnx.save(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=location,
-            size_threshold=1024,
-        )
-    finally:
-        for t, data in held:
-            t.raw_data = data
-            del t.external_data[:]
-            t.data_location = TensorProto.DEFAULT
+def copy_without(model: ModelProto, names: set[str]) -> ModelProto:
+    """A copy of `model` less the main-graph initializers in `names`, whose data is never copied: for a pass
+    that replaces those tensors (reading them from `model`) without holding the float weights twice."""
+    m = ModelProto()
+    copy_fields(m, model, "graph")
+    copy_fields(m.graph, model.graph, "initializer")
+    for t in model.graph.initializer:
+        if t.name not in names:
+            m.graph.initializer.add().CopyFrom(t)  # not extend(): that serializes, and fails on a tensor > 2 GB
+    return m
 
 
 def save_with_outputs(model: ModelProto, outputs: dict[str, int], folder: Path, name: str) -> Path:
@@ -158,7 +153,8 @@ def onnx_opset(model: ModelProto) -> int:
 
 
 def ensure_opset(model: ModelProto, minimum: int, why: str) -> tuple[ModelProto, str | None]:
-    """Return the model at opset >= minimum, converting it if needed, and a note for the report."""
+    """Return the model at opset >= minimum, converted in place if needed, and a note for the report. When
+    the converter fails, `model` is left as it was."""
     current = onnx_opset(model)
     if current >= minimum:
         return model, None
@@ -174,30 +170,22 @@ def ensure_opset(model: ModelProto, minimum: int, why: str) -> tuple[ModelProto,
 
 
 def _convert_light(model: ModelProto, target: int) -> ModelProto:
-    """onnx's version converter copies every tensor through its own IR; weights do not matter to it, so
-    initializers above 1 KB are detached (declared as graph inputs meanwhile) and put back afterwards."""
-    from onnx import helper
-
-    inits = model.graph.initializer
-    big = [t for t in inits if len(t.raw_data) > 1024]
-    if not big:
-        return version_converter.convert_version(model, target)
-    names = {t.name for t in big}
-    keep = [t for t in inits if t.name not in names]
-    n_inputs = len(model.graph.input)
-    del inits[:]
-    inits.extend(keep)
-    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
-    try:
-        converted = version_converter.convert_version(model, target)
-    finally:  # the caller's model is left as it was
-        del model.graph.input[n_inputs:]
-        inits.extend(big)
-    temp = [i for i in converted.graph.input if i.name in names]
-    for vi in temp:
-        converted.graph.input.remove(vi)
-    converted.graph.initializer.extend(big)
-    return converted
+    """onnx's version converter copies every tensor through its own IR; weights do not matter to it, so it
+    converts the skeleton (large initializers declared as graph inputs meanwhile) and the result is grafted
+    onto `model` in place: everything from the converted skeleton, the large initializers as they were."""
+    light, detached, added = as_inputs(model)
+    converted = version_converter.convert_version(light, target)  # raises before `model` is touched
+    inputs = [i for i in converted.graph.input if i.name not in added]
+    del converted.graph.input[:]
+    converted.graph.input.extend(inputs)
+    g = model.graph
+    for i in reversed(range(len(g.initializer))):  # deleting an element moves no tensor data
+        if g.initializer[i].name not in detached:
+            del g.initializer[i]
+    replace_fields(model, converted, "graph")
+    replace_fields(g, converted.graph, "initializer")
+    g.initializer.extend(converted.graph.initializer)
+    return model
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -213,20 +201,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def float_tensors(model: ModelProto) -> set[str]:
-    """Names of float32 tensors in the main graph, by onnx shape inference (by path above 2 GB)."""
-    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        with tempfile.TemporaryDirectory(prefix="qcli-infer-") as tmp:
-            src = save_for_session(model, Path(tmp))
-            dst = Path(tmp) / "inferred.onnx"
-            onnx.shape_inference.infer_shapes_path(str(src), str(dst))
-            inferred = onnx.load(str(dst), load_external_data=False)
-    else:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:
-            inferred = model
+    """Names of float32 tensors in the main graph, by onnx shape inference on the weight-free skeleton."""
+    skeleton = Skeleton(model).model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
+    except Exception:
+        inferred = skeleton
     g = inferred.graph
     infos = list(g.value_info) + list(g.input) + list(g.output)
     out = {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     out |= {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
     return out
+
+
+def check(model: ModelProto, full: bool) -> None:
+    """onnx.checker.check_model (full: with strict shape inference) without serializing the weights; raises
+    what it raises (ValidationError, or InferenceError from the full check)."""
+    Skeleton(model).check(full)

@@ -1,14 +1,17 @@
 """Loading and saving: external data, the >2 GB paths, and atomic writes that never leave a partial model."""
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 import onnx
 import pytest
 from checks import batches_of, run, sqnr_on
-from models import cnn, write_batches
+from models import cnn, mlp, write_batches
+from onnx import version_converter
 
-from qcli import QuantConfig, Scheme, model_io, quantize
+from qcli import QuantConfig, Scheme, detach, model_io, quantize
 from qcli.errors import InputError
 
 
@@ -152,3 +155,129 @@ def test_a_model_the_installed_onnxruntime_cannot_load_is_refused(tmp_path, fiel
     onnx.save(m, tmp_path / "m.onnx")
     with pytest.raises(InputError, match=message):
         model_io.load(tmp_path / "m.onnx")
+
+
+# --- Weight-free paths: nothing serializes or measures a model that holds its weights ---------------------------
+
+_SERIALIZERS = ("SerializeToString", "SerializePartialToString", "ByteSize")
+
+
+def _holds_weights(message) -> bool:
+    graph = message.graph if isinstance(message, onnx.ModelProto) else message
+    return any(t.HasField("raw_data") and detach.tensor_nbytes(t) >= detach.DETACH_BYTES for t in graph.initializer)
+
+
+@contextlib.contextmanager
+def whole_model_serializations():
+    """Records every call that serializes (or measures, which upb does by serializing) a ModelProto or
+    GraphProto still holding weight data: above 2 GB each would fail."""
+    seen = []
+
+    def hook(frame, event, arg):
+        if event == "c_call" and getattr(arg, "__name__", "") in _SERIALIZERS:
+            obj = getattr(arg, "__self__", None)
+            if isinstance(obj, (onnx.ModelProto, onnx.GraphProto)) and _holds_weights(obj):
+                seen.append(f"{arg.__name__} from {frame.f_code.co_filename}:{frame.f_lineno}")
+
+    sys.setprofile(hook)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(None)
+
+
+def test_the_tracer_sees_a_whole_model_serialized():
+    """The oracle of the tests below bites: onnx's own in-memory shape inference and checker are seen."""
+    with whole_model_serializations() as seen:
+        onnx.shape_inference.infer_shapes(cnn())
+        onnx.checker.check_model(cnn())
+    assert len(seen) == 2
+
+
+def test_sizes_types_checks_sessions_and_conversions_never_serialize_the_weights(tmp_path, monkeypatch):
+    _big(monkeypatch)  # every model counts as past the limit: the external-data paths
+    model = cnn(opset=11)
+    with whole_model_serializations() as seen:
+        size = model_io.model_bytes(model)
+        floats = model_io.float_tensors(model)
+        model_io.check(model, full=True)
+        model_io.save_for_session(model, tmp_path)
+        model_io.save_with_outputs(model, {"r1": onnx.TensorProto.FLOAT}, tmp_path, "outputs.onnx")
+        model_io.save_atomic(model, tmp_path / "out.onnx")
+        model, note = model_io.ensure_opset(model, 13, "per-channel Q/DQ")
+    assert seen == []
+    assert note and size > 1000 and {"x", "r1", "logits", "w1"} <= floats
+    assert (tmp_path / "out.onnx.data").exists() and model_io.onnx_opset(model) == 13
+
+
+@pytest.mark.parametrize("build", [lambda: cnn(opset=11), mlp], ids=["cnn", "mlp"])
+def test_float_tensors_are_those_inference_on_the_whole_model_finds(build):
+    """The oracle: onnx shape inference on the model with its weights. A Cast to int64 and a Shape (int64)
+    give non-float tensors, so the answer is not simply every tensor."""
+    model = build()
+    g = model.graph
+    last = g.output[0].name
+    g.node.extend(
+        [
+            onnx.helper.make_node("Shape", [last], ["shape"], name="shape"),
+            onnx.helper.make_node("Cast", [last], ["as_int"], name="cast", to=onnx.TensorProto.INT64),
+        ]
+    )
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+    expected = {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    expected |= {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    got = model_io.float_tensors(model)
+    assert got == expected and "shape" not in got and "as_int" not in got
+
+
+def test_opset_conversion_in_place_is_onnxs_conversion_of_the_whole_model():
+    """The oracle: onnx's version converter on the model with its weights. Same nodes, same weights (the very
+    same tensors, converted in place), same outputs."""
+    model = cnn(opset=11)
+    w_before = {t.name: t.raw_data for t in model.graph.initializer}
+    oracle = version_converter.convert_version(cnn(opset=11), 13)
+    converted, note = model_io.ensure_opset(model, 13, "per-channel Q/DQ")
+    assert converted is model and note == "opset upgraded 11 -> 13 (per-channel Q/DQ)"
+    assert converted.opset_import == oracle.opset_import and converted.ir_version == oracle.ir_version
+    assert list(converted.graph.node) == list(oracle.graph.node)
+    assert list(converted.graph.input) == list(oracle.graph.input)
+    assert {t.name: t.raw_data for t in converted.graph.initializer} == w_before
+    onnx.checker.check_model(converted, full_check=True)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(run(converted, x)[0], run(oracle, x)[0])
+
+
+def test_a_conversion_that_fails_leaves_the_model_as_it_was(monkeypatch):
+    model = cnn(opset=11)
+    before = model.SerializeToString()
+
+    def fails(m, target):
+        raise RuntimeError("no adapter")
+
+    monkeypatch.setattr(model_io.version_converter, "convert_version", fails)
+    with pytest.raises(InputError, match="could not upgrade it .RuntimeError: no adapter"):
+        model_io.ensure_opset(model, 13, "per-channel Q/DQ")
+    assert model.SerializeToString() == before
+
+
+def test_a_session_file_holds_the_weights_outside_and_leaves_the_model_as_it_was(tmp_path):
+    model = cnn()
+    before = model.SerializeToString()
+    path = model_io.save_for_session(model, tmp_path, "s.onnx")
+    assert model.SerializeToString() == before
+    assert model_io.external_data_files(path) == {tmp_path / "s.onnx.data"}  # whatever the model's size
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(run(path, x)[0], run(model, x)[0])
+
+
+def test_a_copy_without_some_initializers_is_the_model_less_exactly_those():
+    model = cnn()
+    model.metadata_props.add(key="k", value="v")
+    copy = model_io.copy_without(model, {"w2", "fc_w"})
+    oracle = onnx.ModelProto()
+    oracle.CopyFrom(model)
+    keep = [t for t in oracle.graph.initializer if t.name not in ("w2", "fc_w")]
+    del oracle.graph.initializer[:]
+    oracle.graph.initializer.extend(keep)
+    assert copy == oracle

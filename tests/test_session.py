@@ -1,0 +1,97 @@
+"""Sessions: each model loaded once per use, closed (and its memory handed back) as soon as it is done."""
+
+import numpy as np
+import onnx
+import pytest
+from checks import run
+from models import cnn, write_batches
+from onnx import numpy_helper
+
+from qcli import QuantConfig, calibrate, evaluate, session
+from qcli.compare import FidelityData, measure
+from qcli.errors import InternalError
+from qcli.feeds import FeedSource, input_specs
+from qcli.report import Report
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every Session opened, by module, and whether it was closed."""
+    log = []
+
+    class Counted(session.Session):
+        def __init__(self, path, *a, **k):
+            super().__init__(path, *a, **k)
+            log.append(self)
+
+    monkeypatch.setattr(evaluate, "Session", Counted)
+    monkeypatch.setattr(calibrate, "Session", Counted)
+    return log
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    onnx.save(cnn(channels=8), tmp_path / "ref.onnx")
+    onnx.save(cnn(channels=8), tmp_path / "cand.onnx")
+    write_batches(tmp_path / "d", [(2, 3, 16, 16)] * 3)
+    return tmp_path
+
+
+def test_a_closed_session_is_released_and_a_with_block_closes_it(pair_files):
+    with session.Session(pair_files / "ref.onnx") as s:
+        x = {"x": np.ones((1, 3, 16, 16), np.float32)}
+        np.testing.assert_array_equal(s.run(None, x)[0], run(pair_files / "ref.onnx", x)[0])
+    assert s.sess is None
+    session.release_memory()  # harmless when called again, on any C library
+
+
+def test_fidelity_and_latency_share_one_session_pair(pair_files, opened):
+    specs = input_specs(onnx.load(str(pair_files / "ref.onnx")))
+    src = FeedSource(pair_files / "d", specs)
+    report = Report("compare", "ref", "cand")
+    measure(report, pair_files / "ref.onnx", pair_files / "cand.onnx", FidelityData(src, src.items, ""), 3)
+    assert [s.path.name for s in opened] == ["ref.onnx", "cand.onnx"]  # two, not four
+    assert all(s.sess is None for s in opened)  # both closed
+    assert report.fidelity[0].sqnr_db == float("inf") and report.latency.runs == 3
+
+
+def test_sessions_given_to_fidelity_stay_open_and_paths_are_opened_and_closed(pair_files, opened):
+    feeds = [{"x": np.ones((1, 3, 16, 16), np.float32)}]
+    with evaluate.pair(pair_files / "ref.onnx", pair_files / "cand.onnx") as (ref, cand):
+        evaluate.fidelity(ref, cand, feeds)
+        evaluate.latency(ref, cand, feeds[0], runs=2)
+        assert ref.sess is not None and cand.sess is not None and len(opened) == 2
+    assert ref.sess is None and cand.sess is None
+    evaluate.fidelity(pair_files / "ref.onnx", pair_files / "cand.onnx", feeds)
+    assert len(opened) == 4 and all(s.sess is None for s in opened)
+
+
+def test_one_observing_session_serves_calibration_and_a_second_pass(pair_files, opened):
+    """Calibration, then another pass over some of the same tensors (the accuracy guard's), on one session:
+    the ranges are those calibrate() finds with a session of its own."""
+    model = cnn(channels=8)
+    feeds = [{"x": np.load(p)} for p in sorted((pair_files / "d").glob("*.npy"))]
+    watch = ["r1", "r2", "gap"]
+    alone = calibrate.calibrate(model, watch, iter(feeds), QuantConfig())
+    assert len(opened) == 1
+    with calibrate.observing(model, watch) as sess:
+        shared = calibrate.calibrate(sess, watch, iter(feeds), QuantConfig())
+        out = sess.run(["r2"], feeds[0])[0]
+    assert len(opened) == 2 and opened[1].sess is None
+    assert shared == alone and all(v.rmax > v.rmin for v in shared.values())
+    assert out.shape == (2, 8, 16, 16)
+
+
+def test_recorded_reference_outputs_give_the_same_fidelity_and_load_the_reference_once(pair_files, opened):
+    feeds = [{"x": np.load(p)} for p in sorted((pair_files / "d").glob("*.npy"))]
+    other = cnn(channels=8)
+    other.graph.initializer[0].raw_data = (numpy_helper.to_array(other.graph.initializer[0]) * 1.01).tobytes()
+    onnx.save(other, pair_files / "other.onnx")
+    recorded = evaluate.Recorded(pair_files / "ref.onnx", iter(feeds))
+    assert len(opened) == 1 and opened[0].sess is None  # read once, then closed
+    for cand in ("cand.onnx", "other.onnx"):
+        got = evaluate.fidelity(recorded, pair_files / cand, [dict(f) for f in reversed(feeds)])
+        assert got == evaluate.fidelity(pair_files / "ref.onnx", pair_files / cand, iter(feeds))
+    assert got[0].sqnr_db < 60  # the second candidate really differs
+    with pytest.raises(InternalError, match="not recorded"):
+        evaluate.fidelity(recorded, pair_files / "cand.onnx", [{"x": feeds[0]["x"] + 1}])

@@ -26,6 +26,7 @@ from .plan import QuantPlan, Reason
 from .provenance import provenance
 from .refine import choose_weight_format, describe, meet, run_guard, run_placement
 from .report import Report, write_beside
+from .session import release_memory
 from .target import AccuracyTarget
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
@@ -195,8 +196,10 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
     model_io.save_atomic(qmodel, out)
     saved()
     written.append(out)
+    job.replan = None  # its closure holds the float graph too
     if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
         job.model = qmodel = None
+        release_memory()
     measure(report, job.reference, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
     slower = report.latency is not None and report.latency.ratio >= 1.0
     qdq = plan.decisions.get("weight_format", {}).get("value", "qdq") == "qdq"
@@ -250,19 +253,11 @@ def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.Mo
     return model, note
 
 
-def _checker(model: onnx.ModelProto, full: bool) -> None:
-    if model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx.checker.check_model(str(model_io.save_for_session(model, Path(tmp))), full_check=full)
-    else:
-        onnx.checker.check_model(model, full_check=full)
-
-
 def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
     """The output must pass onnx.checker's full check, or, when the input itself does not, the basic one.
     Returns whether the full check was applied."""
     try:
-        _checker(model, True)
+        model_io.check(model, True)
         return True
     except onnx.checker.ValidationError as full_error:
         try:
@@ -273,7 +268,7 @@ def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
         try:
             if input_passes:
                 raise full_error
-            _checker(model, False)
+            model_io.check(model, False)
         except onnx.checker.ValidationError as e:
             raise InternalError(
                 f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "

@@ -42,14 +42,18 @@ class Trials:
     ):
         self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
         self.apply = apply
+        self.recorded: evaluate.Recorded | None = None
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
         return model_io.save_for_session(self.apply(self.model, plan), self.tmp, name)
 
     def measure(self, plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
-        """Fidelity of every output of the plan's model; one step of progress."""
+        """Fidelity of every output of the plan's model; one step of progress. The reference's outputs are
+        recorded on the first call, so the float model is not loaded again for every candidate."""
         path = self.write(plan, name)
-        result = evaluate.fidelity(self.reference, path, self.data.feeds(), candidate_ours=True)
+        if self.recorded is None:
+            self.recorded = evaluate.Recorded(self.reference, self.data.feeds())
+        result = evaluate.fidelity(self.recorded, path, self.data.feeds(), candidate_ours=True)
         self.advance()
         return result
 

@@ -178,9 +178,10 @@ def _evaluate(node, feeds: dict[str, np.ndarray], opsets: dict[str, int]) -> lis
 def _drop_unused_initializers(m: ModelProto) -> None:
     idx = GraphIndex(m.graph)
     used = set(idx.consumers) | idx.graph_outputs | idx.subgraph_refs
-    keep = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    # Deleted by index, from the end: extend() would serialize every kept tensor (a copy of each weight, and
+    # an error on any single tensor over 2 GB).
+    for i in reversed([i for i, t in enumerate(m.graph.initializer) if t.name not in used]):
+        del m.graph.initializer[i]
     graph_inputs = [i for i in m.graph.input if i.name in used or i.name not in idx.inits]
     del m.graph.input[:]
     m.graph.input.extend(graph_inputs)

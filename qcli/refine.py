@@ -4,9 +4,9 @@ leaves its plan and findings in it."""
 
 from __future__ import annotations
 
-from . import weight_format
+from . import model_io, weight_format
 from .compare import Progress
-from .config import QuantConfig, Scheme, effective
+from .config import QuantConfig, Scheme, WeightFormat, effective
 from .guard import guard
 from .passes.dynamic import apply_dynamic
 from .placement import place
@@ -14,6 +14,8 @@ from .plan import QuantPlan, Why
 from .report import Report
 from .target import AccuracyTarget, SearchResult, search
 from .trials import w8a8
+
+AUTO_MAX_BYTES = 1 << 30  # --format auto times the forms of models up to this size
 
 
 def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
@@ -70,11 +72,19 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
     """W4A16 / W8A16 --format auto: the form (and MatMulNBits accuracy level) measured fastest on this CPU among
     those that keep the exact math's fidelity (weight_format.py), into the plan's decisions and the report."""
     plan, fid = job.plan, job.fid
-    items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
-    feeds = [fid.src.load(i) for i in items]
-    advance = progress("choosing the weight format (timings)", 1)
-    choice = weight_format.choose(job.model, plan, job.reference, feeds, ort_config=ort_config, quantized=quantized)
-    advance()
+    size = model_io.model_bytes(job.model)
+    if size > AUTO_MAX_BYTES:  # every candidate's session at once would break the memory bound
+        why = (
+            f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound: "
+            "the portable form (--format ort writes onnxruntime's MatMulNBits)"
+        )
+        choice = weight_format.FormatChoice(WeightFormat.QDQ, None, why)
+    else:
+        items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
+        feeds = [fid.src.load(i) for i in items]
+        advance = progress("choosing the weight format (timings)", 1)
+        choice = weight_format.choose(job.model, plan, job.reference, feeds, ort_config=ort_config, quantized=quantized)
+        advance()
     plan.decisions.update(choice.decisions())
     describe(job.report, config, plan)
     job.report.warnings += _slower_than_float(choice)

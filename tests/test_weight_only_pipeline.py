@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from checks import ops
 from models import mlp, write_batches
 from typer.testing import CliRunner
@@ -73,3 +74,15 @@ def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
     assert len(blocked) == 2
     assert r.report.fidelity[0].sqnr_db > 38  # 8-bit blocks: far closer than int4
     assert np.isfinite(r.report.size["ratio"]) and r.report.size["ratio"] < 0.45
+
+
+def test_auto_on_a_model_too_large_to_time_every_form_writes_the_portable_form(tmp_path, monkeypatch):
+    from qcli import refine
+
+    monkeypatch.setattr(refine, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
+    monkeypatch.setattr(weight_format, "choose", lambda *a, **k: pytest.fail("timed a model over the bound"))
+    m = _files(tmp_path)
+    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    d = r.plan.decisions["weight_format"]
+    assert d["value"] == "qdq" and "too large to time every form" in d["why"]
+    assert ops(tmp_path / "q.onnx").get("MatMulNBits", 0) == 0

@@ -124,10 +124,26 @@ def quantize(
     calib_limit: Annotated[
         int | None, typer.Option(min=1, help="use at most N calibration files")
     ] = DEFAULT.calib_limit,
-    weight_algo: Annotated[WeightAlgo, typer.Option(help="weight quantization algorithm")] = DEFAULT.weight_algo,
+    weight_algo: Annotated[
+        WeightAlgo,
+        typer.Option(help="w4a16/w8a16: rtn (no data), gptq or awq (both read --calib)"),
+    ] = DEFAULT.weight_algo,
     block_size: Annotated[
         int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")
     ] = DEFAULT.block_size,
+    clip_search: Annotated[
+        bool,
+        typer.Option(
+            "--clip-search",
+            help="w4a16/w8a16 rtn: per block, the clipping with the least error (uses --calib if given)",
+        ),
+    ] = DEFAULT.clip_search,
+    gptq_damp: Annotated[
+        float, typer.Option(help="gptq: damping, a fraction of the mean diagonal of X^T X")
+    ] = DEFAULT.gptq_damp,
+    act_order: Annotated[
+        bool, typer.Option("--act-order", help="gptq: quantize columns by decreasing activation energy")
+    ] = DEFAULT.gptq_act_order,
     weight_format: Annotated[
         WeightFormat,
         typer.Option(
@@ -213,6 +229,9 @@ def quantize(
             block_size=block_size,
             weight_symmetric_int4=not weight_asymmetric,
             weight_format=weight_format,
+            clip_search=clip_search,
+            gptq_damp=gptq_damp,
+            gptq_act_order=act_order,
             exclude=tuple(exclude or ()),
             min_macs_per_conversion=min_macs,
             objective=objective,

@@ -66,6 +66,7 @@ _SCHEME_ONLY = {
     "weight_symmetric_int4": ("--weight-asymmetric", {Scheme.W4A16, Scheme.W8A16}),
     "weight_format": ("--format", {Scheme.W4A16, Scheme.W8A16}),
     "clip_search": ("--clip-search", {Scheme.W4A16, Scheme.W8A16}),
+    "weight_algo": ("--weight-algo", {Scheme.W4A16, Scheme.W8A16}),
     "gptq_damp": ("--gptq-damp", {Scheme.W4A16, Scheme.W8A16}),
     "gptq_act_order": ("--act-order", {Scheme.W4A16, Scheme.W8A16}),
 }
@@ -114,7 +115,10 @@ class QuantConfig:
     weight_algo: WeightAlgo = WeightAlgo.RTN
     weight_format: WeightFormat = WeightFormat.AUTO
     clip_search: bool = False  # rtn: per block, the clipping ratio with the least (activation-weighted) error
-    gptq_damp: float = 0.01  # gptq: diagonal damping, as a fraction of the mean diagonal of X^T X
+    # gptq: diagonal damping, as a fraction of the mean diagonal of X^T X. 0.01 (the paper's) overfit
+    # small calibration sets: on MiniLM it cut the output error 6x on the calibration data, not at all on
+    # held-out data; 0.1 gave 14.9 dB there against rtn's 12.5.
+    gptq_damp: float = 0.1
     gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing activation energy
     # Both: node names, op types or node-name globs (fnmatch: *, ?, [..]) kept float
     exclude: tuple[str, ...] = field(default_factory=tuple)

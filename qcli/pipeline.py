@@ -12,7 +12,7 @@ import onnx
 
 from . import model_io, schemes
 from .compare import FidelityData, Progress, compare, measure, no_progress
-from .config import Objective, Placement, QuantConfig, Scheme, WeightFormat, unmatched_excludes
+from .config import Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat, unmatched_excludes
 from .diagnose import layer_errors
 from .errors import GateFailed, InputError, InternalError, Interrupted
 from .feeds import FeedSource, input_specs
@@ -21,13 +21,14 @@ from .passes.dynamic import apply_dynamic
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
-from .passes.weight_only import quantize_plan
+from .passes.weight_only import quantize_plan, weight_errors
 from .plan import QuantPlan, Reason
 from .provenance import provenance
 from .refine import choose_weight_format, describe, meet, run_guard, run_placement
 from .report import Report, write_beside
 from .session import release_memory
 from .target import AccuracyTarget
+from .weights import WeightOptions
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
@@ -124,6 +125,7 @@ class _Job:
     replan: Callable[[dict[str, Reason]], QuantPlan] | None = None  # W8A8: the plan again, these nodes float
     guard_data: FidelityData | None = None  # where the default accuracy guard measures
     suspects: list[list[str]] = field(default_factory=list)  # the guard's first candidates
+    weight_stats: dict | None = None  # weight-only, data-aware algorithms: statistics of each weight's input
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -140,7 +142,7 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     elif config.scheme == Scheme.DYNAMIC:
         planned = schemes.plan_dynamic(model, config, calib_src, eval_src)
     else:
-        planned = schemes.plan_w4a16(model, config, calib_src, eval_src)
+        planned = schemes.plan_w4a16(model, config, calib_src, eval_src, progress)
     plan, calibration, fid = planned.plan, planned.calibration, planned.fid
     if renamed:
         notes.append(f"named {renamed} unnamed or duplicate-named node(s)")
@@ -160,7 +162,9 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         calibration=calibration,
     )
     describe(report, config, plan)
-    return _Job(model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects)
+    return _Job(
+        model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects, planned.weight_stats
+    )
 
 
 def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:
@@ -183,7 +187,11 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
     elif config.scheme == Scheme.DYNAMIC:
         qmodel = apply_dynamic(job.model, plan, inplace=True)
     else:
-        quantized = quantize_plan(job.model, plan)
+        stats = job.weight_stats
+        quantized = quantize_plan(job.model, plan, stats=stats, options=WeightOptions.of(config))
+        errors = weight_errors(job.model, quantized, stats)
+        report.weight_errors = {key[0]: e.to_dict() for key, e in errors.items()}
+        job.weight_stats = stats = None
         if config.weight_format == WeightFormat.AUTO:
             choose_weight_format(job, config, progress, ort_config, quantized)
         qmodel = apply_w4a16(job.model, plan, inplace=True, quantized=quantized)  # the float graph is done
@@ -224,7 +232,8 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, cali
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
     out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
-    if config.scheme in (Scheme.W4A16, Scheme.W8A16) and calib_src is not None:
+    data_aware = config.weight_algo != WeightAlgo.RTN or config.clip_search
+    if config.scheme in (Scheme.W4A16, Scheme.W8A16) and calib_src is not None and not data_aware:
         out.append(
             f"--calib is not used by {config.scheme.value} rtn; its files serve fidelity (and --format auto's timing)"
         )

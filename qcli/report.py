@@ -37,6 +37,7 @@ class Report:
     target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
     guard: dict | None = None  # the default accuracy guard: all-int8 and final worst SQNR, layers checked
     placement: dict | None = None  # measured placement: the groups timed, the chosen plan's ratio to FP32
+    weight_errors: dict | None = None  # weight-only: per weight, relative weight error and output error
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
     def to_dict(self) -> dict:
@@ -58,6 +59,7 @@ class Report:
             "target": self.target,
             "guard": self.guard,
             "placement": self.placement,
+            "weight_errors": self.weight_errors,
             "provenance": self.provenance,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
-from . import hostcpu, model_io
+from . import hostcpu, model_io, weight_stats
 from .calibrate import calibrate
 from .compare import FidelityData, Progress
-from .config import QuantConfig
+from .config import QuantConfig, WeightAlgo
 from .errors import InputError
 from .feeds import FeedSource
 from .ops import ANCHORS
+from .passes.awq import awq_prepare
 from .plan import Action, QuantPlan, Reason
 from .plan_dynamic import plan_dynamic as _plan_dynamic
 from .plan_w4a16 import plan_w4a16 as _plan_w4a16
@@ -35,6 +36,7 @@ class Planned:
     replan: Callable[[dict[str, Reason]], QuantPlan] | None = None
     guard_data: FidelityData | None = None  # calibration batches the default accuracy guard measures on
     suspects: list[list[str]] = field(default_factory=list)  # its first candidates (see suspects())
+    weight_stats: dict | None = None  # weight-only, data-aware: weight name -> statistics of its input
 
 
 def plan_w8a8(
@@ -120,8 +122,47 @@ def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> 
     return [readers[t] for _, t in weak]
 
 
-def plan_w4a16(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
-    return Planned(_plan_w4a16(model, config), None, _data_only_for_fidelity(calib_src, eval_src))
+def plan_w4a16(
+    model: ModelProto,
+    config: QuantConfig,
+    calib_src: FeedSource | None,
+    eval_src: FeedSource | None,
+    progress: Progress,
+) -> Planned:
+    """Weight-only. rtn needs no data; gptq, awq and --clip-search read statistics of each weight's input
+    (X^T X, mean |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval);
+    awq also rescales the graph (folded where exact, else an explicit Mul)."""
+    plan = _plan_w4a16(model, config)
+    data_aware = config.weight_algo != WeightAlgo.RTN or config.clip_search
+    if not data_aware:
+        return Planned(plan, None, _data_only_for_fidelity(calib_src, eval_src))
+    if calib_src is None:
+        what = "--clip-search" if config.weight_algo == WeightAlgo.RTN else f"--weight-algo {config.weight_algo.value}"
+        raise InputError(f"{what} needs calibration data: pass --calib DIR")
+    items, held = calib_src.items, []
+    if eval_src is None and len(items) >= 5:
+        cut = max(1, len(items) // 5)
+        items, held = items[:-cut], items[-cut:]
+    advance = progress("weight statistics (X^T X per input)", len(items))
+    stats = weight_stats.collect(model, plan, (calib_src.load(i) for i in items), advance)
+    calibration: dict = {
+        "method": config.weight_algo.value + (" + clip search" if config.clip_search else ""),
+        "batches": len(items),
+        "files": [p.name for p in items],
+        "tensors": len(stats),
+    }
+    if config.weight_algo == WeightAlgo.AWQ:
+        done = awq_prepare(model, plan, stats)
+        stats = done.stats
+        plan.notes += list(done.notes)
+        calibration["awq"] = [x.to_dict() for x in done.layers]
+    if eval_src:
+        fid = _data_only_for_fidelity(None, eval_src)
+    elif held:
+        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
+    else:
+        fid = FidelityData(calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5)")
+    return Planned(plan, calibration, fid, weight_stats=stats)
 
 
 def plan_dynamic(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):

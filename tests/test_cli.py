@@ -175,8 +175,6 @@ def test_every_quantize_flag_reaches_the_config_in_the_report(files):
         0,
         "--exclude",
         "conv3",
-        "--weight-algo",
-        "rtn",
         "--calibrator",
         "minmax",
     )
@@ -184,7 +182,7 @@ def test_every_quantize_flag_reaches_the_config_in_the_report(files):
     c = json.loads(r.stdout)["config"]
     assert (c["per_channel"], c["activation_symmetric"], c["reduce_range"]) == (False, True, False)
     assert (c["calib_limit"], c["min_macs_per_conversion"], c["min_activation_sqnr"]) == (4, 7.0, 0.0)
-    assert (c["exclude"], c["weight_algo"], c["calibrator"]) == (["conv3"], "rtn", "minmax")
+    assert (c["exclude"], c["calibrator"]) == (["conv3"], "minmax")
     r = run(
         "quantize",
         files / "m.onnx",
@@ -196,9 +194,21 @@ def test_every_quantize_flag_reaches_the_config_in_the_report(files):
         "--block-size",
         16,
         "--weight-asymmetric",
+        "--weight-algo",
+        "gptq",
+        "--gptq-damp",
+        0.2,
+        "--act-order",
+        "--clip-search",
+        "--format",
+        "ort",
+        "--calib",
+        files / "calib",
     )
     c = json.loads(r.stdout)["config"]
     assert (c["scheme"], c["block_size"], c["weight_symmetric_int4"]) == ("w4a16", 16, False)
+    assert (c["weight_algo"], c["gptq_damp"], c["gptq_act_order"], c["clip_search"]) == ("gptq", 0.2, True, True)
+    assert c["weight_format"] == "ort"
 
 
 def test_help_keeps_placeholders_in_angle_brackets():

@@ -81,7 +81,7 @@ def smooth_targets(model: ModelProto) -> list[str]:
     """Activations with at least one MatMul (X as A, constant float 2-D B [K, N]) or Gemm (X as A, transA=0,
     constant float B) reader: calibration collects a ChannelAbsMax for each. Other readers, if any, are
     left reading X (smooth() inserts a Mul for the smoothed ones)."""
-    return list(_targets(model.graph, GraphIndex(model.graph)))
+    return list(targets(model.graph, GraphIndex(model.graph)))
 
 
 def smooth(model: ModelProto, absmax: dict[str, np.ndarray], alpha: float = 0.5) -> list[SmoothedLayer]:
@@ -91,37 +91,47 @@ def smooth(model: ModelProto, absmax: dict[str, np.ndarray], alpha: float = 0.5)
         raise InputError(f"SmoothQuant alpha must be a number from 0 to 1 (got {alpha!r})")
     alpha = float(alpha)
     g = model.graph
-    targets = _targets(g, GraphIndex(g))
-    unknown = sorted(set(absmax) - set(targets))
+    found = targets(g, GraphIndex(g))
+    unknown = sorted(set(absmax) - set(found))
     if unknown:
         raise InputError(f"{unknown[0]!r} is not an activation read by a MatMul/Gemm with a constant weight")
-    ed = _Editor(model)
+    ed = Editor(model)
     # Every s comes from the weights as given: a weight smoothed on both sides (a chain MatMul -> MatMul)
     # gets diag(s1) W diag(1/s2) whatever the order the targets are visited in.
-    plans = [(t, readers, *_scales(t, absmax[t], readers, ed, alpha)) for t, readers in targets.items() if t in absmax]
+    plans = [(t, readers, *_scales(t, absmax[t], readers, ed, alpha)) for t, readers in found.items() if t in absmax]
     layers, muls = [], []
     for t, readers, act, s in plans:
         if np.all(s == 1):
             continue  # nothing to move (all-zero channels, or alpha = 0 with unit weights)
-        for r in readers:
-            ed.scale(r, 1, s, 1 - _out_axis(r))  # the K axis: weight rows (columns of a transB Gemm)
-        inv = (1.0 / s.astype(np.float64)).astype(np.float32)
-        site = _fold_site(g, GraphIndex(g), t, readers, len(s))
-        if site:
-            where, uses = site
-            for node, i, axis in uses:
-                ed.scale(node, i, inv, axis)
-        else:
-            where = "Mul"
-            muls.append(_insert_mul(g, ed, t, readers, inv))
+        where, mul = migrate(ed, t, readers, s)
+        muls += [mul] if mul is not None else []
         after = float(np.max(act / s.astype(np.float64)))
-        mul = muls[-1].name if where == "Mul" else ""
-        layers.append(SmoothedLayer(t, tuple(r.name for r in readers), where, alpha, float(act.max()), after, mul))
-    _place(g, muls)
+        name = mul.name if mul is not None else ""
+        layers.append(SmoothedLayer(t, tuple(r.name for r in readers), where, alpha, float(act.max()), after, name))
+    place_muls(g, muls)
     return layers
 
 
-def _targets(g: GraphProto, idx: GraphIndex) -> dict[str, list[NodeProto]]:
+def migrate(ed: Editor, t: str, readers: list[NodeProto], s: np.ndarray) -> tuple[str, NodeProto | None]:
+    """X W == (X / s)(diag(s) W) for the `readers` of activation t (all its MatMul/Gemm readers with constant
+    weights, as targets() lists them): their weights times s along K, and 1/s folded into t's producer where
+    that is exact, else a Mul(t, 1/s) feeding the readers. Returns (the producer that absorbed 1/s, None) or
+    ("Mul", the new Mul node, not yet in the graph: place_muls puts it there)."""
+    g = ed.g
+    for r in readers:
+        ed.scale(r, 1, s, 1 - _out_axis(r))  # the K axis: weight rows (columns of a transB Gemm)
+    inv = (1.0 / s.astype(np.float64)).astype(np.float32)
+    site = _fold_site(g, GraphIndex(g), t, readers, len(s))
+    if not site:
+        return "Mul", _insert_mul(g, ed, t, readers, inv)
+    where, uses = site
+    for node, i, axis in uses:
+        ed.scale(node, i, inv, axis)
+    return where, None
+
+
+def targets(g: GraphProto, idx: GraphIndex) -> dict[str, list[NodeProto]]:
+    """Activation -> its MatMul/Gemm readers (X as A) with constant float 2-D weights of one K."""
     non_float_inputs = {v.name for v in g.input if v.type.tensor_type.elem_type != FLOAT}
     out: dict[str, list[NodeProto]] = {}
     for t, consumers in idx.consumers.items():
@@ -149,7 +159,7 @@ def _out_axis(node: NodeProto) -> int:
     return 0 if node.op_type == "Gemm" and attr(node, "transB", 0) else 1
 
 
-def _scales(t: str, act, readers: list[NodeProto], ed: _Editor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def _scales(t: str, act, readers: list[NodeProto], ed: Editor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """(max|X_j| as float64, s as float32). max|W_j| is over every output of every smoothed reader."""
     act = np.asarray(act, np.float64).reshape(-1)
     w = np.max([np.abs(ed.value(r.input[1])).max(axis=_out_axis(r)) for r in readers], axis=0).astype(np.float64)
@@ -195,7 +205,7 @@ def _rank(g: GraphProto, name: str) -> int | None:
     return None
 
 
-def _insert_mul(g: GraphProto, ed: _Editor, t: str, readers, inv: np.ndarray) -> NodeProto:
+def _insert_mul(g: GraphProto, ed: Editor, t: str, readers, inv: np.ndarray) -> NodeProto:
     inv_name = ed.add(f"{t}_smooth_inv", inv)
     xs = ed.namer.fresh(f"{t}_smoothed")
     mul = helper.make_node("Mul", [t, inv_name], [xs], name=ed.namer.fresh(f"{t}_smooth"))
@@ -208,7 +218,7 @@ def _insert_mul(g: GraphProto, ed: _Editor, t: str, readers, inv: np.ndarray) ->
     return mul
 
 
-def _place(g: GraphProto, muls: list[NodeProto]) -> None:
+def place_muls(g: GraphProto, muls: list[NodeProto]) -> None:
     """Insert each Mul just before the first node that reads its output (keeps the graph topologically sorted)."""
     if not muls:
         return
@@ -222,7 +232,7 @@ def _place(g: GraphProto, muls: list[NodeProto]) -> None:
     g.node.extend(order)
 
 
-class _Editor:
+class Editor:
     """Rewrites initializers for one use: in place when that use is the only reader, else as a fresh copy."""
 
     def __init__(self, model: ModelProto) -> None:

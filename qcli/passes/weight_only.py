@@ -11,9 +11,19 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from .. import qparams as qp
+from ..errors import InternalError
 from ..graph import GraphIndex, Namer, attr
 from ..plan import QuantPlan, WeightQuant
-from ..weights import BlockWeight, quantize_rows
+from ..weights import (
+    DEFAULT_OPTIONS,
+    NEEDS_STATS,
+    BlockWeight,
+    WeightError,
+    WeightOptions,
+    WeightStats,
+    quantize_rows,
+    relative_errors,
+)
 from .preprocess import _drop_unused_initializers
 
 # (float tensor, the axis its blocks run along, Gemm alpha, qtype, block size, symmetric, algorithm)
@@ -36,19 +46,53 @@ def rows_of(idx: GraphIndex, key: Key) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def quantize_plan(model: ModelProto, plan: QuantPlan, skip: set[Key] | None = None) -> dict[Key, BlockWeight]:
+def quantize_plan(
+    model: ModelProto,
+    plan: QuantPlan,
+    skip: set[Key] | None = None,
+    stats: dict[str, WeightStats] | None = None,
+    options: WeightOptions = DEFAULT_OPTIONS,
+) -> dict[Key, BlockWeight]:
     """Every planned weight quantized, once per key (a weight read twice the same way is quantized once);
-    keys in `skip` (quantized already) are left out."""
+    keys in `skip` (quantized already) are left out. `stats` (weight_stats.collect: weight name -> statistics
+    of its input) feed the data-aware algorithms and the clipping search; tables (Gather) have none."""
     idx = GraphIndex(model.graph)
     nodes = {n.name: n for n in model.graph.node}
     out: dict[Key, BlockWeight] = {}
     skip = skip or set()
+    stats = stats or {}
     for w in plan.weights:
         if w.node not in nodes:
             continue
         key = key_of(nodes[w.node], w)
-        if key not in out and key not in skip:
-            out[key] = quantize_rows(rows_of(idx, key), qp.QTYPES[w.qtype], w.symmetric, w.block_size, w.algo)
+        if key in out or key in skip:
+            continue
+        if w.algo in NEEDS_STATS and w.role == "weight" and w.tensor not in stats:
+            raise InternalError(f"internal error: {w.algo} needs the input statistics of weight {w.tensor!r}")
+        rows, qtype = rows_of(idx, key), qp.QTYPES[w.qtype]
+        s = _matching(stats, key, rows)
+        out[key] = quantize_rows(rows, qtype, w.symmetric, w.block_size, w.algo, s, options)
+    return out
+
+
+def _matching(stats: dict[str, WeightStats], key: Key, rows: np.ndarray) -> WeightStats | None:
+    """The statistics of the tensor's MatMul input, where they describe these rows' K (a table tied to a MatMul
+    weight may be read along the other axis)."""
+    s = stats.get(key[0])
+    return s if s is not None and s.k == rows.shape[1] else None
+
+
+def weight_errors(
+    model: ModelProto, quantized: dict[Key, BlockWeight], stats: dict[str, WeightStats] | None = None
+) -> dict[Key, WeightError]:
+    """Per quantized weight, ||W - Q||^2 / ||W||^2 and (with its input's statistics) tr(E H E^T) / tr(W H W^T).
+    `model` is the float graph the weights were quantized from (before apply_w4a16 rewrites it in place)."""
+    idx = GraphIndex(model.graph)
+    stats = stats or {}
+    out = {}
+    for key, bw in quantized.items():
+        rows = rows_of(idx, key)
+        out[key] = relative_errors(rows, bw, _matching(stats, key, rows))
     return out
 
 

@@ -1,7 +1,22 @@
-"""Weight quantization algorithms, one file each, in a registry (rtn today; gptq/awq fit the same seam)."""
+"""Weight quantization algorithms, one file each, in a registry: rtn (with an optional clipping search), gptq,
+awq (whose channel scales passes/awq.py moves into the graph first)."""
 
-from . import rtn  # noqa: F401  (registers "rtn")
-from .base import WEIGHT_ALGOS, WeightQuantizer
+from . import awq, gptq, rtn  # noqa: F401  (register "awq", "gptq", "rtn")
+from .base import DEFAULT_OPTIONS, NEEDS_STATS, WEIGHT_ALGOS, WeightOptions, WeightQuantizer
 from .blocks import BlockWeight, quantize_rows
+from .errors import WeightError, relative_errors
+from .stats import StatsAccumulator, WeightStats
 
-__all__ = ["WEIGHT_ALGOS", "WeightQuantizer", "BlockWeight", "quantize_rows"]
+__all__ = [
+    "WEIGHT_ALGOS",
+    "DEFAULT_OPTIONS",
+    "NEEDS_STATS",
+    "WeightOptions",
+    "WeightQuantizer",
+    "BlockWeight",
+    "quantize_rows",
+    "WeightError",
+    "relative_errors",
+    "StatsAccumulator",
+    "WeightStats",
+]

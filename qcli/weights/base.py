@@ -1,13 +1,36 @@
-"""The weight-quantizer protocol: a float weight and its granularity in, integers and their QParams out."""
+"""The weight-quantizer protocol: a float weight and its granularity in, integers and their QParams out.
+
+Data-aware algorithms also take the statistics of the activation the weight reads (stats.WeightStats: H = X^T X
+and mean |x| per input channel) and the options of the configuration (WeightOptions). Every algorithm quantizes
+a weight with no statistics (a Gather table, W8A8's per-channel weights) by rounding to nearest."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from ..qparams import QParams, QType
 from ..registry import Registry
+from .stats import WeightStats
+
+
+@dataclass(frozen=True)
+class WeightOptions:
+    clip_search: bool = False  # per block, the clipping ratio with the least (activation-weighted) error
+    gptq_damp: float = 0.1  # gptq: diagonal damping, a fraction of the mean diagonal of H (as QuantConfig's)
+    gptq_act_order: bool = False  # gptq: columns in order of decreasing H_kk
+
+    @classmethod
+    def of(cls, config) -> WeightOptions:
+        """The options a QuantConfig sets."""
+        return cls(bool(config.clip_search), float(config.gptq_damp), bool(config.gptq_act_order))
+
+
+DEFAULT_OPTIONS = WeightOptions()
+# Algorithms that need statistics for every MatMul/Gemm weight: without them they would silently round.
+NEEDS_STATS = frozenset({"gptq"})
 
 
 class WeightQuantizer(Protocol):
@@ -18,7 +41,8 @@ class WeightQuantizer(Protocol):
         symmetric: bool,
         axis: int | None,
         block_size: int | None,
-        inputs: np.ndarray | None = None,  # calibration activations feeding this weight (data-aware algorithms)
+        stats: WeightStats | None = None,  # of the activation the weight reads ([N, K] rows, axis 1, only)
+        options: WeightOptions = DEFAULT_OPTIONS,
     ) -> tuple[np.ndarray, QParams]: ...
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import qparams as qp
-from .base import WEIGHT_ALGOS
+from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from .stats import WeightStats
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,9 +48,19 @@ class BlockWeight:
         return qp.dequantize(self.codes, self.params)
 
 
-def quantize_rows(rows: np.ndarray, qtype: qp.QType, symmetric: bool, block_size: int, algo: str) -> BlockWeight:
-    """Quantize a float [N, K] weight in blocks of `block_size` along K with the registered algorithm `algo`."""
+def quantize_rows(
+    rows: np.ndarray,
+    qtype: qp.QType,
+    symmetric: bool,
+    block_size: int,
+    algo: str,
+    stats: WeightStats | None = None,
+    options: WeightOptions = DEFAULT_OPTIONS,
+) -> BlockWeight:
+    """Quantize a float [N, K] weight in blocks of `block_size` along K with the registered algorithm `algo`,
+    given the statistics of the activation it reads (data-aware algorithms) and the options."""
     if rows.ndim != 2:
         raise ValueError(f"block quantization takes a 2-D [N, K] weight, got shape {rows.shape}")
-    codes, params = WEIGHT_ALGOS.get(algo)(rows.astype(np.float32), qtype, symmetric, 1, block_size)
+    quantizer = WEIGHT_ALGOS.get(algo)
+    codes, params = quantizer(rows.astype(np.float32), qtype, symmetric, 1, block_size, stats=stats, options=options)
     return BlockWeight(codes, params, symmetric)

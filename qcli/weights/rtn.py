@@ -1,11 +1,15 @@
-"""Round to nearest: scales from each channel's/block's range, then QuantizeLinear. Needs no data."""
+"""Round to nearest: scales from each channel's/block's range, then QuantizeLinear. Needs no data; with
+options.clip_search, each block's range is shrunk to the ratio with the least error (clip.py), weighted by
+the input channels' energy when statistics are given."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .. import qparams as qp
-from .base import WEIGHT_ALGOS
+from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from .clip import clip_params
+from .stats import WeightStats
 
 
 @WEIGHT_ALGOS.register("rtn")
@@ -15,7 +19,11 @@ def rtn(
     symmetric: bool,
     axis: int | None,
     block_size: int | None,
-    inputs: np.ndarray | None = None,
+    stats: WeightStats | None = None,
+    options: WeightOptions = DEFAULT_OPTIONS,
 ) -> tuple[np.ndarray, qp.QParams]:
-    p = qp.weight_qparams(w, qtype, symmetric, axis, block_size)
+    if options.clip_search and w.ndim == 2 and axis in (1, -1) and block_size:
+        p = clip_params(w, qtype, symmetric, block_size, None if stats is None else np.diag(stats.h))
+    else:
+        p = qp.weight_qparams(w, qtype, symmetric, axis, block_size)
     return qp.quantize(w, p), p

@@ -30,6 +30,9 @@ VARIANTS = {
     "qcli w4a16 --format qdq": ["--scheme", "w4a16", "--format", "qdq"],
     "qcli w4a16 --format ort": ["--scheme", "w4a16", "--format", "ort"],
     "qcli w8a16 (auto)": ["--scheme", "w8a16"],
+    "qcli w4a16 gptq (auto)": ["--scheme", "w4a16", "--weight-algo", "gptq", "--calib", "CALIB"],
+    "qcli w4a16 awq (auto)": ["--scheme", "w4a16", "--weight-algo", "awq", "--calib", "CALIB"],
+    "qcli w4a16 clip-search (auto)": ["--scheme", "w4a16", "--clip-search", "--calib", "CALIB"],
 }
 ORT = "ORT MatMulNBits int4 RTN b32"
 
@@ -79,6 +82,7 @@ def bench(model: str, rounds: int) -> list[dict]:
     rows, paths = [], {}
     for label, args in VARIANTS.items():
         out = out_dir / (label.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "") + ".onnx")
+        args = [str(folder / "calib") if a == "CALIB" else a for a in args]
         cmd = [PY, "-m", "qcli", "quantize", str(ref_path), *args, "--eval", str(eval_dir), "-o", str(out)]
         rows.append({"variant": label, "quantize": run_measured(cmd, CACHE / "logs" / f"{model}-{out.stem}.log")})
         paths[label] = out

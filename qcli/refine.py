@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import model_io, weight_format
 from .compare import Progress
-from .config import QuantConfig, Scheme, WeightFormat, effective
+from .config import QuantConfig, Scheme, effective
 from .guard import guard
 from .passes.dynamic import apply_dynamic
 from .placement import place
@@ -74,11 +74,9 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
     plan, fid = job.plan, job.fid
     size = model_io.model_bytes(job.model)
     if size > AUTO_MAX_BYTES:  # every candidate's session at once would break the memory bound
-        why = (
-            f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound: "
-            "the portable form (--format ort writes onnxruntime's MatMulNBits)"
+        choice = weight_format.unmeasured(
+            f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound"
         )
-        choice = weight_format.FormatChoice(WeightFormat.QDQ, None, why)
     else:
         items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
         feeds = [fid.src.load(i) for i in items]

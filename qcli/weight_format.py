@@ -94,6 +94,13 @@ class FormatChoice:
         return out
 
 
+def unmeasured(reason: str) -> FormatChoice:
+    """The choice without timings: MatMulNBits with fp32 compute, the exact math in the form onnxruntime's own
+    int4 quantizer writes (onnxruntime fuses the portable form into the same kernel, at int8 compute)."""
+    why = f"{reason}: onnxruntime's MatMulNBits with fp32 compute, the exact math (--format qdq: portable ONNX)"
+    return FormatChoice(WeightFormat.ORT, FP32, why)
+
+
 def choose(
     model: ModelProto,
     plan: QuantPlan,
@@ -108,7 +115,7 @@ def choose(
     model at `reference`, on `feeds` (the first one times them). Leaves `model` unchanged. `quantized`
     (weight_only.quantize_plan) saves quantizing the weights again; pass the same to apply_w4a16."""
     if not feeds:
-        return FormatChoice(WeightFormat.QDQ, None, "no data to measure on (--eval or --calib): the portable form")
+        return unmeasured("no data to measure on (--eval or --calib)")
     if not plan.weights:
         return FormatChoice(WeightFormat.QDQ, None, "nothing quantized: no weight-only operator to choose")
     quantized = quantize_plan(model, plan) if quantized is None else quantized

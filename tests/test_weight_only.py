@@ -274,10 +274,11 @@ def test_auto_rejects_int8_compute_where_the_quantization_is_exact(tmp_path):
     assert all(not any(a.name == "accuracy_level" for a in n.attribute) for n in q.graph.node)
 
 
-def test_auto_without_data_or_weights_writes_the_portable_form(tmp_path):
+def test_auto_without_data_writes_matmulnbits_at_fp32_compute_and_without_weights_the_portable_form(tmp_path):
     m = _exact_int4_mlp()
     no_data = wf.choose(m, _plan(m), tmp_path / "unused.onnx", [])
-    assert no_data.weight_format == WeightFormat.QDQ and "no data" in no_data.why and not no_data.trials
+    assert (no_data.weight_format, no_data.accuracy_level) == (WeightFormat.ORT, 0)  # exact, onnxruntime's form
+    assert "no data" in no_data.why and not no_data.trials
     nothing = wf.choose(m, _plan(m, block_size=128), tmp_path / "unused.onnx", [{"x": _x((2, 64))}])
     assert nothing.weight_format == WeightFormat.QDQ and "nothing quantized" in nothing.why
 

@@ -76,7 +76,7 @@ def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
     assert np.isfinite(r.report.size["ratio"]) and r.report.size["ratio"] < 0.45
 
 
-def test_auto_on_a_model_too_large_to_time_every_form_writes_the_portable_form(tmp_path, monkeypatch):
+def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed(tmp_path, monkeypatch):
     from qcli import refine
 
     monkeypatch.setattr(refine, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
@@ -84,8 +84,8 @@ def test_auto_on_a_model_too_large_to_time_every_form_writes_the_portable_form(t
     m = _files(tmp_path)
     r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     d = r.plan.decisions["weight_format"]
-    assert d["value"] == "qdq" and "too large to time every form" in d["why"]
-    assert ops(tmp_path / "q.onnx").get("MatMulNBits", 0) == 0
+    assert d["value"] == "ort" and "too large to time every form" in d["why"]
+    assert r.plan.decisions["accuracy_level"]["value"] == 0 and ops(tmp_path / "q.onnx").get("MatMulNBits") == 2
 
 
 def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tmp_path):

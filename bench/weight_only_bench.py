@@ -27,6 +27,7 @@ from run_bench import PY, _cpu, run_measured
 
 VARIANTS = {
     "qcli w4a16 (auto)": ["--scheme", "w4a16"],
+    "qcli w4a16 (auto, no data)": ["--scheme", "w4a16", "NOEVAL"],
     "qcli w4a16 --format qdq": ["--scheme", "w4a16", "--format", "qdq"],
     "qcli w4a16 --format ort": ["--scheme", "w4a16", "--format", "ort"],
     "qcli w8a16 (auto)": ["--scheme", "w8a16"],
@@ -74,22 +75,31 @@ def _timed(sessions: dict[str, ort.InferenceSession], feed, rounds: int) -> dict
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def bench(model: str, rounds: int) -> list[dict]:
+def quantize_all(model: str) -> tuple[list[dict], dict[str, Path]]:
+    """Every variant written by its own process. Run before any session is loaded here: a child's peak
+    memory counts the pages it shared with this process at fork."""
     folder = model_dir(model)
     ref_path, out_dir = folder / "model.onnx", CACHE / "out" / model / "weight-only"
     out_dir.mkdir(parents=True, exist_ok=True)
-    eval_dir = folder / "eval"
     rows, paths = [], {}
     for label, args in VARIANTS.items():
-        out = out_dir / (label.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "") + ".onnx")
+        out = out_dir / ("".join(c if c.isalnum() else "_" for c in label) + ".onnx")
         args = [str(folder / "calib") if a == "CALIB" else a for a in args]
-        cmd = [PY, "-m", "qcli", "quantize", str(ref_path), *args, "--eval", str(eval_dir), "-o", str(out)]
+        data = [] if "NOEVAL" in args else ["--eval", str(folder / "eval")]
+        args = [a for a in args if a != "NOEVAL"]
+        cmd = [PY, "-m", "qcli", "quantize", str(ref_path), *args, *data, "-o", str(out)]
         rows.append({"variant": label, "quantize": run_measured(cmd, CACHE / "logs" / f"{model}-{out.stem}.log")})
         paths[label] = out
     out = out_dir / "ort_nbits.onnx"
     cmd = [PY, str(BENCH / "ort_baseline.py"), "nbits", str(ref_path), str(out)]
     rows.append({"variant": ORT, "quantize": run_measured(cmd, CACHE / "logs" / f"{model}-ort_nbits.log")})
     paths[ORT] = out
+    return rows, paths
+
+
+def measure(model: str, rows: list[dict], paths: dict[str, Path], rounds: int) -> list[dict]:
+    folder = model_dir(model)
+    ref_path, eval_dir = folder / "model.onnx", folder / "eval"
     ok = {k: p for k, p in paths.items() if p.exists()}
     sessions = {"FP32": _session(ref_path)} | {k: _session(p) for k, p in ok.items()}
     names = [i.name for i in sessions["FP32"].get_inputs()]
@@ -146,13 +156,17 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,attention")
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
-    rows = []
+    written = {}
     for m in args.models.split(","):
         if not (model_dir(m) / "model.onnx").exists():
             print(f"[weight-only] {m}: no model (run `make bench` once to fetch it)", file=sys.stderr)
             continue
-        print(f"[weight-only] {m} ...", flush=True)
-        rows += bench(m, args.rounds)
+        print(f"[weight-only] {m}: quantizing ...", flush=True)
+        written[m] = quantize_all(m)
+    rows = []
+    for m, (quantized, paths) in written.items():
+        print(f"[weight-only] {m}: timing ...", flush=True)
+        rows += measure(m, quantized, paths, args.rounds)
     text = markdown(rows, _cpu(), args.rounds)
     (BENCH / "weight_only_results.md").write_text(text)
     (BENCH / "weight_only_results.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=1, default=str))

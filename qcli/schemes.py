@@ -51,10 +51,7 @@ def plan_w8a8(
             "W8A8 static quantization needs calibration data: pass --calib DIR "
             "(or use --scheme w4a16 for weight-only quantization without data)"
         )
-    items, held = calib_src.items, []
-    if eval_src is None and len(items) >= 5:  # hold a fifth aside to measure fidelity on unseen data
-        cut = max(1, len(items) // 5)
-        items, held = items[:-cut], items[-cut:]
+    items, held = _split(calib_src, eval_src)
     prepared = prepare(model, config, calib_src, items, progress)
     planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
     advance = progress("calibrating", len(items))
@@ -97,14 +94,7 @@ def plan_w8a8(
         again = W8A8Planner(model, config, floats, planner.cpu, pinned={**prepared.pinned, **more_float})
         return finish(again.plan(stats, act_sqnr))
 
-    if eval_src:
-        fid = FidelityData(eval_src, eval_src.items, f"--eval {eval_src.folder} ({len(eval_src.items)} batches)")
-    elif held:
-        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
-    else:
-        fid = FidelityData(
-            calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
-        )
+    fid = _fidelity_data(calib_src, eval_src, items, held)
     guard_data = FidelityData(calib_src, guard_items, f"{len(guard_items)} calibration batches")
     return Planned(finish(plan), calibration, fid, replan, guard_data, suspects(model, plan, measured))
 
@@ -139,10 +129,7 @@ def plan_w4a16(
     if calib_src is None:
         what = "--clip-search" if config.weight_algo == WeightAlgo.RTN else f"--weight-algo {config.weight_algo.value}"
         raise InputError(f"{what} needs calibration data: pass --calib DIR")
-    items, held = calib_src.items, []
-    if eval_src is None and len(items) >= 5:
-        cut = max(1, len(items) // 5)
-        items, held = items[:-cut], items[-cut:]
+    items, held = _split(calib_src, eval_src)
     advance = progress("weight statistics (X^T X per input)", len(items))
     stats = weight_stats.collect(model, plan, (calib_src.load(i) for i in items), advance)
     calibration: dict = {
@@ -156,13 +143,7 @@ def plan_w4a16(
         stats = done.stats
         plan.notes += list(done.notes)
         calibration["awq"] = [x.to_dict() for x in done.layers]
-    if eval_src:
-        fid = _data_only_for_fidelity(None, eval_src)
-    elif held:
-        fid = FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
-    else:
-        fid = FidelityData(calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5)")
-    return Planned(plan, calibration, fid, weight_stats=stats)
+    return Planned(plan, calibration, _fidelity_data(calib_src, eval_src, items, held), weight_stats=stats)
 
 
 def plan_dynamic(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):
@@ -180,3 +161,24 @@ def _data_only_for_fidelity(calib_src: FeedSource | None, eval_src: FeedSource |
         return FidelityData(None, [], "")
     flag = "--eval" if eval_src else "--calib"
     return FidelityData(src, src.items, f"{flag} {src.folder} ({len(src.items)} batches)")
+
+
+def _split(calib_src: FeedSource, eval_src: FeedSource | None) -> tuple[list, list]:
+    """The calibration files to use, and those held aside to measure fidelity on unseen data: a fifth, when
+    there is no --eval and there are at least 5."""
+    items = list(calib_src.items)
+    if eval_src is not None or len(items) < 5:
+        return items, []
+    cut = max(1, len(items) // 5)
+    return items[:-cut], items[-cut:]
+
+
+def _fidelity_data(calib_src: FeedSource, eval_src: FeedSource | None, items: list, held: list) -> FidelityData:
+    """Where a scheme that fitted something to `items` measures fidelity: --eval, else the held-aside files."""
+    if eval_src:
+        return _data_only_for_fidelity(None, eval_src)
+    if held:
+        return FidelityData(calib_src, held, f"{len(held)} calibration file(s) held aside")
+    return FidelityData(
+        calib_src, items, f"the {len(items)} calibration file(s) themselves (fewer than 5: none held aside)"
+    )

@@ -259,6 +259,11 @@ def _upgrade_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.Mo
     if note:
         lift_constants(model)
         name_nodes(model.graph)
+        # An IR version the new opset allows (IR < 4 also wanted every initializer listed as a graph input).
+        ir = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        if model.ir_version < ir:
+            note += f"; IR version {model.ir_version} -> {ir}"
+            model.ir_version = ir
     return model, note
 
 

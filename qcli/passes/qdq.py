@@ -15,7 +15,7 @@ import json
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from .. import fold
+from .. import fold, model_io
 from .. import qparams as qp
 from ..graph import GraphIndex, Namer
 from ..ops import NATIVE_INT8, input_channels
@@ -201,12 +201,34 @@ class _Rewriter:
 
 def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:
     """The quantized model, and for each quantized activation the name of its QuantizeLinear output."""
-    m = ModelProto()
-    m.CopyFrom(model)
+    # The float weights the plan replaces are not copied: the rewriter reads them from `model`, and those
+    # still referenced afterwards (a weight a float node also reads) are copied back. A trial of the accuracy
+    # guard or target then costs the quantized model, not a second float one.
+    replaced = {w.tensor for w in plan.weights} | {a.tensor for a in plan.activations.values()}
+    originals = {t.name: t for t in model.graph.initializer if t.name in replaced}
+    m = model_io.copy_without(model, set(originals))
     rw = _Rewriter(m, plan)
+    rw.idx.inits.update(originals)
+    rw.idx.graph_inputs -= set(originals)
     rw.run()
+    _restore(m, originals)
     qnames = {t: q for t, q in rw.quantized.items() if not rw.idx.is_const(t)}
     # Where each original activation went (its QuantizeLinear output), for per-layer comparisons later.
     entry = next((p for p in m.metadata_props if p.key == QUANTIZED_TENSORS_KEY), None) or m.metadata_props.add()
     entry.key, entry.value = QUANTIZED_TENSORS_KEY, json.dumps(qnames, separators=(",", ":"))
     return m, qnames
+
+
+def _restore(m: ModelProto, originals: dict) -> None:
+    """Copy back the original initializers the rewritten graph still reads; drop the graph-input entries
+    (IR < 4 models list initializers as inputs) of those it no longer reads."""
+    idx = GraphIndex(m.graph)
+    used = set(idx.consumers) | idx.graph_outputs | idx.subgraph_refs
+    have = {t.name for t in m.graph.initializer}
+    for name, t in originals.items():
+        if name in used and name not in have:
+            m.graph.initializer.add().CopyFrom(t)
+    for i in reversed(range(len(m.graph.input))):
+        name = m.graph.input[i].name
+        if name in originals and name not in used:
+            del m.graph.input[i]

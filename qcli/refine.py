@@ -4,9 +4,15 @@ leaves its plan and findings in it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+
 from . import model_io, weight_format
 from .compare import Progress
 from .config import QuantConfig, Scheme, effective
+from .errors import QcliError
+from .feeds import input_specs
 from .guard import guard
 from .passes.dynamic import apply_dynamic
 from .placement import place
@@ -81,7 +87,20 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
         items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
         feeds = [fid.src.load(i) for i in items]
         advance = progress("choosing the weight format (timings)", 1)
-        choice = weight_format.choose(job.model, plan, job.reference, feeds, ort_config=ort_config, quantized=quantized)
+
+        def choose(batches: list) -> weight_format.FormatChoice:
+            return weight_format.choose(
+                job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized
+            )
+
+        if feeds:
+            choice = choose(feeds)
+        else:  # no data: time the forms on inputs made from the input specs (speed does not depend on the values)
+            try:
+                choice = choose([synthetic_feed(input_specs(job.model))])
+                choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
+            except QcliError as e:
+                choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
         advance()
     plan.decisions.update(choice.decisions())
     describe(job.report, config, plan)
@@ -103,3 +122,17 @@ def _slower_than_float(choice: weight_format.FormatChoice) -> list[str]:
         f"{chosen.median_ms / choice.float_ms:.2f}x FP32 on this CPU"
         + (f"; faster but less exact: {alt}" if alt else "")
     ]
+
+
+def synthetic_feed(specs) -> dict:
+    """One input per spec for timing: dynamic dimensions 1 (the first) or 32, floats from a fixed normal
+    stream, integers 1 (a valid token id, index or mask value)."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in specs:
+        shape = tuple(d if isinstance(d, int) else (1 if i == 0 else 32) for i, d in enumerate(spec.shape))
+        if spec.dtype.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = np.ones(shape, spec.dtype)
+    return feed

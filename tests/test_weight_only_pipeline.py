@@ -105,3 +105,32 @@ def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tm
         assert len(errors) == 2 and all(0 < e["weight"] < 0.05 for e in errors.values())
         assert all((e["output"] is not None) == (algo == "gptq") for e in errors.values())
     assert sqnr["gptq"] > sqnr["rtn"] + 0.5, sqnr
+
+
+def test_auto_without_data_times_the_forms_on_inputs_made_from_the_input_specs(tmp_path, monkeypatch):
+    speed = {"float": 10.0, "qdq": 6.0, "ort-fp32": 9.0, "ort-int8": 8.0}
+    seen = []
+
+    def interleaved(sessions, feed, budget_s):
+        seen.append({k: v.shape for k, v in feed.items()})
+        return {n: [speed[n] / 1e3] * 5 for n in sessions}, 5
+
+    monkeypatch.setattr(weight_format, "_interleaved", interleaved)
+    m = _files(tmp_path)  # input x [N, T, 64]: N -> 1, T -> 32
+    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
+    d = r.plan.decisions["weight_format"]
+    assert d["value"] == "qdq" and d["why"].startswith("no data: timed on inputs made from the input specs")
+    assert seen == [{"x": (1, 32, 64)}]
+
+
+def test_auto_without_data_falls_back_when_the_made_inputs_do_not_run(tmp_path, monkeypatch):
+    from qcli.errors import InputError
+
+    def fails(*a, **k):
+        raise InputError("onnxruntime failed to run the model on inputs [1, 32, 64]")
+
+    monkeypatch.setattr(weight_format, "choose", fails)
+    r = quantize(_files(tmp_path), QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
+    d = r.plan.decisions["weight_format"]
+    assert d["value"] == "ort" and "did not run (onnxruntime failed" in d["why"]
+    assert r.plan.decisions["accuracy_level"]["value"] == 0

@@ -18,7 +18,6 @@ CANDIDATES (more portable, then more exact) wins the tie.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
@@ -36,7 +35,7 @@ from .passes.nbits import FP32, INT8
 from .passes.weight_only import Key, quantize_plan
 from .plan import QuantPlan
 from .qparams import NoiseMeter
-from .session import Session, session_options
+from .session import Session, release_memory, session_options
 from .weights import BlockWeight
 
 MARGIN_DB = 6.0  # a candidate's own noise at most 1/4 of the quantization noise's power: <= 1 dB off the exact SQNR
@@ -119,19 +118,17 @@ def choose(
     if not plan.weights:
         return FormatChoice(WeightFormat.QDQ, None, "nothing quantized: no weight-only operator to choose")
     quantized = quantize_plan(model, plan) if quantized is None else quantized
-    with tempfile.TemporaryDirectory(prefix="qcli-format-") as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="qcli-format-") as tmp:
         paths: dict[str, Path] = {}
         for c in candidates if any(c.name == "qdq" for c in candidates) else (EXACT, *candidates):
             written = apply_w4a16(model, plan, False, c.weight_format, c.accuracy_level, quantized)
             paths[c.name] = model_io.save_for_session(written, Path(tmp), f"{c.name}.onnx")
             del written
-        sessions = {
-            c.name: stack.enter_context(Session(paths[c.name], config=ort_config, ours=True)) for c in candidates
-        }
+        release_memory()
+        names = [c.name for c in candidates]
         exact = paths.get("qdq", paths.get(EXACT.name))
-        fid = _fidelity(model, reference, exact, sessions, feeds[:FIDELITY_BATCHES])
-        ref = stack.enter_context(Session(reference, config=ort_config))
-        times, runs = _interleaved({"float": ref, **sessions}, feeds[0], budget_s)
+        fid = _fidelity(model, reference, exact, paths, names, feeds[:FIDELITY_BATCHES], ort_config)
+        times, runs = _timed(reference, paths, names, feeds[0], budget_s, ort_config)
     return _decide(candidates, fid, times, runs)
 
 
@@ -143,27 +140,55 @@ class _Fidelity:
     rows: int = 0
 
 
-def _fidelity(model, reference: Path, exact_path: Path, sessions: dict[str, Session], feeds) -> _Fidelity:
+def _fidelity(model, reference: Path, exact_path: Path, paths: dict, names: list[str], feeds, ort_config) -> _Fidelity:
+    """The exact math's and the FP32 model's outputs recorded first, then one candidate session at a time (memory:
+    never more than the float model's session and one candidate's)."""
     so = session_options()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # DQ then MatMul, as written
     exact = ort.InferenceSession(str(exact_path), so, providers=["CPUExecutionProvider"])
     scores = score_outputs(model, reference)
     with Session(reference) as ref:
-        names = ref.outputs()
-        fid = _Fidelity({n: NoiseMeter() for n in names}, {c: {n: NoiseMeter() for n in names} for c in sessions}, {})
-        fid.flips = dict.fromkeys(sessions, 0)
+        outs = ref.outputs()
+        fid = _Fidelity({n: NoiseMeter() for n in outs}, {c: {n: NoiseMeter() for n in outs} for c in names}, {})
+        fid.flips = dict.fromkeys(names, 0)
+        wants = []
         for feed in feeds:
-            want = dict(zip(names, exact.run(names, feed)))
-            for n, r in zip(names, ref.run(names, feed)):
+            want = dict(zip(outs, exact.run(outs, feed)))
+            for n, r in zip(outs, ref.run(outs, feed)):
                 fid.quantization[n].add(r, want[n])
-            for c, sess in sessions.items():
-                for n, got in zip(names, sess.run(names, feed)):
+            wants.append(want)
+            fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in outs if n in scores and want[n].ndim >= 2)
+    del exact
+    release_memory()
+    for c in names:
+        with Session(paths[c], config=ort_config, ours=True) as sess:
+            for feed, want in zip(feeds, wants):
+                for n, got in zip(outs, sess.run(outs, feed)):
                     fid.deviation[c][n].add(want[n], got)
                     if n in scores and got.ndim >= 2 and got.shape[-1] >= 2:
                         fid.flips[c] += int(np.sum(got.argmax(-1) != want[n].argmax(-1)))
-            fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in names if n in scores and want[n].ndim >= 2)
-    del exact
     return fid
+
+
+def _timed(reference: Path, paths: dict, names: list[str], feed, budget_s: float, ort_config):
+    """Each candidate interleaved with the FP32 model, one candidate session open at a time; every candidate's
+    times put on one scale through the FP32 model's median in its own pairing."""
+    times: dict[str, list[float]] = {"float": []}
+    runs = 0
+    share = 2 * budget_s / (len(names) + 1)  # about the rounds of all of them at once, in pairs
+    with Session(reference, config=ort_config) as ref:
+        pairs = {}
+        for c in names:
+            with Session(paths[c], config=ort_config, ours=True) as sess:
+                t, n = _interleaved({"float": ref, c: sess}, feed, share)
+            pairs[c] = (t["float"], t[c])
+            times["float"] += t["float"]
+            runs = max(runs, n)
+    overall = statistics.median(times["float"])
+    for c, (f, t) in pairs.items():
+        scale = overall / statistics.median(f)
+        times[c] = [x * scale for x in t]
+    return times, runs
 
 
 def score_outputs(model: ModelProto, reference: Path) -> set[str]:

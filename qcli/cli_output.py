@@ -3,6 +3,7 @@ report rendering on stderr. Human output on stderr, machine output (--json) on s
 
 from __future__ import annotations
 
+import shlex
 import sys
 from contextlib import contextmanager
 
@@ -106,3 +107,8 @@ def show(report: Report, json_out: bool, top: int = 0) -> None:
     render_rich(report, err)
     if top:
         render_layers(report, err, top)
+
+
+def command_line() -> str:
+    """The command line as typed, for the report's provenance."""
+    return shlex.join(["qcli", *sys.argv[1:]])

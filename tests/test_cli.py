@@ -287,12 +287,12 @@ def test_on_a_terminal_brackets_in_messages_and_reports_survive_rich_markup(file
 
     from rich.console import Console
 
-    import qcli.cli
     import qcli.cli_output
+    import qcli.cli_quantize
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=300)
-    monkeypatch.setattr(qcli.cli, "err", console)
+    monkeypatch.setattr(qcli.cli_quantize, "err", console)
     monkeypatch.setattr(qcli.cli_output, "err", console)
     write_batches(files / "badshape", [(1, 4, 16, 16)])
     r = run("quantize", files / "m.onnx", "--calib", files / "badshape")

@@ -12,9 +12,11 @@ static: quantize_static, QDQ format, per-channel, MinMax calibration (--method: 
         weights, as onnxruntime recommends on x86 CPUs without VNNI, where uint8 x int8
         products can saturate.
 dynamic: quantize_dynamic, per-channel QInt8 weights (activations quantized at run time, no data).
-nbits:  MatMulNBitsQuantizer, 4-bit symmetric round-to-nearest weights in blocks of 32
-        (DefaultWeightOnlyQuantConfig, which is plain RTN; the algorithm named "RTN" in
-        onnxruntime needs Intel Neural Compressor), written as com.microsoft MatMulNBits.
+nbits:  MatMulNBitsQuantizer, 4-bit weights in blocks of 32, written as com.microsoft MatMulNBits.
+        --algo default: symmetric round-to-nearest (DefaultWeightOnlyQuantConfig, plain RTN);
+        --algo gptq: GPTQWeightOnlyQuantConfig (onnxruntime's bundled copy of Neural Compressor's GPTQ,
+        its defaults: damping 0.01, no act-order, asymmetric) on the --calib files; --algo hqq:
+        HQQWeightOnlyQuantConfig (half-quadratic optimisation of scale and zero point, no data; needs torch).
 """
 
 from __future__ import annotations
@@ -76,13 +78,18 @@ def static(model: Path, calib: Path, out: Path, preprocess: bool, reduce_range: 
         )
 
 
-def nbits(model: Path, out: Path) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+def nbits(model: Path, out: Path, algo: str = "default", calib: Path | None = None) -> None:
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=4)
+    if algo == "gptq":
+        if calib is None:
+            raise SystemExit("--algo gptq needs --calib")
+        config = mnq.GPTQWeightOnlyQuantConfig(FolderReader(model, calib), block_size=32)
+    elif algo == "hqq":
+        config = mnq.HQQWeightOnlyQuantConfig(block_size=32, bits=4)
+    else:
+        config = mnq.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=4)
+    MatMulNBitsQuantizer = mnq.MatMulNBitsQuantizer
     quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(out))
@@ -107,6 +114,8 @@ def main() -> None:
     p_nbits = sub.add_parser("nbits")
     p_nbits.add_argument("model", type=Path)
     p_nbits.add_argument("out", type=Path)
+    p_nbits.add_argument("--algo", choices=("default", "gptq", "hqq"), default="default")
+    p_nbits.add_argument("--calib", type=Path)
     p_dynamic = sub.add_parser("dynamic")
     p_dynamic.add_argument("model", type=Path)
     p_dynamic.add_argument("out", type=Path)
@@ -118,7 +127,7 @@ def main() -> None:
     elif args.mode == "dynamic":
         dynamic(args.model, args.out)
     else:
-        nbits(args.model, args.out)
+        nbits(args.model, args.out, args.algo, args.calib.resolve() if args.calib else None)
 
 
 if __name__ == "__main__":

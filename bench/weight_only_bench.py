@@ -2,11 +2,12 @@
 
     python bench/weight_only_bench.py [--models minilm,attention] [--rounds 60]
 
-For each model: qcli w4a16 (the default --format auto; and qdq, ort forced), qcli w8a16 (auto) and
-onnxruntime's MatMulNBitsQuantizer (RTN, block 32) are written by their own processes (quantize time and
-peak memory measured there). Then all of them and the FP32 model are loaded in this process and run
-round-robin on the same input (thread spinning off, so the sessions do not steal each other's cores), at
-batch 1 and batch 8; the latency figures are ratios of medians to FP32 and to onnxruntime's int4 output.
+For each model: qcli w4a16 (the default --format auto; and qdq, ort forced; rtn, gptq, awq, clip search),
+qcli w8a16 (auto) and onnxruntime's MatMulNBitsQuantizer (RTN, and its GPTQ and HQQ, block 32) are written by
+their own processes (quantize time and peak memory measured there; a failure is a row with its error). Then
+all of them and the FP32 model are loaded in this process and run round-robin on the same input (thread
+spinning off, so the sessions do not steal each other's cores), at batch 1 and batch 8; the latency figures
+are ratios of medians to FP32 and to onnxruntime's int4 output.
 Fidelity (SQNR, cosine of the first output against FP32) over the whole eval folder at its own batch.
 Writes bench/weight_only_results.{md,json}.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from common import BENCH, CACHE, load_samples, model_dir
-from run_bench import PY, _cpu, run_measured
+from run_bench import PY, _cpu, error_summary, run_measured
 
 VARIANTS = {
     "qcli w4a16 (auto)": ["--scheme", "w4a16"],
@@ -34,8 +35,12 @@ VARIANTS = {
     "qcli w4a16 gptq (auto)": ["--scheme", "w4a16", "--weight-algo", "gptq", "--calib", "CALIB"],
     "qcli w4a16 awq (auto)": ["--scheme", "w4a16", "--weight-algo", "awq", "--calib", "CALIB"],
     "qcli w4a16 clip-search (auto)": ["--scheme", "w4a16", "--clip-search", "--calib", "CALIB"],
+    "qcli w4a16 gptq act-order asym (auto)": [
+        *("--scheme", "w4a16", "--weight-algo", "gptq", "--act-order", "--weight-asymmetric", "--calib", "CALIB")
+    ],
 }
 ORT = "ORT MatMulNBits int4 RTN b32"
+ORT_ALGOS = {ORT: "default", "ORT MatMulNBits int4 GPTQ b32": "gptq", "ORT MatMulNBits int4 HQQ b32": "hqq"}
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -84,16 +89,23 @@ def quantize_all(model: str) -> tuple[list[dict], dict[str, Path]]:
     rows, paths = [], {}
     for label, args in VARIANTS.items():
         out = out_dir / ("".join(c if c.isalnum() else "_" for c in label) + ".onnx")
+        out.unlink(missing_ok=True)  # a failed run must not leave the last run's model to be measured
         args = [str(folder / "calib") if a == "CALIB" else a for a in args]
         data = [] if "NOEVAL" in args else ["--eval", str(folder / "eval")]
         args = [a for a in args if a != "NOEVAL"]
         cmd = [PY, "-m", "qcli", "quantize", str(ref_path), *args, *data, "-o", str(out)]
         rows.append({"variant": label, "quantize": run_measured(cmd, CACHE / "logs" / f"{model}-{out.stem}.log")})
         paths[label] = out
-    out = out_dir / "ort_nbits.onnx"
-    cmd = [PY, str(BENCH / "ort_baseline.py"), "nbits", str(ref_path), str(out)]
-    rows.append({"variant": ORT, "quantize": run_measured(cmd, CACHE / "logs" / f"{model}-ort_nbits.log")})
-    paths[ORT] = out
+    for label, algo in ORT_ALGOS.items():
+        out = out_dir / f"ort_nbits_{algo}.onnx"
+        out.unlink(missing_ok=True)
+        cmd = [PY, str(BENCH / "ort_baseline.py"), "nbits", str(ref_path), str(out), "--algo", algo]
+        cmd += ["--calib", str(folder / "calib")] if algo == "gptq" else []
+        log = CACHE / "logs" / f"{model}-ort_nbits_{algo}.log"
+        rows.append({"variant": label, "quantize": run_measured(cmd, log)})
+        if not out.exists():
+            rows[-1]["error"] = error_summary(log.read_text(errors="replace"))
+        paths[label] = out
     return rows, paths
 
 
@@ -107,7 +119,7 @@ def measure(model: str, rows: list[dict], paths: dict[str, Path], rounds: int) -
     for row in rows:
         label = row["variant"]
         if label not in ok:
-            row["error"] = "quantize failed (see bench/.cache/logs)"
+            row.setdefault("error", "quantize failed (see bench/.cache/logs)")
             continue
         row["size_ratio"] = _size(ok[label]) / _size(ref_path)
         row["sqnr_db"], row["cosine"] = _fidelity(sessions["FP32"], sessions[label], feeds)

@@ -94,8 +94,9 @@ def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tm
     on this random MLP; its inputs are uncorrelated, little for GPTQ to use)."""
     m = _files(tmp_path)
     write_batches(tmp_path / "c", [(4, 8, 64)] * 6, seed=3)
-    res = CliRunner().invoke(app, ["quantize", str(m), "--scheme", "w4a16", "--weight-algo", "gptq"])
-    assert res.exit_code == 2 and "needs calibration data: pass --calib" in res.output
+    for flag in ("--weight-algo", "--algo"):  # --algo: the spelling of the issue's examples
+        res = CliRunner().invoke(app, ["quantize", str(m), "--scheme", "w4a16", flag, "gptq"])
+        assert res.exit_code == 2 and "--weight-algo gptq needs calibration data: pass --calib" in res.output
     sqnr = {}
     for algo in ("rtn", "gptq"):
         config = QuantConfig(scheme="w4a16", weight_format="qdq", weight_algo=algo, block_size=16)

@@ -7,6 +7,7 @@ from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..graph import GraphIndex, Namer, add_initializer, attr, subgraphs
+from .fuse_gemm import fuse_matmul_add
 from .fuse_pad import fuse_pads
 
 # Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
@@ -36,6 +37,7 @@ def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = F
         (remove_identities, True),
         (fold_constants, True),
         (fold_pads, True),
+        (fuse_bias_matmuls, True),
         (fold_batchnorm_into_conv, fold_batchnorm),
     ):
         if enabled:
@@ -60,6 +62,17 @@ def fold_pads(m: ModelProto) -> list[str]:
             f"onnxruntime does at session start ({', '.join(done.folded)})",
         )
     return notes
+
+
+def fuse_bias_matmuls(m: ModelProto) -> list[str]:
+    """MatMul + constant bias Add on a 2-D activation -> Gemm (see fuse_gemm.py): one note for all."""
+    fused = fuse_matmul_add(m)
+    if not fused:
+        return []
+    return [
+        f"fuse matmul + add: {len(fused)} MatMul(s) with a bias Add written as Gemm, as onnxruntime does at "
+        f"session start, so the quantized form runs as one integer kernel ({', '.join(fused)})"
+    ]
 
 
 def lift_constants(m: ModelProto) -> int:

@@ -210,6 +210,26 @@ def latency(
     return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
 
 
+def latency_in_turn(
+    ref: Path, cand: Path, feed: dict[str, np.ndarray], runs: int = 30, warmup: int = 3, candidate_ours: bool = False
+) -> Latency:
+    """As latency(), one model after the other, each session alone: for a pair that would not fit in memory at
+    once. Drifts of the machine's speed between the two series count here; interleaving cancels them."""
+    series = []
+    for path, ours in ((ref, False), (cand, candidate_ours)):
+        with Session(path, ours=ours) as sess:
+            for _ in range(warmup):
+                sess.run(None, feed)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            series.append(times)
+    rt, ct = series
+    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
+
+
 def _spread(seconds: list[float]) -> tuple[float, float]:
     p10, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 90])
     return float(p10), float(p90)

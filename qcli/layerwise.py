@@ -4,8 +4,9 @@ tool's, or a hand-edited one.
 Tensors are matched by name: every float tensor a node of the reference writes that the candidate also
 has as a float tensor (QDQ models keep the float names: a quantized producer still writes its float output
 before its QuantizeLinear). Both models expose the matched tensors as extra outputs and run batch by batch;
-each tensor's noise is accumulated on the fly, so memory is one batch of at most `chunk` tensors per model,
-whatever the number of batches (more tensors than `chunk`: more passes over the data).
+each tensor's noise is accumulated on the fly, so memory is the two sessions and one batch of at most `chunk`
+tensors per model, whatever the number of batches (more tensors than `chunk`: more passes over the data);
+the models themselves are held as graphs without their weights.
 
 A layer's *introduced* error is its relative noise power minus the largest of its matched inputs', so error
 inherited from upstream is not blamed on it (the same measure as quantize's per-layer report).
@@ -68,6 +69,11 @@ def float_outputs(model: ModelProto) -> dict[str, str]:
     return {o: n.name or n.op_type for n in model.graph.node for o in n.output if o and o in floats}
 
 
+def _exposed(path: Path, outputs: dict[str, int], folder: Path, name: str) -> Path:
+    """The model in `path` written to folder/name with these extra outputs (the loaded model is dropped on return)."""
+    return model_io.save_with_outputs(model_io.load(path), outputs, folder, name)
+
+
 def per_layer(
     ref_path: Path,
     cand_path: Path,
@@ -75,8 +81,9 @@ def per_layer(
     chunk: int = CHUNK,
 ) -> list[LayerDiff]:
     """Rank the matched tensors by the error each one's layer introduces; `batches()` yields the same
-    feeds on every call (one pass per chunk of tensors)."""
-    ref, cand = model_io.load(ref_path), model_io.load(cand_path)
+    feeds on every call (one pass per chunk of tensors). Only the graphs stay in memory: each model is read
+    whole just to write its copy with the chunk's tensors as outputs, one model at a time."""
+    ref, cand = model_io.load(ref_path, weights=False), model_io.load(cand_path, weights=False)
     ref_out, cand_out = float_outputs(ref), float_outputs(cand)
     seen = _as_seen(cand)
     graph_outputs = {o.name for o in ref.graph.output}
@@ -88,15 +95,16 @@ def per_layer(
         for start in range(0, len(matched), chunk):
             part = matched[start : start + chunk]
             cpart = [seen.get(t, t) for t in part]
-            types = dict.fromkeys(part, TensorProto.FLOAT)
-            r = Session(model_io.save_with_outputs(ref, types, Path(tmp), "ref.onnx"), label="the reference model")
-            ctypes = dict.fromkeys(cpart, TensorProto.FLOAT)
-            c = Session(model_io.save_with_outputs(cand, ctypes, Path(tmp), "cand.onnx"), label="the candidate model")
+            r_file = _exposed(ref_path, dict.fromkeys(part, TensorProto.FLOAT), Path(tmp), "ref.onnx")
+            c_file = _exposed(cand_path, dict.fromkeys(cpart, TensorProto.FLOAT), Path(tmp), "cand.onnx")
+            r = Session(r_file, label="the reference model")
+            c = Session(c_file, label="the candidate model")
             meters = {t: qp.NoiseMeter() for t in part}
             for feed in batches():
                 for t, a, b in zip(part, r.run(part, feed), c.run(cpart, feed)):
                     meters[t].add(a, b)
-            del r, c
+            r.close()
+            c.close()
             rel |= {t: m.relative_noise for t, m in meters.items()}
             db |= {t: m.db for t, m in meters.items()}
     producer = {o: n for n in ref.graph.node for o in n.output}

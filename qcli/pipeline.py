@@ -205,9 +205,13 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
     saved()
     written.append(out)
     job.replan = None  # its closure holds the float graph too
-    if not qnames:  # only the per-layer diagnosis needs the graphs again: free them before the sessions load
-        job.model = qmodel = None
-        release_memory()
+    qmodel, layers = None, None  # the output is read back from its file where needed
+    if qnames and fid.src is not None:  # the per-layer diagnosis: the float graph's session, then the output's
+        items = fid.items[:LAYER_BATCHES]
+        feeds = FidelityData(fid.src, items, "").feeds(progress("per-layer pass", len(items)))
+        layers = layer_errors(job.model, out, plan, qnames, feeds)
+    job.model = None  # free the float graph before the measurement sessions load
+    release_memory()
     measure(report, job.reference, out, fid, latency_runs, progress, ort_config, candidate_ours=True)
     slower = report.latency is not None and report.latency.ratio >= 1.0
     qdq = plan.decisions.get("weight_format", {}).get("value", "qdq") == "qdq"
@@ -218,12 +222,8 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
             f"(accuracy level 4), which can be slower than float compute: try session config {NBITS_LEVEL}=0 "
             "(measure with --ort-config)"
         )
-    if qnames and fid.src is not None:
-        items = fid.items[:LAYER_BATCHES]
-        feeds = FidelityData(fid.src, items, "").feeds(progress("per-layer pass", len(items)))
-        layers = layer_errors(job.model, qmodel, plan, qnames, feeds)
+    if layers is not None:
         report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
-    job.model = None
 
 
 def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, calib_src: FeedSource | None) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from onnx import ModelProto
 
-from . import evaluate
+from . import evaluate, model_io
 from .compare import FidelityData
 from .ops import ANCHORS, QLINEAR
 from .plan import Action, QuantPlan, Reason, Why, reason
@@ -33,6 +33,9 @@ NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
 RUNS, WARMUP = 20, 3
 MAX_GROUPS = 5
+# Peak memory of `quantize`: at most BOUND_TIMES x the model's size + BOUND_PLUS; RESIDENT is what Python, numpy,
+# onnx and onnxruntime take by themselves.
+BOUND_TIMES, BOUND_PLUS, RESIDENT = 2, 500_000_000, 150_000_000
 INT8 = (Action.INT8, Action.INT8_OUT_FLOAT)
 
 
@@ -53,6 +56,7 @@ class PlacementResult:
     vs_fp32: float  # latency ratio of the chosen plan to FP32, as timed here
     timed: list[Timed] = field(default_factory=list)
     verdict: str = ""
+    timed_in_turn: int = 0  # timings made one model after the other (two sessions would break the memory bound)
 
     def to_dict(self) -> dict:
         return {
@@ -60,12 +64,22 @@ class PlacementResult:
             "vs_fp32": round(self.vs_fp32, 3),
             "timed": [t.to_dict() for t in self.timed],
             "verdict": self.verdict,
+            "timed_in_turn": self.timed_in_turn,
         }
 
 
-def ratio_of(a: Path, b: Path, feed: dict) -> float:
-    """Median latency of model b over model a, interleaved runs on the same input, spinning off."""
-    return evaluate.latency(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+def ratio_of(a: Path, b: Path, feed: dict, in_turn: bool = False) -> float:
+    """Median latency of model b over model a on the same input, spinning off: runs interleaved, or with
+    in_turn one model's runs after the other's, one session at a time."""
+    timing = evaluate.latency_in_turn if in_turn else evaluate.latency
+    return timing(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+
+
+def fits_together(held: int, a: Path, b: Path, reference: Path) -> bool:
+    """Whether sessions over `a` and `b` (about their files' size each), beside `held` bytes of model graphs in
+    memory, stay within the memory bound of the reference's size: else they are timed one after the other."""
+    sessions = evaluate.file_size(a) + evaluate.file_size(b)
+    return held + sessions + RESIDENT <= BOUND_TIMES * evaluate.file_size(reference) + BOUND_PLUS
 
 
 def groups(
@@ -104,10 +118,14 @@ def place(
     # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
     fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
     feed = data.src.load(data.items[0])
+    held = model_io.model_bytes(model)  # the float graph stays in memory while the sessions run
+    in_turn = []  # the timings made one model after the other
     with trials(model, reference, data, advance) as t:
 
         def time(a: Path, b: Path) -> float:
-            r = ratio_of(a, b, feed)
+            alone = not fits_together(held, a, b, reference)
+            r = ratio_of(a, b, feed, in_turn=alone)
+            in_turn.append(alone)
             advance()
             return r
 
@@ -126,7 +144,7 @@ def place(
                 best, best_path = replan({**fixed, **floated}), path
         vs_fp32 = time(reference, best_path)
         if vs_fp32 < 1.0:
-            return PlacementResult(best, vs_fp32, timed)
+            return PlacementResult(best, vs_fp32, timed, timed_in_turn=sum(in_turn))
         heavy = groups(best, threshold, near=HEAVY)
         light = [n for _, nodes in heavy for n in nodes]
         if light:
@@ -138,7 +156,7 @@ def place(
             if ratio < 1.0:
                 more = {n: reason(Why.MEASURED, group=label, ratio=ratio / vs_fp32) for n in light}
                 verdict = f"int8 only where it pays: {len(light)} more node(s) kept float after timing"
-                return PlacementResult(replan({**fixed, **floated, **more}), ratio, timed, verdict)
+                return PlacementResult(replan({**fixed, **floated, **more}), ratio, timed, verdict, sum(in_turn))
         every = {
             d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32) for d in best.nodes if d.action in INT8
         }
@@ -146,4 +164,4 @@ def place(
             f"no placement tried made this model faster than FP32 on this CPU (best {vs_fp32:.2f}x): "
             "written without int8 compute; --objective size quantizes it anyway"
         )
-        return PlacementResult(replan({**fixed, **floated, **every}), 1.0, timed, verdict)
+        return PlacementResult(replan({**fixed, **floated, **every}), 1.0, timed, verdict, sum(in_turn))

@@ -34,6 +34,7 @@ UINT4 = QType("uint4", 0, 15, ml_dtypes.uint4, TensorProto.UINT4)
 INT32 = QType("int32", -(2**31), 2**31 - 1, np.int32, TensorProto.INT32)
 # The one table of quantized types: plans name them, passes and measurements look them up here.
 QTYPES = {t.name: t for t in (INT8, INT8_7BIT, UINT8, INT4, UINT4, INT32)}
+CHUNK = 1 << 18  # elements quantized at a time (whole rows): a few MB of temporaries, whatever the tensor
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,49 @@ def _broadcast(p: np.ndarray, x: np.ndarray, axis: int | None, block_size: int |
     return p.reshape(shape)
 
 
+def _row_chunks(x: np.ndarray, qp: QParams):
+    """x in slices of whole rows (axis 0) of about CHUNK elements, each with its own scale and zero point:
+    the elementwise math then needs temporaries of one slice, not of the whole tensor (a 64 MB weight
+    would otherwise take several hundred MB of int64 and float intermediates). Per-block rows along axis 0
+    are cut on block boundaries."""
+    axis = None if qp.axis is None else qp.axis % max(x.ndim, 1)
+    if x.ndim == 0 or x.size <= CHUNK or x.shape[0] < 2:
+        yield ..., x, qp.scale, qp.zero_point
+        return
+    rows = max(1, CHUNK // (x.size // x.shape[0]))
+    if axis == 0 and qp.block_size:
+        rows = -(-rows // qp.block_size) * qp.block_size
+    per_row = qp.scale.ndim > 0 and qp.scale.size > 1 and (axis == 0 or (qp.block_size and qp.scale.ndim == x.ndim))
+    for start in range(0, x.shape[0], rows):
+        stop = min(start + rows, x.shape[0])
+        if not per_row:
+            yield slice(start, stop), x[start:stop], qp.scale, qp.zero_point
+        elif axis == 0 and qp.block_size:
+            b = slice(start // qp.block_size, -(-stop // qp.block_size))
+            yield slice(start, stop), x[start:stop], qp.scale[b], qp.zero_point[b]
+        else:
+            yield slice(start, stop), x[start:stop], qp.scale[start:stop], qp.zero_point[start:stop]
+
+
 def quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
-    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point)."""
-    scale = _broadcast(qp.scale.astype(np.float32), x, qp.axis, qp.block_size)
-    zp = _broadcast(qp.zero_point.astype(np.int64), x, qp.axis, qp.block_size)
-    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zp
-    return np.clip(q, qp.qtype.qmin, qp.qtype.qmax).astype(qp.qtype.np_dtype)
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), a slice of rows at a time."""
+    out = np.empty(np.shape(x), qp.qtype.np_dtype)
+    for rows, part, s, z in _row_chunks(np.asarray(x), qp):
+        scale = _broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
+        zp = _broadcast(z.astype(np.int64), part, qp.axis, qp.block_size)
+        q = np.rint(part.astype(np.float32) / scale).astype(np.int64) + zp
+        out[rows] = np.clip(q, qp.qtype.qmin, qp.qtype.qmax)
+    return out
 
 
 def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
-    """ONNX DequantizeLinear: (q - zero_point) * scale, in float32."""
-    scale = _broadcast(qp.scale.astype(np.float32), q, qp.axis, qp.block_size)
-    zp = _broadcast(qp.zero_point.astype(np.int32), q, qp.axis, qp.block_size)
-    return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
+    """ONNX DequantizeLinear: (q - zero_point) * scale, in float32, a slice of rows at a time."""
+    out = np.empty(np.shape(q), np.float32)
+    for rows, part, s, z in _row_chunks(np.asarray(q), qp):
+        scale = _broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
+        zp = _broadcast(z.astype(np.int32), part, qp.axis, qp.block_size)
+        out[rows] = (part.astype(np.int32) - zp).astype(np.float32) * scale
+    return out
 
 
 def from_range(
@@ -103,7 +134,7 @@ def weight_qparams(
     w: np.ndarray, qtype: QType, symmetric: bool, axis: int | None = None, block_size: int | None = None
 ) -> QParams:
     """Per-tensor (axis None), per-channel (axis) or per-block (axis + block_size) ranges of a weight."""
-    w = w.astype(np.float32)
+    w = np.asarray(w).astype(np.float32, copy=False)  # min and max need no copy of a float32 weight
     if axis is None:
         return from_range(w.min(), w.max(), qtype, symmetric)
     axis = axis % w.ndim

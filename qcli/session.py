@@ -7,6 +7,7 @@ qcli generated is an InternalError (exit 3).
 from __future__ import annotations
 
 import ctypes
+import tempfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from . import mapped
 from .errors import InputError, InternalError
 
 
@@ -51,12 +53,32 @@ class Session:
         self.path = Path(path)
         self.label = label or self.path.name
         self.ours = ours
+        release_memory()  # what earlier sessions and models freed, back to the system before this one loads
+        self._copy: tempfile.TemporaryDirectory | None = None
         try:
             self.sess = ort.InferenceSession(
-                str(path), session_options(threads, config), providers=["CPUExecutionProvider"]
+                str(self._loadable()), session_options(threads, config), providers=["CPUExecutionProvider"]
             )
         except Exception as e:
+            self._drop_copy()
             raise _error(ours, f"onnxruntime cannot load {self.label}: {_first_line(e)}") from e
+
+    def _loadable(self) -> Path:
+        """The file onnxruntime loads: a model with large inline weights goes through an external-data copy
+        (mapped.py), which it maps instead of holding the file, the parsed model and the weights at once."""
+        try:
+            if mapped.inline_bytes(self.path) < mapped.MIN_BYTES:
+                return self.path
+            self._copy = tempfile.TemporaryDirectory(prefix="qcli-map-")
+            return mapped.external_copy(self.path, Path(self._copy.name))
+        except Exception:  # not a model file qcli can read: onnxruntime says why
+            self._drop_copy()
+            return self.path
+
+    def _drop_copy(self) -> None:
+        if self._copy is not None:
+            self._copy.cleanup()
+            self._copy = None
 
     def outputs(self) -> list[str]:
         return [o.name for o in self.sess.get_outputs()]
@@ -75,6 +97,7 @@ class Session:
 
     def close(self) -> None:
         self.sess = None
+        self._drop_copy()
         release_memory()
 
     def __enter__(self) -> Session:

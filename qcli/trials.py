@@ -16,7 +16,7 @@ from onnx import ModelProto
 
 from . import evaluate, model_io
 from .compare import FidelityData
-from .diagnose import layer_errors
+from .diagnose import layer_errors, quantized_outputs
 from .evaluate import OutputFidelity
 from .graph import GraphIndex
 from .layerwise import per_layer
@@ -45,6 +45,7 @@ class Trials:
         self.recorded: evaluate.Recorded | None = None
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
+        """The plan's model on disk; not kept in memory (its sessions load it from the file)."""
         return model_io.save_for_session(self.apply(self.model, plan), self.tmp, name)
 
     def measure(self, plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
@@ -61,11 +62,11 @@ class Trials:
         """Int8 node groups, the one whose tensor gains the most noise first."""
         if self.apply is not w8a8:
             return self._rank_by_name(plan)
-        qmodel, qnames = apply_w8a8(self.model, plan)
+        path, qnames = self._write_ranked(plan)  # only the float model stays in memory meanwhile
         int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
         idx = GraphIndex(self.model.graph)
         feeds = (self.data.src.load(i) for i in self.data.items[:RANK_BATCHES])
-        errors = sorted(layer_errors(self.model, qmodel, plan, qnames, feeds), key=lambda e: -e.introduced)
+        errors = sorted(layer_errors(self.model, path, plan, qnames, feeds), key=lambda e: -e.introduced)
         units, seen = [], set()
         for e in errors:
             # The noise a tensor gains is added by its producer (its weights, how it reads its quantized
@@ -78,6 +79,13 @@ class Trials:
                 units.append(nodes)
                 seen.update(nodes)
         return units + _rest(plan, seen)
+
+    def _write_ranked(self, plan: QuantPlan) -> tuple[Path, dict[str, str]]:
+        """The all-int8 model written with the outputs the per-layer comparison reads, and its quantized
+        tensor names; the model itself is not kept."""
+        qmodel, qnames = apply_w8a8(self.model, plan)
+        outputs = quantized_outputs(self.model, plan, qnames)
+        return model_io.save_with_outputs(qmodel, outputs, self.tmp, "ranked.onnx"), qnames
 
     def _rank_by_name(self, plan: QuantPlan) -> list[list[str]]:
         """Schemes whose quantized ops keep their output names (dynamic): each int8 op's output against the

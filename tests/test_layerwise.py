@@ -76,6 +76,37 @@ def test_chunked_passes_give_the_same_figures(files):
         assert b.sqnr_db == pytest.approx(a.sqnr_db, rel=1e-6) and b.introduced == pytest.approx(a.introduced, rel=1e-5)
 
 
+def test_only_graphs_stay_in_memory_and_each_model_is_read_whole_once_a_pass(files, monkeypatch):
+    """The weights are read only to write each chunk's copy with outputs: when a session opens, no model read
+    whole is referenced any more (reference counts equal to a control's that nothing else holds)."""
+    import sys
+
+    from qcli import layerwise, session
+
+    loads, whole = [], [onnx.ModelProto()]  # whole[0]: the control
+    real_load = layerwise.model_io.load
+
+    def load(path, weights=True):
+        m = real_load(path, weights)
+        loads.append((path.name, weights))
+        if weights:
+            whole.append(m)
+        return m
+
+    class Opened(session.Session):
+        def __init__(self, *a, **k):
+            counts = [sys.getrefcount(m) for m in whole]
+            assert len(counts) > 1 and counts == [counts[0]] * len(counts)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(layerwise.model_io, "load", load)
+    monkeypatch.setattr(layerwise, "Session", Opened)
+    feeds = _feeds(files)
+    per_layer(files / "ref.onnx", files / "cand.onnx", lambda: iter(feeds), chunk=6)
+    assert loads[:2] == [("ref.onnx", False), ("cand.onnx", False)]
+    assert loads[2:] == [("ref.onnx", True), ("cand.onnx", True)] * 2  # 11 tensors: two passes of 6
+
+
 def test_onnxruntime_quantized_model_is_compared_layer_by_layer(tmp_path):
     """A model qcli did not make: onnxruntime's quantize_static QDQ output keeps the float tensor names."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static

@@ -61,8 +61,8 @@ def _cost(path) -> float:
 def timer(monkeypatch):
     calls = []
 
-    def ratio_of(a, b, feed):
-        calls.append((a.name, b.name))
+    def ratio_of(a, b, feed, in_turn=False):
+        calls.append((a.name, b.name, in_turn))
         return _cost(b) / _cost(a)
 
     monkeypatch.setattr(P, "ratio_of", ratio_of)
@@ -144,3 +144,24 @@ def test_static_placement_is_not_timed_and_the_cli_takes_both_switches(tmp_path,
     assert res.exit_code == 0 and timer == []
     res = CliRunner().invoke(app, args + ["--objective", "fastest"])
     assert res.exit_code == 2 and "fastest" in res.output
+
+
+def test_a_pair_that_would_break_the_memory_bound_is_timed_one_model_after_the_other(tmp_path, timer, monkeypatch):
+    """Beside the float graph the caller holds, two sessions of a large model can exceed 2x its size + 500 MB:
+    those timings are made in turn (one session at a time), and the report counts them."""
+    save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
+    r = _q(tmp_path)
+    assert r.report.placement["timed_in_turn"] == 0 and not any(t[2] for t in timer)  # small: interleaved
+    timer.clear()
+    monkeypatch.setattr(P, "BOUND_PLUS", -P.RESIDENT)  # no room beyond twice the model: nothing fits with it
+    r2 = _q(tmp_path)
+    assert r2.report.placement["timed_in_turn"] == len(timer) == 5 and all(t[2] for t in timer)
+    assert r2.plan.to_dict()["nodes"] == r.plan.to_dict()["nodes"]  # same timings, same plan
+
+
+def test_fits_together_counts_the_graph_held_and_both_files_against_the_bound(tmp_path):
+    for name, size in (("ref", 1000), ("a", 300), ("b", 200)):
+        (tmp_path / f"{name}.onnx").write_bytes(b"x" * size)
+    ref, a, b = (tmp_path / f"{n}.onnx" for n in ("ref", "a", "b"))
+    room = P.BOUND_TIMES * 1000 + P.BOUND_PLUS - P.RESIDENT - 500  # what the graph held may take
+    assert P.fits_together(room, a, b, ref) and not P.fits_together(room + 1, a, b, ref)

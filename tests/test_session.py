@@ -95,3 +95,21 @@ def test_recorded_reference_outputs_give_the_same_fidelity_and_load_the_referenc
     assert got[0].sqnr_db < 60  # the second candidate really differs
     with pytest.raises(InternalError, match="not recorded"):
         evaluate.fidelity(recorded, pair_files / "cand.onnx", [{"x": feeds[0]["x"] + 1}])
+
+
+def test_latency_in_turn_opens_one_session_at_a_time(pair_files, monkeypatch):
+    live = []
+
+    class Alone(session.Session):
+        def __init__(self, path, *a, **k):
+            assert all(s.sess is None for s in live)  # the other one is closed already
+            super().__init__(path, *a, **k)
+            live.append(self)
+
+    monkeypatch.setattr(evaluate, "Session", Alone)
+    lat = evaluate.latency_in_turn(
+        pair_files / "ref.onnx", pair_files / "cand.onnx", {"x": np.ones((1, 3, 16, 16), np.float32)}, runs=3
+    )
+    assert [s.path.name for s in live] == ["ref.onnx", "cand.onnx"] and all(s.sess is None for s in live)
+    assert lat.runs == 3 and lat.reference_ms > 0 and lat.candidate_ms > 0
+    assert lat.reference_p10_p90[0] <= lat.reference_ms <= lat.reference_p10_p90[1]

@@ -1,0 +1,36 @@
+"""Trials (trials.py): the ranking pass keeps one model in memory and one session open at a time."""
+
+from pathlib import Path
+
+import onnx
+from models import write_batches
+from test_diagnose import sessions  # noqa: F401  (fixture)
+from test_target import _outlier_chain
+
+from qcli import QuantConfig, diagnose, quantize, trials
+from qcli.structure import read_structure
+
+
+def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_path, monkeypatch, sessions):  # noqa: F811
+    """The guard ranks the layers of the all-int8 model: it is written with the compared tensors as outputs
+    and passed as a file (not kept in memory), and its session is closed before the float model's opens."""
+    calls = []
+    real = diagnose.layer_errors
+
+    def spy(reference, quantized, plan, qnames, feeds):
+        have = {o.name for o in read_structure(quantized).graph.output}
+        calls.append((quantized, diagnose.quantized_outputs(reference, plan, qnames), have))
+        return real(reference, quantized, plan, qnames, feeds)
+
+    monkeypatch.setattr(trials, "layer_errors", spy)
+    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
+    write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
+    config = QuantConfig(reduce_range=False, min_macs_per_conversion=0)
+    r = quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    assert len(calls) == 1 and r.report.guard["kept_float"] == ["mm3"]  # the ranking ran and found the layer
+    written, outputs, have = calls[0]
+    assert isinstance(written, Path) and written.name == "ranked.onnx"
+    assert len(outputs) == 3 and set(outputs) <= have  # h1, h2, h3's QuantizeLinear outputs
+    assert sessions["opened"][:2] == ["ranked.onnx", "ref.onnx"]  # used as written: not saved again
+    assert sessions["most"] == 1

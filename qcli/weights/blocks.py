@@ -4,7 +4,7 @@ weight-only forms (DequantizeLinear and onnxruntime's MatMulNBits / GatherBlockQ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,9 +43,13 @@ class BlockWeight:
     def k_blocks(self) -> int:
         return -(-self.k // self.block_size)
 
-    def dequantized(self) -> np.ndarray:
-        """(codes - zero point) * scale, [N, K] float32: the values every form computes with."""
-        return qp.dequantize(self.codes, self.params)
+    def dequantized(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(codes - zero point) * scale, [N, K] float32 (rows start:stop): the values every form computes with."""
+        if start == 0 and stop is None:
+            return qp.dequantize(self.codes, self.params)
+        p = self.params
+        part = replace(p, scale=p.scale[start:stop], zero_point=p.zero_point[start:stop])
+        return qp.dequantize(self.codes[start:stop], part)
 
 
 def quantize_rows(

@@ -141,25 +141,24 @@ class _Fidelity:
 
 
 def _fidelity(model, reference: Path, exact_path: Path, paths: dict, names: list[str], feeds, ort_config) -> _Fidelity:
-    """The exact math's and the FP32 model's outputs recorded first, then one candidate session at a time (memory:
-    never more than the float model's session and one candidate's)."""
+    """The exact math's outputs recorded first, then the FP32 model's, then one candidate session at a time
+    (memory: one session open at a time besides the graph held)."""
     so = session_options()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # DQ then MatMul, as written
+    so.enable_cpu_mem_arena = False  # each run dequantizes every weight: give that memory back after it
     exact = ort.InferenceSession(str(exact_path), so, providers=["CPUExecutionProvider"])
-    scores = score_outputs(model, reference)
-    with Session(reference) as ref:
-        outs = ref.outputs()
-        fid = _Fidelity({n: NoiseMeter() for n in outs}, {c: {n: NoiseMeter() for n in outs} for c in names}, {})
-        fid.flips = dict.fromkeys(names, 0)
-        wants = []
-        for feed in feeds:
-            want = dict(zip(outs, exact.run(outs, feed)))
-            for n, r in zip(outs, ref.run(outs, feed)):
-                fid.quantization[n].add(r, want[n])
-            wants.append(want)
-            fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in outs if n in scores and want[n].ndim >= 2)
+    outs = [o.name for o in exact.get_outputs()]
+    wants = [dict(zip(outs, exact.run(outs, feed))) for feed in feeds]
     del exact
     release_memory()
+    scores = score_outputs(model, reference)
+    fid = _Fidelity({n: NoiseMeter() for n in outs}, {c: {n: NoiseMeter() for n in outs} for c in names}, {})
+    fid.flips = dict.fromkeys(names, 0)
+    with Session(reference) as ref:
+        for feed, want in zip(feeds, wants):
+            for n, r in zip(outs, ref.run(outs, feed)):
+                fid.quantization[n].add(r, want[n])
+            fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in outs if n in scores and want[n].ndim >= 2)
     for c in names:
         with Session(paths[c], config=ort_config, ours=True) as sess:
             for feed, want in zip(feeds, wants):

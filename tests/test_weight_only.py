@@ -373,3 +373,39 @@ def test_auto_can_measure_the_ort_levels_alone(tmp_path):
     assert [t.name for t in choice.trials] == ["ort-fp32", "ort-int8"] and not choice.trials[1].accepted
     level = choice.decisions()["accuracy_level"]
     assert level["value"] == 0 and level["why"].startswith("fp32 compute; ort-fp32: the fastest accepted")
+
+
+def test_auto_measures_fidelity_with_one_session_open_at_a_time(tmp_path, monkeypatch):
+    """Memory: the exact math's outputs are recorded and its session closed before the FP32 model's opens,
+    then each candidate alone (the exact session dequantizes every weight on each run). Timing pairs each
+    candidate with FP32: two at most there."""
+    import gc
+
+    import onnxruntime as ort
+
+    real, alive, peak = ort.InferenceSession, [0], {"fidelity": 0, "timing": 0}
+    phase = ["fidelity"]
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            alive[0] += 1
+            peak[phase[0]] = max(peak[phase[0]], alive[0])
+
+        def __del__(self):
+            alive[0] -= 1
+
+    timed = wf._timed
+
+    def timing(*a, **k):
+        gc.collect()
+        phase[0] = "timing"
+        return timed(*a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", Counting)
+    monkeypatch.setattr(wf, "_timed", timing)
+    m = _exact_int4_mlp()
+    onnx.save(m, tmp_path / "f.onnx")
+    choice = wf.choose(m, _plan(m), tmp_path / "f.onnx", [{"x": _x((16, 64))}], budget_s=0.05)
+    assert {t.name for t in choice.trials} == {"qdq", "ort-fp32", "ort-int8"}
+    assert peak == {"fidelity": 1, "timing": 2}, peak

@@ -32,6 +32,7 @@ from .trials import trials
 NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
 RUNS, WARMUP = 20, 3
+FIRST_RUNS, CLEAR = 8, 3 * MARGIN  # a first look settles clear differences
 MAX_GROUPS = 5
 # Peak memory of `quantize`: at most BOUND_TIMES x the model's size + BOUND_PLUS; RESIDENT is what Python, numpy,
 # onnx and onnxruntime take by themselves.
@@ -70,9 +71,15 @@ class PlacementResult:
 
 def ratio_of(a: Path, b: Path, feed: dict, in_turn: bool = False) -> float:
     """Median latency of model b over model a on the same input, spinning off: runs interleaved, or with
-    in_turn one model's runs after the other's, one session at a time."""
-    timing = evaluate.latency_in_turn if in_turn else evaluate.latency
-    return timing(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+    in_turn one model's runs after the other's, one session at a time. Interleaved, FIRST_RUNS decide a clear
+    difference (at least CLEAR either way); a closer one is timed again over RUNS on the same sessions."""
+    if in_turn:
+        return evaluate.latency_in_turn(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+    with evaluate.pair(a, b, candidate_ours=True) as (ra, rb):
+        first = evaluate.latency(ra, rb, feed, runs=FIRST_RUNS, warmup=WARMUP).ratio
+        if abs(first - 1.0) >= CLEAR:
+            return first
+        return evaluate.latency(ra, rb, feed, runs=RUNS, warmup=0).ratio
 
 
 def fits_together(held: int, a: Path, b: Path, reference: Path) -> bool:

@@ -165,3 +165,37 @@ def test_fits_together_counts_the_graph_held_and_both_files_against_the_bound(tm
     ref, a, b = (tmp_path / f"{n}.onnx" for n in ("ref", "a", "b"))
     room = P.BOUND_TIMES * 1000 + P.BOUND_PLUS - P.RESIDENT - 500  # what the graph held may take
     assert P.fits_together(room, a, b, ref) and not P.fits_together(room + 1, a, b, ref)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "want", "calls"),
+    [
+        ([0.80], 0.80, [(P.FIRST_RUNS, P.WARMUP)]),  # clearly faster: decided on the first look
+        ([1.20], 1.20, [(P.FIRST_RUNS, P.WARMUP)]),  # clearly slower
+        ([0.95, 0.98], 0.98, [(P.FIRST_RUNS, P.WARMUP), (P.RUNS, 0)]),  # close: timed again, that one counts
+        ([1.05, 0.96], 0.96, [(P.FIRST_RUNS, P.WARMUP), (P.RUNS, 0)]),
+    ],
+)
+def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, want, calls):
+    """ratio_of's two stages, with a stand-in for the timer (no test depends on the machine's speed): both
+    stages run on the same pair of sessions, opened once."""
+    import contextlib
+
+    from qcli import evaluate
+
+    seen, opened = [], []
+
+    @contextlib.contextmanager
+    def pair(a, b, candidate_ours=False):
+        opened.append((a, b))
+        yield "A", "B"
+
+    def latency(a, b, feed, runs, warmup):
+        assert (a, b) == ("A", "B")
+        seen.append((runs, warmup))
+        return evaluate.Latency(10.0, 10.0 * ratios[len(seen) - 1], runs)
+
+    monkeypatch.setattr(evaluate, "pair", pair)
+    monkeypatch.setattr(evaluate, "latency", latency)
+    assert P.ratio_of("a.onnx", "b.onnx", {}) == pytest.approx(want)
+    assert seen == calls and opened == [("a.onnx", "b.onnx")]

@@ -81,7 +81,7 @@ def _header(t: TensorProto) -> TensorProto:
     return h
 
 
-def _set_external(h: TensorProto, location: str, offset: int, length: int) -> None:
+def set_external(h: TensorProto, location: str, offset: int, length: int) -> None:
     h.data_location = TensorProto.EXTERNAL
     del h.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
@@ -104,10 +104,10 @@ class Skeleton:
         for t in model.graph.initializer:
             if _detachable(t):
                 size = tensor_nbytes(t)
-                offset = _aligned(offset, size)
+                offset = aligned(offset, size)
                 h = skel.graph.initializer.add()
                 h.CopyFrom(_header(t))
-                _set_external(h, location, offset, size)
+                set_external(h, location, offset, size)
                 self.pairs.append((t, h))
                 offset += size
             else:
@@ -153,7 +153,7 @@ class Skeleton:
             onnx.checker.check_model(str(Path(tmp) / "skeleton.onnx"), full_check=full)
 
 
-def _aligned(offset: int, size: int) -> int:
+def aligned(offset: int, size: int) -> int:
     return -(-offset // ALIGN) * ALIGN if size >= ALIGN_FROM else offset
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from .detach import DETACH_BYTES, _aligned, _set_external
-from .structure import _varint, read_structure
+from .detach import DETACH_BYTES, aligned, set_external
+from .structure import read_structure, varint
 
 MIN_BYTES = 32 << 20  # inline weights from which a session loads from a copy
 COPY_BYTES = 16 << 20
@@ -27,16 +27,16 @@ def _fields(buf, start: int, end: int):
     """(field number, wire type, payload start, payload end) of each field of the message in buf[start:end]."""
     pos = start
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, pos = varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, after = _varint(buf, pos)
+            _, after = varint(buf, pos)
         elif wire == 1:
             after = pos + 8
         elif wire == 5:
             after = pos + 4
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = varint(buf, pos)
             after = pos + length
         else:
             raise ValueError(f"unsupported wire type {wire}")
@@ -85,12 +85,12 @@ def external_copy(path: Path, folder: Path) -> Path:
                     f.seek(start)
                     t.CopyFrom(TensorProto.FromString(f.read(end - start)))
                     continue
-                offset = _aligned(offset, size)
+                offset = aligned(offset, size)
                 out.seek(offset)
                 f.seek(raw[0])
                 for done in range(0, size, COPY_BYTES):  # read, not mapped: a block in memory at a time
                     out.write(f.read(min(COPY_BYTES, size - done)))
-                _set_external(t, data_name, offset, size)
+                set_external(t, data_name, offset, size)
                 offset += size
     onnx.save(model, str(folder / path.name))  # headers only: onnx writes no data for tensors without raw_data
     return folder / path.name

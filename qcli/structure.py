@@ -27,7 +27,7 @@ class WireError(ValueError):
     pass
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
+def varint(buf, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -56,16 +56,16 @@ def _filter(buf, start: int, end: int, rules: dict) -> bytearray:
     pos = start
     while pos < end:
         field_start = pos
-        key, pos = _varint(buf, pos)
+        key, pos = varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, pos = _varint(buf, pos)
+            _, pos = varint(buf, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = varint(buf, pos)
             payload = pos
             pos += length
         else:  # groups (3, 4) are not used by onnx.proto

@@ -46,6 +46,14 @@ class GraphIndex:
         return name in self.graph_outputs or name in self.subgraph_refs
 
 
+def drop_nodes(graph: GraphProto, ids: set[int]) -> None:
+    """Remove the nodes whose id() is in `ids`, keeping the others in order."""
+    if ids:
+        keep = [n for n in graph.node if id(n) not in ids]
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
 def attr(node: NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:

@@ -13,7 +13,7 @@ import onnx
 from onnx import ModelProto, helper
 
 from ..detach import Skeleton
-from ..graph import GraphIndex
+from ..graph import GraphIndex, drop_nodes
 
 
 def _ranks(m: ModelProto) -> dict[str, int]:
@@ -54,8 +54,5 @@ def fuse_matmul_add(m: ModelProto) -> list[str]:
         mm.CopyFrom(gemm)
         remove.add(id(add))
         fused.append(f"{mm.name} + {add.name}")
-    if remove:
-        keep = [n for n in m.graph.node if id(n) not in remove]
-        del m.graph.node[:]
-        m.graph.node.extend(keep)
+    drop_nodes(m.graph, remove)
     return fused

@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from .. import fold
-from ..graph import GraphIndex, attr
+from ..graph import GraphIndex, attr, drop_nodes
 
 READERS = ("Conv", "AveragePool", "MaxPool")
 
@@ -57,10 +57,7 @@ def fuse_pads(m: ModelProto) -> PadFolds:
         reader.input[0] = pad.input[0]
         remove.add(id(pad))
         folded.append(f"{pad.name} -> {reader.name}")
-    if remove:
-        keep = [n for n in m.graph.node if id(n) not in remove]
-        del m.graph.node[:]
-        m.graph.node.extend(keep)
+    drop_nodes(m.graph, remove)
     return PadFolds(tuple(folded), tuple(kept))
 
 

@@ -175,6 +175,14 @@ class QuantConfig:
         o = self.overrides.for_node(node_name, op_type)
         return f'[nodes."{o.pattern}"]' if o is not None and o.precision == Precision.FLOAT else None
 
+    def names(self, node) -> bool:
+        """Whether --exclude or an overrides-file entry matches this node as it is in the input (preprocessing
+        leaves such nodes as they are, so the user's pattern keeps meaning what it says)."""
+        return (
+            self.excluded_by(node.name, node.op_type) is not None
+            or self.precision_of(node.name, node.op_type) is not None
+        )
+
     def precision_of(self, node_name: str, op_type: str) -> Precision | None:
         """The overrides file's precision for this node, if an entry matches."""
         o = self.overrides.for_node(node_name, op_type)

@@ -132,7 +132,9 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     model = model_io.load(model_path)
     specs = input_specs(model)
     reference, renamed = _unique_names(model, model_path, stack)
-    model, notes = preprocess(model, config.fold_batchnorm, inplace=True)  # one copy in memory, not two
+    model, notes = preprocess(
+        model, config.fold_batchnorm, inplace=True, keep=config.names
+    )  # one copy in memory, not two
     model, opset_note = _upgrade_opset(model, config)
     notes += [opset_note] if opset_note else []
     calib_src = FeedSource(calib, specs, config.calib_limit, model=model_path.name) if calib else None

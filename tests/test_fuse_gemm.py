@@ -3,12 +3,14 @@ it exists: a quantized classifier head runs as onnxruntime's QGemm instead of a 
 weight on every run."""
 
 import numpy as np
+import pytest
 from checks import fused_ops, ops, run
 from models import model_of, quantize_files, save_with_data, vi
 from onnx import helper
 
 from qcli import QuantConfig
 from qcli.passes.preprocess import preprocess
+from qcli.plan import Action
 
 
 def _head(k=128, hidden=256, classes=10, x_shape=("N", 128), bias_shape=None, seed=0):
@@ -74,3 +76,16 @@ def test_quantized_head_runs_as_one_integer_kernel(tmp_path):
     assert "DequantizeLinear" not in fused or fused["DequantizeLinear"] == 1, fused  # only the float output's
     assert r.report.fidelity[0].sqnr_db > 30, r.report.fidelity
     assert m.exists()
+
+
+@pytest.mark.parametrize(("exclude", "float_nodes"), [(("MatMul",), {"mm1", "mm2"}), (("mm2",), {"mm2"})])
+def test_an_excluded_matmul_is_not_fused_so_the_exclusion_holds(tmp_path, exclude, float_nodes):
+    """--exclude names nodes as the input has them: a MatMul excluded by op type or by name stays a float
+    MatMul + Add (fused into a Gemm it would no longer match 'MatMul', and be quantized)."""
+    save_with_data(tmp_path, _head(), (8, 128))
+    r = quantize_files(tmp_path, QuantConfig(accuracy_guard=False, exclude=exclude))
+    decisions = {d.node: d for d in r.plan.nodes}
+    assert {n for n in ("mm1", "mm2") if decisions[n].action == Action.FLOAT} == float_nodes
+    assert all(decisions[n].op_type == "MatMul" for n in float_nodes)
+    assert not r.report.warnings or all("matches no node" not in w for w in r.report.warnings), r.report.warnings
+    assert ops(tmp_path / "q.onnx").get("MatMul", 0) == len(float_nodes)

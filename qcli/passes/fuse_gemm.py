@@ -26,13 +26,14 @@ def _ranks(m: ModelProto) -> dict[str, int]:
     return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
 
 
-def fuse_matmul_add(m: ModelProto) -> list[str]:
-    """Fuse in place; returns "matmul + add" for each fusion."""
+def fuse_matmul_add(m: ModelProto, keep=lambda node: False) -> list[str]:
+    """Fuse in place; returns "matmul + add" for each fusion. MatMuls for which keep(node) is true stay (the
+    user named them, as a MatMul, in --exclude or an overrides file)."""
     idx = GraphIndex(m.graph)
     ranks = None
     fused, remove = [], set()
     for mm in m.graph.node:
-        if mm.op_type != "MatMul" or mm.domain not in ("", "ai.onnx") or not idx.is_const(mm.input[1]):
+        if mm.op_type != "MatMul" or mm.domain not in ("", "ai.onnx") or not idx.is_const(mm.input[1]) or keep(mm):
             continue
         w = idx.inits[mm.input[1]]  # its header: the weight's data is never read here
         readers = idx.consumers.get(mm.output[0], [])

@@ -27,7 +27,10 @@ _NO_FOLD = {
 _MAX_FOLD_BYTES = 64 << 20
 
 
-def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = False) -> tuple[ModelProto, list[str]]:
+def preprocess(
+    model: ModelProto, fold_batchnorm: bool = True, inplace: bool = False, keep=lambda node: False
+) -> tuple[ModelProto, list[str]]:
+    """`keep(node)`: nodes the user named (--exclude, overrides file) stay as they are, not fused into others."""
     m = model if inplace else ModelProto()
     if not inplace:
         m.CopyFrom(model)
@@ -37,7 +40,7 @@ def preprocess(model: ModelProto, fold_batchnorm: bool = True, inplace: bool = F
         (remove_identities, True),
         (fold_constants, True),
         (fold_pads, True),
-        (fuse_bias_matmuls, True),
+        (lambda m: fuse_bias_matmuls(m, keep), True),
         (fold_batchnorm_into_conv, fold_batchnorm),
     ):
         if enabled:
@@ -64,9 +67,9 @@ def fold_pads(m: ModelProto) -> list[str]:
     return notes
 
 
-def fuse_bias_matmuls(m: ModelProto) -> list[str]:
+def fuse_bias_matmuls(m: ModelProto, keep=lambda node: False) -> list[str]:
     """MatMul + constant bias Add on a 2-D activation -> Gemm (see fuse_gemm.py): one note for all."""
-    fused = fuse_matmul_add(m)
+    fused = fuse_matmul_add(m, keep)
     if not fused:
         return []
     return [

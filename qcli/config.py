@@ -175,7 +175,7 @@ class QuantConfig:
         o = self.overrides.for_node(node_name, op_type)
         return f'[nodes."{o.pattern}"]' if o is not None and o.precision == Precision.FLOAT else None
 
-    def names(self, node) -> bool:
+    def mentions(self, node) -> bool:
         """Whether --exclude or an overrides-file entry matches this node as it is in the input (preprocessing
         leaves such nodes as they are, so the user's pattern keeps meaning what it says)."""
         return (

@@ -113,7 +113,7 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
             f"opset {opset} will be upgraded to {need} for {config.scheme.value} (recorded in the report)"
         )
     name_nodes(model.graph)
-    model, notes = preprocess(model, config.fold_batchnorm, inplace=True, keep=config.names)
+    model, notes = preprocess(model, config.fold_batchnorm, inplace=True, keep=config.mentions)
     info.notes += notes
     nested = [n.name for n in model.graph.node if subgraphs(n)]
     if nested:

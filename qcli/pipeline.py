@@ -133,7 +133,7 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
     specs = input_specs(model)
     reference, renamed = _unique_names(model, model_path, stack)
     model, notes = preprocess(
-        model, config.fold_batchnorm, inplace=True, keep=config.names
+        model, config.fold_batchnorm, inplace=True, keep=config.mentions
     )  # one copy in memory, not two
     model, opset_note = _upgrade_opset(model, config)
     notes += [opset_note] if opset_note else []

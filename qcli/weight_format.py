@@ -7,6 +7,9 @@ Candidates, all written from the same quantized weights:
   ort-fp32  MatMulNBits, accuracy level 0: the activations stay fp32
   ort-int8  MatMulNBits, accuracy level 4: the activations are quantized to int8 per block (faster where int8
             dot products are; it can flip the argmax of small LMs, onnxruntime issue 29849)
+Gather tables (embeddings) are written as onnxruntime's GatherBlockQuantized under every candidate: 4-bit codes,
+where the portable form stores one code per byte (standard Gather reads no 4-bit type); either dequantizes only
+the rows gathered, so the choice does not move the timings.
 Fidelity, against the exact math (the qdq model run with graph optimizations off: each weight dequantized, then
 an fp32 MatMul): a candidate is accepted when on every output its deviation from the exact math is at least
 MARGIN_DB under the quantization noise itself (exact vs the FP32 model) or at float-rounding level, and when on
@@ -21,7 +24,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,10 @@ ROUNDING_DB = 80.0  # closer than this to the exact math is float rounding (weig
 TIE = 0.03  # medians within 3% count as equally fast
 FIDELITY_BATCHES = 4
 MIN_RUNS, MAX_RUNS = 5, 200
+TABLES_WHY = (
+    "Gather tables as onnxruntime's GatherBlockQuantized: 4-bit codes, half the bytes of the portable form's one "
+    "code per byte (standard Gather reads no 4-bit type), the same rows dequantized the same way"
+)
 LEVELS = {FP32: "fp32 compute", INT8: "int8 compute (activations quantized per block)"}
 
 
@@ -82,11 +89,14 @@ class FormatChoice:
     float_ms: float | None = None  # the FP32 model's median in the same interleaved runs
     quantization_db: float | None = None  # worst output: exact dequantized math vs the FP32 model
     runs: int = 0
+    tables: WeightFormat | None = None  # the Gather tables' form, where it differs from weight_format's
 
     def decisions(self) -> dict[str, dict]:
         """Entries for QuantPlan.decisions: apply_w4a16 reads them; the report shows them."""
         measured = {"float_ms": self.float_ms, "runs": self.runs, "trials": [asdict(t) for t in self.trials]}
         out = {"weight_format": {"value": self.weight_format.value, "why": self.why, **measured}}
+        if self.tables is not None:
+            out["table_format"] = {"value": self.tables.value, "why": TABLES_WHY}
         if self.accuracy_level is not None:
             level = LEVELS.get(self.accuracy_level, f"level {self.accuracy_level}")
             out["accuracy_level"] = {"value": self.accuracy_level, "why": f"{level}; {self.why}"}
@@ -118,10 +128,11 @@ def choose(
     if not plan.weights:
         return FormatChoice(WeightFormat.QDQ, None, "nothing quantized: no weight-only operator to choose")
     quantized = quantize_plan(model, plan) if quantized is None else quantized
+    tables = WeightFormat.ORT if any(w.role == "embedding" for w in plan.weights) else None
     with tempfile.TemporaryDirectory(prefix="qcli-format-") as tmp:
         paths: dict[str, Path] = {}
         for c in candidates if any(c.name == "qdq" for c in candidates) else (EXACT, *candidates):
-            written = apply_w4a16(model, plan, False, c.weight_format, c.accuracy_level, quantized)
+            written = apply_w4a16(model, plan, False, c.weight_format, c.accuracy_level, quantized, tables)
             paths[c.name] = model_io.save_for_session(written, Path(tmp), f"{c.name}.onnx")
             del written
         release_memory()
@@ -129,7 +140,8 @@ def choose(
         exact = paths.get("qdq", paths.get(EXACT.name))
         fid = _fidelity(model, reference, exact, paths, names, feeds[:FIDELITY_BATCHES], ort_config)
         times, runs = _timed(reference, paths, names, feeds[0], budget_s, ort_config)
-    return _decide(candidates, fid, times, runs)
+    choice = _decide(candidates, fid, times, runs)
+    return replace(choice, tables=tables) if tables and choice.weight_format == WeightFormat.QDQ else choice
 
 
 @dataclass

@@ -214,3 +214,26 @@ def test_a_weight_read_by_two_matmuls_is_stored_once_and_both_run_as_matmulnbits
     x = _x((3, 64))
     want = run(qdq, {"x": x}, exact_qdq=True)[0]
     np.testing.assert_allclose(run(q, {"x": x})[0], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_qdq_with_ort_tables_gathers_4_bit_codes_and_keeps_the_matmuls_portable(tmp_path, symmetric):
+    """What --format auto writes when the portable form wins: the tied table's Gather becomes
+    GatherBlockQuantized (4-bit codes, not one code per byte), its Gemm stays DequantizeLinear -> MatMul, which
+    onnxruntime fuses into MatMulNBits; the outputs are the all-portable form's exact ones."""
+    m = tied_model()
+    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_symmetric_int4=symmetric))
+    qdq = apply_w4a16(m, plan, weight_format="qdq")
+    mixed = apply_w4a16(m, plan, weight_format="qdq", tables="ort")
+    ops = [n.op_type for n in mixed.graph.node]
+    assert "GatherBlockQuantized" in ops and "Gather" not in ops and "MatMulNBits" not in ops
+    assert "DequantizeLinear" in ops and "MatMul" in ops
+    table = next(t for t in mixed.graph.initializer if t.name == _node(mixed, "GatherBlockQuantized").input[0])
+    assert table.data_type == (TensorProto.INT4 if symmetric else TensorProto.UINT4)
+    assert mixed.ByteSize() < qdq.ByteSize() - 200 * 64 // 2  # the table's codes take half the bytes
+    onnx.save(mixed, tmp_path / "q.onnx")
+    assert fused_ops(tmp_path / "q.onnx", tmp_path).get("MatMulNBits") == 1
+    ids = np.array([[1, 199, 42], [0, 7, -1]], np.int64)
+    want = run(qdq, {"ids": ids}, exact_qdq=True)[0]
+    got = run(mixed, {"ids": ids}, exact_qdq=True)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from checks import ops
-from models import mlp, write_batches
+from models import mlp, model_of, vi, write_batches
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize, weight_format
@@ -41,6 +41,32 @@ def test_auto_records_the_measured_choice_and_writes_that_form(tmp_path, monkeyp
     assert nbits and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")
     assert json.loads((tmp_path / "q.onnx.report.json").read_text())["decisions"]["weight_format"]["value"] == "ort"
     assert r.report.warnings == []  # faster than FP32: nothing to warn about
+
+
+def test_auto_writes_tables_as_gather_block_quantized_whichever_matmul_form_wins(tmp_path, monkeypatch):
+    """Stand-in timings make the portable form the fastest: MatMuls as DequantizeLinear -> MatMul, the embedding
+    table as GatherBlockQuantized with 4-bit codes, both recorded as decisions."""
+    speed = {"float": 10.0, "qdq": 5.0, "ort-fp32": 9.5, "ort-int8": 9.0}
+    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    rng = np.random.default_rng(0)
+    nodes = [
+        onnx.helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
+        onnx.helper.make_node("MatMul", ["h", "W"], ["y"], name="mm"),
+    ]
+    inits = {"E": rng.standard_normal((300, 64)).astype(np.float32), "W": rng.standard_normal((64, 96)).astype("f")}
+    ids = vi("ids", ["B", "T"], onnx.TensorProto.INT64)
+    onnx.save(model_of(nodes, [ids], [vi("y", ["B", "T", 96])], inits), tmp_path / "m.onnx")
+    (tmp_path / "e").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "e" / f"b{i}.npy", rng.integers(0, 300, (2, 8)).astype(np.int64))
+    r = quantize(tmp_path / "m.onnx", QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
+    d = r.plan.decisions
+    assert d["weight_format"]["value"] == "qdq" and d["table_format"]["value"] == "ort"
+    written = ops(tmp_path / "q.onnx")
+    assert {"GatherBlockQuantized", "DequantizeLinear", "MatMul"} <= set(written) and "Gather" not in written
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    gbq = next(n for n in q.graph.node if n.op_type == "GatherBlockQuantized")
+    assert next(t for t in q.graph.initializer if t.name == gbq.input[0]).data_type == onnx.TensorProto.INT4
 
 
 def test_auto_warns_when_the_only_exact_form_is_slower_than_float(tmp_path, monkeypatch):

@@ -6,6 +6,10 @@ onnxruntime fuses into MatMulNBits (K need not be a multiple of the block). Gemm
 the bias) with alpha folded into the weight. A Gather table is stored one code per byte (standard Gather takes
 no 4-bit type) and dequantized after the Gather: Gather(codes) and Gather(scales) -> DequantizeLinear(axis=-1),
 so only the rows read are dequantized.
+
+With `tables=WeightFormat.ORT` (what --format auto writes) the MatMuls keep the portable form and the Gather
+tables become onnxruntime's GatherBlockQuantized: 4-bit codes, half the bytes of one code per byte, and the
+same rows dequantized the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +54,22 @@ class QdqForm:
         return None
 
 
+class QdqWithOrtTables(QdqForm):
+    """MatMuls as DequantizeLinear -> MatMul (onnxruntime fuses them at session start); Gather tables as
+    GatherBlockQuantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ort = nbits.OrtForm(nbits.FP32)
+
+    def gather(self, rw: Rewriter, ids: str, w: BlockWeight, key: Key, out: str, name: str) -> None:
+        self.ort.gather(rw, ids, w, key, out, name)
+
+    def finish(self, model: ModelProto) -> None:
+        if self.ort.tables:
+            self.ort.finish(model)
+
+
 def apply_w4a16(
     model: ModelProto,
     plan: QuantPlan,
@@ -57,16 +77,20 @@ def apply_w4a16(
     weight_format: WeightFormat | str | None = None,
     accuracy_level: int | None = None,
     quantized: dict[Key, BlockWeight] | None = None,
+    tables: WeightFormat | str | None = None,
 ) -> ModelProto:
     """Write the plan's weights in `weight_format` (default: the plan's decision, else qdq). accuracy_level
-    (ort form only; default: the plan's decision, else 0: fp32 compute) is MatMulNBits' attribute.
+    (ort form only; default: the plan's decision, else 0: fp32 compute) is MatMulNBits' attribute. `tables`
+    (default: the plan's "table_format" decision, else the weight format) is the Gather tables' form under qdq.
     `quantized` (weight_only.quantize_plan) saves quantizing again when several forms are written."""
     decided = plan.decisions.get("weight_format", {}).get("value", WeightFormat.QDQ.value)
     fmt = WeightFormat(weight_format or decided)
     if fmt == WeightFormat.AUTO:
         raise InternalError("internal error: --format auto must be decided (weight_format.choose) before writing")
     if fmt == WeightFormat.QDQ:
-        return rewrite(model, plan, QdqForm(), quantized, inplace)
+        table_fmt = WeightFormat(tables or plan.decisions.get("table_format", {}).get("value", fmt.value))
+        form = QdqWithOrtTables() if table_fmt == WeightFormat.ORT else QdqForm()
+        return rewrite(model, plan, form, quantized, inplace)
     if accuracy_level is None:
         accuracy_level = plan.decisions.get("accuracy_level", {}).get("value", nbits.FP32)
     return rewrite(model, plan, nbits.OrtForm(accuracy_level), quantized, inplace)

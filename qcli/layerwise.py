@@ -69,6 +69,14 @@ def float_outputs(model: ModelProto) -> dict[str, str]:
     return {o: n.name or n.op_type for n in model.graph.node for o in n.output if o and o in floats}
 
 
+def _candidate_floats(cand: ModelProto, ref_floats: dict[str, str]) -> set[str]:
+    """The candidate's float tensors, and the tensors it writes that shape inference cannot type (after an op
+    onnx does not know, such as MatMulNBits) under a name the reference writes as float."""
+    types = model_io.tensor_types(cand)
+    written = {o for n in cand.graph.node for o in n.output if o}
+    return {o for o in written if types.get(o) == TensorProto.FLOAT or (o not in types and o in ref_floats)}
+
+
 def _exposed(path: Path, outputs: dict[str, int], folder: Path, name: str) -> Path:
     """The model in `path` written to folder/name with these extra outputs (the loaded model is dropped on return)."""
     return model_io.save_with_outputs(model_io.load(path), outputs, folder, name)
@@ -84,7 +92,7 @@ def per_layer(
     feeds on every call (one pass per chunk of tensors). Only the graphs stay in memory: each model is read
     whole just to write its copy with the chunk's tensors as outputs, one model at a time."""
     ref, cand = model_io.load(ref_path, weights=False), model_io.load(cand_path, weights=False)
-    ref_out, cand_out = float_outputs(ref), float_outputs(cand)
+    ref_out, cand_out = float_outputs(ref), _candidate_floats(cand, float_outputs(ref))
     seen = _as_seen(cand)
     graph_outputs = {o.name for o in ref.graph.output}
     matched = [t for t in ref_out if (t in cand_out or t in seen) and t not in graph_outputs]

@@ -202,15 +202,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def float_tensors(model: ModelProto) -> set[str]:
     """Names of float32 tensors in the main graph, by onnx shape inference on the weight-free skeleton."""
+    return {name for name, t in tensor_types(model).items() if t == onnx.TensorProto.FLOAT}
+
+
+def tensor_types(model: ModelProto) -> dict[str, int]:
+    """Element type of each main-graph tensor onnx shape inference can type, on the weight-free skeleton (the
+    outputs of ops onnx does not know, such as onnxruntime's contrib ops, and what follows them, stay untyped)."""
     skeleton = Skeleton(model).model
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception:
         inferred = skeleton
     g = inferred.graph
-    infos = list(g.value_info) + list(g.input) + list(g.output)
-    out = {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    out |= {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    out = {t.name: t.data_type for t in g.initializer}
+    for v in (*g.value_info, *g.input, *g.output):
+        if v.type.tensor_type.elem_type:
+            out[v.name] = v.type.tensor_type.elem_type
     return out
 
 

@@ -21,13 +21,14 @@ from .passes.dynamic import apply_dynamic
 from .passes.int4 import apply_w4a16
 from .passes.preprocess import lift_constants, preprocess
 from .passes.qdq import apply_w8a8
-from .passes.weight_only import quantize_plan, weight_errors
+from .passes.weight_only import weight_errors
 from .plan import QuantPlan, Reason
 from .provenance import provenance
 from .refine import choose_weight_format, describe, meet, run_guard, run_placement
 from .report import Report, write_beside
 from .session import release_memory
 from .target import AccuracyTarget
+from .weight_target import Quantized
 from .weights import WeightOptions
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
@@ -89,6 +90,10 @@ def quantize(
                 if step:
                     job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
             return QuantizeResult(job.plan, job.report, None)
+        if target and job.fid.src is None:
+            raise InputError(
+                "an accuracy target (--min-sqnr, --max-top1-drop) is measured on data: pass --eval DIR (or --calib DIR)"
+            )
         written: list[Path] = []
         try:
             found = meet(job, config, target, progress) if target and job.replan else None
@@ -104,8 +109,9 @@ def quantize(
             raise Interrupted(written) from e
         result = QuantizeResult(job.plan, job.report, out, written)
         if found and not found.met:
+            where = "back to float" if found.relief == "float" else f"at {found.relief}"
             raise GateFailed(
-                f"accuracy target not met ({found.shortfall}) with {len(found.returned)} node(s) back to float; "
+                f"accuracy target not met ({found.shortfall}) with {len(found.returned)} node(s) {where}; "
                 f"wrote the most accurate model found: {out}",
                 job.report,
             )
@@ -126,6 +132,7 @@ class _Job:
     guard_data: FidelityData | None = None  # where the default accuracy guard measures
     suspects: list[list[str]] = field(default_factory=list)  # the guard's first candidates
     weight_stats: dict | None = None  # weight-only, data-aware algorithms: statistics of each weight's input
+    quantized: Quantized | None = None  # weight-only: the weights the accuracy target's search quantized
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -190,7 +197,9 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
         qmodel = apply_dynamic(job.model, plan, inplace=True)
     else:
         stats = job.weight_stats
-        quantized = quantize_plan(job.model, plan, stats=stats, options=WeightOptions.of(config))
+        cache = job.quantized or Quantized(stats, WeightOptions.of(config))  # the target's search filled it
+        quantized = cache.of(job.model, plan)
+        job.quantized = cache = None
         errors = weight_errors(job.model, quantized, stats)
         report.weight_errors = {key[0]: e.to_dict() for key, e in errors.items()}
         job.weight_stats = stats = None

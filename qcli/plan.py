@@ -32,7 +32,7 @@ class Why(str, Enum):
     ACCURACY = "accuracy"  # the accuracy guard: an input quantizes too badly
     UNOBSERVED = "unobserved"  # a tensor it needs was never seen during calibration
     SCHEME = "scheme"  # the scheme does not quantize this op (e.g. convolutions under w4a16)
-    TARGET = "accuracy-target"  # returned to float to meet --min-sqnr / --max-top1-drop
+    TARGET = "accuracy-target"  # returned to float (w4a16: 8-bit blocks) to meet --min-sqnr / --max-top1-drop
     MEASURED = "measured"  # timed on this CPU: the model ran faster with it float (--placement measured)
 
 
@@ -79,7 +79,10 @@ _TEXT = {
         f"kept float for speed, measured on this CPU: with the {d['group']} float the model ran "
         f"{d['ratio']:.2f}x the time of the plan with them int8"
     ),
-    Why.TARGET: lambda d: f"returned to float to meet the accuracy target (rank {d['rank']} by the noise it adds)",
+    Why.TARGET: lambda d: (
+        f"{'8-bit blocks' if d.get('bits') == 8 else 'returned to float'} to meet the accuracy target "
+        f"(rank {d['rank']} by the noise it adds)"
+    ),
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import model_io, weight_format
+from . import model_io, weight_format, weight_target
 from .compare import Progress
 from .config import QuantConfig, Scheme, effective
 from .errors import QcliError
@@ -16,10 +16,12 @@ from .feeds import input_specs
 from .guard import guard
 from .passes.dynamic import apply_dynamic
 from .placement import place
-from .plan import QuantPlan, Why
+from .plan import Action, QuantPlan, Why
 from .report import Report
 from .target import AccuracyTarget, SearchResult, search
-from .trials import w8a8
+from .trials import INT8_ACTIONS, w8a8
+from .weight_target import Quantized
+from .weights import WeightOptions
 
 AUTO_MAX_BYTES = 1 << 30  # --format auto times the forms of models up to this size
 
@@ -28,7 +30,12 @@ def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -
     """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
     advance = progress("accuracy-target search (models tried)", None)
     apply = (lambda m, p: apply_dynamic(m, p)) if config.scheme == Scheme.DYNAMIC else w8a8
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply)
+    units, relief = INT8_ACTIONS, "float"
+    if config.scheme in (Scheme.W4A16, Scheme.W8A16):  # weights one step more precise, each quantized once
+        job.quantized = Quantized(job.weight_stats, WeightOptions.of(config))
+        apply, units = job.quantized.write_exact, weight_target.UNITS
+        relief = "8-bit blocks" if config.scheme == Scheme.W4A16 else "float"
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply, units, relief)
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)
@@ -71,7 +78,7 @@ def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
     report.plan = plan.to_dict()
     report.config = effective(config, plan.decisions)
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED, Why.MEASURED)]
-    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET)]
+    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET) if d.action == Action.FLOAT]
 
 
 def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_config, quantized) -> None:

@@ -153,7 +153,9 @@ def _rows(r: Report) -> list[tuple[str, str]]:
             )
             if g
         )
-        back = t["returned_to_float"]
+        raised = "raised_to_8_bits" in t
+        back = t["raised_to_8_bits"] if raised else t["returned_to_float"]
+        where = "at 8-bit blocks" if raised else "back to float"
         verdict = "met" if t["met"] else f"NOT met ({t['shortfall']})"
         cost = ""
         if back and t["all_int8_latency_ratio"] is not None and r.latency and r.size:
@@ -161,10 +163,12 @@ def _rows(r: Report) -> list[tuple[str, str]]:
                 f"; all-int8 would be {t['all_int8_latency_ratio']:.2f}x FP32 latency, "
                 f"{_mb(t['all_int8_size_bytes'])} (this model {r.latency.ratio:.2f}x, {_mb(r.size['candidate_bytes'])})"
             )
-        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) back to float{cost}"))
+        elif back and raised and r.size:
+            cost = f"; all-4-bit would be {_mb(t['all_int8_size_bytes'])} (this model {_mb(r.size['candidate_bytes'])})"
+        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) {where}{cost}"))
         if back:
             more = f" (+{len(back) - 12} more)" if len(back) > 12 else ""
-            rows.append(("back to float for the target", ", ".join(back[:12]) + more))
+            rows.append((f"{where} for the target", ", ".join(back[:12]) + more))
     for x in r.layers[:3]:
         if x["introduced"] > 0:
             rows.append(

@@ -1,5 +1,6 @@
 """Per-scheme planning: from the float model and its data to a plan, the calibration record, where fidelity is
-measured, and (W8A8) how to plan again with more nodes float (the accuracy-target search)."""
+measured, and how to plan again with some nodes more precise (the accuracy-target search: W8A8 and dynamic
+return them to float, w4a16 raises weights to 8 bits)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .plan_w4a16 import plan_w4a16 as _plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .prepare import prepare
 from .sensitivity import activation_sqnr
+from .weight_target import promoted
 
 SENSITIVITY_BATCHES = 4  # calibration batches the accuracy guards measure on
 SUSPECT_DB = 30.0  # an activation quantizing alone to fewer dB makes its readers candidates for the guard
@@ -123,9 +125,13 @@ def plan_w4a16(
     (X^T X, mean |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval);
     awq also rescales the graph (folded where exact, else an explicit Mul)."""
     plan = _plan_w4a16(model, config)
+
+    def replan(why: dict[str, Reason]) -> QuantPlan:  # the accuracy target's step: these weights more precise
+        return promoted(plan, why)
+
     data_aware = config.weight_algo != WeightAlgo.RTN or config.clip_search
     if not data_aware:
-        return Planned(plan, None, _data_only_for_fidelity(calib_src, eval_src))
+        return Planned(plan, None, _data_only_for_fidelity(calib_src, eval_src), replan)
     if calib_src is None:
         what = "--clip-search" if config.weight_algo == WeightAlgo.RTN else f"--weight-algo {config.weight_algo.value}"
         raise InputError(f"{what} needs calibration data: pass --calib DIR")
@@ -143,7 +149,7 @@ def plan_w4a16(
         stats = done.stats
         plan.notes += list(done.notes)
         calibration["awq"] = [x.to_dict() for x in done.layers]
-    return Planned(plan, calibration, _fidelity_data(calib_src, eval_src, items, held), weight_stats=stats)
+    return Planned(plan, calibration, _fidelity_data(calib_src, eval_src, items, held), replan, weight_stats=stats)
 
 
 def plan_dynamic(model: ModelProto, config: QuantConfig, calib_src: FeedSource | None, eval_src: FeedSource | None):

@@ -6,6 +6,7 @@ fidelity data). A unit is the int8 producer of a tensor that gains noise (or, fo
 writes, its int8 readers). The search returns the top k units to float, re-planning the Q/DQ
 placement each time (so nothing is left stranded between conversions), with k doubling until the target is
 met on the fidelity data (never the calibration files where others exist), then bisecting down to the fewest.
+The weight-only schemes search the same way with their own step (weight_target.py: 4-bit blocks -> 8-bit).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from onnx import ModelProto
 from . import evaluate
 from .compare import FidelityData
 from .evaluate import OutputFidelity
-from .plan import QuantPlan, Reason, Why, reason
-from .trials import Apply, trials, w8a8, worst_sqnr
+from .plan import Action, QuantPlan, Reason, Why, reason
+from .trials import INT8_ACTIONS, Apply, trials, w8a8, worst_sqnr
 
 LATENCY_RUNS = 10  # interleaved runs for the all-int8 model's latency, when layers had to go back
 
@@ -72,14 +73,16 @@ class SearchResult:
     shortfall: str | None = None
     first_size: int = 0  # bytes of the all-int8 model, before any layer went back to float
     first_latency: float | None = None  # its latency ratio to FP32 (measured only when layers went back)
+    relief: str = "float"  # what the returned nodes became: float, or (w4a16) 8-bit blocks
 
     def to_dict(self, target: AccuracyTarget) -> dict:
+        listed = "returned_to_float" if self.relief == "float" else "raised_to_8_bits"
         return {
             "min_sqnr": target.min_sqnr,
             "max_top1_drop": target.max_top1_drop,
             "met": self.met,
             "shortfall": self.shortfall,
-            "returned_to_float": self.returned,
+            listed: self.returned,
             "steps": [s.to_dict() for s in self.steps],
             "all_int8_size_bytes": self.first_size,
             "all_int8_latency_ratio": self.first_latency,
@@ -95,23 +98,30 @@ def search(
     fid: FidelityData,
     advance: Callable[[], None] = lambda: None,
     apply: Apply = w8a8,
+    units: tuple[Action, ...] = INT8_ACTIONS,
+    relief: str = "float",
 ) -> SearchResult:
-    """Each fidelity measurement calls advance() (a step of the search). `apply` writes a plan into a model."""
-    with trials(model, reference, fid, advance, apply) as t:
+    """Each fidelity measurement calls advance() (a step of the search). `apply` writes a plan into a model;
+    `units` are the actions of the nodes the search may change; `relief` names what `replan` makes of them
+    (the latency of the first model is measured only when they go back to float)."""
+    with trials(model, reference, fid, advance, apply, units) as t:
         fidelity = t.measure(first, "all-int8.onnx")
         all_int8 = t.tmp / "all-int8.onnx"
         size = evaluate.file_size(all_int8)
         missing = target.shortfall(fidelity)
         if missing is None:
-            return SearchResult(first, True, steps=[Step(0, [], worst_sqnr(fidelity), True)], first_size=size)
-        first_feed = fid.src.load(fid.items[0])
-        lat = evaluate.latency(reference, all_int8, first_feed, runs=LATENCY_RUNS, candidate_ours=True).ratio
-        units = t.rank_units(first)
+            steps = [Step(0, [], worst_sqnr(fidelity), True)]
+            return SearchResult(first, True, steps=steps, first_size=size, relief=relief)
+        lat = None
+        if relief == "float":
+            first_feed = fid.src.load(fid.items[0])
+            lat = evaluate.latency(reference, all_int8, first_feed, runs=LATENCY_RUNS, candidate_ours=True).ratio
+        ranked = t.rank_units(first)
         steps = [Step(0, [], worst_sqnr(fidelity), False)]
         tried: dict[int, tuple[QuantPlan, str | None, float]] = {0: (first, missing, worst_sqnr(fidelity))}
 
         def attempt(k: int) -> bool:
-            nodes = [n for u in units[:k] for n in u]
+            nodes = [n for u in ranked[:k] for n in u]
             why = {n: reason(Why.TARGET, rank=i + 1) for i, n in enumerate(nodes)}
             plan = replan(why)
             fid_k = t.measure(plan)
@@ -121,19 +131,19 @@ def search(
             return short is None
 
         lo, hi, k = 0, None, 1
-        while k <= len(units):
+        while k <= len(ranked):
             if attempt(k):
                 hi = k
                 break
             lo, k = k, k * 2
-        if hi is None and lo < len(units) and attempt(len(units)):
-            hi = len(units)
+        if hi is None and lo < len(ranked) and attempt(len(ranked)):
+            hi = len(ranked)
         if hi is None:  # the ranking is exhausted: the most accurate plan tried
             best = max(tried, key=lambda j: tried[j][2])
             plan, short, _ = tried[best]
-            returned = [n for u in units[:best] for n in u]
-            return SearchResult(plan, False, returned, steps, short, size, lat)
+            returned = [n for u in ranked[:best] for n in u]
+            return SearchResult(plan, False, returned, steps, short, size, lat, relief)
         while hi - lo > 1:  # fewest units that meet the target
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if attempt(mid) else (mid, hi)
-        return SearchResult(tried[hi][0], True, [n for u in units[:hi] for n in u], steps, None, size, lat)
+        return SearchResult(tried[hi][0], True, [n for u in ranked[:hi] for n in u], steps, None, size, lat, relief)

@@ -38,10 +38,17 @@ class Trials:
     """Writes candidate plans of `model` into one temporary folder and measures each against `reference`."""
 
     def __init__(
-        self, model: ModelProto, reference: Path, data: FidelityData, tmp: Path, advance=lambda: None, apply=w8a8
+        self,
+        model: ModelProto,
+        reference: Path,
+        data: FidelityData,
+        tmp: Path,
+        advance=lambda: None,
+        apply=w8a8,
+        units: tuple[Action, ...] = INT8_ACTIONS,
     ):
         self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
-        self.apply = apply
+        self.apply, self.units = apply, units
         self.recorded: evaluate.Recorded | None = None
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
@@ -88,30 +95,35 @@ class Trials:
         return model_io.save_with_outputs(qmodel, outputs, self.tmp, "ranked.onnx"), qnames
 
     def _rank_by_name(self, plan: QuantPlan) -> list[list[str]]:
-        """Schemes whose quantized ops keep their output names (dynamic): each int8 op's output against the
-        float model's tensor of the same name (layerwise.py), the op adding the most noise first."""
+        """Schemes whose quantized ops keep their output names (dynamic, weight-only): each quantized op's output
+        against the float model's tensor of the same name (layerwise.py), the op adding the most noise first."""
         ref = model_io.save_for_session(self.model, self.tmp, "float.onnx")
         cand = self.write(plan, "ranked.onnx")
         items = self.data.items[:RANK_BATCHES]
         layers = per_layer(ref, cand, lambda: (self.data.src.load(i) for i in items))
-        int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
-        units = [[x.node] for x in layers if x.node in int8 and x.introduced > 0]
-        return units + _rest(plan, {u[0] for u in units})
+        quantized = {d.node for d in plan.nodes if d.action in self.units}
+        units = [[x.node] for x in layers if x.node in quantized and x.introduced > 0]
+        return units + _rest(plan, {u[0] for u in units}, self.units)
 
 
-def _rest(plan: QuantPlan, seen: set[str]) -> list[list[str]]:
-    """Int8 compute whose added noise no measured tensor shows (a MatMul/Gemm writing float, a layer whose
+def _rest(plan: QuantPlan, seen: set[str], units: tuple[Action, ...] = INT8_ACTIONS) -> list[list[str]]:
+    """Quantized compute whose added noise no measured tensor shows (a MatMul/Gemm writing float, a layer whose
     noise is within its input's): last, one by one, so the ranking can end at all-float."""
-    compute = (Action.INT8, Action.INT8_OUT_FLOAT)
+    compute = {Action.INT8, Action.INT8_OUT_FLOAT} | (set(units) - set(INT8_ACTIONS))
     return [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
 
 
 @contextmanager
 def trials(
-    model: ModelProto, reference: Path, data: FidelityData, advance: Callable[[], None], apply: Apply = w8a8
+    model: ModelProto,
+    reference: Path,
+    data: FidelityData,
+    advance: Callable[[], None],
+    apply: Apply = w8a8,
+    units: tuple[Action, ...] = INT8_ACTIONS,
 ) -> Iterator[Trials]:
     with tempfile.TemporaryDirectory(prefix="qcli-trials-") as tmp:
-        yield Trials(model, reference, data, Path(tmp), advance, apply)
+        yield Trials(model, reference, data, Path(tmp), advance, apply, units)
 
 
 def worst_sqnr(fidelity: list[OutputFidelity]) -> float:

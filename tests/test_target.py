@@ -83,12 +83,6 @@ def test_top1_target_on_class_scores(files):
     assert t["met"] and r.report.fidelity[0].top1_agreement == 1.0
 
 
-def test_target_is_ignored_by_w4a16_with_a_warning(files):
-    r = quantize(files / "m.onnx", QuantConfig(scheme="w4a16", min_sqnr=30), out=files / "q4.onnx", latency_runs=1)
-    assert r.report.target is None
-    assert any("--min-sqnr does not apply" in w for w in r.report.warnings)
-
-
 def _outlier_chain():
     """x -> 4 MatMul(+Relu) layers; mm2 writes one channel 1000x the others (and mm3 reads it 1000x
     smaller, so the float output is ordinary). One 8-bit range for h2 then crushes its other 63 channels:

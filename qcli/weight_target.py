@@ -1,0 +1,61 @@
+"""An accuracy target for the weight-only schemes (`--min-sqnr`, `--max-top1-drop` with w4a16 / w8a16): the
+fewest weights made one step more precise until every output meets it. Under w4a16 a weight goes from 4-bit to
+8-bit blocks (same block size, symmetry and algorithm); under w8a16 it goes back to float.
+
+The search is target.py's: the weight ops ranked once by the noise each adds at its output in the first model
+(matched by tensor name, layerwise.py), then k doubling until the target is met and bisecting down to the fewest.
+Each candidate is written as onnxruntime's MatMulNBits at fp32 compute, the exact math of the quantized weights
+whatever form is written in the end, from weights quantized once each (Quantized caches them by key)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from onnx import ModelProto
+
+from .passes.int4 import apply_w4a16
+from .passes.nbits import FP32
+from .passes.weight_only import Key, key_of, quantize_plan
+from .plan import Action, NodeDecision, QuantPlan, Reason
+from .weights import BlockWeight, WeightOptions, WeightStats
+
+UNITS = (Action.INT4_WEIGHT, Action.INT8_WEIGHT)  # the weight ops the search may change
+WIDER = {"int4": "int8", "uint4": "uint8"}
+
+
+def promoted(plan: QuantPlan, why: dict[str, Reason]) -> QuantPlan:
+    """The plan with the nodes in `why` one step more precise: int4 blocks -> int8 blocks, int8 -> float."""
+    weights = {w.node: w for w in plan.weights}
+    nodes, kept = [], []
+    for d in plan.nodes:
+        r, w = why.get(d.node), weights.get(d.node)
+        if r is None or w is None or d.action not in UNITS:
+            nodes.append(d)
+            if w is not None:
+                kept.append(w)
+        elif w.qtype in WIDER:
+            nodes.append(NodeDecision(d.node, d.op_type, Action.INT8_WEIGHT, Reason(r.kind, {**r.details, "bits": 8})))
+            kept.append(replace(w, qtype=WIDER[w.qtype]))
+        else:
+            nodes.append(NodeDecision(d.node, d.op_type, Action.FLOAT, r))
+    return replace(plan, nodes=nodes, weights=kept, decisions=dict(plan.decisions), notes=list(plan.notes))
+
+
+class Quantized:
+    """Every plan's weights, each key (tensor, bits, ...) quantized once with the run's algorithm, statistics
+    and options."""
+
+    def __init__(self, stats: dict[str, WeightStats] | None, options: WeightOptions) -> None:
+        self.stats, self.options = stats, options
+        self.cache: dict[Key, BlockWeight] = {}
+
+    def of(self, model: ModelProto, plan: QuantPlan) -> dict[Key, BlockWeight]:
+        """The quantized weights `plan` writes (those not yet in the cache quantized now)."""
+        self.cache.update(quantize_plan(model, plan, set(self.cache), self.stats, self.options))
+        nodes = {n.name: n for n in model.graph.node}
+        keys = {key_of(nodes[w.node], w) for w in plan.weights if w.node in nodes}
+        return {k: self.cache[k] for k in keys}
+
+    def write_exact(self, model: ModelProto, plan: QuantPlan) -> ModelProto:
+        """The plan as MatMulNBits with fp32 compute: what the search measures (trials.Apply)."""
+        return apply_w4a16(model, plan, weight_format="ort", accuracy_level=FP32, quantized=self.of(model, plan))

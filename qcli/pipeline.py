@@ -108,6 +108,9 @@ def quantize(
         except KeyboardInterrupt as e:
             raise Interrupted(written) from e
         result = QuantizeResult(job.plan, job.report, out, written)
+        late = target.shortfall(job.report.fidelity) if found and found.met and job.report.fidelity else None
+        if late:  # the search measured the exact math; the form written (e.g. int8 compute) must hold it too
+            raise GateFailed(f"accuracy target not met by the model written ({late}): {out}", job.report)
         if found and not found.met:
             where = "back to float" if found.relief == "float" else f"at {found.relief}"
             raise GateFailed(

@@ -30,12 +30,16 @@ def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -
     """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
     advance = progress("accuracy-target search (models tried)", None)
     apply = (lambda m, p: apply_dynamic(m, p)) if config.scheme == Scheme.DYNAMIC else w8a8
-    units, relief = INT8_ACTIONS, "float"
+    units, relief, cost = INT8_ACTIONS, "float", None
     if config.scheme in (Scheme.W4A16, Scheme.W8A16):  # weights one step more precise, each quantized once
         job.quantized = Quantized(job.weight_stats, WeightOptions.of(config))
-        apply, units = job.quantized.write_exact, weight_target.UNITS
+        apply, units, cost = (
+            job.quantized.write_exact,
+            weight_target.UNITS,
+            weight_target.sizes(job.model, job.plan).get,
+        )
         relief = "8-bit blocks" if config.scheme == Scheme.W4A16 else "float"
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply, units, relief)
+    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply, units, relief, cost)
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)
@@ -97,7 +101,13 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
 
         def choose(batches: list) -> weight_format.FormatChoice:
             return weight_format.choose(
-                job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized
+                job.model,
+                plan,
+                job.reference,
+                batches,
+                ort_config=ort_config,
+                quantized=quantized,
+                min_sqnr=config.min_sqnr,
             )
 
         if feeds:

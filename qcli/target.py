@@ -100,11 +100,13 @@ def search(
     apply: Apply = w8a8,
     units: tuple[Action, ...] = INT8_ACTIONS,
     relief: str = "float",
+    cost: Callable[[str], float] | None = None,
 ) -> SearchResult:
     """Each fidelity measurement calls advance() (a step of the search). `apply` writes a plan into a model;
     `units` are the actions of the nodes the search may change; `relief` names what `replan` makes of them
-    (the latency of the first model is measured only when they go back to float)."""
-    with trials(model, reference, fid, advance, apply, units) as t:
+    (the latency of the first model is measured only when they go back to float); with `cost` (node -> what
+    changing it costs), the ranking puts the most noise per unit of cost first."""
+    with trials(model, reference, fid, advance, apply, units, cost) as t:
         fidelity = t.measure(first, "all-int8.onnx")
         all_int8 = t.tmp / "all-int8.onnx"
         size = evaluate.file_size(all_int8)

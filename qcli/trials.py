@@ -46,9 +46,10 @@ class Trials:
         advance=lambda: None,
         apply=w8a8,
         units: tuple[Action, ...] = INT8_ACTIONS,
+        cost: Callable[[str], float] | None = None,
     ):
         self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
-        self.apply, self.units = apply, units
+        self.apply, self.units, self.cost = apply, units, cost
         self.recorded: evaluate.Recorded | None = None
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
@@ -102,6 +103,8 @@ class Trials:
         items = self.data.items[:RANK_BATCHES]
         layers = per_layer(ref, cand, lambda: (self.data.src.load(i) for i in items))
         quantized = {d.node for d in plan.nodes if d.action in self.units}
+        if self.cost is not None:  # the most noise per unit of cost first (weight-only: per weight element)
+            layers = sorted(layers, key=lambda x: -x.introduced / max(self.cost(x.node) or 1.0, 1.0))
         units = [[x.node] for x in layers if x.node in quantized and x.introduced > 0]
         return units + _rest(plan, {u[0] for u in units}, self.units)
 
@@ -121,9 +124,10 @@ def trials(
     advance: Callable[[], None],
     apply: Apply = w8a8,
     units: tuple[Action, ...] = INT8_ACTIONS,
+    cost: Callable[[str], float] | None = None,
 ) -> Iterator[Trials]:
     with tempfile.TemporaryDirectory(prefix="qcli-trials-") as tmp:
-        yield Trials(model, reference, data, Path(tmp), advance, apply, units)
+        yield Trials(model, reference, data, Path(tmp), advance, apply, units, cost)
 
 
 def worst_sqnr(fidelity: list[OutputFidelity]) -> float:

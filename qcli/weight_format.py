@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +119,12 @@ def choose(
     budget_s: float = 3.0,
     ort_config: dict[str, str] | None = None,
     quantized: dict[Key, BlockWeight] | None = None,
+    min_sqnr: float | None = None,
 ) -> FormatChoice:
     """Measure `candidates` (written from `model`, the float graph the plan was made on) against the FP32
     model at `reference`, on `feeds` (the first one times them). Leaves `model` unchanged. `quantized`
-    (weight_only.quantize_plan) saves quantizing the weights again; pass the same to apply_w4a16."""
+    (weight_only.quantize_plan) saves quantizing the weights again; pass the same to apply_w4a16. With
+    `min_sqnr` (an accuracy target) a candidate must also keep every output at that SQNR against FP32."""
     if not feeds:
         return unmeasured("no data to measure on (--eval or --calib)")
     if not plan.weights:
@@ -140,7 +142,7 @@ def choose(
         exact = paths.get("qdq", paths.get(EXACT.name))
         fid = _fidelity(model, reference, exact, paths, names, feeds[:FIDELITY_BATCHES], ort_config)
         times, runs = _timed(reference, paths, names, feeds[0], budget_s, ort_config)
-    choice = _decide(candidates, fid, times, runs)
+    choice = _decide(candidates, fid, times, runs, min_sqnr)
     return replace(choice, tables=tables) if tables and choice.weight_format == WeightFormat.QDQ else choice
 
 
@@ -149,6 +151,7 @@ class _Fidelity:
     quantization: dict[str, NoiseMeter]  # per output: exact vs FP32
     deviation: dict[str, dict[str, NoiseMeter]]  # per candidate, per output: candidate vs exact
     flips: dict[str, int]
+    vs_float: dict[str, dict[str, NoiseMeter]] = field(default_factory=dict)  # per candidate, output: vs FP32
     rows: int = 0
 
 
@@ -164,18 +167,22 @@ def _fidelity(model, reference: Path, exact_path: Path, paths: dict, names: list
     del exact
     release_memory()
     scores = score_outputs(model, reference)
-    fid = _Fidelity({n: NoiseMeter() for n in outs}, {c: {n: NoiseMeter() for n in outs} for c in names}, {})
+    meters = {c: {n: NoiseMeter() for n in outs} for c in names}
+    fid = _Fidelity({n: NoiseMeter() for n in outs}, meters, {}, {c: {n: NoiseMeter() for n in outs} for c in names})
     fid.flips = dict.fromkeys(names, 0)
+    floats = []
     with Session(reference) as ref:
         for feed, want in zip(feeds, wants):
-            for n, r in zip(outs, ref.run(outs, feed)):
-                fid.quantization[n].add(r, want[n])
+            floats.append(dict(zip(outs, ref.run(outs, feed))))
+            for n in outs:
+                fid.quantization[n].add(floats[-1][n], want[n])
             fid.rows += sum(int(np.prod(want[n].shape[:-1])) for n in outs if n in scores and want[n].ndim >= 2)
     for c in names:
         with Session(paths[c], config=ort_config, ours=True) as sess:
-            for feed, want in zip(feeds, wants):
+            for feed, want, fp32 in zip(feeds, wants, floats):
                 for n, got in zip(outs, sess.run(outs, feed)):
                     fid.deviation[c][n].add(want[n], got)
+                    fid.vs_float[c][n].add(fp32[n], got)
                     if n in scores and got.ndim >= 2 and got.shape[-1] >= 2:
                         fid.flips[c] += int(np.sum(got.argmax(-1) != want[n].argmax(-1)))
     return fid
@@ -235,9 +242,13 @@ def _interleaved(sessions: dict[str, Session], feed, budget_s: float) -> tuple[d
     return times, runs
 
 
-def _problems(name: str, fid: _Fidelity, allowed_flips: int) -> list[str]:
-    """Why candidate `name` does not compute what the quantized weights mean (empty: it does)."""
+def _problems(name: str, fid: _Fidelity, allowed_flips: int, min_sqnr: float | None = None) -> list[str]:
+    """Why candidate `name` does not compute what the quantized weights mean, or misses the accuracy target
+    (empty: neither)."""
     out = []
+    for n, m in fid.vs_float.get(name, {}).items():
+        if min_sqnr is not None and m.db < min_sqnr:
+            out.append(f"{n} at {m.db:.1f} dB against FP32 misses --min-sqnr {min_sqnr:g}")
     for n, dev in fid.deviation[name].items():
         need = min(fid.quantization[n].db + MARGIN_DB, ROUNDING_DB)
         if dev.db < need:
@@ -252,13 +263,15 @@ def _problems(name: str, fid: _Fidelity, allowed_flips: int) -> list[str]:
     return out
 
 
-def _decide(candidates, fid: _Fidelity, times: dict[str, list[float]], runs: int) -> FormatChoice:
+def _decide(
+    candidates, fid: _Fidelity, times: dict[str, list[float]], runs: int, min_sqnr: float | None = None
+) -> FormatChoice:
     quant_db = min(m.db for m in fid.quantization.values())
     allowed = fid.flips.get("ort-fp32", 0)
     trials = []
     for c in candidates:
         dev_db = min((m.db for m in fid.deviation[c.name].values()), default=float("inf"))
-        problems = _problems(c.name, fid, allowed)
+        problems = _problems(c.name, fid, allowed, min_sqnr)
         ms = np.asarray(times[c.name]) * 1e3
         p10, p90 = np.percentile(ms, [10, 90])
         why = "; ".join(problems) or f"{dev_db:.1f} dB from the exact math (quantization noise {quant_db:.1f} dB)"

@@ -3,14 +3,17 @@ fewest weights made one step more precise until every output meets it. Under w4a
 8-bit blocks (same block size, symmetry and algorithm); under w8a16 it goes back to float.
 
 The search is target.py's: the weight ops ranked once by the noise each adds at its output in the first model
-(matched by tensor name, layerwise.py), then k doubling until the target is met and bisecting down to the fewest.
-Each candidate is written as onnxruntime's MatMulNBits at fp32 compute, the exact math of the quantized weights
-whatever form is written in the end, from weights quantized once each (Quantized caches them by key)."""
+(matched by tensor name, layerwise.py) per element of its weight, so that a small weight adding as much noise as
+an embedding table goes first (raising it costs a fraction of the bytes); then k doubling until the target is
+met and bisecting down to the fewest. Each candidate is written as onnxruntime's MatMulNBits at fp32 compute,
+the exact math of the quantized weights whatever form is written in the end, from weights quantized once each
+(Quantized caches them by key)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 from onnx import ModelProto
 
 from .passes.int4 import apply_w4a16
@@ -39,6 +42,12 @@ def promoted(plan: QuantPlan, why: dict[str, Reason]) -> QuantPlan:
         else:
             nodes.append(NodeDecision(d.node, d.op_type, Action.FLOAT, r))
     return replace(plan, nodes=nodes, weights=kept, decisions=dict(plan.decisions), notes=list(plan.notes))
+
+
+def sizes(model: ModelProto, plan: QuantPlan) -> dict[str, float]:
+    """Node -> elements of the weight it reads (what raising it costs in bytes, up to a factor)."""
+    dims = {t.name: t.dims for t in model.graph.initializer}
+    return {w.node: float(np.prod(dims[w.tensor])) for w in plan.weights if w.tensor in dims}
 
 
 class Quantized:

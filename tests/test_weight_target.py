@@ -17,7 +17,8 @@ from qcli.cli import app
 from qcli.errors import GateFailed, InputError
 from qcli.plan import Action, Why, reason
 from qcli.plan_w4a16 import plan_w4a16
-from qcli.weight_target import promoted
+from qcli.weight_target import UNITS, Quantized, promoted, sizes
+from qcli.weights import WeightOptions
 
 
 def _chain():
@@ -111,3 +112,56 @@ def test_a_target_without_data_is_refused(files):
         quantize(files / "m.onnx", QuantConfig(scheme="w4a16", min_sqnr=20), out=files / "q.onnx")
     res = CliRunner().invoke(app, ["quantize", str(files / "m.onnx"), "--scheme", "w4a16", "--min-sqnr", "20"])
     assert res.exit_code == 2 and "pass --eval" in res.output
+
+
+def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files, monkeypatch):
+    """Stand-in per-layer figures: mm1 adds twice mm2's noise but reads a weight 10x larger; with the weight
+    sizes as the cost mm2 goes first (half the noise for a tenth of the bytes), without them mm1 does."""
+    from qcli import trials
+    from qcli.compare import FidelityData
+    from qcli.feeds import FeedSource, input_specs
+    from qcli.layerwise import LayerDiff
+
+    figures = [LayerDiff("h1", "mm1", "MatMul", 20.0, 0.02), LayerDiff("h2", "mm2", "MatMul", 23.0, 0.01)]
+    monkeypatch.setattr(trials, "per_layer", lambda ref, cand, batches: figures)
+    m = _chain()
+    plan = plan_w4a16(m, QuantConfig(scheme="w4a16"))
+    src = FeedSource(files / "e", input_specs(m))
+    data = FidelityData(src, src.items, "")
+    write = Quantized(None, WeightOptions()).write_exact
+    costs = {"mm1": 40960.0, "mm2": 4096.0, "mm3": 4096.0}
+    units = UNITS
+    with trials.trials(m, files / "m.onnx", data, lambda: None, write, units, costs.get) as t:
+        assert t.rank_units(plan)[:2] == [["mm2"], ["mm1"]]
+    with trials.trials(m, files / "m.onnx", data, lambda: None, write, units) as t:
+        assert t.rank_units(plan)[:2] == [["mm1"], ["mm2"]]
+    assert sizes(m, plan) == {"mm1": 4096.0, "mm2": 4096.0, "mm3": 4096.0}
+
+
+def _meter(signal: float, noise: float):
+    from qcli.qparams import NoiseMeter
+
+    m = NoiseMeter()
+    m.signal, m.noise = signal, noise
+    return m
+
+
+def test_auto_format_keeps_the_target_a_faster_form_would_miss():
+    """The exact math meets the target (20 dB); the int8-compute form is faster and within the usual margin of
+    the exact math, but against FP32 it lands at 18.9 dB: with --min-sqnr 19 it is rejected."""
+    from qcli import weight_format as wf
+
+    fid = wf._Fidelity(
+        quantization={"y": _meter(100.0, 1.0)},  # exact vs FP32: 20 dB
+        deviation={
+            "qdq": {"y": _meter(1.0, 0.0)},
+            "ort-fp32": {"y": _meter(1.0, 0.0)},
+            "ort-int8": {"y": _meter(100, 0.02)},
+        },
+        flips={"qdq": 0, "ort-fp32": 0, "ort-int8": 0},
+        vs_float={c: {"y": _meter(100.0, 1.0)} for c in ("qdq", "ort-fp32")} | {"ort-int8": {"y": _meter(100.0, 1.3)}},
+    )
+    times = {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [9.5e-3] * 5, "ort-int8": [5e-3] * 5}
+    assert wf._decide(wf.CANDIDATES, fid, times, 5).accuracy_level == wf.INT8
+    kept = wf._decide(wf.CANDIDATES, fid, times, 5, min_sqnr=19.0)
+    assert kept.weight_format.value == "qdq" and "misses --min-sqnr 19" in kept.why

@@ -153,8 +153,8 @@ def quantize(
     min_sqnr: Annotated[
         float | None,
         typer.Option(
-            help="accuracy target: the fewest layers back to float until every output's SQNR (dB) reaches it "
-            "on held-out data; exit 1 if it cannot be met"
+            help="accuracy target: the fewest layers back to float (w4a16: weights to 8-bit blocks) until every "
+            "output's SQNR (dB) reaches it on held-out data; exit 1 if it cannot be met"
         ),
     ] = DEFAULT.min_sqnr,
     max_top1_drop: Annotated[

@@ -105,8 +105,9 @@ class QuantConfig:
     # fewer dB than this stay float (well-spread tensors give 35-45 dB; BERT LayerNorm/GELU outputs ~20).
     min_activation_sqnr: float = 0.0
     fold_batchnorm: bool = True
-    # Accuracy target: the fewest layers back to float until every output reaches this SQNR (dB) and/or
-    # at most this % of class-score rows change their top-1, on data not used for calibration.
+    # Accuracy target: the fewest layers back to float (w4a16: weights raised to 8-bit blocks) until every
+    # output reaches this SQNR (dB) and/or at most this % of class-score rows change their top-1, on data not
+    # used for calibration.
     min_sqnr: float | None = None
     max_top1_drop: float | None = None
     # W4A16

@@ -112,7 +112,7 @@ class Trials:
 def _rest(plan: QuantPlan, seen: set[str], units: tuple[Action, ...] = INT8_ACTIONS) -> list[list[str]]:
     """Quantized compute whose added noise no measured tensor shows (a MatMul/Gemm writing float, a layer whose
     noise is within its input's): last, one by one, so the ranking can end at all-float."""
-    compute = {Action.INT8, Action.INT8_OUT_FLOAT} | (set(units) - set(INT8_ACTIONS))
+    compute = set(units) - {Action.PASSTHROUGH}  # an op that only moves int8 data adds no noise of its own
     return [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
 
 

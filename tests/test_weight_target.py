@@ -4,6 +4,7 @@ w8a16 returns them to float. Measured on a chain whose middle weight has one out
 block's 4-bit step 25x too coarse): all 4-bit 15.6 dB, mm2 at 8 bits 19.3 dB, all three 38.3 dB."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -130,10 +131,9 @@ def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files,
     data = FidelityData(src, src.items, "")
     write = Quantized(None, WeightOptions()).write_exact
     costs = {"mm1": 40960.0, "mm2": 4096.0, "mm3": 4096.0}
-    units = UNITS
-    with trials.trials(m, files / "m.onnx", data, lambda: None, write, units, costs.get) as t:
+    with trials.trials(m, files / "m.onnx", data, lambda: None, write, UNITS, costs.get) as t:
         assert t.rank_units(plan)[:2] == [["mm2"], ["mm1"]]
-    with trials.trials(m, files / "m.onnx", data, lambda: None, write, units) as t:
+    with trials.trials(m, files / "m.onnx", data, lambda: None, write, UNITS) as t:
         assert t.rank_units(plan)[:2] == [["mm1"], ["mm2"]]
     assert sizes(m, plan) == {"mm1": 4096.0, "mm2": 4096.0, "mm3": 4096.0}
 
@@ -165,3 +165,20 @@ def test_auto_format_keeps_the_target_a_faster_form_would_miss():
     assert wf._decide(wf.CANDIDATES, fid, times, 5).accuracy_level == wf.INT8
     kept = wf._decide(wf.CANDIDATES, fid, times, 5, min_sqnr=19.0)
     assert kept.weight_format.value == "qdq" and "misses --min-sqnr 19" in kept.why
+
+
+def test_a_written_model_that_misses_the_target_the_search_met_exits_1(files, monkeypatch):
+    """The search measures the exact math; the final measurement is of the file written. A stand-in that
+    lowers the final figure by 3 dB (as a less exact form would) must turn a met search into exit code 1."""
+    from qcli import pipeline
+
+    real = pipeline.measure
+
+    def lower(report, *args, **kw):
+        real(report, *args, **kw)
+        report.fidelity = [replace(f, sqnr_db=f.sqnr_db - 3.0) for f in report.fidelity]
+
+    monkeypatch.setattr(pipeline, "measure", lower)
+    with pytest.raises(GateFailed, match="not met by the model written"):
+        _q(files, min_sqnr=18)
+    assert json.loads((files / "q.onnx.report.json").read_text())["target"]["met"] is True  # the search's verdict

@@ -96,7 +96,7 @@ def quantize(
             )
         written: list[Path] = []
         try:
-            found = meet(job, config, target, progress) if target and job.replan else None
+            found = meet(job, config, target, progress, ort_config) if target and job.replan else None
             if guarded:
                 run_guard(job, config, progress)
             measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED

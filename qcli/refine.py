@@ -10,36 +10,31 @@ import numpy as np
 
 from . import model_io, weight_format, weight_target
 from .compare import Progress
-from .config import QuantConfig, Scheme, effective
+from .config import QuantConfig, Scheme, WeightFormat, effective
 from .errors import QcliError
 from .feeds import input_specs
 from .guard import guard
 from .passes.dynamic import apply_dynamic
+from .passes.nbits import FP32
 from .placement import place
 from .plan import Action, QuantPlan, Why
 from .report import Report
 from .target import AccuracyTarget, SearchResult, search
-from .trials import INT8_ACTIONS, w8a8
+from .trials import w8a8
 from .weight_target import Quantized
 from .weights import WeightOptions
 
 AUTO_MAX_BYTES = 1 << 30  # --format auto times the forms of models up to this size
 
 
-def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -> SearchResult:
+def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress, ort_config=None) -> SearchResult:
     """The plan with the fewest nodes float that meets the target on the fidelity data; into job and report."""
     advance = progress("accuracy-target search (models tried)", None)
-    apply = (lambda m, p: apply_dynamic(m, p)) if config.scheme == Scheme.DYNAMIC else w8a8
-    units, relief, cost = INT8_ACTIONS, "float", None
-    if config.scheme in (Scheme.W4A16, Scheme.W8A16):  # weights one step more precise, each quantized once
-        job.quantized = Quantized(job.weight_stats, WeightOptions.of(config))
-        apply, units, cost = (
-            job.quantized.write_exact,
-            weight_target.UNITS,
-            weight_target.sizes(job.model, job.plan).get,
-        )
-        relief = "8-bit blocks" if config.scheme == Scheme.W4A16 else "float"
-    found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply, units, relief, cost)
+    if config.scheme in (Scheme.W4A16, Scheme.W8A16):
+        found = _meet_weight_only(job, config, target, progress, ort_config, advance)
+    else:
+        apply = (lambda m, p: apply_dynamic(m, p)) if config.scheme == Scheme.DYNAMIC else w8a8
+        found = search(job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply)
     job.plan = plan = found.plan
     report = job.report
     report.target = found.to_dict(target)
@@ -49,6 +44,30 @@ def meet(job, config: QuantConfig, target: AccuracyTarget, progress: Progress) -
             "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
             "give --eval data for a target that holds on unseen inputs"
         )
+    return found
+
+
+def _meet_weight_only(job, config: QuantConfig, target: AccuracyTarget, progress, ort_config, advance) -> SearchResult:
+    """Weights one step more precise (weight_target.py), each quantized once, every candidate measured in the form
+    that will be written: an explicit --format's; under auto the fastest form timed on the first plan, and the
+    exact math (fp32 compute) when the target is out of that form's reach."""
+    job.quantized = q = Quantized(job.weight_stats, WeightOptions.of(config))
+    units, cost = weight_target.UNITS, weight_target.sizes(job.model, job.plan).get
+    relief = "8-bit blocks" if config.scheme == Scheme.W4A16 else "float"
+    forms = [(f"the form written (--format {config.weight_format.value})", q.writer())]
+    if config.weight_format == WeightFormat.AUTO:
+        first = format_choice(job, config, progress, ort_config, q.of(job.model, job.plan), min_sqnr=None)
+        exact = ("the exact math (MatMulNBits, fp32 compute)", q.write_exact)
+        name = first.why.split(":")[0]
+        fast = (f"{name}, the fastest form on this CPU before the search", q.writer(*first.form()))
+        forms = [exact] if first.form()[:2] == (WeightFormat.ORT, FP32) else [fast, exact]
+    for name, apply in forms:
+        found = search(
+            job.model, job.reference, job.plan, job.replan, target, job.fid, advance, apply, units, relief, cost
+        )
+        found.measured_as = name
+        if found.met:
+            break
     return found
 
 
@@ -80,6 +99,7 @@ def run_placement(job, config: QuantConfig, progress: Progress) -> None:
 def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
     """The report's view of a plan: the plan itself, the effective config, the nodes kept float and why."""
     report.plan = plan.to_dict()
+    report.decisions = plan.decisions  # a search's plans carry copies of the first plan's decisions
     report.config = effective(config, plan.decisions)
     report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED, Why.MEASURED)]
     report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET) if d.action == Action.FLOAT]
@@ -88,40 +108,39 @@ def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
 def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_config, quantized) -> None:
     """W4A16 / W8A16 --format auto: the form (and MatMulNBits accuracy level) measured fastest on this CPU among
     those that keep the exact math's fidelity (weight_format.py), into the plan's decisions and the report."""
+    choice = format_choice(job, config, progress, ort_config, quantized, config.min_sqnr)
+    job.plan.decisions.update(choice.decisions())
+    describe(job.report, config, job.plan)
+    job.report.warnings += _slower_than_float(choice)
+
+
+def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quantized, min_sqnr: float | None):
+    """weight_format.choose on the job's plan and fidelity data (inputs made from the input specs without data)."""
     plan, fid = job.plan, job.fid
     size = model_io.model_bytes(job.model)
     if size > AUTO_MAX_BYTES:  # every candidate's session at once would break the memory bound
-        choice = weight_format.unmeasured(
+        return weight_format.unmeasured(
             f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound"
         )
-    else:
-        items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
-        feeds = [fid.src.load(i) for i in items]
-        advance = progress("choosing the weight format (timings)", 1)
+    items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
+    feeds = [fid.src.load(i) for i in items]
+    advance = progress("choosing the weight format (timings)", 1)
 
-        def choose(batches: list) -> weight_format.FormatChoice:
-            return weight_format.choose(
-                job.model,
-                plan,
-                job.reference,
-                batches,
-                ort_config=ort_config,
-                quantized=quantized,
-                min_sqnr=config.min_sqnr,
-            )
+    def choose(batches: list) -> weight_format.FormatChoice:
+        return weight_format.choose(
+            job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized, min_sqnr=min_sqnr
+        )
 
-        if feeds:
-            choice = choose(feeds)
-        else:  # no data: time the forms on inputs made from the input specs (speed does not depend on the values)
-            try:
-                choice = choose([synthetic_feed(input_specs(job.model))])
-                choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
-            except QcliError as e:
-                choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
-        advance()
-    plan.decisions.update(choice.decisions())
-    describe(job.report, config, plan)
-    job.report.warnings += _slower_than_float(choice)
+    if feeds:
+        choice = choose(feeds)
+    else:  # no data: time the forms on inputs made from the input specs (speed does not depend on the values)
+        try:
+            choice = choose([synthetic_feed(input_specs(job.model))])
+            choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
+        except QcliError as e:
+            choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
+    advance()
+    return choice
 
 
 def _slower_than_float(choice: weight_format.FormatChoice) -> list[str]:

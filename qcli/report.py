@@ -165,7 +165,8 @@ def _rows(r: Report) -> list[tuple[str, str]]:
             )
         elif back and raised and r.size:
             cost = f"; all-4-bit would be {_mb(t['all_int8_size_bytes'])} (this model {_mb(r.size['candidate_bytes'])})"
-        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) {where}{cost}"))
+        form = f"; measured as {t['measured_as']}" if t.get("measured_as") else ""
+        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) {where}{cost}{form}"))
         if back:
             more = f" (+{len(back) - 12} more)" if len(back) > 12 else ""
             rows.append((f"{where} for the target", ", ".join(back[:12]) + more))

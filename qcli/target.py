@@ -74,6 +74,7 @@ class SearchResult:
     first_size: int = 0  # bytes of the all-int8 model, before any layer went back to float
     first_latency: float | None = None  # its latency ratio to FP32 (measured only when layers went back)
     relief: str = "float"  # what the returned nodes became: float, or (w4a16) 8-bit blocks
+    measured_as: str = ""  # the form candidates were written in, where the scheme has several (weight-only)
 
     def to_dict(self, target: AccuracyTarget) -> dict:
         listed = "returned_to_float" if self.relief == "float" else "raised_to_8_bits"
@@ -86,7 +87,7 @@ class SearchResult:
             "steps": [s.to_dict() for s in self.steps],
             "all_int8_size_bytes": self.first_size,
             "all_int8_latency_ratio": self.first_latency,
-        }
+        } | ({"measured_as": self.measured_as} if self.measured_as else {})
 
 
 def search(

@@ -91,6 +91,10 @@ class FormatChoice:
     runs: int = 0
     tables: WeightFormat | None = None  # the Gather tables' form, where it differs from weight_format's
 
+    def form(self) -> tuple[WeightFormat, int | None, WeightFormat | None]:
+        """What apply_w4a16 writes for this choice: weight format, accuracy level, tables' format."""
+        return self.weight_format, self.accuracy_level, self.tables
+
     def decisions(self) -> dict[str, dict]:
         """Entries for QuantPlan.decisions: apply_w4a16 reads them; the report shows them."""
         measured = {"float_ms": self.float_ms, "runs": self.runs, "trials": [asdict(t) for t in self.trials]}

@@ -5,17 +5,20 @@ fewest weights made one step more precise until every output meets it. Under w4a
 The search is target.py's: the weight ops ranked once by the noise each adds at its output in the first model
 (matched by tensor name, layerwise.py) per element of its weight, so that a small weight adding as much noise as
 an embedding table goes first (raising it costs a fraction of the bytes); then k doubling until the target is
-met and bisecting down to the fewest. Each candidate is written as onnxruntime's MatMulNBits at fp32 compute,
-the exact math of the quantized weights whatever form is written in the end, from weights quantized once each
-(Quantized caches them by key)."""
+met and bisecting down to the fewest. Each candidate is measured in the form that will be written (refine.py:
+an explicit --format; under auto the fastest form timed on the first plan, then the exact math, MatMulNBits at
+fp32 compute, if the target is out of that form's reach), from weights quantized once each (Quantized caches
+them by key)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 from onnx import ModelProto
 
+from .config import WeightFormat
 from .passes.int4 import apply_w4a16
 from .passes.nbits import FP32
 from .passes.weight_only import Key, key_of, quantize_plan
@@ -65,6 +68,20 @@ class Quantized:
         keys = {key_of(nodes[w.node], w) for w in plan.weights if w.node in nodes}
         return {k: self.cache[k] for k in keys}
 
+    def writer(
+        self,
+        weight_format: WeightFormat | None = None,
+        accuracy_level: int | None = None,
+        tables: WeightFormat | None = None,
+    ) -> Callable[[ModelProto, QuantPlan], ModelProto]:
+        """Plans written in one form (trials.Apply): the one given, else the plan's own decision."""
+
+        def write(model: ModelProto, plan: QuantPlan) -> ModelProto:
+            quantized = self.of(model, plan)
+            return apply_w4a16(model, plan, False, weight_format, accuracy_level, quantized, tables)
+
+        return write
+
     def write_exact(self, model: ModelProto, plan: QuantPlan) -> ModelProto:
-        """The plan as MatMulNBits with fp32 compute: what the search measures (trials.Apply)."""
-        return apply_w4a16(model, plan, weight_format="ort", accuracy_level=FP32, quantized=self.of(model, plan))
+        """The plan as MatMulNBits with fp32 compute: the exact math of its quantized weights."""
+        return self.writer(WeightFormat.ORT, FP32)(model, plan)

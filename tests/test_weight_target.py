@@ -182,3 +182,65 @@ def test_a_written_model_that_misses_the_target_the_search_met_exits_1(files, mo
     with pytest.raises(GateFailed, match="not met by the model written"):
         _q(files, min_sqnr=18)
     assert json.loads((files / "q.onnx.report.json").read_text())["target"]["met"] is True  # the search's verdict
+
+
+def _int8_fastest(monkeypatch):
+    """Stand-in timings: ort-int8 (MatMulNBits at int8 compute) the fastest form on this 'CPU'."""
+    from qcli import weight_format as wf
+
+    ms = {"float": 10.0, "qdq": 9.0, "ort-fp32": 12.0, "ort-int8": 5.0}
+    monkeypatch.setattr(wf, "_timed", lambda ref, paths, names, *a: ({k: [ms[k] / 1e3] * 5 for k in ms}, 5))
+
+
+def _levels_written(monkeypatch) -> list[set[int]]:
+    """The MatMulNBits accuracy levels of every model the search's trials write (a missing attribute is 0)."""
+    from qcli import trials
+
+    seen = []
+
+    def write(self, plan, name="candidate.onnx"):
+        model = self.apply(self.model, plan)
+        nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+        seen.append({next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nbits})
+        return trials.model_io.save_for_session(model, self.tmp, name)
+
+    monkeypatch.setattr(trials.Trials, "write", write)
+    return seen
+
+
+def test_auto_searches_in_the_fastest_form_and_writes_it(files, monkeypatch):
+    """Under --format auto the target is searched in the form timed fastest on the first plan (int8 compute
+    here), so the written model is that form and meets the target; the decisions reach the report."""
+    _int8_fastest(monkeypatch)
+    seen = _levels_written(monkeypatch)
+    r = _q(files, weight_format="auto", min_sqnr=18)
+    t = r.report.target
+    assert t["met"] and "mm2" in t["raised_to_8_bits"] and t["measured_as"].startswith("ort-int8")
+    assert seen and all(levels == {4} for levels in seen)  # every candidate written at int8 compute
+    assert r.report.decisions["weight_format"]["value"] == "ort"
+    assert r.report.decisions["accuracy_level"]["value"] == 4
+    nodes = onnx.load(str(files / "q.onnx")).graph.node
+    assert {a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"} == {4}
+    assert r.report.fidelity[0].sqnr_db >= 18
+    assert "decided weight format | ort" in (files / "q.onnx.report.md").read_text()
+
+
+def test_auto_searches_the_exact_math_when_the_fast_form_cannot_meet_it(files, monkeypatch):
+    """The fast form's search ends unmet (a stand-in: its target made unreachable): the search runs again in the
+    exact math (fp32 compute), which meets it."""
+    from qcli import refine
+    from qcli.target import AccuracyTarget
+
+    _int8_fastest(monkeypatch)
+    calls, real = [], refine.search
+
+    def first_unreachable(model, ref, plan, replan, target, *a):
+        calls.append(target)
+        return real(model, ref, plan, replan, AccuracyTarget(1000.0) if len(calls) == 1 else target, *a)
+
+    monkeypatch.setattr(refine, "search", first_unreachable)
+    r = _q(files, weight_format="auto", min_sqnr=18)
+    assert len(calls) == 2
+    t = r.report.target
+    assert t["met"] and t["measured_as"].startswith("the exact math") and t["raised_to_8_bits"] == ["mm2"]
+    assert r.report.fidelity[0].sqnr_db >= 18

@@ -43,6 +43,7 @@ VARIANTS = {
         *("--scheme", "w4a16", "--weight-algo", "gptq", "--act-order", "--weight-asymmetric", "--calib", "CALIB"),
         *("--min-sqnr", "17", "NOEVAL"),
     ],
+    "qcli w8a16 --min-sqnr 30 (auto)": ["--scheme", "w8a16", "--calib", "CALIB", "--min-sqnr", "30", "NOEVAL"],
 }
 ORT = "ORT MatMulNBits int4 RTN b32"
 ORT_ALGOS = {ORT: "default", "ORT MatMulNBits int4 GPTQ b32": "gptq", "ORT MatMulNBits int4 HQQ b32": "hqq"}

@@ -4,6 +4,7 @@ leaves its plan and findings in it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -56,7 +57,8 @@ def _meet_weight_only(job, config: QuantConfig, target: AccuracyTarget, progress
     relief = "8-bit blocks" if config.scheme == Scheme.W4A16 else "float"
     forms = [(f"the form written (--format {config.weight_format.value})", q.writer())]
     if config.weight_format == WeightFormat.AUTO:
-        first = format_choice(job, config, progress, ort_config, q.of(job.model, job.plan), min_sqnr=None)
+        # -inf: no margin to the exact math, no target yet (the search enforces it); argmax flips still count
+        first = format_choice(job, config, progress, ort_config, q.of(job.model, job.plan), min_sqnr=-math.inf)
         exact = ("the exact math (MatMulNBits, fp32 compute)", q.write_exact)
         name = first.why.split(":")[0]
         fast = (f"{name}, the fastest form on this CPU before the search", q.writer(*first.form()))
@@ -111,7 +113,7 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
     choice = format_choice(job, config, progress, ort_config, quantized, config.min_sqnr)
     job.plan.decisions.update(choice.decisions())
     describe(job.report, config, job.plan)
-    job.report.warnings += _slower_than_float(choice)
+    job.report.warnings += _slower_than_float(choice, config.min_sqnr is None)
 
 
 def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quantized, min_sqnr: float | None):
@@ -143,7 +145,7 @@ def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quan
     return choice
 
 
-def _slower_than_float(choice: weight_format.FormatChoice) -> list[str]:
+def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:
     """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
     chosen = next((t for t in choice.trials if choice.why.startswith(t.name + ":")), None)
     if chosen is None or choice.float_ms is None or chosen.median_ms < choice.float_ms:
@@ -157,6 +159,7 @@ def _slower_than_float(choice: weight_format.FormatChoice) -> list[str]:
         f"--format auto: the only form that keeps the exact math's fidelity ({chosen.name}) runs "
         f"{chosen.median_ms / choice.float_ms:.2f}x FP32 on this CPU"
         + (f"; faster but less exact: {alt}" if alt else "")
+        + ("; --min-sqnr DB accepts a faster form whose outputs meet it against FP32" if alt and hint else "")
     ]
 
 

@@ -13,7 +13,9 @@ the rows gathered, so the choice does not move the timings.
 Fidelity, against the exact math (the qdq model run with graph optimizations off: each weight dequantized, then
 an fp32 MatMul): a candidate is accepted when on every output its deviation from the exact math is at least
 MARGIN_DB under the quantization noise itself (exact vs the FP32 model) or at float-rounding level, and when on
-score outputs it flips no more argmax rows than the fp32-compute form does (float rounding near ties).
+score outputs it flips no more argmax rows than the fp32-compute form does (float rounding near ties). With an
+accuracy target (--min-sqnr) the target replaces the margin: a candidate must keep every output at that SQNR
+against FP32 (the user said what is enough), and still flip no more argmax rows.
 Speed: median latency over runs interleaved round robin with the FP32 model, on one batch, thread spinning off,
 for about budget_s seconds. Choice: the fastest accepted candidate; one within TIE of it that comes earlier in
 CANDIDATES (more portable, then more exact) wins the tie.
@@ -253,7 +255,7 @@ def _problems(name: str, fid: _Fidelity, allowed_flips: int, min_sqnr: float | N
     for n, m in fid.vs_float.get(name, {}).items():
         if min_sqnr is not None and m.db < min_sqnr:
             out.append(f"{n} at {m.db:.1f} dB against FP32 misses --min-sqnr {min_sqnr:g}")
-    for n, dev in fid.deviation[name].items():
+    for n, dev in fid.deviation[name].items() if min_sqnr is None else ():
         need = min(fid.quantization[n].db + MARGIN_DB, ROUNDING_DB)
         if dev.db < need:
             out.append(

@@ -244,3 +244,35 @@ def test_auto_searches_the_exact_math_when_the_fast_form_cannot_meet_it(files, m
     t = r.report.target
     assert t["met"] and t["measured_as"].startswith("the exact math") and t["raised_to_8_bits"] == ["mm2"]
     assert r.report.fidelity[0].sqnr_db >= 18
+
+
+def test_a_target_replaces_the_margin_to_the_exact_math():
+    """w8a16-like figures: the exact math is 35 dB from FP32, int8 compute 30 dB from the exact math (under the
+    6 dB margin: rejected without a target). --min-sqnr 25 accepts it (29.6 dB against FP32); --min-sqnr 30 does
+    not; argmax flips beyond the fp32-compute form's reject it whatever the target."""
+    from qcli import weight_format as wf
+
+    def fid(flips: int):
+        return wf._Fidelity(
+            quantization={"y": _meter(10**3.5, 1.0)},
+            deviation={"qdq": {"y": _meter(1e3, 1.0)}, "ort-fp32": {"y": _meter(1.0, 0.0)}}
+            | {"ort-int8": {"y": _meter(1e3, 1.0)}},
+            flips={"qdq": flips, "ort-fp32": 0, "ort-int8": flips},
+            vs_float={"ort-fp32": {"y": _meter(10**3.5, 1.0)}}
+            | {c: {"y": _meter(10**2.96, 1.0)} for c in ("qdq", "ort-int8")},
+        )
+
+    times = {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [20e-3] * 5, "ort-int8": [5e-3] * 5}
+    assert wf._decide(wf.CANDIDATES, fid(0), times, 5).accuracy_level == wf.FP32
+    assert wf._decide(wf.CANDIDATES, fid(0), times, 5, min_sqnr=25.0).accuracy_level == wf.INT8
+    assert wf._decide(wf.CANDIDATES, fid(0), times, 5, min_sqnr=30.0).accuracy_level == wf.FP32
+    assert wf._decide(wf.CANDIDATES, fid(3), times, 5, min_sqnr=25.0).accuracy_level == wf.FP32
+
+
+def test_w8a16_target_is_searched_in_the_fastest_form_even_off_the_margin(files, monkeypatch):
+    """w8a16's int8 compute is further from the exact math than the 6 dB margin allows; with a target the
+    search still measures in it (the target, not the margin, judges), and the written model is that form."""
+    _int8_fastest(monkeypatch)
+    r = _q(files, scheme="w8a16", weight_format="auto", min_sqnr=30)
+    assert r.report.target["measured_as"].startswith("ort-int8") and r.report.target["met"]
+    assert r.report.decisions["accuracy_level"]["value"] == 4 and r.report.fidelity[0].sqnr_db >= 30

@@ -130,7 +130,7 @@ def quantize(
             "--format",
             help="w4a16/w8a16: qdq (portable DequantizeLinear -> MatMul), ort (onnxruntime's MatMulNBits / "
             "GatherBlockQuantized) or auto (time both on this CPU, keep the fastest that keeps the exact math's "
-            "fidelity)",
+            "fidelity, or with --min-sqnr the fastest that meets it)",
         ),
     ] = DEFAULT.weight_format,
     weight_asymmetric: Annotated[

@@ -171,15 +171,15 @@ def quantize(
     objective: Annotated[
         Objective,
         typer.Option(
-            help="w8a8: latency (the fastest model within the accuracy guard, never slower than FP32 by choice) "
-            "or size (quantize every op that can be)"
+            help="w8a8, w4a16, w8a16: latency (the fastest model within the accuracy guard, never slower than "
+            "FP32 by choice) or size (quantize every op that can be)"
         ),
     ] = DEFAULT.objective,
     placement: Annotated[
         Placement,
         typer.Option(
-            help="w8a8: measured (time on this CPU the choices the cost rule is unsure about) or static "
-            "(the rule alone: the same plan on every machine, for CI)"
+            help="measured (w8a8: time on this CPU the choices the cost rule is unsure about; w4a16/w8a16: weights "
+            "back to float where the chosen form is slower than FP32) or static (the same plan on every machine)"
         ),
     ] = DEFAULT.placement,
     eval_dir: Annotated[

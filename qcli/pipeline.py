@@ -208,6 +208,9 @@ def _write_and_measure(job: _Job, config: QuantConfig, out: Path, latency_runs, 
         job.weight_stats = stats = None
         if config.weight_format == WeightFormat.AUTO:
             choose_weight_format(job, config, progress, ort_config, quantized)
+            plan = job.plan  # measured placement may have returned weights to float
+            kept = {w.tensor for w in plan.weights}
+            report.weight_errors = {t: e for t, e in report.weight_errors.items() if t in kept}
         qmodel = apply_w4a16(job.model, plan, inplace=True, quantized=quantized)  # the float graph is done
     if not _check_valid(qmodel, job.reference):
         report.notes.append(

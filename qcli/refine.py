@@ -11,17 +11,19 @@ import numpy as np
 
 from . import model_io, weight_format, weight_target
 from .compare import Progress
-from .config import QuantConfig, Scheme, WeightFormat, effective
+from .config import Objective, Placement, QuantConfig, Scheme, WeightFormat, effective
 from .errors import QcliError
 from .feeds import input_specs
 from .guard import guard
 from .passes.dynamic import apply_dynamic
+from .passes.int4 import apply_w4a16
 from .passes.nbits import FP32
 from .placement import place
 from .plan import Action, QuantPlan, Why
 from .report import Report
 from .target import AccuracyTarget, SearchResult, search
 from .trials import w8a8
+from .weight_placement import place_weights
 from .weight_target import Quantized
 from .weights import WeightOptions
 
@@ -112,8 +114,20 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
     those that keep the exact math's fidelity (weight_format.py), into the plan's decisions and the report."""
     choice = format_choice(job, config, progress, ort_config, quantized, config.min_sqnr)
     job.plan.decisions.update(choice.decisions())
+    measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
+    if measured and choice.slower_than_float:  # time weights back to float (weight_placement.py)
+        advance = progress("measured placement (timings)", None)
+
+        def write(model, plan: QuantPlan):  # in the chosen form (the plan's decisions), weights quantized once
+            return apply_w4a16(model, plan, quantized=quantized)
+
+        result = place_weights(job.model, job.plan, job.reference, _timing_feeds(job)[0], write, advance)
+        job.plan = result.plan
+        job.report.placement = result.to_dict()
+        job.report.warnings += [result.verdict] if result.verdict else []
+    else:
+        job.report.warnings += _slower_than_float(choice, config.min_sqnr is None)
     describe(job.report, config, job.plan)
-    job.report.warnings += _slower_than_float(choice, config.min_sqnr is None)
 
 
 def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quantized, min_sqnr: float | None):
@@ -124,8 +138,6 @@ def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quan
         return weight_format.unmeasured(
             f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound"
         )
-    items = fid.items[: weight_format.FIDELITY_BATCHES] if fid.src is not None else []
-    feeds = [fid.src.load(i) for i in items]
     advance = progress("choosing the weight format (timings)", 1)
 
     def choose(batches: list) -> weight_format.FormatChoice:
@@ -133,16 +145,24 @@ def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quan
             job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized, min_sqnr=min_sqnr
         )
 
-    if feeds:
-        choice = choose(feeds)
+    if fid.src is not None:
+        choice = choose(_timing_feeds(job))
     else:  # no data: time the forms on inputs made from the input specs (speed does not depend on the values)
         try:
-            choice = choose([synthetic_feed(input_specs(job.model))])
+            choice = choose(_timing_feeds(job))
             choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
         except QcliError as e:
             choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
     advance()
     return choice
+
+
+def _timing_feeds(job) -> list[dict]:
+    """The fidelity data's first batches, else one input made from the input specs."""
+    fid = job.fid
+    if fid.src is None:
+        return [synthetic_feed(input_specs(job.model))]
+    return [fid.src.load(i) for i in fid.items[: weight_format.FIDELITY_BATCHES]]
 
 
 def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:

@@ -142,7 +142,7 @@ def _rows(r: Report) -> list[tuple[str, str]]:
     if r.placement and r.placement["timed"]:
         p = r.placement
         tried = "; ".join(f"{t['group']}: {t['ratio']:.2f}x{' (kept float)' if t['float'] else ''}" for t in p["timed"])
-        rows.append(("measured placement", f"timed float vs int8 on this CPU: {tried}"))
+        rows.append(("measured placement", f"timed float vs quantized on this CPU: {tried}"))
     if r.target:
         t = r.target
         goal = " and ".join(

@@ -92,6 +92,15 @@ class FormatChoice:
     quantization_db: float | None = None  # worst output: exact dequantized math vs the FP32 model
     runs: int = 0
     tables: WeightFormat | None = None  # the Gather tables' form, where it differs from weight_format's
+    chosen: str = ""  # the candidate's name (CANDIDATES), where forms were timed
+
+    @property
+    def slower_than_float(self) -> float | None:
+        """The chosen form's median over FP32's, where both were timed and it is beyond TIE slower."""
+        t = next((t for t in self.trials if t.name == self.chosen), None)
+        if t is None or not self.float_ms or t.median_ms <= self.float_ms * (1 + TIE):
+            return None
+        return t.median_ms / self.float_ms
 
     def form(self) -> tuple[WeightFormat, int | None, WeightFormat | None]:
         """What apply_w4a16 writes for this choice: weight format, accuracy level, tables' format."""
@@ -294,4 +303,4 @@ def _decide(
     rejected = "; ".join(f"{t.name} rejected: {t.why}" for t in trials if not t.accepted)
     why = f"{best.name}: the fastest accepted on this CPU (median ms: {timing}; FP32 {float_ms:.3g}; {runs} runs)"
     why += f"; {rejected}" if rejected else ""
-    return FormatChoice(c.weight_format, c.accuracy_level, why, tuple(trials), float_ms, quant_db, runs)
+    return FormatChoice(c.weight_format, c.accuracy_level, why, tuple(trials), float_ms, quant_db, runs, chosen=c.name)

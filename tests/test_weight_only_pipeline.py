@@ -73,7 +73,8 @@ def test_auto_warns_when_the_only_exact_form_is_slower_than_float(tmp_path, monk
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
     monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     m = _files(tmp_path)
-    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    config = QuantConfig(scheme="w4a16", placement="static")  # measured placement would time weights to float
+    r = quantize(m, config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)
 
 

@@ -167,7 +167,7 @@ def _timing_feeds(job) -> list[dict]:
 
 def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:
     """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
-    chosen = next((t for t in choice.trials if choice.why.startswith(t.name + ":")), None)
+    chosen = next((t for t in choice.trials if t.name == choice.chosen), None)
     if chosen is None or choice.float_ms is None or chosen.median_ms < choice.float_ms:
         return []
     faster = [t for t in choice.trials if t.median_ms < choice.float_ms and not t.accepted]

@@ -162,3 +162,14 @@ def test_auto_without_data_falls_back_when_the_made_inputs_do_not_run(tmp_path, 
     d = r.plan.decisions["weight_format"]
     assert d["value"] == "ort" and "did not run (onnxruntime failed" in d["why"]
     assert r.plan.decisions["accuracy_level"]["value"] == 0
+
+
+def test_auto_warns_without_data_too(tmp_path, monkeypatch):
+    """Without data the forms are timed on inputs made from the specs (the reason starts 'no data: ...'); the
+    slower-than-FP32 warning still names the chosen form."""
+    speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
+    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    m = _files(tmp_path)
+    r = quantize(m, QuantConfig(scheme="w4a16", placement="static"), None, tmp_path / "q.onnx", latency_runs=1)
+    assert r.plan.decisions["weight_format"]["why"].startswith("no data")
+    assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)

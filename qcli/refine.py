@@ -62,8 +62,7 @@ def _meet_weight_only(job, config: QuantConfig, target: AccuracyTarget, progress
         # -inf: no margin to the exact math, no target yet (the search enforces it); argmax flips still count
         first = format_choice(job, config, progress, ort_config, q.of(job.model, job.plan), min_sqnr=-math.inf)
         exact = ("the exact math (MatMulNBits, fp32 compute)", q.write_exact)
-        name = first.why.split(":")[0]
-        fast = (f"{name}, the fastest form on this CPU before the search", q.writer(*first.form()))
+        fast = (f"{first.chosen}, the fastest form on this CPU before the search", q.writer(*first.form()))
         forms = [exact] if first.form()[:2] == (WeightFormat.ORT, FP32) else [fast, exact]
     for name, apply in forms:
         found = search(
@@ -121,7 +120,7 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
         def write(model, plan: QuantPlan):  # in the chosen form (the plan's decisions), weights quantized once
             return apply_w4a16(model, plan, quantized=quantized)
 
-        result = place_weights(job.model, job.plan, job.reference, _timing_feeds(job)[0], write, advance)
+        result = place_weights(job.model, job.plan, job.reference, _timing_feeds(job, 1)[0], write, advance)
         job.plan = result.plan
         job.report.placement = result.to_dict()
         job.report.warnings += [result.verdict] if result.verdict else []
@@ -145,29 +144,30 @@ def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quan
             job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized, min_sqnr=min_sqnr
         )
 
-    if fid.src is not None:
-        choice = choose(_timing_feeds(job))
-    else:  # no data: time the forms on inputs made from the input specs (speed does not depend on the values)
-        try:
-            choice = choose(_timing_feeds(job))
+    try:
+        choice = choose(_timing_feeds(job, weight_format.FIDELITY_BATCHES))
+    except QcliError as e:
+        if fid.src is not None:
+            raise
+        choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
+    else:
+        if fid.src is None:  # speed does not depend on the values
             choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
-        except QcliError as e:
-            choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
     advance()
     return choice
 
 
-def _timing_feeds(job) -> list[dict]:
-    """The fidelity data's first batches, else one input made from the input specs."""
+def _timing_feeds(job, limit: int) -> list[dict]:
+    """The fidelity data's first `limit` batches, else one input made from the input specs."""
     fid = job.fid
     if fid.src is None:
         return [synthetic_feed(input_specs(job.model))]
-    return [fid.src.load(i) for i in fid.items[: weight_format.FIDELITY_BATCHES]]
+    return [fid.src.load(i) for i in fid.items[:limit]]
 
 
 def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:
     """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
-    chosen = next((t for t in choice.trials if t.name == choice.chosen), None)
+    chosen = choice.chosen_trial
     if chosen is None or choice.float_ms is None or chosen.median_ms < choice.float_ms:
         return []
     faster = [t for t in choice.trials if t.median_ms < choice.float_ms and not t.accepted]

@@ -95,9 +95,14 @@ class FormatChoice:
     chosen: str = ""  # the candidate's name (CANDIDATES), where forms were timed
 
     @property
+    def chosen_trial(self) -> Trial | None:
+        """The chosen candidate's timing and fidelity, where forms were timed."""
+        return next((t for t in self.trials if t.name == self.chosen), None)
+
+    @property
     def slower_than_float(self) -> float | None:
         """The chosen form's median over FP32's, where both were timed and it is beyond TIE slower."""
-        t = next((t for t in self.trials if t.name == self.chosen), None)
+        t = self.chosen_trial
         if t is None or not self.float_ms or t.median_ms <= self.float_ms * (1 + TIE):
             return None
         return t.median_ms / self.float_ms

@@ -15,12 +15,10 @@ from .graph import FLOAT, GraphIndex, attr
 # Compute ops with a constant weight (or two activations for MatMul): the anchors of int8 regions.
 ANCHORS = {"Conv", "MatMul", "Gemm"}
 # Integer kernels that need every data input and the output quantized (QLinearAdd, QLinearConcat, ...).
-# (QLinearSoftmax exists but measured 4x slower than float Softmax on an attention model: left out.)
 QLINEAR = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"}
 # Data movement: the runtime drops DQ -> op -> Q when both sides share scale and zero point (Split: every
 # output's Q; MaxPool / ReduceMax / ReduceMin: a positive scale keeps the order). DepthToSpace's rule and
 # uint8 kernel came in onnxruntime 1.21: older versions run it float between its Q/DQ, as they would anyway.
-# (Transpose is left out: on uint8 it measured 6% slower end to end on an attention model, neutral elsewhere.)
 PASSTHROUGH = {
     "Reshape",
     "Flatten",
@@ -39,6 +37,13 @@ PASSTHROUGH = {
     "ReduceMin",
     "Pad",
 }
+# Ops with integer kernels whose worth depends on the CPU and the shapes: the static plan keeps them float,
+# measured placement tries them on int8 (placement.py) and keeps them where the model gets faster. QLinearSoftmax
+# measured 4x slower than float Softmax on an attention model and 3x faster in a YOLOv8 box head; uint8
+# Transpose 6% slower end to end on an attention model, needed in that head to keep its Softmax int8.
+TRIAL_QLINEAR = {"Softmax"}
+TRIAL_PASSTHROUGH = {"Transpose"}
+TRIAL = TRIAL_QLINEAR | TRIAL_PASSTHROUGH
 # Passthrough ops with several outputs, each sharing the input's scale and zero point.
 MULTI_OUTPUT = {"Split"}
 # Passthrough ops qcli writes on the integers itself: onnxruntime has int8/uint8 CPU kernels for them but no
@@ -122,7 +127,7 @@ def macs_per_output(node: NodeProto, idx: GraphIndex, x_shape: tuple[int, ...]) 
 
 def data_inputs(node: NodeProto) -> list[int]:
     """Indices of the inputs that carry activations (as opposed to shapes, indices, axes)."""
-    if node.op_type in PASSTHROUGH or node.op_type in INT_OUTPUT:
+    if node.op_type in PASSTHROUGH or node.op_type in TRIAL_PASSTHROUGH or node.op_type in INT_OUTPUT:
         return [0]
     if node.op_type in ("Conv", "Gemm"):
         return [0]

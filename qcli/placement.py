@@ -8,11 +8,17 @@ MARGIN faster:
   - the int8 anchors under NEAR x the --min-macs threshold (their conversions cost about what they win);
   - the ops run by QLinear kernels without multiply-accumulates (Add, Mul, Sigmoid, Concat, pools: whether
     the kernel beats float plus conversions depends on the CPU and the shapes), all together, then by type.
+Then the other direction: what the static rule keeps float that could run on int8 (the anchors its cost rule
+dropped, and the ops of ops.TRIAL: Softmax, Transpose) is timed on int8 against the best plan, all together,
+then the trial ops alone, then the anchors alone; the first that is at least MARGIN faster is kept if the accuracy
+guard would let it be (worst output at or above its QUIET_DB, or less than its SHARE of noise added) and an
+accuracy target is still met. Parts of a group are not timed when the whole group was clearly slower.
 Then the best plan is timed against FP32. Not faster: every anchor under HEAVY x the threshold and every
 such op type go float, timed again; still not faster: nothing is quantized, and the report says so in one
 line. `--objective size` skips all of this (every candidate is quantized); `--placement static` keeps the
 static plan, deterministic for CI.
-Accuracy: nodes only ever go back to float here, so the accuracy guard's or target's choice still holds.
+Accuracy: nodes the guard or the target returned to float stay float; nodes go to int8 only within the guard's
+measure (above), so its choice still holds.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from onnx import ModelProto
 
 from . import evaluate, model_io
 from .compare import FidelityData
-from .ops import ANCHORS, QLINEAR
-from .plan import Action, QuantPlan, Reason, Why, reason
-from .trials import trials
+from .guard import QUIET_DB, SHARE, gain_for
+from .ops import ANCHORS, QLINEAR, TRIAL
+from .plan import Action, QuantPlan, Why, reason
+from .regions import NO_PROMOTION, Promotion
+from .target import AccuracyTarget
+from .trials import Trials, trials, worst_sqnr
 
 NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
@@ -44,11 +53,16 @@ INT8 = (Action.INT8, Action.INT8_OUT_FLOAT)
 class Timed:
     group: str
     nodes: list[str]
-    ratio: float  # time with the group float / time of the best plan before it
-    kept_float: bool
+    ratio: float  # time with the group moved (to float, or to int8) / time of the best plan before it
+    kept: bool  # the move was kept
+    to: str = "float"
+    sqnr_db: tuple[float, float] | None = None  # to int8: the worst output before and after, where measured
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "nodes": len(self.nodes), "ratio": round(self.ratio, 3), "float": self.kept_float}
+        out = {"group": self.group, "nodes": len(self.nodes), "to": self.to, "ratio": round(self.ratio, 3)}
+        if self.sqnr_db:
+            out["worst_sqnr_db"] = [round(x, 2) for x in self.sqnr_db]
+        return {**out, "kept": self.kept}
 
 
 @dataclass
@@ -58,6 +72,7 @@ class PlacementResult:
     timed: list[Timed] = field(default_factory=list)
     verdict: str = ""
     timed_in_turn: int = 0  # timings made one model after the other (two sessions would break the memory bound)
+    promotion: Promotion = NO_PROMOTION  # what went to int8 beyond the static rule
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +81,7 @@ class PlacementResult:
             "timed": [t.to_dict() for t in self.timed],
             "verdict": self.verdict,
             "timed_in_turn": self.timed_in_turn,
+            "int8_beyond_static": sorted(self.promotion.anchors | self.promotion.ops),
         }
 
 
@@ -91,13 +107,14 @@ def fits_together(held: int, a: Path, b: Path, reference: Path) -> bool:
 
 def groups(
     plan: QuantPlan, threshold: float, near: float = NEAR, limit: int | None = None
-) -> list[tuple[str, list[str]]]:
-    """The int8 node groups the static rule is least sure about, in the order they are tried."""
+) -> list[tuple[str, list[str], bool]]:
+    """The int8 node groups the static rule is least sure about, in the order they are tried: (label, nodes,
+    part), where a part is a piece of the group before it (tried only when that group was not clearly slower)."""
     out = []
     under = near * threshold
     anchors = [n for n, r in plan.macs_per_conversion.items() if r < under]
     if anchors:
-        out.append((f"{len(anchors)} int8 layer(s) under {under:g} MACs per converted element", anchors))
+        out.append((f"{len(anchors)} int8 layer(s) under {under:g} MACs per converted element", anchors, False))
     elementwise: dict[str, list[str]] = {}
     for d in plan.nodes:
         if d.action in INT8 and d.op_type in QLINEAR and d.op_type not in ANCHORS:
@@ -105,23 +122,39 @@ def groups(
     # All of them together first: one such op float between int8 neighbours still reads DequantizeLinear and
     # feeds QuantizeLinear, which onnxruntime fuses into the same int8 kernel (SiLU: Sigmoid and Mul together).
     every = [n for nodes in elementwise.values() for n in nodes]
-    if len(elementwise) > 1:
-        out.append((f"int8 elementwise ops ({len(every)})", every))
+    whole = len(elementwise) > 1
+    if whole:
+        out.append((f"int8 elementwise ops ({len(every)})", every, False))
     for op, nodes in sorted(elementwise.items(), key=lambda kv: -len(kv[1])):
-        out.append((f"int8 {op} ({len(nodes)})", nodes))
+        out.append((f"int8 {op} ({len(nodes)})", nodes, whole))
     return out[:limit]
+
+
+def promotions(model: ModelProto, plan: QuantPlan) -> list[tuple[str, Promotion, bool]]:
+    """What the static rule keeps float that could run on int8, in the order it is tried: all together, then the
+    trial ops alone, then the anchors alone (parts, as in groups())."""
+    anchors = frozenset(d.node for d in plan.nodes if d.why == Why.SPEED)  # dropped by the cost rule
+    ops = frozenset(n.op_type for n in model.graph.node if n.op_type in TRIAL and n.domain in ("", "ai.onnx"))
+    a = f"{len(anchors)} layer(s) the cost rule keeps float"
+    o = f"{', '.join(sorted(ops))} on int8"
+    both = bool(anchors and ops)
+    out = [(f"{a}; {o}", Promotion(anchors, ops), False)] if both else []
+    out += [(o, Promotion(ops=ops), both)] if ops else []
+    return out + ([(a, Promotion(anchors=anchors), both)] if anchors else [])
 
 
 def place(
     model: ModelProto,
     reference: Path,
     first: QuantPlan,
-    replan: Callable[[dict[str, Reason]], QuantPlan],
+    replan: Callable[..., QuantPlan],
     threshold: float,
     data: FidelityData,
     advance: Callable[[], None] = lambda: None,
+    target: AccuracyTarget | None = None,
 ) -> PlacementResult:
-    """The fastest of the plans tried (each timing calls advance())."""
+    """The fastest of the plans tried (each timing calls advance()). `replan(float_nodes, promotion)`: the plan
+    again with these nodes float and this promotion; `target`: an accuracy target an int8 move must still meet."""
     # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
     fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
     feed = data.src.load(data.items[0])
@@ -137,33 +170,62 @@ def place(
             return r
 
         best, best_path, floated = first, t.write(first, "best.onnx"), {}
-        timed = []
-        for i, (label, nodes) in enumerate(groups(first, threshold, limit=MAX_GROUPS)):
+        timed: list[Timed] = []
+        wholes: list[Timed] = []  # the groups timed that are not parts of another
+
+        def settled(part: bool) -> bool:  # the whole this part belongs to was clearly slower: so are its parts
+            return part and wholes[-1].ratio >= 1 + CLEAR
+
+        def record(move: Timed, part: bool) -> Timed:
+            timed.append(move)
+            wholes.extend([] if part else [move])
+            return move
+
+        for i, (label, nodes, part) in enumerate(groups(first, threshold, limit=MAX_GROUPS)):
             nodes = [n for n in nodes if n not in floated]
+            if not nodes or settled(part):
+                continue
             more = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in nodes}
             cand = replan({**fixed, **floated, **more})
             path = t.write(cand, f"group{i}.onnx")  # a kept group's file stays the best plan's
             ratio = time(best_path, path)
             keep = ratio < 1 - MARGIN
-            timed.append(Timed(label, nodes, ratio, keep))
+            record(Timed(label, nodes, ratio, keep), part)
             if keep:  # the same plan, with the measured ratio in its reasons
                 floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in nodes})
                 best, best_path = replan({**fixed, **floated}), path
+        promotion = NO_PROMOTION
+        for i, (label, promo, part) in enumerate(promotions(model, best)):
+            if settled(part):
+                continue
+            cand = replan({**fixed, **floated}, promo)
+            path = t.write(cand, f"int8_{i}.onnx")
+            ratio = time(best_path, path)
+            move = record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
+            if ratio < 1 - MARGIN:
+                move.kept, move.sqnr_db = _accurate_enough(t, best, cand, target)
+            if move.kept:  # the others are parts of it
+                promotion, best, best_path = promo, cand, path
+                break
         vs_fp32 = time(reference, best_path)
+
+        def result(plan, ratio, verdict="", promoted=promotion):
+            return PlacementResult(plan, ratio, timed, verdict, sum(in_turn), promoted)
+
         if vs_fp32 < 1.0:
-            return PlacementResult(best, vs_fp32, timed, timed_in_turn=sum(in_turn))
+            return result(best, vs_fp32)
         heavy = groups(best, threshold, near=HEAVY)
-        light = [n for _, nodes in heavy for n in nodes]
+        light = [n for _, nodes, _ in heavy for n in nodes]
         if light:
             probe = {n: reason(Why.MEASURED, group="fallback", ratio=0.0) for n in light}
-            cand_path = t.write(replan({**fixed, **floated, **probe}), "fallback.onnx")
+            cand_path = t.write(replan({**fixed, **floated, **probe}, promotion), "fallback.onnx")
             ratio = time(reference, cand_path)
             label = f"fallback: {len(light)} node(s) under {HEAVY * threshold:g} MACs per conversion"
             timed.append(Timed(label, light, ratio / vs_fp32, ratio < 1))
             if ratio < 1.0:
                 more = {n: reason(Why.MEASURED, group=label, ratio=ratio / vs_fp32) for n in light}
                 verdict = f"int8 only where it pays: {len(light)} more node(s) kept float after timing"
-                return PlacementResult(replan({**fixed, **floated, **more}), ratio, timed, verdict, sum(in_turn))
+                return result(replan({**fixed, **floated, **more}, promotion), ratio, verdict)
         every = {
             d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32) for d in best.nodes if d.action in INT8
         }
@@ -171,4 +233,15 @@ def place(
             f"no placement tried made this model faster than FP32 on this CPU (best {vs_fp32:.2f}x): "
             "written without int8 compute; --objective size quantizes it anyway"
         )
-        return PlacementResult(replan({**fixed, **floated, **every}), 1.0, timed, verdict, sum(in_turn))
+        return result(replan({**fixed, **floated, **every}), 1.0, verdict, NO_PROMOTION)
+
+
+def _accurate_enough(t: Trials, before: QuantPlan, after: QuantPlan, target: AccuracyTarget | None):
+    """Whether a plan with more on int8 keeps the accuracy as the accuracy guard sees it: its worst output stays at
+    or above QUIET_DB or loses less than the guard lets one layer cost (gain_for(SHARE) dB); and it still meets
+    the target. (kept, (worst before, after))."""
+    was = worst_sqnr(t.measure(before))
+    now = t.measure(after)
+    worst = worst_sqnr(now)
+    ok = (worst >= QUIET_DB or worst > was - gain_for(SHARE)) and not (target and target.shortfall(now))
+    return ok, (was, worst)

@@ -23,6 +23,7 @@ from .ops import (
     NO_INT_KERNEL,
     PASSTHROUGH,
     QLINEAR,
+    TRIAL,
     anchor_problem,
     data_inputs,
     is_depthwise,
@@ -31,7 +32,7 @@ from .ops import (
 )
 from .overrides import Precision
 from .plan import Action, ActivationQuant, NodeDecision, QuantPlan, Reason, WeightQuant, Why, reason
-from .regions import INT8_READERS, RegionBuilder
+from .regions import INT8_READERS, NO_PROMOTION, Promotion, RegionBuilder
 
 # Overrides-file precisions that keep a Conv/MatMul/Gemm on int8 whatever the cost model and guard say.
 _INT8_FORCED = (Precision.INT8, Precision.PER_TENSOR, Precision.PER_CHANNEL)
@@ -45,9 +46,12 @@ class W8A8Planner(RegionBuilder):
         floats: set[str],
         cpu: CpuInfo | None = None,
         pinned: dict[str, Reason] | None = None,
+        promotion: Promotion = NO_PROMOTION,
     ) -> None:
-        """`pinned`: nodes an earlier step needs float, with the reason (e.g. a SmoothQuant scale)."""
-        super().__init__(model, config, floats)
+        """`pinned`: nodes an earlier step needs float, with the reason (e.g. a SmoothQuant scale); `promotion`:
+        what measured placement tries on int8 beyond the static rule."""
+        super().__init__(model, config, floats, promotion)
+        self.promoted = promotion.anchors
         self.act_qtype = qp.INT8 if config.activation_symmetric else qp.UINT8
         self.cpu = cpu or hostcpu.host()
         self.reduce_range = self.cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
@@ -74,8 +78,9 @@ class W8A8Planner(RegionBuilder):
         return reason(Why.UNSUPPORTED, problem=problem) if problem else None
 
     def watch_list(self) -> list[str]:
-        """Float activations around every op that could end up on int8: what calibration must observe."""
-        ops = ANCHORS | QLINEAR | PASSTHROUGH | fold.CLAMPS | fold.AFFINE
+        """Float activations around every op that could end up on int8 (measured placement's trials included):
+        what calibration must observe."""
+        ops = ANCHORS | QLINEAR | PASSTHROUGH | TRIAL | fold.CLAMPS | fold.AFFINE
         out: list[str] = []
         for node in self.nodes:
             if node.op_type in ops and node.name not in self.fixed:
@@ -133,7 +138,8 @@ class W8A8Planner(RegionBuilder):
                 for t in self.int8_outputs(n, act[n.name])
             }
             for node in self.nodes:
-                if node.name in anchors and self.config.precision_of(node.name, node.op_type) not in _INT8_FORCED:
+                forced = node.name in self.promoted or self.config.precision_of(node.name, node.op_type) in _INT8_FORCED
+                if node.name in anchors and not forced:
                     why = self._too_cheap(node, act, stats, produced)
                     if why:
                         cheap[node.name] = why
@@ -279,7 +285,7 @@ class W8A8Planner(RegionBuilder):
                 )
             elif node.op_type in ANCHORS and i == 2:
                 plan.weights.append(WeightQuant(node.name, i, t, qp.INT32.name, "bias"))
-            elif node.op_type in QLINEAR:
+            elif node.op_type in self.qlinear:
                 plan.weights.append(
                     WeightQuant(
                         node.name, i, t, self.act_qtype.name, "const", symmetric=self.config.activation_symmetric

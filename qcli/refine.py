@@ -91,9 +91,16 @@ def run_placement(job, config: QuantConfig, progress: Progress) -> None:
     if data is None or data.src is None:
         return
     advance = progress("measured placement (timings)", None)
-    result = place(job.model, job.reference, job.plan, job.replan, config.macs_threshold, data, advance)
+    target = AccuracyTarget(config.min_sqnr, config.max_top1_drop) or None
+    result = place(job.model, job.reference, job.plan, job.replan, config.macs_threshold, data, advance, target)
     job.plan = result.plan
     job.report.placement = result.to_dict()
+    moved = next((t for t in result.timed if t.to == "int8" and t.kept), None)
+    if moved:
+        job.report.notes.append(
+            f"measured placement: on int8 beyond the static rule ({moved.group}): the model ran {moved.ratio:.2f}x "
+            f"the time, worst output {moved.sqnr_db[0]:.1f} -> {moved.sqnr_db[1]:.1f} dB"
+        )
     if result.verdict:
         job.report.warnings.append(result.verdict)
     describe(job.report, config, result.plan)

@@ -3,21 +3,53 @@ converted back to float. Pure graph structure: which nodes run how, for a given 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from onnx import ModelProto
 
 from . import fold
 from .config import QuantConfig
 from .graph import GraphIndex
-from .ops import ANCHORS, INT_OUTPUT, MULTI_OUTPUT, NATIVE_INT8, PASSTHROUGH, QLINEAR, SHRINKING, data_inputs
+from .ops import (
+    ANCHORS,
+    INT_OUTPUT,
+    MULTI_OUTPUT,
+    NATIVE_INT8,
+    PASSTHROUGH,
+    QLINEAR,
+    SHRINKING,
+    TRIAL_PASSTHROUGH,
+    TRIAL_QLINEAR,
+    data_inputs,
+)
 from .plan import Action
 
 INT8_READERS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """What measured placement tries on int8 beyond the static plan: anchors kept int8 whatever the cost model
+    says, and op types of ops.TRIAL let into int8 regions."""
+
+    anchors: frozenset[str] = frozenset()
+    ops: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.anchors or self.ops)
+
+
+NO_PROMOTION = Promotion()
+
+
 class RegionBuilder:
-    def __init__(self, model: ModelProto, config: QuantConfig, floats: set[str]) -> None:
+    def __init__(
+        self, model: ModelProto, config: QuantConfig, floats: set[str], promotion: Promotion = NO_PROMOTION
+    ) -> None:
         self.config = config
+        self.passthrough = PASSTHROUGH | (TRIAL_PASSTHROUGH & promotion.ops)
+        self.qlinear = QLINEAR | (TRIAL_QLINEAR & promotion.ops)
         self.nodes = list(model.graph.node)
         self.by_name = {n.name: n for n in self.nodes}
         self.idx = GraphIndex(model.graph)
@@ -44,10 +76,12 @@ class RegionBuilder:
                 act[n] = Action.INT8
             elif (op in fold.CLAMPS or op in fold.AFFINE) and n not in self.no_fold and self._foldable(node, act):
                 act[n] = Action.FOLDED
-            elif op in PASSTHROUGH and ins and self._passes_int8(node, qt):
+            elif op in self.passthrough and ins and self._passes_int8(node, qt):
                 act[n] = Action.PASSTHROUGH
             elif (
-                op in QLINEAR and any(t in qt for t in ins) and all(t in qt or self.idx.is_float_const(t) for t in ins)
+                op in self.qlinear
+                and any(t in qt for t in ins)
+                and all(t in qt or self.idx.is_float_const(t) for t in ins)
             ):
                 act[n] = Action.INT8
             elif op in INT_OUTPUT and ins and ins[0] in qt:
@@ -86,7 +120,7 @@ class RegionBuilder:
         prod = self.idx.producer.get(x)
         if prod is None or len(self.idx.consumers[x]) != 1 or self.idx.escapes(x):
             return False
-        if act.get(prod.name) == Action.INT8 and prod.op_type in ANCHORS | QLINEAR:
+        if act.get(prod.name) == Action.INT8 and prod.op_type in ANCHORS | self.qlinear:
             after_clamp = False
         elif act.get(prod.name) == Action.FOLDED:
             after_clamp = any(n.op_type in fold.CLAMPS for n in self._chain(prod, act))

@@ -23,6 +23,7 @@ from .plan_dynamic import plan_dynamic as _plan_dynamic
 from .plan_w4a16 import plan_w4a16 as _plan_w4a16
 from .plan_w8a8 import W8A8Planner
 from .prepare import prepare
+from .regions import NO_PROMOTION, Promotion
 from .sensitivity import activation_sqnr
 from .weight_target import promoted
 
@@ -91,9 +92,10 @@ def plan_w8a8(
         p.warnings += unmatched
         return p
 
-    def replan(more_float: dict[str, Reason]) -> QuantPlan:
+    def replan(more_float: dict[str, Reason], promotion: Promotion = NO_PROMOTION) -> QuantPlan:
         floats = model_io.float_tensors(model)
-        again = W8A8Planner(model, config, floats, planner.cpu, pinned={**prepared.pinned, **more_float})
+        pinned = {**prepared.pinned, **more_float}
+        again = W8A8Planner(model, config, floats, planner.cpu, pinned=pinned, promotion=promotion)
         return finish(again.plan(stats, act_sqnr))
 
     fid = _fidelity_data(calib_src, eval_src, items, held)

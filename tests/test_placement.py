@@ -6,7 +6,7 @@ plans are faster and checks what was chosen, in the plan and in the written mode
 import numpy as np
 import onnx
 import pytest
-from checks import ops
+from checks import batches_of, fused_ops, ops, sqnr_on
 from models import model_of, save_with_data, vi
 from onnx import helper
 from typer.testing import CliRunner
@@ -15,6 +15,7 @@ from qcli import QuantConfig, quantize
 from qcli import placement as P
 from qcli.cli import app
 from qcli.plan import Action, Why
+from qcli.report import render_markdown
 
 pytestmark = pytest.mark.timed_placement
 BASE = {"reduce_range": False, "accuracy_guard": False}
@@ -36,14 +37,15 @@ def _silu_net():
     return model_of(nodes, [vi("x", ["N", 16, 12, 12])], [vi("y", ["N", 16, 12, 12])], w)
 
 
-COST = {"Conv": -4.0, "elementwise": 1.5, "QuantizeLinear": 0.0}
+COST = {"Conv": -4.0, "elementwise": 1.5, "QuantizeLinear": 0.0, "Softmax": -2.0}
 
 
 def _cost(path) -> float:
     """Stand-in latency, counted the way onnxruntime fuses: the float model 20; each Conv reading a
     DequantizeLinear output adds COST["Conv"] (int8 convs save time), each Sigmoid or Mul whose inputs are all
     DequantizeLinear outputs and whose output feeds a QuantizeLinear (a QLinear kernel) adds
-    COST["elementwise"] (slower than float on this imaginary CPU), each QuantizeLinear COST["QuantizeLinear"]."""
+    COST["elementwise"] (slower than float on this imaginary CPU), a Softmax read and written that way
+    COST["Softmax"], each QuantizeLinear COST["QuantizeLinear"]."""
     m = onnx.load(str(path), load_external_data=False)
     dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     to_q = {i for n in m.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
@@ -51,8 +53,8 @@ def _cost(path) -> float:
     for n in m.graph.node:
         if n.op_type == "Conv" and n.input[0] in dq:
             total += COST["Conv"]
-        if n.op_type in ("Sigmoid", "Mul") and all(i in dq for i in n.input) and n.output[0] in to_q:
-            total += COST["elementwise"]
+        if n.op_type in ("Sigmoid", "Mul", "Softmax") and all(i in dq for i in n.input) and n.output[0] in to_q:
+            total += COST["Softmax" if n.op_type == "Softmax" else "elementwise"]
         total += COST["QuantizeLinear"] if n.op_type == "QuantizeLinear" else 0.0
     return total
 
@@ -89,8 +91,9 @@ def test_a_group_timed_faster_float_is_kept_float_and_the_rest_stays_int8(tmp_pa
         assert d.action == Action.FLOAT and d.why == Why.MEASURED and "elementwise ops (4)" in d.reason.text
     assert all(r.plan.decision(f"conv{i}").action != Action.FLOAT for i in (1, 2, 3))
     timed = r.report.placement["timed"]
-    assert [t["group"] for t in timed][1:] == ["int8 elementwise ops (4)", "int8 Sigmoid (2)", "int8 Mul (2)"]
-    assert [t["float"] for t in timed] == [False, True, False, False]
+    # The whole group float paid: its parts (by type) are float already, and are not timed again.
+    assert [t["group"] for t in timed][1:] == ["int8 elementwise ops (4)"]
+    assert [t["kept"] for t in timed] == [False, True]
     assert timed[1]["ratio"] == pytest.approx(8 / 14, abs=1e-3)  # three int8 convs, no int8 SiLU: 8 against 14
     assert r.report.placement["vs_fp32"] == pytest.approx(8 / 20, abs=1e-3)
     assert "ran 0.57x the time" in r.plan.decision("mul1").reason.text
@@ -102,7 +105,7 @@ def test_a_group_not_faster_float_stays_int8(tmp_path, timer, monkeypatch):
     save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
     r = _q(tmp_path)
     assert r.plan.decision("sig1").action == Action.INT8 and not r.plan.by_reason(Why.MEASURED)
-    assert not any(t["float"] for t in r.report.placement["timed"]) and len(timer) == 4 + 1  # groups, FP32
+    assert not any(t["kept"] for t in r.report.placement["timed"]) and len(timer) == 4 + 1  # groups, FP32
 
 
 def test_no_placement_faster_than_fp32_writes_no_int8_compute_and_says_so(tmp_path, timer, monkeypatch):
@@ -123,7 +126,7 @@ def test_fallback_keeps_int8_only_the_heavy_layers(tmp_path, timer, monkeypatch)
     save_with_data(tmp_path, _silu_net(), (2, 16, 12, 12), n_calib=5)
     r = _q(tmp_path)
     last = r.report.placement["timed"][-1]
-    assert last["group"].startswith("fallback") and last["float"] and r.report.placement["vs_fp32"] < 1
+    assert last["group"].startswith("fallback") and last["kept"] and r.report.placement["vs_fp32"] < 1
     assert r.plan.decision("mul1").action == Action.FLOAT and r.plan.decision("mul1").why == Why.MEASURED
 
 
@@ -155,7 +158,7 @@ def test_a_pair_that_would_break_the_memory_bound_is_timed_one_model_after_the_o
     timer.clear()
     monkeypatch.setattr(P, "BOUND_PLUS", -P.RESIDENT)  # no room beyond twice the model: nothing fits with it
     r2 = _q(tmp_path)
-    assert r2.report.placement["timed_in_turn"] == len(timer) == 5 and all(t[2] for t in timer)
+    assert r2.report.placement["timed_in_turn"] == len(timer) == 3 and all(t[2] for t in timer)
     assert r2.plan.to_dict()["nodes"] == r.plan.to_dict()["nodes"]  # same timings, same plan
 
 
@@ -199,3 +202,82 @@ def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, w
     monkeypatch.setattr(evaluate, "latency", latency)
     assert P.ratio_of("a.onnx", "b.onnx", {}) == pytest.approx(want)
     assert seen == calls and opened == [("a.onnx", "b.onnx")]
+
+
+# -- the other direction: what the static rule keeps float, timed on int8 ----------------------------------
+
+
+def _head_net():
+    """A YOLOv8 box head's tail: x [N,16,8,8] -> conv1 (3x3) -> Transpose -> Softmax over the 16 channels ->
+    Transpose back -> a 1x1 conv 16 -> 1 (16 MACs per output: the cost rule keeps it float, and with it the
+    Softmax and Transposes, which the static plan never puts on int8)."""
+    rng = np.random.default_rng(5)
+    w = {
+        "w1": (rng.standard_normal((16, 16, 3, 3)) * 0.2).astype(np.float32),
+        "w2": np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c1"], ["t1"], name="tr1", perm=[0, 2, 3, 1]),
+        helper.make_node("Softmax", ["t1"], ["s"], name="softmax", axis=-1),
+        helper.make_node("Transpose", ["s"], ["t2"], name="tr2", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t2", "w2"], ["y"], name="dfl"),
+    ]
+    return model_of(nodes, [vi("x", ["N", 16, 8, 8])], [vi("y", ["N", 1, 8, 8])], w)
+
+
+TAIL = ("tr1", "softmax", "tr2", "dfl")
+
+
+def test_int8_beyond_the_static_rule_is_kept_where_timed_faster(tmp_path, timer):
+    save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    static = _q(tmp_path, placement="static")
+    assert [static.plan.decision(n).action for n in TAIL] == [Action.FLOAT] * 4
+    assert static.plan.decision("dfl").why == Why.SPEED
+    r = _q(tmp_path)
+    want = [Action.PASSTHROUGH, Action.INT8, Action.PASSTHROUGH, Action.INT8]
+    assert [r.plan.decision(n).action for n in TAIL] == want
+    moved = r.report.placement["timed"][-1]
+    assert (moved["to"], moved["kept"], moved["ratio"]) == ("int8", True, pytest.approx(10 / 16, abs=1e-3))
+    assert r.report.placement["int8_beyond_static"] == ["Softmax", "Transpose", "dfl"]
+    assert any(n.startswith("measured placement: on int8 beyond the static rule") for n in r.report.notes)
+    assert _cost(tmp_path / "q.onnx") == 10  # the written model is the one timed
+    # onnxruntime runs the whole tail on integers: the only conversions left are at the graph's input and output.
+    want_ops = {"QuantizeLinear": 1, "QLinearConv": 2, "Transpose": 2, "QLinearSoftmax": 1, "DequantizeLinear": 1}
+    assert fused_ops(tmp_path / "q.onnx", tmp_path) == want_ops
+    # Measured 41.6 dB (exact Q/DQ math); the static plan 44.4 dB.
+    assert sqnr_on(tmp_path / "m.onnx", tmp_path / "q.onnx", batches_of(tmp_path / "e"), exact_qdq=True) > 39.5
+
+
+def test_a_part_is_kept_when_the_whole_is_not_faster(tmp_path, timer, monkeypatch):
+    """Int8 Softmax a little slower: all together is not faster (17 against 16) and not clearly slower, so the
+    parts are timed: the trial ops alone change nothing (the cost rule undoes them), the 1x1 conv alone pays."""
+    monkeypatch.setitem(COST, "Softmax", 5.0)
+    save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    r = _q(tmp_path)
+    moves = [t for t in r.report.placement["timed"] if t["to"] == "int8"]
+    assert [(t["nodes"], t["kept"]) for t in moves] == [(3, False), (2, False), (1, True)]
+    assert [r.plan.decision(n).action for n in TAIL] == [Action.FLOAT] * 3 + [Action.INT8]
+    assert r.report.placement["int8_beyond_static"] == ["dfl"]
+
+
+def test_parts_are_not_timed_when_the_whole_is_clearly_slower(tmp_path, timer, monkeypatch):
+    monkeypatch.setitem(COST, "Softmax", 8.0)  # all together 20 against 16
+    save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    r = _q(tmp_path)
+    assert [t["to"] for t in r.report.placement["timed"]] == ["float", "int8"] and len(timer) == 3  # + FP32
+    assert r.plan.to_dict()["nodes"] == _q(tmp_path, placement="static").plan.to_dict()["nodes"]
+
+
+def test_int8_that_costs_accuracy_is_not_kept_however_fast(tmp_path, timer, monkeypatch):
+    """No loss allowed (the guard's share set to nothing, no level quiet enough): each faster move is measured
+    and refused."""
+    monkeypatch.setattr(P, "gain_for", lambda share: 0.0)
+    monkeypatch.setattr(P, "QUIET_DB", float("inf"))
+    save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    r = _q(tmp_path)
+    refused = [t for t in r.report.placement["timed"] if "worst_sqnr_db" in t]
+    assert refused and not any(t["kept"] for t in refused)
+    assert all(after < before for before, after in (t["worst_sqnr_db"] for t in refused))
+    assert [r.plan.decision(n).action for n in TAIL] == [Action.FLOAT] * 4
+    assert r.report.placement["int8_beyond_static"] == [] and "not kept: worst output" in render_markdown(r.report)

@@ -53,7 +53,7 @@ def test_the_group_that_pays_goes_float_the_other_stays_int4(tmp_path, monkeypat
     )
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert any(np.array_equal(onnx.numpy_helper.to_array(t), y) for t in q.graph.initializer)  # w2 written float
-    assert r.report.placement["timed"][0]["float"] and not r.report.placement["timed"][1]["float"]
+    assert r.report.placement["timed"][0]["kept"] and not r.report.placement["timed"][1]["kept"]
     assert list(r.report.weight_errors) == ["w1"]  # errors only for the weights still quantized
     assert any("1 weight op(s) kept float" in w for w in r.report.warnings)
 

@@ -31,6 +31,7 @@ from onnx import ModelProto
 
 from . import evaluate, model_io
 from .compare import FidelityData
+from .graph import GraphIndex
 from .guard import QUIET_DB, SHARE, gain_for
 from .ops import ANCHORS, QLINEAR, TRIAL
 from .plan import Action, QuantPlan, Why, reason
@@ -204,9 +205,21 @@ def place(
             move = record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
             if ratio < 1 - MARGIN:
                 move.kept, move.sqnr_db = _accurate_enough(t, best, cand, target)
-            if move.kept:  # the others are parts of it
-                promotion, best, best_path = promo, cand, path
-                break
+            if not move.kept:
+                continue
+            promotion, best, best_path = promo, cand, path
+            # The layers promoted alone (their input still converted from float) stay int8 only if that alone
+            # saves MARGIN: float is the more accurate of two equals.
+            alone = converted_inputs(model, best, promo.anchors)
+            if alone and alone != promo.anchors:
+                label = f"{len(alone)} of them reading a converted input"
+                back = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in alone}
+                path = t.write(replan({**fixed, **floated, **back}, promo), "int8_back.onnx")
+                ratio = time(best_path, path)
+                if record(Timed(label, sorted(alone), ratio, ratio < 1 / (1 - MARGIN)), True).kept:
+                    floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in alone})
+                    best, best_path = replan({**fixed, **floated}, promo), path
+            break  # the others are parts of it
         vs_fp32 = time(reference, best_path)
 
         def result(plan, ratio, verdict="", promoted=promotion):
@@ -234,6 +247,19 @@ def place(
             "written without int8 compute; --objective size quantizes it anyway"
         )
         return result(replan({**fixed, **floated, **every}), 1.0, verdict, NO_PROMOTION)
+
+
+def converted_inputs(model: ModelProto, plan: QuantPlan, anchors: frozenset[str]) -> frozenset[str]:
+    """The anchors among these whose data input is converted from float (a graph input, or a float producer)."""
+    idx = GraphIndex(model.graph)
+    by_name = {n.name: n for n in model.graph.node}
+    int8 = {d.node for d in plan.nodes if d.action in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)}
+    out = set()
+    for n in anchors:
+        producer = idx.producer.get(by_name[n].input[0])
+        if plan.decision(n).action in INT8 and (producer is None or producer.name not in int8):
+            out.add(n)
+    return frozenset(out)
 
 
 def _accurate_enough(t: Trials, before: QuantPlan, after: QuantPlan, target: AccuracyTarget | None):

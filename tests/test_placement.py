@@ -38,6 +38,7 @@ def _silu_net():
 
 
 COST = {"Conv": -4.0, "elementwise": 1.5, "QuantizeLinear": 0.0, "Softmax": -2.0}
+NODE_COST: dict[str, float] = {}  # Conv name -> its cost on int8, where it is not COST["Conv"]
 
 
 def _cost(path) -> float:
@@ -52,7 +53,7 @@ def _cost(path) -> float:
     total = 20.0
     for n in m.graph.node:
         if n.op_type == "Conv" and n.input[0] in dq:
-            total += COST["Conv"]
+            total += NODE_COST.get(n.name, COST["Conv"])
         if n.op_type in ("Sigmoid", "Mul", "Softmax") and all(i in dq for i in n.input) and n.output[0] in to_q:
             total += COST["Softmax" if n.op_type == "Softmax" else "elementwise"]
         total += COST["QuantizeLinear"] if n.op_type == "QuantizeLinear" else 0.0
@@ -207,17 +208,21 @@ def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, w
 # -- the other direction: what the static rule keeps float, timed on int8 ----------------------------------
 
 
-def _head_net():
+def _head_net(stem: bool = False):
     """A YOLOv8 box head's tail: x [N,16,8,8] -> conv1 (3x3) -> Transpose -> Softmax over the 16 channels ->
     Transpose back -> a 1x1 conv 16 -> 1 (16 MACs per output: the cost rule keeps it float, and with it the
-    Softmax and Transposes, which the static plan never puts on int8)."""
+    Softmax and Transposes, which the static plan never puts on int8). stem: a 1x1 conv 16 -> 16 reads x first
+    (8 MACs per converted element: float by the cost rule; on int8 its input is still converted)."""
     rng = np.random.default_rng(5)
     w = {
         "w1": (rng.standard_normal((16, 16, 3, 3)) * 0.2).astype(np.float32),
         "w2": np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1),
+        **({"w0": (rng.standard_normal((16, 16, 1, 1)) * 0.3).astype(np.float32)} if stem else {}),
     }
+    first = [helper.make_node("Conv", ["x", "w0"], ["x0"], name="stem")] if stem else []
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        *first,
+        helper.make_node("Conv", ["x0" if stem else "x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Transpose", ["c1"], ["t1"], name="tr1", perm=[0, 2, 3, 1]),
         helper.make_node("Softmax", ["t1"], ["s"], name="softmax", axis=-1),
         helper.make_node("Transpose", ["s"], ["t2"], name="tr2", perm=[0, 3, 1, 2]),
@@ -281,3 +286,31 @@ def test_int8_that_costs_accuracy_is_not_kept_however_fast(tmp_path, timer, monk
     assert all(after < before for before, after in (t["worst_sqnr_db"] for t in refused))
     assert [r.plan.decision(n).action for n in TAIL] == [Action.FLOAT] * 4
     assert r.report.placement["int8_beyond_static"] == [] and "not kept: worst output" in render_markdown(r.report)
+
+
+def test_int8_that_breaks_the_accuracy_target_is_not_kept(tmp_path, timer):
+    """Measured on the held-aside calibration batch: the static plan 42.9 dB, the tail on int8 40.7 dB (above
+    the guard's quiet level, so only the target refuses it)."""
+    save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    r = _q(tmp_path, min_sqnr=41.5)
+    refused = [t for t in r.report.placement["timed"] if "worst_sqnr_db" in t]
+    assert refused and all(before >= 41.5 > after for before, after in (t["worst_sqnr_db"] for t in refused))
+    assert r.report.placement["int8_beyond_static"] == [] and r.plan.decision("dfl").action == Action.FLOAT
+    assert _q(tmp_path, min_sqnr=40.0).report.placement["int8_beyond_static"] == ["Softmax", "Transpose", "dfl"]
+
+
+@pytest.mark.parametrize(("stem_cost", "stem_int8"), [(-4.0, True), (-0.2, False)])
+def test_a_layer_promoted_with_its_input_still_converted_stays_int8_only_if_that_alone_pays(
+    tmp_path, timer, monkeypatch, stem_cost, stem_int8
+):
+    """All together pays; then the stem (reading the graph input) is timed back to float: at -4 its int8 form
+    saves 40%, at -0.2 only 2% (< MARGIN), and float, the more accurate, is kept."""
+    monkeypatch.setitem(NODE_COST, "stem", stem_cost)
+    save_with_data(tmp_path, _head_net(stem=True), (2, 16, 8, 8), n_calib=5)
+    assert _q(tmp_path, placement="static").plan.decision("stem").why == Why.SPEED
+    r = _q(tmp_path)
+    back = r.report.placement["timed"][-1]
+    assert (back["group"], back["to"], back["kept"]) == ("1 of them reading a converted input", "float", not stem_int8)
+    assert r.plan.decision("dfl").action == Action.INT8 and r.plan.decision("softmax").action == Action.INT8
+    stem = r.plan.decision("stem")
+    assert (stem.action == Action.INT8) == stem_int8 and (stem.why == Why.MEASURED) != stem_int8

@@ -82,7 +82,9 @@ class PlacementResult:
             "timed": [t.to_dict() for t in self.timed],
             "verdict": self.verdict,
             "timed_in_turn": self.timed_in_turn,
-            "int8_beyond_static": sorted(self.promotion.anchors | self.promotion.ops),
+            "int8_beyond_static": sorted(
+                self.promotion.ops | {n for n in self.promotion.anchors if self.plan.decision(n).action in INT8}
+            ),
         }
 
 

@@ -177,7 +177,7 @@ def place(
         wholes: list[Timed] = []  # the groups timed that are not parts of another
 
         def settled(part: bool) -> bool:  # the whole this part belongs to was clearly slower: so are its parts
-            return part and wholes[-1].ratio >= 1 + CLEAR
+            return part and bool(wholes) and wholes[-1].ratio >= 1 + CLEAR
 
         def record(move: Timed, part: bool) -> Timed:
             timed.append(move)

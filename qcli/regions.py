@@ -36,9 +36,6 @@ class Promotion:
     anchors: frozenset[str] = frozenset()
     ops: frozenset[str] = frozenset()
 
-    def __bool__(self) -> bool:
-        return bool(self.anchors or self.ops)
-
 
 NO_PROMOTION = Promotion()
 

@@ -77,12 +77,41 @@ def calibrate(
 ) -> dict[str, TensorStats]:
     """The range of every watched activation, each with its method (config.calib_for: override or global).
     `model`: the float model, or a session from observing() that outputs every watched tensor."""
+    observers = _observers(watch, config, levels)
+    return _stats(observers, *observe(model, observers, batches, on_batch))
+
+
+def calibrate_then_more(
+    model: ModelProto,
+    watch: Iterable[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    more: list,
+    config: QuantConfig,
+    levels: int = 256,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, TensorStats] | None]:
+    """The ranges from `batches`, and (where there are `more` batches, e.g. files held aside to measure
+    decisions on) the ranges from all of them: the same observers streamed on, one session."""
+    observers = _observers(watch, config, levels)
+    with observing(model, observers) as sess:
+        count, shapes = observe(sess, observers, batches, on_batch)
+        first = _stats(observers, count, shapes)
+        if not more:
+            return first, None
+        extra, _ = observe(sess, observers, more, on_batch)
+        return first, _stats(observers, count + extra, shapes)
+
+
+def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
     observers = {}
     for name in dict.fromkeys(watch):
         method, percentile = config.calib_for(name)
         settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.moving_average)
         observers[name] = OBSERVERS.get(method.value)(settings)
-    count, shapes = observe(model, observers, batches, on_batch)
+    return observers
+
+
+def _stats(observers: dict, count: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorStats]:
     return {
         name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen()) for name, obs in observers.items()
     }

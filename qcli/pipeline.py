@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -78,9 +78,6 @@ def quantize(
     target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
     with contextlib.ExitStack() as stack:
         job = _plan(stack, model_path, config, calib, eval_dir, out, progress)
-        calib_files = job.report.calibration["files"] if job.report.calibration else []
-        used = [Path(calib) / f for f in calib_files] if calib else []
-        job.report.provenance = provenance({"calibration": used, "evaluation": list(job.fid.items)}, command)
         guarded = not target and config.accuracy_guard and job.replan and job.guard_data
         if dry_run:
             if job.replan:
@@ -89,6 +86,8 @@ def quantize(
                 step += "measured placement" if config.placement == Placement.MEASURED else ""
                 if step:
                     job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
+            _refit(job, config, target)
+            _provenance(job, calib, command)
             return QuantizeResult(job.plan, job.report, None)
         if target and job.fid.src is None:
             raise InputError(
@@ -102,6 +101,8 @@ def quantize(
             measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             if job.replan and config.scheme == Scheme.W8A8 and measured:
                 run_placement(job, config, progress)
+            _refit(job, config, target)
+            _provenance(job, calib, command)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
                 written += write_beside(job.report, out)
@@ -136,6 +137,7 @@ class _Job:
     suspects: list[list[str]] = field(default_factory=list)  # the guard's first candidates
     weight_stats: dict | None = None  # weight-only, data-aware algorithms: statistics of each weight's input
     quantized: Quantized | None = None  # weight-only: the weights the accuracy target's search quantized
+    refit: Callable[[QuantPlan], QuantPlan] | None = None  # W8A8: the decided plan, ranges from every file
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -174,9 +176,37 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         calibration=calibration,
     )
     describe(report, config, plan)
-    return _Job(
+    job = _Job(
         model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects, planned.weight_stats
     )
+    job.refit = planned.refit
+    return job
+
+
+def _refit(job: _Job, config: QuantConfig, target: AccuracyTarget) -> None:
+    """W8A8: the decided plan with its ranges from every calibration file, the held-aside ones included (the
+    decisions were measured on those, with ranges from the others). Not under an accuracy target: the model
+    written is then the one the target was verified on, on files its ranges never saw."""
+    refitted = job.refit(job.plan) if job.refit and not target else None
+    if refitted is None:
+        return
+    plan, job.report.calibration = refitted
+    plan.notes, plan.warnings = job.plan.notes, job.plan.warnings
+    job.plan = plan
+    describe(job.report, config, plan)
+    c = job.report.calibration
+    held = len(c["decided_with"]["measured_on"])
+    job.report.notes.append(
+        f"ranges from all {c['batches']} calibration files; the decisions were measured on the {held} held aside, "
+        f"with ranges from the other {c['decided_with']['batches']}"
+    )
+    job.fid = replace(job.fid, desc=f"{job.fid.desc}, then added to the ranges (pass --eval for unseen data)")
+
+
+def _provenance(job: _Job, calib: Path | None, command: str | None) -> None:
+    calib_files = job.report.calibration["files"] if job.report.calibration else []
+    used = [Path(calib) / f for f in calib_files] if calib else []
+    job.report.provenance = provenance({"calibration": used, "evaluation": list(job.fid.items)}, command)
 
 
 def _unique_names(model: onnx.ModelProto, model_path: Path, stack: contextlib.ExitStack) -> tuple[Path, int]:

@@ -138,11 +138,12 @@ class W8A8Planner(RegionBuilder):
                 for t in self.int8_outputs(n, act[n.name])
             }
             for node in self.nodes:
+                if node.name not in anchors:
+                    continue
+                why = self._too_cheap(node, act, stats, produced)  # recorded for forced anchors too
                 forced = node.name in self.promoted or self.config.precision_of(node.name, node.op_type) in _INT8_FORCED
-                if node.name in anchors and not forced:
-                    why = self._too_cheap(node, act, stats, produced)
-                    if why:
-                        cheap[node.name] = why
+                if why and not forced:
+                    cheap[node.name] = why
             unfoldable = {n.name for n in self._chain_ends(act) if self._chain_q(n, act, stats) is None}
             if not cheap and not unfoldable:
                 break

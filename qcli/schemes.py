@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from onnx import ModelProto
 
 from . import hostcpu, model_io, weight_stats
-from .calibrate import calibrate
+from .calibrate import calibrate_then_more
 from .compare import FidelityData, Progress
 from .config import QuantConfig, WeightAlgo
 from .errors import InputError
 from .feeds import FeedSource
-from .ops import ANCHORS
+from .ops import ANCHORS, TRIAL
 from .passes.awq import awq_prepare
-from .plan import Action, QuantPlan, Reason
+from .plan import Action, QuantPlan, Reason, Why
 from .plan_dynamic import plan_dynamic as _plan_dynamic
 from .plan_w4a16 import plan_w4a16 as _plan_w4a16
 from .plan_w8a8 import W8A8Planner
@@ -40,6 +40,7 @@ class Planned:
     guard_data: FidelityData | None = None  # calibration batches the default accuracy guard measures on
     suspects: list[list[str]] = field(default_factory=list)  # its first candidates (see suspects())
     weight_stats: dict | None = None  # weight-only, data-aware: weight name -> statistics of its input
+    refit: Callable[[QuantPlan], tuple[QuantPlan, dict] | None] | None = None  # W8A8: ranges from every file
 
 
 def plan_w8a8(
@@ -57,19 +58,27 @@ def plan_w8a8(
     items, held = _split(calib_src, eval_src)
     prepared = prepare(model, config, calib_src, items, progress)
     planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
-    advance = progress("calibrating", len(items))
+    # Decisions are measured on the held-aside files with ranges from the others (unseen data); the model
+    # written takes its ranges from every file (refit below), except under an accuracy target (pipeline._refit).
+    also = held if not (config.min_sqnr or config.max_top1_drop) else []
+    advance = progress("calibrating", len(items) + len(also))
     levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
     batches = (calib_src.load(i) for i in items)
-    stats = calibrate(model, planner.watch_list(), batches, config, levels, advance)
-    calibration = {
-        "method": config.calibrator.value,
-        "methods_used": dict(Counter(s.method for s in stats.values())),
-        **prepared.done,
-        "batches": len(items),
-        "files": [p.name for p in items],
-        "tensors": len(stats),
-        "ranges": {k: v.to_dict() for k, v in stats.items()},
-    }
+    more = (calib_src.load(i) for i in also) if also else None
+    stats, stats_all = calibrate_then_more(model, planner.watch_list(), batches, more, config, levels, advance)
+
+    def record(st: dict, files: list) -> dict:
+        return {
+            "method": config.calibrator.value,
+            "methods_used": dict(Counter(s.method for s in st.values())),
+            **prepared.done,
+            "batches": len(files),
+            "files": [p.name for p in files],
+            "tensors": len(st),
+            "ranges": {k: v.to_dict() for k, v in st.items()},
+        }
+
+    calibration = record(stats, items)
     act_sqnr, measured = None, {}
     plan = planner.plan(stats)
     guard_items = items[:SENSITIVITY_BATCHES]
@@ -98,9 +107,26 @@ def plan_w8a8(
         again = W8A8Planner(model, config, floats, planner.cpu, pinned=pinned, promotion=promotion)
         return finish(again.plan(stats, act_sqnr))
 
+    def refit(p: QuantPlan) -> tuple[QuantPlan, dict] | None:
+        """The plan's decisions (what is float and why, what runs on int8) with the ranges from every file, and
+        its calibration record; None where no file was held aside."""
+        if stats_all is None:
+            return None
+        kept = {d.node: d.reason for d in p.nodes if d.why in (Why.ACCURACY, Why.TARGET, Why.MEASURED)}
+        int8 = [d for d in p.nodes if d.action in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)]
+        promotion = Promotion(
+            frozenset(d.node for d in int8 if d.op_type in ANCHORS),
+            frozenset(d.op_type for d in int8 if d.op_type in TRIAL),
+        )
+        floats = model_io.float_tensors(model)
+        again = W8A8Planner(model, config, floats, planner.cpu, pinned={**prepared.pinned, **kept}, promotion=promotion)
+        decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
+        record_all = {**calibration, **record(stats_all, items + held), "decided_with": decided_with}
+        return finish(again.plan(stats_all, act_sqnr)), record_all
+
     fid = _fidelity_data(calib_src, eval_src, items, held)
     guard_data = FidelityData(calib_src, guard_items, f"{len(guard_items)} calibration batches")
-    return Planned(finish(plan), calibration, fid, replan, guard_data, suspects(model, plan, measured))
+    return Planned(finish(plan), calibration, fid, replan, guard_data, suspects(model, plan, measured), refit=refit)
 
 
 def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> list[list[str]]:

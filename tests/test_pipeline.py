@@ -64,7 +64,7 @@ def q(model_path, config=None, **kw):
 
 def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     """File 4 of 6 carries an outlier: with calib_limit=3 it never reaches the ranges (nor x's scale), without
-    the limit it does (file 5 is then held aside for fidelity, file 4 calibrates)."""
+    the limit it does (file 5 is then held aside to measure the decisions, and added to the final ranges)."""
     c = write_calib(tmp_path / "calib", 6, outlier_at=4)
     limited = q(model, QuantConfig(calib_limit=3), calib=c).report
     first3 = ["b00.npy", "b01.npy", "b02.npy"]
@@ -76,7 +76,7 @@ def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     assert limited.fidelity_files == first3
 
     full = q(model, calib=c)
-    assert full.report.calibration["files"] == [f"b{i:02d}.npy" for i in range(5)]
+    assert full.report.calibration["files"] == [f"b{i:02d}.npy" for i in range(6)]
     assert full.report.calibration["ranges"]["x"]["max"] == OUTLIER
     # the effect on the plan: x's scale spans the outlier only without the limit
     limited_plan = q(model, QuantConfig(calib_limit=3), calib=c, dry_run=True).plan
@@ -84,15 +84,33 @@ def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     assert full.plan.activations["x"].scale > (OUTLIER - lo) / 255 * 0.99
 
 
-def test_held_aside_files_stay_out_of_calibration(model, tmp_path):
-    """5 files, no eval_dir: the last one is held aside. Its outlier must not reach the ranges, and the
-    report's fidelity is exactly the one onnxruntime gives on that file alone."""
+def test_held_aside_files_measure_the_decisions_then_join_the_ranges(model, tmp_path):
+    """5 files, no eval_dir: the last one is held aside. The decisions are measured with ranges from the other
+    four; the model written takes its ranges from all five (the outlier in the held file reaches x's scale),
+    and the report's fidelity is exactly the one onnxruntime gives on the held file with the model written."""
     c = write_calib(tmp_path / "calib", 5, outlier_at=4)
     r = q(model, calib=c)
     rep = r.report
+    everything = [f"b{i:02d}.npy" for i in range(5)]
+    assert rep.calibration["files"] == everything and rep.fidelity_files == ["b04.npy"]
+    assert rep.calibration["decided_with"] == {"batches": 4, "measured_on": ["b04.npy"]}
+    assert (rep.calibration["ranges"]["x"]["min"], rep.calibration["ranges"]["x"]["max"]) == x_range(c, everything)
+    assert rep.calibration["ranges"]["x"]["max"] == OUTLIER
+    assert r.plan.activations["x"].scale > (OUTLIER - x_range(c, everything)[0]) / 255 * 0.99
+    assert "then added to the ranges" in rep.fidelity_data
+    assert any("ranges from all 5 calibration files" in n for n in rep.notes)
+    assert rep.fidelity[0].sqnr_db == pytest.approx(sqnr_on(model, r.output, feeds(c, ["b04.npy"])), rel=1e-9)
+
+
+def test_under_an_accuracy_target_held_aside_files_stay_out_of_calibration(model, tmp_path):
+    """With --min-sqnr the model written is the one the target was verified on, on a file its ranges never saw:
+    the held file's outlier must not reach the ranges, and the fidelity is exactly onnxruntime's on that file."""
+    c = write_calib(tmp_path / "calib", 5, outlier_at=4)
+    r = q(model, QuantConfig(min_sqnr=5.0), calib=c)
+    rep = r.report
     calib_files = ["b00.npy", "b01.npy", "b02.npy", "b03.npy"]
     assert rep.calibration["files"] == calib_files and rep.fidelity_files == ["b04.npy"]
-    assert not set(rep.calibration["files"]) & set(rep.fidelity_files)
+    assert "decided_with" not in rep.calibration and "added to the ranges" not in rep.fidelity_data
     assert (rep.calibration["ranges"]["x"]["min"], rep.calibration["ranges"]["x"]["max"]) == x_range(c, calib_files)
     assert rep.calibration["ranges"]["x"]["max"] < 6
 

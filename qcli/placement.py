@@ -36,6 +36,7 @@ from .guard import QUIET_DB, SHARE, gain_for
 from .ops import ANCHORS, QLINEAR, TRIAL
 from .plan import Action, QuantPlan, Why, reason
 from .regions import NO_PROMOTION, Promotion
+from .session import OpenSessions, Session
 from .target import AccuracyTarget
 from .trials import Trials, trials, worst_sqnr
 
@@ -88,10 +89,11 @@ class PlacementResult:
         }
 
 
-def ratio_of(a: Path, b: Path, feed: dict, in_turn: bool = False) -> float:
-    """Median latency of model b over model a on the same input, spinning off: runs interleaved, or with
-    in_turn one model's runs after the other's, one session at a time. Interleaved, FIRST_RUNS decide a clear
-    difference (at least CLEAR either way); a closer one is timed again over RUNS on the same sessions."""
+def ratio_of(a: Path | Session, b: Path | Session, feed: dict, in_turn: bool = False) -> float:
+    """Median latency of model b over model a (files, or sessions open over them) on the same input, spinning
+    off: runs interleaved, or with in_turn (files) one model's runs after the other's, one session at a time.
+    Interleaved, FIRST_RUNS decide a clear difference (at least CLEAR either way); a closer one is timed again
+    over RUNS on the same sessions."""
     if in_turn:
         return evaluate.latency_in_turn(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
     with evaluate.pair(a, b, candidate_ours=True) as (ra, rb):
@@ -163,11 +165,15 @@ def place(
     feed = data.src.load(data.items[0])
     held = model_io.model_bytes(model)  # the float graph stays in memory while the sessions run
     in_turn = []  # the timings made one model after the other
-    with trials(model, reference, data, advance) as t:
+    # The best plan's session stays open from one timing to the next (a candidate kept becomes the best with
+    # its session open already): one model loaded per timing, not two.
+    with trials(model, reference, data, advance) as t, OpenSessions(theirs=frozenset([reference])) as sessions:
 
         def time(a: Path, b: Path) -> float:
             alone = not fits_together(held, a, b, reference)
-            r = ratio_of(a, b, feed, in_turn=alone)
+            if alone:  # one session at a time from now on
+                sessions.close(disable=True)
+            r = ratio_of(a, b, feed, in_turn=True) if alone else ratio_of(*sessions(a, b), feed)
             in_turn.append(alone)
             advance()
             return r
@@ -206,7 +212,7 @@ def place(
             ratio = time(best_path, path)
             move = record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
             if ratio < 1 - MARGIN:
-                move.kept, move.sqnr_db = _accurate_enough(t, best, cand, target)
+                move.kept, move.sqnr_db = _accurate_enough(t, *sessions(best_path, path), target)
             if not move.kept:
                 continue
             promotion, best, best_path = promo, cand, path
@@ -264,12 +270,12 @@ def converted_inputs(model: ModelProto, plan: QuantPlan, anchors: frozenset[str]
     return frozenset(out)
 
 
-def _accurate_enough(t: Trials, before: QuantPlan, after: QuantPlan, target: AccuracyTarget | None):
-    """Whether a plan with more on int8 keeps the accuracy as the accuracy guard sees it: its worst output stays at
+def _accurate_enough(t: Trials, before: Path | Session, after: Path | Session, target: AccuracyTarget | None):
+    """Whether a model with more on int8 keeps the accuracy as the accuracy guard sees it: its worst output stays at
     or above QUIET_DB or loses less than the guard lets one layer cost (gain_for(SHARE) dB); and it still meets
     the target. (kept, (worst before, after))."""
-    was = worst_sqnr(t.measure(before))
-    now = t.measure(after)
+    was = worst_sqnr(t.measure_model(before))
+    now = t.measure_model(after)
     worst = worst_sqnr(now)
     ok = (worst >= QUIET_DB or worst > was - gain_for(SHARE)) and not (target and target.shortfall(now))
     return ok, (was, worst)

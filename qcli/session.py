@@ -107,6 +107,40 @@ class Session:
         self.close()
 
 
+class OpenSessions:
+    """Sessions over model files kept open from one use to the next: each call opens those it names that are not
+    open yet and first closes the others, so a model used again (the best plan so far, timed against one candidate
+    after another) is not loaded again. Files named here must not change while open."""
+
+    def __init__(self, theirs: frozenset[Path] = frozenset()) -> None:
+        self.theirs = theirs  # the files the user gave: an error in one is theirs (exit 2), in the others ours
+        self.open: dict[Path, Session] = {}
+        self.enabled = True
+
+    def __call__(self, *paths: Path) -> tuple[Session | Path, ...]:
+        """Sessions over these files; once disabled, the paths themselves (the caller opens one at a time)."""
+        if not self.enabled:
+            return paths
+        for path in [p for p in self.open if p not in paths]:
+            self.open.pop(path).close()
+        for path in paths:
+            if path not in self.open:
+                self.open[path] = Session(path, ours=path not in self.theirs)
+        return tuple(self.open[p] for p in paths)
+
+    def close(self, disable: bool = False) -> None:
+        """Close every session (and with disable, open none from now on)."""
+        while self.open:
+            self.open.popitem()[1].close()
+        self.enabled = self.enabled and not disable
+
+    def __enter__(self) -> OpenSessions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def release_memory() -> None:
     """Hand freed heap memory back to the system. glibc keeps the blocks a closed session freed for reuse,
     so without this each session's weights count again on top of the last one's."""

@@ -59,10 +59,13 @@ class Trials:
     def measure(self, plan: QuantPlan, name: str = "candidate.onnx") -> list[OutputFidelity]:
         """Fidelity of every output of the plan's model; one step of progress. The reference's outputs are
         recorded on the first call, so the float model is not loaded again for every candidate."""
-        path = self.write(plan, name)
+        return self.measure_model(self.write(plan, name))
+
+    def measure_model(self, model: Path | evaluate.Session) -> list[OutputFidelity]:
+        """As measure(), for a candidate written already (its file, or a session open over it)."""
         if self.recorded is None:
             self.recorded = evaluate.Recorded(self.reference, self.data.feeds())
-        result = evaluate.fidelity(self.recorded, path, self.data.feeds(), candidate_ours=True)
+        result = evaluate.fidelity(self.recorded, model, self.data.feeds(), candidate_ours=True)
         self.advance()
         return result
 

@@ -3,6 +3,8 @@ kept float when faster; a plan not faster than FP32 falls back, down to no int8 
 is replaced by a stand-in cost model here (tests never depend on the machine's speed): each test states which
 plans are faster and checks what was chosen, in the plan and in the written model."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +13,7 @@ from models import model_of, save_with_data, vi
 from onnx import helper
 from typer.testing import CliRunner
 
-from qcli import QuantConfig, quantize
+from qcli import QuantConfig, evaluate, quantize, session
 from qcli import placement as P
 from qcli.cli import app
 from qcli.plan import Action, Why
@@ -65,6 +67,7 @@ def timer(monkeypatch):
     calls = []
 
     def ratio_of(a, b, feed, in_turn=False):
+        a, b = getattr(a, "path", a), getattr(b, "path", b)  # files, or sessions open over them
         calls.append((a.name, b.name, in_turn))
         return _cost(b) / _cost(a)
 
@@ -269,8 +272,20 @@ def test_a_part_is_kept_when_the_whole_is_not_faster(tmp_path, timer, monkeypatc
 def test_parts_are_not_timed_when_the_whole_is_clearly_slower(tmp_path, timer, monkeypatch):
     monkeypatch.setitem(COST, "Softmax", 8.0)  # all together 20 against 16
     save_with_data(tmp_path, _head_net(), (2, 16, 8, 8), n_calib=5)
+    loaded = []
+
+    class Counted(session.Session):
+        def __init__(self, path, *a, **k):
+            super().__init__(path, *a, **k)
+            loaded.append(Path(path))
+
+    monkeypatch.setattr(session, "Session", Counted)
+    monkeypatch.setattr(evaluate, "Session", Counted)
     r = _q(tmp_path)
     assert [t["to"] for t in r.report.placement["timed"]] == ["float", "int8"] and len(timer) == 3  # + FP32
+    # Each model timed is loaded once: the best plan's session stays open from one timing to the next.
+    trial_files = [p.name for p in loaded if p.parent.name.startswith("qcli-trials-")]
+    assert sorted(trial_files) == ["best.onnx", "group0.onnx", "int8_0.onnx"]
     assert r.plan.to_dict()["nodes"] == _q(tmp_path, placement="static").plan.to_dict()["nodes"]
 
 

@@ -113,3 +113,27 @@ def test_latency_in_turn_opens_one_session_at_a_time(pair_files, monkeypatch):
     assert [s.path.name for s in live] == ["ref.onnx", "cand.onnx"] and all(s.sess is None for s in live)
     assert lat.runs == 3 and lat.reference_ms > 0 and lat.candidate_ms > 0
     assert lat.reference_p10_p90[0] <= lat.reference_ms <= lat.reference_p10_p90[1]
+
+
+def test_open_sessions_keep_open_what_is_used_again_and_close_the_rest(pair_files, monkeypatch):
+    opened = []
+
+    class Counted(session.Session):
+        def __init__(self, path, *a, **k):
+            super().__init__(path, *a, **k)
+            opened.append(self)
+
+    monkeypatch.setattr(session, "Session", Counted)
+    onnx.save(cnn(channels=8), pair_files / "third.onnx")
+    a, b, c = (pair_files / n for n in ("ref.onnx", "cand.onnx", "third.onnx"))
+    with session.OpenSessions(theirs=frozenset([a])) as sessions:
+        sa, sb = sessions(a, b)
+        assert sessions(b, a) == (sb, sa) and len(opened) == 2  # used again: not loaded again
+        assert not sa.ours and sb.ours  # an error in the user's file is theirs, in one qcli wrote ours
+        (sc,) = sessions(c)  # the others are closed first
+        assert sa.sess is None and sb.sess is None and sc.sess is not None
+        assert sessions(c, a)[0] is sc and len(opened) == 4
+        sessions.close(disable=True)
+        assert all(s.sess is None for s in opened)
+        assert sessions(a, b) == (a, b) and len(opened) == 4  # disabled: the caller opens and closes its own
+    assert all(s.sess is None for s in opened)

@@ -86,7 +86,7 @@ def quantize(
                 step += "measured placement" if config.placement == Placement.MEASURED else ""
                 if step:
                     job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
-            _refit(job, config, target)
+            _refit(job, config)
             _provenance(job, calib, command)
             return QuantizeResult(job.plan, job.report, None)
         if target and job.fid.src is None:
@@ -101,7 +101,7 @@ def quantize(
             measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             if job.replan and config.scheme == Scheme.W8A8 and measured:
                 run_placement(job, config, progress)
-            _refit(job, config, target)
+            _refit(job, config)
             _provenance(job, calib, command)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
@@ -137,7 +137,7 @@ class _Job:
     suspects: list[list[str]] = field(default_factory=list)  # the guard's first candidates
     weight_stats: dict | None = None  # weight-only, data-aware algorithms: statistics of each weight's input
     quantized: Quantized | None = None  # weight-only: the weights the accuracy target's search quantized
-    refit: Callable[[QuantPlan], QuantPlan] | None = None  # W8A8: the decided plan, ranges from every file
+    refit: Callable[[QuantPlan], tuple[QuantPlan, dict] | None] | None = None  # W8A8: ranges from every file
 
 
 def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Path, progress: Progress) -> _Job:
@@ -176,18 +176,24 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         calibration=calibration,
     )
     describe(report, config, plan)
-    job = _Job(
-        model, plan, report, fid, reference, planned.replan, planned.guard_data, planned.suspects, planned.weight_stats
+    return _Job(
+        model,
+        plan,
+        report,
+        fid,
+        reference,
+        planned.replan,
+        planned.guard_data,
+        planned.suspects,
+        planned.weight_stats,
+        refit=planned.refit,
     )
-    job.refit = planned.refit
-    return job
 
 
-def _refit(job: _Job, config: QuantConfig, target: AccuracyTarget) -> None:
+def _refit(job: _Job, config: QuantConfig) -> None:
     """W8A8: the decided plan with its ranges from every calibration file, the held-aside ones included (the
-    decisions were measured on those, with ranges from the others). Not under an accuracy target: the model
-    written is then the one the target was verified on, on files its ranges never saw."""
-    refitted = job.refit(job.plan) if job.refit and not target else None
+    decisions were measured on those, with ranges from the others); see schemes.plan_w8a8 for when."""
+    refitted = job.refit(job.plan) if job.refit else None
     if refitted is None:
         return
     plan, job.report.calibration = refitted

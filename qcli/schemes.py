@@ -59,7 +59,8 @@ def plan_w8a8(
     prepared = prepare(model, config, calib_src, items, progress)
     planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
     # Decisions are measured on the held-aside files with ranges from the others (unseen data); the model
-    # written takes its ranges from every file (refit below), except under an accuracy target (pipeline._refit).
+    # written takes its ranges from every file (refit below). Not under an accuracy target: the model written is
+    # then the one the target was verified on, on files its ranges never saw.
     also = held if not (config.min_sqnr or config.max_top1_drop) else []
     advance = progress("calibrating", len(items) + len(also))
     levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
@@ -109,7 +110,7 @@ def plan_w8a8(
 
     def refit(p: QuantPlan) -> tuple[QuantPlan, dict] | None:
         """The plan's decisions (what is float and why, what runs on int8) with the ranges from every file, and
-        its calibration record; None where no file was held aside."""
+        its calibration record; None where no file was added (none held aside, or an accuracy target)."""
         if stats_all is None:
             return None
         kept = {d.node: d.reason for d in p.nodes if d.why in (Why.ACCURACY, Why.TARGET, Why.MEASURED)}

@@ -24,8 +24,8 @@ def opened(monkeypatch):
             super().__init__(path, *a, **k)
             log.append(self)
 
-    monkeypatch.setattr(evaluate, "Session", Counted)
-    monkeypatch.setattr(calibrate, "Session", Counted)
+    for module in (evaluate, calibrate, session):
+        monkeypatch.setattr(module, "Session", Counted)
     return log
 
 
@@ -115,15 +115,7 @@ def test_latency_in_turn_opens_one_session_at_a_time(pair_files, monkeypatch):
     assert lat.reference_p10_p90[0] <= lat.reference_ms <= lat.reference_p10_p90[1]
 
 
-def test_open_sessions_keep_open_what_is_used_again_and_close_the_rest(pair_files, monkeypatch):
-    opened = []
-
-    class Counted(session.Session):
-        def __init__(self, path, *a, **k):
-            super().__init__(path, *a, **k)
-            opened.append(self)
-
-    monkeypatch.setattr(session, "Session", Counted)
+def test_open_sessions_keep_open_what_is_used_again_and_close_the_rest(pair_files, opened):
     onnx.save(cnn(channels=8), pair_files / "third.onnx")
     a, b, c = (pair_files / n for n in ("ref.onnx", "cand.onnx", "third.onnx"))
     with session.OpenSessions(theirs=frozenset([a])) as sessions:

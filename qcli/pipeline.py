@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -24,7 +24,7 @@ from .passes.qdq import apply_w8a8
 from .passes.weight_only import weight_errors
 from .plan import QuantPlan, Reason
 from .provenance import provenance
-from .refine import choose_weight_format, describe, meet, run_guard, run_placement
+from .refine import choose_weight_format, describe, meet, refit_ranges, run_guard, run_placement
 from .report import Report, write_beside
 from .session import release_memory
 from .target import AccuracyTarget
@@ -86,7 +86,7 @@ def quantize(
                 step += "measured placement" if config.placement == Placement.MEASURED else ""
                 if step:
                     job.report.notes.append(f"--dry-run: the plan before the {step} (it measures models)")
-            _refit(job, config)
+            refit_ranges(job, config)
             _provenance(job, calib, command)
             return QuantizeResult(job.plan, job.report, None)
         if target and job.fid.src is None:
@@ -101,7 +101,7 @@ def quantize(
             measured = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             if job.replan and config.scheme == Scheme.W8A8 and measured:
                 run_placement(job, config, progress)
-            _refit(job, config)
+            refit_ranges(job, config)
             _provenance(job, calib, command)
             _write_and_measure(job, config, out, latency_runs, progress, ort_config, written)
             if write_report:
@@ -188,25 +188,6 @@ def _plan(stack, model_path: Path, config: QuantConfig, calib, eval_dir, out: Pa
         planned.weight_stats,
         refit=planned.refit,
     )
-
-
-def _refit(job: _Job, config: QuantConfig) -> None:
-    """W8A8: the decided plan with its ranges from every calibration file, the held-aside ones included (the
-    decisions were measured on those, with ranges from the others); see schemes.plan_w8a8 for when."""
-    refitted = job.refit(job.plan) if job.refit else None
-    if refitted is None:
-        return
-    plan, job.report.calibration = refitted
-    plan.notes, plan.warnings = job.plan.notes, job.plan.warnings
-    job.plan = plan
-    describe(job.report, config, plan)
-    c = job.report.calibration
-    held = len(c["decided_with"]["measured_on"])
-    job.report.notes.append(
-        f"ranges from all {c['batches']} calibration files; the decisions were measured on the {held} held aside, "
-        f"with ranges from the other {c['decided_with']['batches']}"
-    )
-    job.fid = replace(job.fid, desc=f"{job.fid.desc}, then added to the ranges (pass --eval for unseen data)")
 
 
 def _provenance(job: _Job, calib: Path | None, command: str | None) -> None:

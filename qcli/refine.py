@@ -1,6 +1,6 @@
 """After the static plan, the steps that measure models and change it: the accuracy target's search, the
-default accuracy guard and measured placement. Each takes the pipeline's job (model, plan, report, data) and
-leaves its plan and findings in it."""
+default accuracy guard and measured placement; then W8A8's ranges refit on every calibration file. Each takes
+the pipeline's job (model, plan, report, data) and leaves its plan and findings in it."""
 
 from __future__ import annotations
 
@@ -104,6 +104,25 @@ def run_placement(job, config: QuantConfig, progress: Progress) -> None:
     if result.verdict:
         job.report.warnings.append(result.verdict)
     describe(job.report, config, result.plan)
+
+
+def refit_ranges(job, config: QuantConfig) -> None:
+    """W8A8: the decided plan with its ranges from every calibration file, the held-aside ones included (the
+    decisions were measured on those, with ranges from the others); see schemes.plan_w8a8 for when."""
+    refitted = job.refit(job.plan) if job.refit else None
+    if refitted is None:
+        return
+    plan, job.report.calibration = refitted
+    plan.notes, plan.warnings = job.plan.notes, job.plan.warnings
+    job.plan = plan
+    describe(job.report, config, plan)
+    c = job.report.calibration
+    held = len(c["decided_with"]["measured_on"])
+    job.report.notes.append(
+        f"ranges from all {c['batches']} calibration files; the decisions were measured on the {held} held aside, "
+        f"with ranges from the other {c['decided_with']['batches']}"
+    )
+    job.fid = replace(job.fid, desc=f"{job.fid.desc}, then added to the ranges (pass --eval for unseen data)")
 
 
 def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:

@@ -133,6 +133,14 @@ def quantize(
             "fidelity, or with --min-sqnr the fastest that meets it)",
         ),
     ] = DEFAULT.weight_format,
+    timing_batch: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--timing-batch",
+            help="w4a16/w8a16: batch size to time --format auto and measured placement at (repeatable; the "
+            "slowest size decides) [default: " + ", ".join(map(str, DEFAULT.timing_batches)) + "]",
+        ),
+    ] = None,
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
     ] = not DEFAULT.weight_symmetric_int4,
@@ -209,6 +217,7 @@ def quantize(
             block_size=block_size,
             weight_symmetric_int4=not weight_asymmetric,
             weight_format=weight_format,
+            timing_batches=tuple(timing_batch or DEFAULT.timing_batches),
             clip_search=clip_search,
             gptq_damp=gptq_damp,
             gptq_act_order=act_order,

@@ -42,6 +42,7 @@ class WeightAlgo(str, Enum):
 
 
 MIN_BLOCK, MAX_BLOCK = 16, 256
+MAX_TIMING_BATCH, MAX_TIMING_SIZES = 4096, 4
 
 # Options that only mean something for some schemes (field name -> CLI flag, schemes that read it).
 _SCHEME_ONLY = {
@@ -69,6 +70,7 @@ _SCHEME_ONLY = {
     "weight_algo": ("--weight-algo", {Scheme.W4A16, Scheme.W8A16}),
     "gptq_damp": ("--gptq-damp", {Scheme.W4A16, Scheme.W8A16}),
     "gptq_act_order": ("--act-order", {Scheme.W4A16, Scheme.W8A16}),
+    "timing_batches": ("--timing-batch", {Scheme.W4A16, Scheme.W8A16}),
 }
 
 
@@ -121,6 +123,9 @@ class QuantConfig:
     # held-out data; 0.1 gave 14.9 dB there against rtn's 12.5.
     gptq_damp: float = 0.1
     gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing activation energy
+    # --format auto and measured placement time the model at these batch sizes (rows of the data repeated or
+    # cut) and judge a form by its worst: int4's speed against float depends on the batch (batches.py).
+    timing_batches: tuple[int, ...] = (1, 8)
     # Both: node names, op types or node-name globs (fnmatch: *, ?, [..]) kept float
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
@@ -143,6 +148,17 @@ class QuantConfig:
         b = self.block_size
         if not (MIN_BLOCK <= b <= MAX_BLOCK) or b & (b - 1):
             raise InputError(f"--block-size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK} (got {b})")
+        object.__setattr__(self, "timing_batches", tuple(dict.fromkeys(self.timing_batches)))
+        sizes = self.timing_batches
+        if (
+            not sizes
+            or len(sizes) > MAX_TIMING_SIZES
+            or not all(type(n) is int and 1 <= n <= MAX_TIMING_BATCH for n in sizes)
+        ):
+            raise InputError(
+                f"--timing-batch takes 1 to {MAX_TIMING_SIZES} batch sizes from 1 to {MAX_TIMING_BATCH} "
+                f"(got {', '.join(map(str, sizes)) or 'none'})"
+            )
         if self.calib_limit is not None and self.calib_limit < 1:
             raise InputError(f"--calib-limit must be at least 1 (got {self.calib_limit})")
         check_percentile(self.percentile)
@@ -209,6 +225,7 @@ class QuantConfig:
         d = asdict(self)
         d = {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
         d["exclude"] = list(self.exclude)
+        d["timing_batches"] = list(self.timing_batches)
         d["overrides"] = self.overrides.to_dict() if self.overrides else None
         return {"version": self.VERSION, **d}
 

@@ -17,6 +17,8 @@ from .errors import InputError, InternalError
 from .qparams import NoiseMeter
 from .session import Session
 
+MAX_ROUNDS = 5000  # latency(min_s=...): the most rounds a small model is run for
+
 
 @dataclass(frozen=True)
 class OutputFidelity:
@@ -192,22 +194,26 @@ def latency(
     config: Mapping[str, str] | None = None,
     candidate_ours: bool = False,
     on_run: Callable[[], None] = lambda: None,
+    min_s: float = 0.0,
 ) -> Latency:
-    """Median latency of both models, runs interleaved on the same inputs, thread spinning off. Sessions
-    given open already keep their own threads and config."""
+    """Median latency of both models, runs interleaved on the same inputs, thread spinning off; at least `runs`
+    rounds and, with min_s, on until that many seconds have passed (small models: many more rounds, up to
+    MAX_ROUNDS). Sessions given open already keep their own threads and config."""
     with pair(ref, cand, config, candidate_ours, threads) as (ref, cand):
         for _ in range(warmup):
             ref.run(None, feed)
             cand.run(None, feed)
         rt, ct = [], []
-        for i in range(runs):
+        start, i = time.perf_counter(), 0
+        while i < runs or (i < MAX_ROUNDS and time.perf_counter() - start < min_s):
             order = ((ref, rt), (cand, ct)) if i % 2 == 0 else ((cand, ct), (ref, rt))
             for sess, times in order:
                 t0 = time.perf_counter()
                 sess.run(None, feed)
                 times.append(time.perf_counter() - t0)
             on_run()
-    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
+            i += 1
+    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, i, _spread(rt), _spread(ct))
 
 
 def latency_in_turn(

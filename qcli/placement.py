@@ -44,6 +44,7 @@ NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
 RUNS, WARMUP = 20, 3
 FIRST_RUNS, CLEAR = 8, 3 * MARGIN  # a first look settles clear differences
+CONFIRM_S = 1.0  # ratio_of(runs=...): a confirmation runs at least this long
 MAX_GROUPS = 5
 # Peak memory of `quantize`: at most BOUND_TIMES x the model's size + BOUND_PLUS; RESIDENT is what Python, numpy,
 # onnx and onnxruntime take by themselves.
@@ -89,14 +90,17 @@ class PlacementResult:
         }
 
 
-def ratio_of(a: Path | Session, b: Path | Session, feed: dict, in_turn: bool = False) -> float:
+def ratio_of(a: Path | Session, b: Path | Session, feed: dict, in_turn: bool = False, runs: int | None = None) -> float:
     """Median latency of model b over model a (files, or sessions open over them) on the same input, spinning
     off: runs interleaved, or with in_turn (files) one model's runs after the other's, one session at a time.
     Interleaved, FIRST_RUNS decide a clear difference (at least CLEAR either way); a closer one is timed again
-    over RUNS on the same sessions."""
+    over RUNS on the same sessions. `runs`: that many interleaved runs and at least CONFIRM_S seconds, no first
+    look (a verdict to confirm: a model of a fraction of a millisecond needs thousands of runs to settle)."""
     if in_turn:
-        return evaluate.latency_in_turn(a, b, feed, runs=RUNS, warmup=WARMUP, candidate_ours=True).ratio
+        return evaluate.latency_in_turn(a, b, feed, runs=runs or RUNS, warmup=WARMUP, candidate_ours=True).ratio
     with evaluate.pair(a, b, candidate_ours=True) as (ra, rb):
+        if runs:
+            return evaluate.latency(ra, rb, feed, runs=runs, warmup=WARMUP, min_s=CONFIRM_S).ratio
         first = evaluate.latency(ra, rb, feed, runs=FIRST_RUNS, warmup=WARMUP).ratio
         if abs(first - 1.0) >= CLEAR:
             return first

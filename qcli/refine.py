@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import model_io, weight_format, weight_target
+from .batches import at_sizes
 from .compare import Progress
 from .config import Objective, Placement, QuantConfig, Scheme, WeightFormat, effective
 from .errors import QcliError
@@ -146,7 +147,9 @@ def choose_weight_format(job, config: QuantConfig, progress: Progress, ort_confi
         def write(model, plan: QuantPlan):  # in the chosen form (the plan's decisions), weights quantized once
             return apply_w4a16(model, plan, quantized=quantized)
 
-        result = place_weights(job.model, job.plan, job.reference, _timing_feeds(job, 1)[0], write, advance)
+        start = choice.start()  # the sizes the forms were timed at
+        timing = at_sizes(job.model, _timing_feeds(job, 1)[0], config.timing_batches).only(start)
+        result = place_weights(job.model, job.plan, job.reference, timing, write, advance, start)
         job.plan = result.plan
         job.report.placement = result.to_dict()
         job.report.warnings += [result.verdict] if result.verdict else []
@@ -166,8 +169,16 @@ def format_choice(job, config: QuantConfig, progress: Progress, ort_config, quan
     advance = progress("choosing the weight format (timings)", 1)
 
     def choose(batches: list) -> weight_format.FormatChoice:
+        timing = at_sizes(job.model, batches[0], config.timing_batches)
         return weight_format.choose(
-            job.model, plan, job.reference, batches, ort_config=ort_config, quantized=quantized, min_sqnr=min_sqnr
+            job.model,
+            plan,
+            job.reference,
+            batches,
+            ort_config=ort_config,
+            quantized=quantized,
+            min_sqnr=min_sqnr,
+            timing=timing,
         )
 
     try:
@@ -194,16 +205,14 @@ def _timing_feeds(job, limit: int) -> list[dict]:
 def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:
     """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
     chosen = choice.chosen_trial
-    if chosen is None or choice.float_ms is None or chosen.median_ms < choice.float_ms:
+    if chosen is None or chosen.ratio < 1:
         return []
-    faster = [t for t in choice.trials if t.median_ms < choice.float_ms and not t.accepted]
-    alt = "; ".join(
-        f"{t.name} runs {t.median_ms / choice.float_ms:.2f}x, {t.sqnr_vs_exact_db:.1f} dB from the exact math"
-        for t in faster
-    )
+    faster = [t for t in choice.trials if t.ratio < 1 and not t.accepted]
+    alt = "; ".join(f"{t.name} runs {t.ratio:.2f}x, {t.sqnr_vs_exact_db:.1f} dB from the exact math" for t in faster)
+    at = f" at batch {max(chosen.timings, key=lambda x: x.ratio).batch}" if len(chosen.timings) > 1 else ""
     return [
         f"--format auto: the only form that keeps the exact math's fidelity ({chosen.name}) runs "
-        f"{chosen.median_ms / choice.float_ms:.2f}x FP32 on this CPU"
+        f"{chosen.ratio:.2f}x FP32{at} on this CPU"
         + (f"; faster but less exact: {alt}" if alt else "")
         + ("; --min-sqnr DB accepts a faster form whose outputs meet it against FP32" if alt and hint else "")
     ]

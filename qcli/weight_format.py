@@ -16,16 +16,15 @@ MARGIN_DB under the quantization noise itself (exact vs the FP32 model) or at fl
 score outputs it flips no more argmax rows than the fp32-compute form does (float rounding near ties). With an
 accuracy target (--min-sqnr) the target replaces the margin: a candidate must keep every output at that SQNR
 against FP32 (the user said what is enough), and still flip no more argmax rows.
-Speed: median latency over runs interleaved round robin with the FP32 model, on one batch, thread spinning off,
-for about budget_s seconds. Choice: the fastest accepted candidate; one within TIE of it that comes earlier in
-CANDIDATES (more portable, then more exact) wins the tie.
+Speed (form_timing.py): each candidate's median latency over FP32's, in runs interleaved with the FP32 model at
+every timing batch size (--timing-batch, default 1 and 8: batches.py), for about budget_s seconds in all; a
+candidate's figure is its worst size's. Choice: the accepted candidate with the lowest figure; one within TIE of
+it that comes earlier in CANDIDATES (more portable, then more exact) wins the tie.
 """
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +33,9 @@ import onnxruntime as ort
 from onnx import ModelProto
 
 from . import evaluate, model_io
+from .batches import TimingFeeds, as_given
 from .config import WeightFormat
+from .form_timing import Timing, Timings, timed
 from .passes.int4 import apply_w4a16
 from .passes.nbits import FP32, INT8
 from .passes.weight_only import Key, quantize_plan
@@ -47,7 +48,6 @@ MARGIN_DB = 6.0  # a candidate's own noise at most 1/4 of the quantization noise
 ROUNDING_DB = 80.0  # closer than this to the exact math is float rounding (weights that quantize exactly)
 TIE = 0.03  # medians within 3% count as equally fast
 FIDELITY_BATCHES = 4
-MIN_RUNS, MAX_RUNS = 5, 200
 TABLES_WHY = (
     "Gather tables as onnxruntime's GatherBlockQuantized: 4-bit codes, half the bytes of the portable form's one "
     "code per byte (standard Gather reads no 4-bit type), the same rows dequantized the same way"
@@ -73,13 +73,17 @@ CANDIDATES = (
 @dataclass(frozen=True)
 class Trial:
     name: str
-    median_ms: float
-    p10_p90_ms: tuple[float, float]
+    timings: tuple[Timing, ...]  # at each timing batch size, beside FP32's
     sqnr_vs_exact_db: float  # worst output: the candidate against the exact dequantized math
     flips: int  # score-output rows whose argmax differs from the exact math's
     rows: int
     accepted: bool
     why: str
+
+    @property
+    def ratio(self) -> float:
+        """Its time over FP32's at its worst batch size."""
+        return max(t.ratio for t in self.timings)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,6 @@ class FormatChoice:
     accuracy_level: int | None
     why: str
     trials: tuple[Trial, ...] = ()
-    float_ms: float | None = None  # the FP32 model's median in the same interleaved runs
     quantization_db: float | None = None  # worst output: exact dequantized math vs the FP32 model
     runs: int = 0
     tables: WeightFormat | None = None  # the Gather tables' form, where it differs from weight_format's
@@ -101,11 +104,14 @@ class FormatChoice:
 
     @property
     def slower_than_float(self) -> float | None:
-        """The chosen form's median over FP32's, where both were timed and it is beyond TIE slower."""
+        """The chosen form's time over FP32's at its worst batch size, where it was timed beyond TIE slower."""
         t = self.chosen_trial
-        if t is None or not self.float_ms or t.median_ms <= self.float_ms * (1 + TIE):
-            return None
-        return t.median_ms / self.float_ms
+        return t.ratio if t is not None and t.ratio > 1 + TIE else None
+
+    def start(self) -> dict[int, float]:
+        """The chosen form's time over FP32's at each batch size timed (empty where forms were not timed)."""
+        t = self.chosen_trial
+        return {x.batch: x.ratio for x in t.timings} if t else {}
 
     def form(self) -> tuple[WeightFormat, int | None, WeightFormat | None]:
         """What apply_w4a16 writes for this choice: weight format, accuracy level, tables' format."""
@@ -113,7 +119,7 @@ class FormatChoice:
 
     def decisions(self) -> dict[str, dict]:
         """Entries for QuantPlan.decisions: apply_w4a16 reads them; the report shows them."""
-        measured = {"float_ms": self.float_ms, "runs": self.runs, "trials": [asdict(t) for t in self.trials]}
+        measured = {"batches": list(self.start()), "runs": self.runs, "trials": [asdict(t) for t in self.trials]}
         out = {"weight_format": {"value": self.weight_format.value, "why": self.why, **measured}}
         if self.tables is not None:
             out["table_format"] = {"value": self.tables.value, "why": TABLES_WHY}
@@ -140,11 +146,13 @@ def choose(
     ort_config: dict[str, str] | None = None,
     quantized: dict[Key, BlockWeight] | None = None,
     min_sqnr: float | None = None,
+    timing: TimingFeeds | None = None,
 ) -> FormatChoice:
     """Measure `candidates` (written from `model`, the float graph the plan was made on) against the FP32
-    model at `reference`, on `feeds` (the first one times them). Leaves `model` unchanged. `quantized`
-    (weight_only.quantize_plan) saves quantizing the weights again; pass the same to apply_w4a16. With
-    `min_sqnr` (an accuracy target) a candidate must also keep every output at that SQNR against FP32."""
+    model at `reference`: fidelity on `feeds`, speed on `timing` (default: the first feed as it is). Leaves
+    `model` unchanged. `quantized` (weight_only.quantize_plan) saves quantizing the weights again; pass the
+    same to apply_w4a16. With `min_sqnr` (an accuracy target) a candidate must also keep every output at that
+    SQNR against FP32."""
     if not feeds:
         return unmeasured("no data to measure on (--eval or --calib)")
     if not plan.weights:
@@ -161,8 +169,11 @@ def choose(
         names = [c.name for c in candidates]
         exact = paths.get("qdq", paths.get(EXACT.name))
         fid = _fidelity(model, reference, exact, paths, names, feeds[:FIDELITY_BATCHES], ort_config)
-        times, runs = _timed(reference, paths, names, feeds[0], budget_s, ort_config)
-    choice = _decide(candidates, fid, times, runs, min_sqnr)
+        timing = timing or as_given(feeds[0])
+        times = timed(reference, paths, names, timing, budget_s, ort_config)
+    choice = _decide(candidates, fid, times, min_sqnr)
+    if timing.note or times.dropped:
+        choice = replace(choice, why="; ".join([choice.why, timing.note, *times.dropped]).replace("; ; ", "; "))
     return replace(choice, tables=tables) if tables and choice.weight_format == WeightFormat.QDQ else choice
 
 
@@ -208,27 +219,6 @@ def _fidelity(model, reference: Path, exact_path: Path, paths: dict, names: list
     return fid
 
 
-def _timed(reference: Path, paths: dict, names: list[str], feed, budget_s: float, ort_config):
-    """Each candidate interleaved with the FP32 model, one candidate session open at a time; every candidate's
-    times put on one scale through the FP32 model's median in its own pairing."""
-    times: dict[str, list[float]] = {"float": []}
-    runs = 0
-    share = 2 * budget_s / (len(names) + 1)  # about the rounds of all of them at once, in pairs
-    with Session(reference, config=ort_config) as ref:
-        pairs = {}
-        for c in names:
-            with Session(paths[c], config=ort_config, ours=True) as sess:
-                t, n = _interleaved({"float": ref, c: sess}, feed, share)
-            pairs[c] = (t["float"], t[c])
-            times["float"] += t["float"]
-            runs = max(runs, n)
-    overall = statistics.median(times["float"])
-    for c, (f, t) in pairs.items():
-        scale = overall / statistics.median(f)
-        times[c] = [x * scale for x in t]
-    return times, runs
-
-
 def score_outputs(model: ModelProto, reference: Path) -> set[str]:
     """Outputs whose argmax means something: class scores (evaluate.class_score_outputs) and outputs written by
     a final linear layer (MatMul/Gemm, or an Add after one), such as a language model's logits."""
@@ -243,23 +233,6 @@ def score_outputs(model: ModelProto, reference: Path) -> set[str]:
         return n.op_type == "Add" and not after_add and any(linear(i, True) for i in n.input)
 
     return set(evaluate.class_score_outputs(reference)) | {o.name for o in model.graph.output if linear(o.name)}
-
-
-def _interleaved(sessions: dict[str, Session], feed, budget_s: float) -> tuple[dict[str, list[float]], int]:
-    """Round-robin runs, the order rotated each round, until budget_s has passed (at least MIN_RUNS rounds)."""
-    order = list(sessions)
-    for s in sessions.values():
-        s.run(None, feed)  # warm-up (first-run allocations, prepacking)
-    times: dict[str, list[float]] = {n: [] for n in order}
-    start, runs = time.perf_counter(), 0
-    while runs < MAX_RUNS and (runs < MIN_RUNS or time.perf_counter() - start < budget_s):
-        shift = runs % len(order)
-        for name in order[shift:] + order[:shift]:
-            t0 = time.perf_counter()
-            sessions[name].run(None, feed)
-            times[name].append(time.perf_counter() - t0)
-        runs += 1
-    return times, runs
 
 
 def _problems(name: str, fid: _Fidelity, allowed_flips: int, min_sqnr: float | None = None) -> list[str]:
@@ -283,29 +256,25 @@ def _problems(name: str, fid: _Fidelity, allowed_flips: int, min_sqnr: float | N
     return out
 
 
-def _decide(
-    candidates, fid: _Fidelity, times: dict[str, list[float]], runs: int, min_sqnr: float | None = None
-) -> FormatChoice:
+def _decide(candidates, fid: _Fidelity, timings: Timings, min_sqnr: float | None = None) -> FormatChoice:
     quant_db = min(m.db for m in fid.quantization.values())
     allowed = fid.flips.get("ort-fp32", 0)
     trials = []
     for c in candidates:
         dev_db = min((m.db for m in fid.deviation[c.name].values()), default=float("inf"))
         problems = _problems(c.name, fid, allowed, min_sqnr)
-        ms = np.asarray(times[c.name]) * 1e3
-        p10, p90 = np.percentile(ms, [10, 90])
         why = "; ".join(problems) or f"{dev_db:.1f} dB from the exact math (quantization noise {quant_db:.1f} dB)"
-        spread = (float(p10), float(p90))
-        trials.append(
-            Trial(c.name, float(np.median(ms)), spread, dev_db, fid.flips[c.name], fid.rows, not problems, why)
-        )
-    float_ms = statistics.median(times["float"]) * 1e3
+        trials.append(Trial(c.name, timings.of(c.name), dev_db, fid.flips[c.name], fid.rows, not problems, why))
     ok = [t for t in trials if t.accepted] or [t for t in trials if t.name == "ort-fp32"] or trials
-    fastest = min(t.median_ms for t in ok)
-    best = next(t for t in ok if t.median_ms <= fastest * (1 + TIE))
+    fastest = min(t.ratio for t in ok)
+    best = next(t for t in ok if t.ratio <= fastest * (1 + TIE))
     c = next(c for c in candidates if c.name == best.name)
-    timing = ", ".join(f"{t.name} {t.median_ms:.3g}" for t in trials)
+    sizes = ", ".join(map(str, timings.sizes))
+    timing = "; ".join(f"{t.name} " + ", ".join(f"{x.ratio:.2f}" for x in t.timings) for t in trials)
     rejected = "; ".join(f"{t.name} rejected: {t.why}" for t in trials if not t.accepted)
-    why = f"{best.name}: the fastest accepted on this CPU (median ms: {timing}; FP32 {float_ms:.3g}; {runs} runs)"
+    why = (
+        f"{best.name}: the fastest accepted on this CPU (time over FP32's at batch {sizes}: {timing}; "
+        f"{timings.runs} runs)"
+    )
     why += f"; {rejected}" if rejected else ""
-    return FormatChoice(c.weight_format, c.accuracy_level, why, tuple(trials), float_ms, quant_db, runs, chosen=c.name)
+    return FormatChoice(c.weight_format, c.accuracy_level, why, tuple(trials), quant_db, timings.runs, chosen=c.name)

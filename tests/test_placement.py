@@ -197,15 +197,18 @@ def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, w
         opened.append((a, b))
         yield "A", "B"
 
-    def latency(a, b, feed, runs, warmup):
+    def latency(a, b, feed, runs, warmup, min_s=0.0):
         assert (a, b) == ("A", "B")
-        seen.append((runs, warmup))
-        return evaluate.Latency(10.0, 10.0 * ratios[len(seen) - 1], runs)
+        seen.append((runs, warmup) if not min_s else (runs, warmup, min_s))
+        return evaluate.Latency(10.0, 10.0 * ratios[(len(seen) - 1) % len(ratios)], runs)
 
     monkeypatch.setattr(evaluate, "pair", pair)
     monkeypatch.setattr(evaluate, "latency", latency)
     assert P.ratio_of("a.onnx", "b.onnx", {}) == pytest.approx(want)
     assert seen == calls and opened == [("a.onnx", "b.onnx")]
+    seen.clear()
+    P.ratio_of("a.onnx", "b.onnx", {}, runs=60)  # a confirmation: one long timing, no first look
+    assert seen == [(60, P.WARMUP, P.CONFIRM_S)]
 
 
 # -- the other direction: what the static rule keeps float, timed on int8 ----------------------------------

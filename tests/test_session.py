@@ -129,3 +129,25 @@ def test_open_sessions_keep_open_what_is_used_again_and_close_the_rest(pair_file
         assert all(s.sess is None for s in opened)
         assert sessions(a, b) == (a, b) and len(opened) == 4  # disabled: the caller opens and closes its own
     assert all(s.sess is None for s in opened)
+
+
+def test_latency_with_min_s_runs_on_until_that_time_has_passed(monkeypatch):
+    """A model of a fraction of a millisecond needs many rounds to settle: min_s keeps interleaving past `runs`
+    (a stand-in clock advancing 1 ms per reading; stand-in sessions), and stops at MAX_ROUNDS."""
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += 0.001
+        return clock[0]
+
+    class Model:
+        def run(self, names, feed):
+            return []
+
+    monkeypatch.setattr(evaluate.time, "perf_counter", perf_counter)
+    plain = evaluate.latency(Model(), Model(), {}, runs=5, warmup=0)
+    assert plain.runs == 5
+    timed = evaluate.latency(Model(), Model(), {}, runs=5, warmup=0, min_s=0.5)
+    assert 100 <= timed.runs <= 130  # about 5 readings (5 ms) per round: 0.5 s is ~100 rounds
+    monkeypatch.setattr(evaluate, "MAX_ROUNDS", 20)
+    assert evaluate.latency(Model(), Model(), {}, runs=5, warmup=0, min_s=10.0).runs == 20

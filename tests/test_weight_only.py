@@ -19,6 +19,7 @@ from onnx.reference import ReferenceEvaluator
 from qcli import QuantConfig, Scheme, quantize
 from qcli import weight_format as wf
 from qcli.config import WeightFormat
+from qcli.form_timing import MIN_RUNS, Timings
 from qcli.passes.int4 import apply_w4a16
 from qcli.plan import Action, Why
 from qcli.plan_w4a16 import plan_w4a16
@@ -262,7 +263,7 @@ def test_auto_rejects_int8_compute_where_the_quantization_is_exact(tmp_path):
     feeds = [{"x": _x((16, 64), seed=s)} for s in range(2)]
     choice = wf.choose(m, plan, tmp_path / "f.onnx", feeds, budget_s=0.05)
     trials = {t.name: t for t in choice.trials}
-    assert set(trials) == {"qdq", "ort-fp32", "ort-int8"} and choice.runs >= wf.MIN_RUNS
+    assert set(trials) == {"qdq", "ort-fp32", "ort-int8"} and choice.runs >= MIN_RUNS
     assert trials["ort-fp32"].accepted and trials["ort-fp32"].sqnr_vs_exact_db > wf.ROUNDING_DB
     assert not trials["ort-int8"].accepted and not trials["qdq"].accepted
     assert trials["ort-int8"].sqnr_vs_exact_db < wf.ROUNDING_DB and trials["ort-fp32"].rows == 32
@@ -294,24 +295,24 @@ def _fid(quant_db: float, dev: dict[str, float], flips: dict[str, int]):
 
 
 def _times(**ms):
-    return {k: [v / 1e3] * 5 for k, v in ms.items()}
+    return Timings({8: {k: [v / 1e3] * 5 for k, v in ms.items()}}, 5)
 
 
 def test_the_decision_takes_the_fastest_accepted_and_breaks_near_ties_toward_portability():
     fid = _fid(20.0, {"qdq": 40.0, "ort-fp32": 130.0, "ort-int8": 40.0}, {"qdq": 0, "ort-fp32": 0, "ort-int8": 0})
-    fastest = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=9.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}), 5)
+    fastest = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=9.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}))
     assert (fastest.weight_format, fastest.accuracy_level) == (WeightFormat.ORT, 4)
-    near = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=6.1, **{"ort-fp32": 8.0, "ort-int8": 6.0}), 5)
+    near = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=6.1, **{"ort-fp32": 8.0, "ort-int8": 6.0}))
     assert near.weight_format == WeightFormat.QDQ and near.accuracy_level is None  # 1.7% slower: a tie
     assert near.decisions()["weight_format"]["value"] == "qdq" and "accuracy_level" not in near.decisions()
-    assert fastest.decisions()["accuracy_level"]["value"] == 4 and fastest.float_ms == 10
+    assert fastest.decisions()["accuracy_level"]["value"] == 4 and fastest.chosen_trial.timings[0].float_ms == 10
 
 
 def test_the_decision_rejects_noise_near_the_quantization_noise_and_extra_argmax_flips():
     """margin: 25.9 dB deviation vs 20 dB of quantization noise is < 6 dB under it; flips: 3 rows where fp32
     compute flips 1."""
     fid = _fid(20.0, {"qdq": 25.9, "ort-fp32": 130.0, "ort-int8": 40.0}, {"qdq": 0, "ort-fp32": 1, "ort-int8": 3})
-    choice = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=5.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}), 5)
+    choice = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=5.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}))
     verdict = {t.name: t for t in choice.trials}
     assert not verdict["qdq"].accepted and "needs 26.0" in verdict["qdq"].why
     assert not verdict["ort-int8"].accepted and "3 of 100 argmax rows" in verdict["ort-int8"].why
@@ -345,7 +346,7 @@ def test_mlp_trials_measure_every_candidate_and_pick_an_accepted_one(tmp_path):
     choice = wf.choose(m, _plan(m), tmp_path / "f.onnx", [{"x": _x((2, 8, 64))}], budget_s=0.05)
     t = {x.name: x for x in choice.trials}
     assert t["ort-fp32"].accepted and t["ort-fp32"].flips == 0 and t["ort-fp32"].rows == 16
-    assert all(x.median_ms > 0 for x in choice.trials) and choice.float_ms > 0
+    assert all(t.median_ms > 0 and t.float_ms > 0 for x in choice.trials for t in x.timings)
     chosen = next(x for x in choice.trials if (x.name == "qdq") == (choice.weight_format == WeightFormat.QDQ))
     assert chosen.accepted or choice.weight_format == WeightFormat.ORT
     assert 17 < choice.quantization_db < 22  # measured 19.2 dB
@@ -358,7 +359,7 @@ def test_where_the_quantization_is_exact_float_rounding_is_the_bar():
     fid = _fid(
         float("inf"), {"qdq": 47.6, "ort-fp32": 120.0, "ort-int8": 44.6}, {"qdq": 0, "ort-fp32": 0, "ort-int8": 0}
     )
-    choice = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=5.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}), 5)
+    choice = wf._decide(wf.CANDIDATES, fid, _times(float=10, qdq=5.0, **{"ort-fp32": 8.0, "ort-int8": 6.0}))
     verdict = {t.name: t for t in choice.trials}
     assert verdict["ort-fp32"].accepted and not verdict["ort-int8"].accepted and "needs 80.0" in verdict["qdq"].why
     assert (choice.weight_format, choice.accuracy_level) == (WeightFormat.ORT, 0)
@@ -395,7 +396,7 @@ def test_auto_measures_fidelity_with_one_session_open_at_a_time(tmp_path, monkey
         def __del__(self):
             alive[0] -= 1
 
-    timed = wf._timed
+    timed = wf.timed
 
     def timing(*a, **k):
         gc.collect()
@@ -403,7 +404,7 @@ def test_auto_measures_fidelity_with_one_session_open_at_a_time(tmp_path, monkey
         return timed(*a, **k)
 
     monkeypatch.setattr(ort, "InferenceSession", Counting)
-    monkeypatch.setattr(wf, "_timed", timing)
+    monkeypatch.setattr(wf, "timed", timing)
     m = _exact_int4_mlp()
     onnx.save(m, tmp_path / "f.onnx")
     choice = wf.choose(m, _plan(m), tmp_path / "f.onnx", [{"x": _x((16, 64))}], budget_s=0.05)

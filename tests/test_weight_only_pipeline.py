@@ -11,7 +11,7 @@ from checks import ops
 from models import mlp, model_of, vi, write_batches
 from typer.testing import CliRunner
 
-from qcli import QuantConfig, quantize, weight_format
+from qcli import QuantConfig, form_timing, quantize, weight_format
 from qcli.cli import app
 from qcli.plan import Action
 
@@ -30,7 +30,7 @@ def test_auto_records_the_measured_choice_and_writes_that_form(tmp_path, monkeyp
     def interleaved(sessions, feed, budget_s):
         return {name: [speed[name] / 1e3] * 5 for name in sessions}, 5
 
-    monkeypatch.setattr(weight_format, "_interleaved", interleaved)
+    monkeypatch.setattr(form_timing, "interleaved", interleaved)
     m = _files(tmp_path)
     r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     d = r.plan.decisions
@@ -47,7 +47,7 @@ def test_auto_writes_tables_as_gather_block_quantized_whichever_matmul_form_wins
     """Stand-in timings make the portable form the fastest: MatMuls as DequantizeLinear -> MatMul, the embedding
     table as GatherBlockQuantized with 4-bit codes, both recorded as decisions."""
     speed = {"float": 10.0, "qdq": 5.0, "ort-fp32": 9.5, "ort-int8": 9.0}
-    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     rng = np.random.default_rng(0)
     nodes = [
         onnx.helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
@@ -71,11 +71,11 @@ def test_auto_writes_tables_as_gather_block_quantized_whichever_matmul_form_wins
 
 def test_auto_warns_when_the_only_exact_form_is_slower_than_float(tmp_path, monkeypatch):
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
-    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     m = _files(tmp_path)
     config = QuantConfig(scheme="w4a16", placement="static")  # measured placement would time weights to float
     r = quantize(m, config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
-    assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)
+    assert any("runs 2.00x FP32 at batch 1 on this CPU" in w for w in r.report.warnings)
 
 
 def test_cli_format_ort_writes_matmulnbits_without_an_opset_upgrade(tmp_path):
@@ -143,12 +143,12 @@ def test_auto_without_data_times_the_forms_on_inputs_made_from_the_input_specs(t
         seen.append({k: v.shape for k, v in feed.items()})
         return {n: [speed[n] / 1e3] * 5 for n in sessions}, 5
 
-    monkeypatch.setattr(weight_format, "_interleaved", interleaved)
+    monkeypatch.setattr(form_timing, "interleaved", interleaved)
     m = _files(tmp_path)  # input x [N, T, 64]: N -> 1, T -> 32
     r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
     d = r.plan.decisions["weight_format"]
     assert d["value"] == "qdq" and d["why"].startswith("no data: timed on inputs made from the input specs")
-    assert seen == [{"x": (1, 32, 64)}] * 3  # each form timed in turn against FP32
+    assert seen == [{"x": (1, 32, 64)}, {"x": (8, 32, 64)}] * 3  # each form against FP32 at batch 1, 8
 
 
 def test_auto_without_data_falls_back_when_the_made_inputs_do_not_run(tmp_path, monkeypatch):
@@ -168,8 +168,8 @@ def test_auto_warns_without_data_too(tmp_path, monkeypatch):
     """Without data the forms are timed on inputs made from the specs (the reason starts 'no data: ...'); the
     slower-than-FP32 warning still names the chosen form."""
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
-    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     m = _files(tmp_path)
     r = quantize(m, QuantConfig(scheme="w4a16", placement="static"), None, tmp_path / "q.onnx", latency_runs=1)
     assert r.plan.decisions["weight_format"]["why"].startswith("no data")
-    assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)
+    assert any("runs 2.00x FP32 at batch 1 on this CPU" in w for w in r.report.warnings)

@@ -8,7 +8,7 @@ import onnx
 from checks import ops
 from models import mlp, write_batches
 
-from qcli import QuantConfig, quantize, weight_format, weight_placement
+from qcli import QuantConfig, form_timing, quantize, weight_placement
 from qcli.plan import Action, Why
 
 
@@ -22,10 +22,10 @@ def _stand_ins(monkeypatch, group_ratios: dict[str, float], vs_fp32: float):
     """Every form 2x FP32 in --format auto's timing; a group's file (group0: the smallest weights) timed at
     its ratio to the best plan so far, the best plan at vs_fp32 to the FP32 model."""
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
-    monkeypatch.setattr(weight_format, "_interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
+    monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     calls = []
 
-    def ratio_of(a, b, feed, in_turn=False):
+    def ratio_of(a, b, feed, in_turn=False, runs=None):
         calls.append(b.name)
         return vs_fp32 if a.name == "m.onnx" else group_ratios[b.name]
 
@@ -41,7 +41,8 @@ def _run(tmp_path, **kw):
 def test_the_group_that_pays_goes_float_the_other_stays_int4(tmp_path, monkeypatch):
     calls = _stand_ins(monkeypatch, {"group0.onnx": 0.80, "group1.onnx": 0.99}, vs_fp32=0.97)
     r = _run(tmp_path)
-    assert calls == ["group0.onnx", "group1.onnx", "group0.onnx"]  # smallest first; then the best vs FP32
+    # smallest first, each at batch 1 and 8 (a move that pays timed again); then the best vs FP32
+    assert calls == ["group0.onnx"] * 4 + ["group1.onnx"] * 2 + ["group0.onnx"] * 2
     mm2, mm1 = r.plan.decision("mm2"), r.plan.decision("mm1")
     assert mm2.action == Action.FLOAT and mm2.why == Why.MEASURED and "128x10" in mm2.reason.text
     assert mm1.action == Action.INT4_WEIGHT
@@ -71,4 +72,4 @@ def test_objective_size_and_static_placement_keep_every_weight_quantized(tmp_pat
         calls = _stand_ins(monkeypatch, {"group0.onnx": 0.5, "group1.onnx": 0.5}, vs_fp32=1.5)
         r = _run(tmp_path, **kw)
         assert calls == [] and len(r.plan.weights) == 2, kw
-        assert any("runs 2.00x FP32 on this CPU" in w for w in r.report.warnings)  # the warning instead
+        assert any("runs 2.00x FP32 at batch 1 on this CPU" in w for w in r.report.warnings)  # the warning instead

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from qcli import QuantConfig, quantize
 from qcli.cli import app
 from qcli.errors import GateFailed, InputError
+from qcli.form_timing import Timings
 from qcli.plan import Action, Why, reason
 from qcli.plan_w4a16 import plan_w4a16
 from qcli.weight_target import UNITS, Quantized, promoted, sizes
@@ -161,9 +162,9 @@ def test_auto_format_keeps_the_target_a_faster_form_would_miss():
         flips={"qdq": 0, "ort-fp32": 0, "ort-int8": 0},
         vs_float={c: {"y": _meter(100.0, 1.0)} for c in ("qdq", "ort-fp32")} | {"ort-int8": {"y": _meter(100.0, 1.3)}},
     )
-    times = {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [9.5e-3] * 5, "ort-int8": [5e-3] * 5}
-    assert wf._decide(wf.CANDIDATES, fid, times, 5).accuracy_level == wf.INT8
-    kept = wf._decide(wf.CANDIDATES, fid, times, 5, min_sqnr=19.0)
+    times = Timings({8: {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [9.5e-3] * 5, "ort-int8": [5e-3] * 5}})
+    assert wf._decide(wf.CANDIDATES, fid, times).accuracy_level == wf.INT8
+    kept = wf._decide(wf.CANDIDATES, fid, times, min_sqnr=19.0)
     assert kept.weight_format.value == "qdq" and "misses --min-sqnr 19" in kept.why
 
 
@@ -189,7 +190,7 @@ def _int8_fastest(monkeypatch):
     from qcli import weight_format as wf
 
     ms = {"float": 10.0, "qdq": 9.0, "ort-fp32": 12.0, "ort-int8": 5.0}
-    monkeypatch.setattr(wf, "_timed", lambda ref, paths, names, *a: ({k: [ms[k] / 1e3] * 5 for k in ms}, 5))
+    monkeypatch.setattr(wf, "timed", lambda *a: Timings({8: {k: [ms[k] / 1e3] * 5 for k in ms}}, 5))
 
 
 def _levels_written(monkeypatch) -> list[set[int]]:
@@ -262,11 +263,11 @@ def test_a_target_replaces_the_margin_to_the_exact_math():
             | {c: {"y": _meter(10**2.96, 1.0)} for c in ("qdq", "ort-int8")},
         )
 
-    times = {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [20e-3] * 5, "ort-int8": [5e-3] * 5}
-    assert wf._decide(wf.CANDIDATES, fid(0), times, 5).accuracy_level == wf.FP32
-    assert wf._decide(wf.CANDIDATES, fid(0), times, 5, min_sqnr=25.0).accuracy_level == wf.INT8
-    assert wf._decide(wf.CANDIDATES, fid(0), times, 5, min_sqnr=30.0).accuracy_level == wf.FP32
-    assert wf._decide(wf.CANDIDATES, fid(3), times, 5, min_sqnr=25.0).accuracy_level == wf.FP32
+    times = Timings({8: {"float": [10e-3] * 5, "qdq": [9e-3] * 5, "ort-fp32": [20e-3] * 5, "ort-int8": [5e-3] * 5}})
+    assert wf._decide(wf.CANDIDATES, fid(0), times).accuracy_level == wf.FP32
+    assert wf._decide(wf.CANDIDATES, fid(0), times, min_sqnr=25.0).accuracy_level == wf.INT8
+    assert wf._decide(wf.CANDIDATES, fid(0), times, min_sqnr=30.0).accuracy_level == wf.FP32
+    assert wf._decide(wf.CANDIDATES, fid(3), times, min_sqnr=25.0).accuracy_level == wf.FP32
 
 
 def test_w8a16_target_is_searched_in_the_fastest_form_even_off_the_margin(files, monkeypatch):

@@ -30,17 +30,21 @@ class TimingFeeds:
         return TimingFeeds(tuple((b, pool[b]) for b in sizes if b in pool), self.note)
 
 
+def _leading(feed: dict[str, np.ndarray]) -> int | None:
+    """The size of the first axis every input shares; None where one is a scalar or they differ."""
+    sizes = {v.shape[0] if v.ndim else None for v in feed.values()}
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
 def as_given(feed: dict[str, np.ndarray]) -> TimingFeeds:
     """The feed at its own batch size (its inputs' first axis, where they share one)."""
-    leading = {v.shape[0] if v.ndim else None for v in feed.values()}
-    own = next(iter(leading)) if len(leading) == 1 else None
-    return TimingFeeds(((own or 1, feed),))
+    return TimingFeeds(((_leading(feed) or 1, feed),))
 
 
 def at_sizes(model: ModelProto, feed: dict[str, np.ndarray], sizes: tuple[int, ...]) -> TimingFeeds:
     """`feed` at each of `sizes` along its first axis, where the model leaves that axis free on every input."""
     given = as_given(feed)
-    shared = len({v.shape[0] if v.ndim else None for v in feed.values()}) == 1 and all(v.ndim for v in feed.values())
+    shared = _leading(feed) is not None
     fixed = [s.name for s in input_specs(model) if s.name in feed and s.shape and isinstance(s.shape[0], int)]
     if fixed or not shared:
         why = f"the model fixes the first axis of {', '.join(fixed)}" if fixed else "the inputs share no first axis"

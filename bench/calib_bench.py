@@ -73,11 +73,11 @@ def make_samples(model: str, sizes=SIZES) -> None:
 
 def child(tool: str, method: str, model: Path, data: Path) -> dict:
     if tool == "qcli":
-        from qcli import model_io
-        from qcli.calibrate import calibrate
-        from qcli.config import QuantConfig
+        from qcli.calibration.calibrate import calibrate
+        from qcli.core.config import QuantConfig
+        from qcli.io import model_io
         from qcli.passes.preprocess import preprocess
-        from qcli.plan_w8a8 import W8A8Planner
+        from qcli.schemes.w8a8.planner import W8A8Planner
 
         m, _ = preprocess(model_io.load(model), inplace=True)
         config = QuantConfig(calibrator=method)

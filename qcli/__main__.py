@@ -1,3 +1,3 @@
-from .cli import main
+from qcli.cli.app import main
 
 main()

@@ -10,26 +10,29 @@ from pathlib import Path
 
 import onnx
 
-from . import model_io, schemes
-from .compare import FidelityData, Progress, compare, measure, no_progress
-from .config import Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat, unmatched_excludes
-from .diagnose import layer_errors
-from .errors import GateFailed, InputError, InternalError, Interrupted
-from .feeds import FeedSource, input_specs
-from .graph import name_nodes
-from .passes.dynamic import apply_dynamic
-from .passes.int4 import apply_w4a16
-from .passes.preprocess import lift_constants, preprocess
-from .passes.qdq import apply_w8a8
-from .passes.weight_only import weight_errors
-from .plan import QuantPlan, Reason
-from .provenance import provenance
-from .refine import choose_weight_format, describe, meet, refit_ranges, run_guard, run_placement
-from .report import Report, write_beside
-from .session import release_memory
-from .target import AccuracyTarget
-from .weight_target import Quantized
-from .weights import WeightOptions
+from qcli.compare import compare
+from qcli.core.config import Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat, unmatched_excludes
+from qcli.core.errors import GateFailed, InputError, InternalError, Interrupted
+from qcli.core.graph import name_nodes
+from qcli.core.plan import QuantPlan, Reason
+from qcli.core.progress import Progress, no_progress
+from qcli.io import model_io
+from qcli.io.feeds import FeedSource, FidelityData, input_specs
+from qcli.io.session import release_memory
+from qcli.measure.diagnose import layer_errors
+from qcli.measure.figures import measure
+from qcli.passes.dynamic import apply_dynamic
+from qcli.passes.int4 import apply_w4a16
+from qcli.passes.preprocess import lift_constants, preprocess
+from qcli.passes.qdq import apply_w8a8
+from qcli.passes.weight_only import weight_errors
+from qcli.report.provenance import provenance
+from qcli.report.report import Report, write_beside
+from qcli.schemes import planning as schemes
+from qcli.steps.refine import choose_weight_format, describe, meet, refit_ranges, run_guard, run_placement
+from qcli.steps.target import AccuracyTarget
+from qcli.steps.weight_target import Quantized
+from qcli.weights import WeightOptions
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table

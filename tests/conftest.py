@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from checks import CPUINFO  # noqa: E402
 
-from qcli import hostcpu  # noqa: E402
+from qcli.core import hostcpu  # noqa: E402
 
 
 def simulate_cpu(monkeypatch, tmp_path: Path, kind: str) -> hostcpu.CpuInfo:
@@ -49,6 +49,6 @@ def _no_timed_placement(request, monkeypatch):
     rule's, whatever the machine's speed."""
     if request.node.get_closest_marker("timed_placement"):
         return
-    from qcli import placement, refine
+    from qcli.steps import placement, refine
 
     monkeypatch.setattr(refine, "place", lambda model, ref, plan, *a, **k: placement.PlacementResult(plan, 0.0))

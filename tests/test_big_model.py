@@ -21,7 +21,7 @@ import pytest
 from checks import sqnr
 from onnx import TensorProto, helper, numpy_helper
 
-from qcli import model_io
+from qcli.io import model_io
 
 ROWS, DIM, HIDDEN, OUT = 1_075_000, 256, 256, 16  # each table: 1.1 GB of float32
 TABLES = 2  # each under 2 GB: one tensor over 2 GB fails in passes/preprocess._drop_unused_initializers (extend)

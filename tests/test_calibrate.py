@@ -13,10 +13,10 @@ from test_smooth import post_ln
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
-from qcli.cli import app
-from qcli.errors import InputError
-from qcli.overrides import CalibMethod, Overrides, TensorOverride
-from qcli.plan import Action, Why
+from qcli.cli.app import app
+from qcli.core.errors import InputError
+from qcli.core.overrides import CalibMethod, Overrides, TensorOverride
+from qcli.core.plan import Action, Why
 
 OUTLIER = 60.0
 # Floors under the gains measured over minmax (exact Q/DQ, fixed seeds): 2.74 dB; 0.56, 1.57, 1.45, 1.45 dB.

@@ -9,7 +9,7 @@ import pytest
 from models import cnn, write_batches
 from typer.testing import CliRunner
 
-from qcli.cli import app
+from qcli.cli.app import app
 
 runner = CliRunner()
 
@@ -287,13 +287,13 @@ def test_on_a_terminal_brackets_in_messages_and_reports_survive_rich_markup(file
 
     from rich.console import Console
 
-    import qcli.cli_output
-    import qcli.cli_quantize
+    import qcli.cli.output
+    import qcli.cli.quantize
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=300)
-    monkeypatch.setattr(qcli.cli_quantize, "err", console)
-    monkeypatch.setattr(qcli.cli_output, "err", console)
+    monkeypatch.setattr(qcli.cli.quantize, "err", console)
+    monkeypatch.setattr(qcli.cli.output, "err", console)
     write_batches(files / "badshape", [(1, 4, 16, 16)])
     r = run("quantize", files / "m.onnx", "--calib", files / "badshape")
     text = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())

@@ -9,10 +9,10 @@ import pytest
 from models import model_of, vi
 from onnx import helper
 
-from qcli import qparams as qp
-from qcli.config import QuantConfig, Scheme
+from qcli.core import qparams as qp
+from qcli.core.config import QuantConfig, Scheme
 from qcli.passes.weight_only import quantize_plan
-from qcli.plan_w4a16 import plan_w4a16
+from qcli.schemes.weight_only.planner import plan_w4a16
 from qcli.weights import StatsAccumulator, WeightOptions, quantize_rows
 from qcli.weights.clip import RATIOS
 

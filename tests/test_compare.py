@@ -13,11 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from qcli import compare
-from qcli.cli import app
+from qcli.cli.app import app
 from qcli.compare import apply_gates
-from qcli.errors import GateFailed, InputError
-from qcli.evaluate import OutputFidelity, fidelity
-from qcli.report import Report
+from qcli.core.errors import GateFailed, InputError
+from qcli.measure.evaluate import OutputFidelity, fidelity
+from qcli.report.report import Report
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ from checks import run
 from models import cnn, mlp, model_of, vi
 from onnx import TensorProto, helper, numpy_helper
 
-from qcli import detach
-from qcli.detach import Skeleton, tensor_nbytes
+from qcli.io import detach
+from qcli.io.detach import Skeleton, tensor_nbytes
 
 
 def _unchanged(model):

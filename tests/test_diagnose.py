@@ -7,8 +7,10 @@ from checks import run
 from models import cnn, vi, write_batches
 from onnx import numpy_helper
 
-from qcli import QuantConfig, diagnose, pipeline, quantize, session
-from qcli import qparams as qp
+from qcli import QuantConfig, pipeline, quantize
+from qcli.core import qparams as qp
+from qcli.io import session
+from qcli.measure import diagnose
 
 
 def test_layer_with_an_outlier_channel_is_blamed_first(tmp_path):

@@ -12,13 +12,13 @@ from models import cnn, mlp, model_of, vi
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcli.config import QuantConfig, Scheme
-from qcli.errors import InternalError
-from qcli.overrides import NodeOverride, Overrides, Precision
+from qcli.core.config import QuantConfig, Scheme
+from qcli.core.errors import InternalError
+from qcli.core.overrides import NodeOverride, Overrides, Precision
+from qcli.core.plan import Action, Why, reason
 from qcli.passes.dynamic import apply_dynamic
 from qcli.passes.preprocess import preprocess
-from qcli.plan import Action, Why, reason
-from qcli.plan_dynamic import MIN_MACS_PER_CONVERSION, plan_dynamic
+from qcli.schemes.dynamic.planner import MIN_MACS_PER_CONVERSION, plan_dynamic
 
 DYN = QuantConfig(scheme=Scheme.DYNAMIC)
 

@@ -10,8 +10,8 @@ from test_target import _outlier_chain
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
-from qcli.cli import app
-from qcli.plan import Action, Why
+from qcli.cli.app import app
+from qcli.core.plan import Action, Why
 
 
 def test_cli_needs_no_data_and_writes_the_fused_form(tmp_path):

@@ -12,10 +12,10 @@ from models import vi, write_batches
 from onnx import helper, numpy_helper
 
 from qcli import QuantConfig, quantize
-from qcli.errors import InputError
+from qcli.core.errors import InputError
+from qcli.core.plan import Action
 from qcli.passes.equalize import equalize
 from qcli.passes.preprocess import preprocess
-from qcli.plan import Action
 
 ACT_ATTRS = {"LeakyRelu": {"alpha": 0.1}}
 

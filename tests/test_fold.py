@@ -17,9 +17,10 @@ from models import write_batches
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcli import QuantConfig, fold, quantize
-from qcli.graph import GraphIndex
-from qcli.plan import Action
+from qcli import QuantConfig, quantize
+from qcli.core import fold
+from qcli.core.graph import GraphIndex
+from qcli.core.plan import Action
 
 FOLDABLE_OPS = ("Relu", "Clip", "Mul", "Div", "Add")
 # reduce_range=True: 7-bit weights cannot saturate uint8 x int8 products on any CPU, so the fused kernels
@@ -470,8 +471,8 @@ def test_clip_with_only_a_min_input_has_that_lower_bound():
     """Clip(x, 0) with no max input: a lower bound of 0, like Relu (opset >= 11 inputs)."""
     from onnx import helper, numpy_helper
 
-    from qcli.fold import clamp_low
-    from qcli.graph import GraphIndex
+    from qcli.core.fold import clamp_low
+    from qcli.core.graph import GraphIndex
 
     node = helper.make_node("Clip", ["x", "lo"], ["y"])
     g = helper.make_graph([node], "g", [], [], [numpy_helper.from_array(np.array(0.0, np.float32), "lo")])

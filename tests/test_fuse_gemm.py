@@ -9,8 +9,8 @@ from models import model_of, quantize_files, save_with_data, vi
 from onnx import helper
 
 from qcli import QuantConfig
+from qcli.core.plan import Action
 from qcli.passes.preprocess import preprocess
-from qcli.plan import Action
 
 
 def _head(k=128, hidden=256, classes=10, x_shape=("N", 128), bias_shape=None, seed=0):

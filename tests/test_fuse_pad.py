@@ -16,10 +16,10 @@ from models import model_of, save_with_data, vi
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
-from qcli.graph import attr
+from qcli.core.graph import attr
+from qcli.core.plan import Action
 from qcli.passes.fuse_pad import fuse_pads
 from qcli.passes.preprocess import preprocess
-from qcli.plan import Action
 
 RNG = np.random.default_rng(5)
 W = (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32)

@@ -11,13 +11,13 @@ from checks import run, sqnr
 from models import model_of, vi
 from onnx import helper
 
-from qcli import qparams as qp
-from qcli.config import QuantConfig, Scheme
-from qcli.errors import InternalError
+from qcli.core import qparams as qp
+from qcli.core.config import QuantConfig, Scheme
+from qcli.core.errors import InternalError
 from qcli.passes.int4 import apply_w4a16
 from qcli.passes.weight_only import quantize_plan
-from qcli.plan_w4a16 import plan_w4a16
-from qcli.weight_stats import collect
+from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.schemes.weight_only.stats import collect
 from qcli.weights import StatsAccumulator, WeightOptions, quantize_rows
 from qcli.weights.gptq import inverse_cholesky
 

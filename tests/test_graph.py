@@ -8,7 +8,7 @@ import pytest
 from models import mlp
 from onnx import GraphProto, TensorProto, helper, numpy_helper
 
-from qcli.graph import GraphIndex, Namer, all_names, name_nodes
+from qcli.core.graph import GraphIndex, Namer, all_names, name_nodes
 
 
 def _vi(name, shape=(2,)):
@@ -165,7 +165,7 @@ def test_escapes_graph_outputs_and_tensors_read_in_subgraphs():
 
 @pytest.mark.parametrize("ir, as_input", [(3, True), (8, False)])
 def test_add_initializer_lists_it_as_a_graph_input_only_before_ir4(ir, as_input):
-    from qcli.graph import add_initializer
+    from qcli.core.graph import add_initializer
 
     m = mlp()
     m.ir_version = ir

@@ -11,8 +11,8 @@ from onnx import helper
 from test_target import _outlier_chain
 
 from qcli import QuantConfig, quantize
-from qcli.guard import CANDIDATES, QUIET_DB, SHARE, gain_for
-from qcli.plan import Action, Why
+from qcli.core.plan import Action, Why
+from qcli.steps.guard import CANDIDATES, QUIET_DB, SHARE, gain_for
 
 PER_TENSOR = {"accuracy_guard": False, "min_activation_sqnr": 22}  # the old default
 BASE = {"reduce_range": False, "min_macs_per_conversion": 0}
@@ -103,10 +103,10 @@ def test_heavy_layer_under_the_old_threshold_that_barely_moves_the_output_stays_
 
 def test_guard_tries_suspects_then_top_ranked_layers_and_keeps_those_that_cause_a_large_share(tmp_path, monkeypatch):
     """The decision rule alone, on a stand-in: layer n{i} returned to float alone gains gains[i] dB."""
-    import qcli.guard as G
-    from qcli.compare import FidelityData
-    from qcli.evaluate import OutputFidelity
-    from qcli.plan import NodeDecision, QuantPlan
+    import qcli.steps.guard as G
+    from qcli.core.plan import NodeDecision, QuantPlan
+    from qcli.io.feeds import FidelityData
+    from qcli.measure.evaluate import OutputFidelity
 
     edge = gain_for(SHARE)
     gains = [6.0, 0.5, edge + 0.01, edge - 0.01, 0.0, 0.0, 0.0, 9.0, 9.0, 2.0]

@@ -4,8 +4,9 @@ import pytest
 from checks import CPUINFO
 from models import cnn, write_batches
 
-from qcli import QuantConfig, hostcpu, quantize
-from qcli.hostcpu import parse
+from qcli import QuantConfig, quantize
+from qcli.core import hostcpu
+from qcli.core.hostcpu import parse
 
 
 def test_cpuinfo_with_vnni_cannot_saturate():

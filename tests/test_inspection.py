@@ -8,7 +8,7 @@ from models import cnn, mlp, model_of, vi
 from onnx import helper
 from typer.testing import CliRunner
 
-from qcli.cli import app
+from qcli.cli.app import app
 
 runner = CliRunner()
 

@@ -18,8 +18,8 @@ from models import model_of, quantize_files, save_with_data, vi
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
+from qcli.core.plan import Action
 from qcli.passes.qdq import apply_w8a8
-from qcli.plan import Action
 
 CONFIG = QuantConfig(reduce_range=False, min_macs_per_conversion=0, accuracy_guard=False)
 INT8_TYPES = (TensorProto.UINT8, TensorProto.INT8)

@@ -11,8 +11,8 @@ from models import cnn, write_batches
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from qcli.cli import app
-from qcli.layerwise import per_layer
+from qcli.cli.app import app
+from qcli.measure.layerwise import per_layer
 
 TENSORS = ["c1", "bn1", "r1", "c2", "r2", "p2", "c3", "r3", "gap", "flat", "logits"]
 
@@ -81,7 +81,8 @@ def test_only_graphs_stay_in_memory_and_each_model_is_read_whole_once_a_pass(fil
     whole is referenced any more (reference counts equal to a control's that nothing else holds)."""
     import sys
 
-    from qcli import layerwise, session
+    from qcli.io import session
+    from qcli.measure import layerwise
 
     loads, whole = [], [onnx.ModelProto()]  # whole[0]: the control
     real_load = layerwise.model_io.load

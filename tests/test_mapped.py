@@ -9,9 +9,9 @@ from checks import run
 from models import mlp, model_of, vi
 from onnx import TensorProto, helper, numpy_helper
 
-from qcli import mapped, session
-from qcli.detach import ALIGN
-from qcli.errors import InputError
+from qcli.core.errors import InputError
+from qcli.io import mapped, session
+from qcli.io.detach import ALIGN
 
 
 def _model():

@@ -11,8 +11,9 @@ from checks import batches_of, run, sqnr_on
 from models import cnn, mlp, write_batches
 from onnx import version_converter
 
-from qcli import QuantConfig, Scheme, detach, model_io, quantize
-from qcli.errors import InputError
+from qcli import QuantConfig, Scheme, quantize
+from qcli.core.errors import InputError
+from qcli.io import detach, model_io
 
 
 def _state(folder):

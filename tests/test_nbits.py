@@ -18,10 +18,10 @@ from onnx.reference import ReferenceEvaluator
 from test_plan_w4a16 import attr, written_dequantized
 
 from qcli import QuantConfig, Scheme
-from qcli.errors import InputError
+from qcli.core.errors import InputError
 from qcli.passes import nbits
 from qcli.passes.int4 import apply_w4a16
-from qcli.plan_w4a16 import plan_w4a16
+from qcli.schemes.weight_only.planner import plan_w4a16
 
 SCHEME = {4: Scheme.W4A16, 8: Scheme.W8A16}
 

@@ -11,13 +11,13 @@ import math
 import numpy as np
 import pytest
 
-from qcli import qparams as qp
-from qcli.errors import InputError
-from qcli.observers import OBSERVERS, NonFiniteValues, ObserverSettings, StreamingHistogram, TensorStats
-from qcli.observers.auto import CANDIDATES
-from qcli.observers.entropy import entropy_range, kl_divergences
-from qcli.observers.histogram import clip_above, clip_below, expected_error
-from qcli.observers.mse import edge_errors
+from qcli.calibration.observers import OBSERVERS, ObserverSettings, StreamingHistogram, TensorStats
+from qcli.calibration.observers.auto import CANDIDATES
+from qcli.calibration.observers.entropy import entropy_range, kl_divergences
+from qcli.calibration.observers.histogram import clip_above, clip_below, expected_error
+from qcli.calibration.observers.mse import edge_errors
+from qcli.core import qparams as qp
+from qcli.core.errors import InputError, NonFiniteValues
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
 rng = np.random.default_rng(0)

@@ -1,8 +1,9 @@
 import pytest
 
-from qcli.config import QuantConfig
-from qcli.errors import InputError
-from qcli.overrides import CalibMethod, Overrides, TensorOverride, load
+from qcli.calibration.overrides import load
+from qcli.core.config import QuantConfig
+from qcli.core.errors import InputError
+from qcli.core.overrides import CalibMethod, Overrides, TensorOverride
 
 
 def _write(tmp_path, text):
@@ -107,8 +108,8 @@ def test_node_precisions_change_the_plan_and_are_recorded(tmp_path):
     from models import cnn, write_batches
 
     from qcli import quantize
-    from qcli.overrides import NodeOverride, Precision
-    from qcli.plan import Action, Why
+    from qcli.core.overrides import NodeOverride, Precision
+    from qcli.core.plan import Action, Why
 
     onnx.save(cnn(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(2, 3, 16, 16)] * 4)

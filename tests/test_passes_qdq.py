@@ -16,7 +16,7 @@ from models import vi as _vi
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
-from qcli.plan import Action
+from qcli.core.plan import Action
 
 # -- helpers ---------------------------------------------------------------------------------------------
 

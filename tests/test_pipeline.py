@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import qcli.pipeline
 from qcli import QuantConfig, Scheme, quantize
-from qcli.cli import app
-from qcli.errors import InputError, Interrupted
-from qcli.plan import Action, Why
+from qcli.cli.app import app
+from qcli.core.errors import InputError, Interrupted
+from qcli.core.plan import Action, Why
 
 runner = CliRunner()
 OUTLIER = 50.0  # far beyond a standard normal's range

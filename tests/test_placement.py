@@ -13,11 +13,13 @@ from models import model_of, save_with_data, vi
 from onnx import helper
 from typer.testing import CliRunner
 
-from qcli import QuantConfig, evaluate, quantize, session
-from qcli import placement as P
-from qcli.cli import app
-from qcli.plan import Action, Why
-from qcli.report import render_markdown
+from qcli import QuantConfig, quantize
+from qcli.cli.app import app
+from qcli.core.plan import Action, Why
+from qcli.io import session
+from qcli.measure import evaluate
+from qcli.report.report import render_markdown
+from qcli.steps import placement as P
 
 pytestmark = pytest.mark.timed_placement
 BASE = {"reduce_range": False, "accuracy_guard": False}
@@ -188,7 +190,7 @@ def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, w
     stages run on the same pair of sessions, opened once."""
     import contextlib
 
-    from qcli import evaluate
+    from qcli.measure import evaluate
 
     seen, opened = [], []
 

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from qcli import QuantConfig, Scheme, quantize
-from qcli.plan import Action, Why
+from qcli.core.plan import Action, Why
 
 W4 = Scheme.W4A16
 

@@ -14,8 +14,9 @@ from models import save_with_data as _files
 from models import vi as _vi
 from onnx import TensorProto, helper, numpy_helper
 
-from qcli import QuantConfig, hostcpu, quantize
-from qcli.plan import Action, Why
+from qcli import QuantConfig, quantize
+from qcli.core import hostcpu
+from qcli.core.plan import Action, Why
 
 # -- helpers ---------------------------------------------------------------------------------------------
 

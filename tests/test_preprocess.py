@@ -14,8 +14,8 @@ from models import cnn, write_batches
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
+from qcli.core.plan import Action
 from qcli.passes.preprocess import preprocess
-from qcli.plan import Action
 
 QUANTIZED = (Action.INT8, Action.INT8_OUT_FLOAT)
 # W8A8 runs pin reduce_range=False and measure with exact_qdq=True: the figures are then the same on every

@@ -9,8 +9,8 @@ import onnx
 from models import cnn, write_batches
 from typer.testing import CliRunner
 
-from qcli.cli import app
-from qcli.provenance import data_hash
+from qcli.cli.app import app
+from qcli.report.provenance import data_hash
 
 
 def test_data_hash_is_sha256_of_names_and_bytes_in_order(tmp_path):

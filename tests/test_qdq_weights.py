@@ -9,7 +9,7 @@ from models import model_of, vi, write_batches
 from onnx import helper
 
 from qcli import QuantConfig, quantize
-from qcli.plan import Action
+from qcli.core.plan import Action
 
 
 def _shared(ir_inputs: bool = False):

@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcli import qparams as qp
+from qcli.core import qparams as qp
 
 rng = np.random.default_rng(42)
 

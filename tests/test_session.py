@@ -7,11 +7,14 @@ from checks import run
 from models import cnn, write_batches
 from onnx import numpy_helper
 
-from qcli import QuantConfig, calibrate, evaluate, session
-from qcli.compare import FidelityData, measure
-from qcli.errors import InternalError
-from qcli.feeds import FeedSource, input_specs
-from qcli.report import Report
+from qcli import QuantConfig
+from qcli.calibration import calibrate
+from qcli.core.errors import InternalError
+from qcli.io import session
+from qcli.io.feeds import FeedSource, FidelityData, input_specs
+from qcli.measure import evaluate
+from qcli.measure.figures import measure
+from qcli.report.report import Report
 
 
 @pytest.fixture

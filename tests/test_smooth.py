@@ -11,9 +11,8 @@ from checks import batches_of, run, sqnr
 from models import model_of, vi, write_batches
 from onnx import TensorProto, helper, numpy_helper
 
-from qcli.config import QuantConfig
-from qcli.errors import InputError
-from qcli.observers import NonFiniteValues
+from qcli.core.config import QuantConfig
+from qcli.core.errors import InputError, NonFiniteValues
 from qcli.passes.smooth import S_MAX, ChannelAbsMax, smooth, smooth_targets
 from qcli.pipeline import quantize
 

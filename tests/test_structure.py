@@ -6,9 +6,9 @@ import pytest
 from models import cnn, mlp
 from onnx import TensorProto, numpy_helper
 
-from qcli import model_io
-from qcli.errors import InputError
-from qcli.structure import WireError, read_structure
+from qcli.core.errors import InputError
+from qcli.io import model_io
+from qcli.io.structure import WireError, read_structure
 
 _DATA = ("float_data", "int32_data", "string_data", "int64_data", "raw_data", "double_data", "uint64_data")
 

@@ -12,10 +12,10 @@ from onnx import helper
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
-from qcli.cli import app
-from qcli.errors import GateFailed
-from qcli.layerwise import per_layer
-from qcli.plan import Action, Why
+from qcli.cli.app import app
+from qcli.core.errors import GateFailed
+from qcli.core.plan import Action, Why
+from qcli.measure.layerwise import per_layer
 
 BASE = {"reduce_range": False, "min_macs_per_conversion": 0, "accuracy_guard": False}
 
@@ -125,11 +125,11 @@ def test_planted_outlier_layer_is_ranked_first_and_the_only_one_returned(tmp_pat
 
 def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
     """The search alone, with a stand-in model whose SQNR rises 3 dB per unit back to float: 25 dB needs 5."""
-    import qcli.target as T
-    import qcli.trials as TR
-    from qcli.compare import FidelityData
-    from qcli.evaluate import Latency, OutputFidelity
-    from qcli.plan import NodeDecision, QuantPlan
+    import qcli.steps.target as T
+    import qcli.steps.trials as TR
+    from qcli.core.plan import NodeDecision, QuantPlan
+    from qcli.io.feeds import FidelityData
+    from qcli.measure.evaluate import Latency, OutputFidelity
 
     units = [[f"n{i}"] for i in range(10)]
     current = {}

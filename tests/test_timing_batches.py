@@ -10,14 +10,15 @@ from models import mlp, model_of, vi, write_batches
 from onnx import helper
 from typer.testing import CliRunner
 
-from qcli import QuantConfig, form_timing, quantize, weight_format, weight_placement
-from qcli.batches import at_sizes, rows
-from qcli.cli import app
-from qcli.config import WeightFormat
-from qcli.errors import InputError
-from qcli.form_timing import Timings
-from qcli.plan import Action
-from qcli.plan_w4a16 import plan_w4a16
+from qcli import QuantConfig, quantize
+from qcli.cli.app import app
+from qcli.core.config import WeightFormat
+from qcli.core.errors import InputError
+from qcli.core.plan import Action
+from qcli.io.batches import at_sizes, rows
+from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.steps import form_timing, weight_format, weight_placement
+from qcli.steps.form_timing import Timings
 
 
 def _feed(n=3, seed=0):
@@ -46,7 +47,7 @@ def test_a_fixed_first_axis_or_inputs_without_a_shared_one_time_the_data_as_it_i
 
 def _fid():
     """Every candidate within the margin of the exact math: the decision is the timings'."""
-    from qcli.qparams import NoiseMeter
+    from qcli.core.qparams import NoiseMeter
 
     def meter(db):
         m = NoiseMeter()

@@ -7,8 +7,10 @@ from models import write_batches
 from test_diagnose import sessions  # noqa: F401  (fixture)
 from test_target import _outlier_chain
 
-from qcli import QuantConfig, diagnose, quantize, trials
-from qcli.structure import read_structure
+from qcli import QuantConfig, quantize
+from qcli.io.structure import read_structure
+from qcli.measure import diagnose
+from qcli.steps import trials
 
 
 def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_path, monkeypatch, sessions):  # noqa: F811

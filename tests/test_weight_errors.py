@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qcli import qparams as qp
+from qcli.core import qparams as qp
 from qcli.weights import errors as werr
 from qcli.weights.blocks import quantize_rows
 from qcli.weights.stats import WeightStats

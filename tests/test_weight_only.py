@@ -17,13 +17,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from qcli import QuantConfig, Scheme, quantize
-from qcli import weight_format as wf
-from qcli.config import WeightFormat
-from qcli.form_timing import MIN_RUNS, Timings
+from qcli.core.config import WeightFormat
+from qcli.core.plan import Action, Why
+from qcli.core.qparams import NoiseMeter
 from qcli.passes.int4 import apply_w4a16
-from qcli.plan import Action, Why
-from qcli.plan_w4a16 import plan_w4a16
-from qcli.qparams import NoiseMeter
+from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.steps import weight_format as wf
+from qcli.steps.form_timing import MIN_RUNS, Timings
 
 W4, W8 = Scheme.W4A16, Scheme.W8A16
 

@@ -11,9 +11,10 @@ from checks import ops
 from models import mlp, model_of, vi, write_batches
 from typer.testing import CliRunner
 
-from qcli import QuantConfig, form_timing, quantize, weight_format
-from qcli.cli import app
-from qcli.plan import Action
+from qcli import QuantConfig, quantize
+from qcli.cli.app import app
+from qcli.core.plan import Action
+from qcli.steps import form_timing, weight_format
 
 
 def _files(tmp_path, opset=17):
@@ -104,7 +105,7 @@ def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
 
 
 def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed(tmp_path, monkeypatch):
-    from qcli import refine
+    from qcli.steps import refine
 
     monkeypatch.setattr(refine, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
     monkeypatch.setattr(weight_format, "choose", lambda *a, **k: pytest.fail("timed a model over the bound"))
@@ -152,7 +153,7 @@ def test_auto_without_data_times_the_forms_on_inputs_made_from_the_input_specs(t
 
 
 def test_auto_without_data_falls_back_when_the_made_inputs_do_not_run(tmp_path, monkeypatch):
-    from qcli.errors import InputError
+    from qcli.core.errors import InputError
 
     def fails(*a, **k):
         raise InputError("onnxruntime failed to run the model on inputs [1, 32, 64]")

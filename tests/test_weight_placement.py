@@ -8,8 +8,9 @@ import onnx
 from checks import ops
 from models import mlp, write_batches
 
-from qcli import QuantConfig, form_timing, quantize, weight_placement
-from qcli.plan import Action, Why
+from qcli import QuantConfig, quantize
+from qcli.core.plan import Action, Why
+from qcli.steps import form_timing, weight_placement
 
 
 def _files(tmp_path):

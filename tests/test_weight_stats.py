@@ -9,11 +9,11 @@ import pytest
 from models import model_of, vi
 from onnx import helper
 
-from qcli.config import QuantConfig, Scheme
-from qcli.errors import InputError
+from qcli.core.config import QuantConfig, Scheme
+from qcli.core.errors import InputError
 from qcli.passes.weight_only import key_of, quantize_plan, weight_errors
-from qcli.plan_w4a16 import plan_w4a16
-from qcli.weight_stats import collect
+from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.schemes.weight_only.stats import collect
 from qcli.weights import StatsAccumulator
 
 rng = np.random.default_rng(0)

@@ -14,12 +14,12 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
-from qcli.cli import app
-from qcli.errors import GateFailed, InputError
-from qcli.form_timing import Timings
-from qcli.plan import Action, Why, reason
-from qcli.plan_w4a16 import plan_w4a16
-from qcli.weight_target import UNITS, Quantized, promoted, sizes
+from qcli.cli.app import app
+from qcli.core.errors import GateFailed, InputError
+from qcli.core.plan import Action, Why, reason
+from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.steps.form_timing import Timings
+from qcli.steps.weight_target import UNITS, Quantized, promoted, sizes
 from qcli.weights import WeightOptions
 
 
@@ -119,10 +119,9 @@ def test_a_target_without_data_is_refused(files):
 def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files, monkeypatch):
     """Stand-in per-layer figures: mm1 adds twice mm2's noise but reads a weight 10x larger; with the weight
     sizes as the cost mm2 goes first (half the noise for a tenth of the bytes), without them mm1 does."""
-    from qcli import trials
-    from qcli.compare import FidelityData
-    from qcli.feeds import FeedSource, input_specs
-    from qcli.layerwise import LayerDiff
+    from qcli.io.feeds import FeedSource, FidelityData, input_specs
+    from qcli.measure.layerwise import LayerDiff
+    from qcli.steps import trials
 
     figures = [LayerDiff("h1", "mm1", "MatMul", 20.0, 0.02), LayerDiff("h2", "mm2", "MatMul", 23.0, 0.01)]
     monkeypatch.setattr(trials, "per_layer", lambda ref, cand, batches: figures)
@@ -140,7 +139,7 @@ def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files,
 
 
 def _meter(signal: float, noise: float):
-    from qcli.qparams import NoiseMeter
+    from qcli.core.qparams import NoiseMeter
 
     m = NoiseMeter()
     m.signal, m.noise = signal, noise
@@ -150,7 +149,7 @@ def _meter(signal: float, noise: float):
 def test_auto_format_keeps_the_target_a_faster_form_would_miss():
     """The exact math meets the target (20 dB); the int8-compute form is faster and within the usual margin of
     the exact math, but against FP32 it lands at 18.9 dB: with --min-sqnr 19 it is rejected."""
-    from qcli import weight_format as wf
+    from qcli.steps import weight_format as wf
 
     fid = wf._Fidelity(
         quantization={"y": _meter(100.0, 1.0)},  # exact vs FP32: 20 dB
@@ -187,7 +186,7 @@ def test_a_written_model_that_misses_the_target_the_search_met_exits_1(files, mo
 
 def _int8_fastest(monkeypatch):
     """Stand-in timings: ort-int8 (MatMulNBits at int8 compute) the fastest form on this 'CPU'."""
-    from qcli import weight_format as wf
+    from qcli.steps import weight_format as wf
 
     ms = {"float": 10.0, "qdq": 9.0, "ort-fp32": 12.0, "ort-int8": 5.0}
     monkeypatch.setattr(wf, "timed", lambda *a: Timings({8: {k: [ms[k] / 1e3] * 5 for k in ms}}, 5))
@@ -195,7 +194,7 @@ def _int8_fastest(monkeypatch):
 
 def _levels_written(monkeypatch) -> list[set[int]]:
     """The MatMulNBits accuracy levels of every model the search's trials write (a missing attribute is 0)."""
-    from qcli import trials
+    from qcli.steps import trials
 
     seen = []
 
@@ -229,8 +228,8 @@ def test_auto_searches_in_the_fastest_form_and_writes_it(files, monkeypatch):
 def test_auto_searches_the_exact_math_when_the_fast_form_cannot_meet_it(files, monkeypatch):
     """The fast form's search ends unmet (a stand-in: its target made unreachable): the search runs again in the
     exact math (fp32 compute), which meets it."""
-    from qcli import refine
-    from qcli.target import AccuracyTarget
+    from qcli.steps import refine
+    from qcli.steps.target import AccuracyTarget
 
     _int8_fastest(monkeypatch)
     calls, real = [], refine.search
@@ -251,7 +250,7 @@ def test_a_target_replaces_the_margin_to_the_exact_math():
     """w8a16-like figures: the exact math is 35 dB from FP32, int8 compute 30 dB from the exact math (under the
     6 dB margin: rejected without a target). --min-sqnr 25 accepts it (29.6 dB against FP32); --min-sqnr 30 does
     not; argmax flips beyond the fp32-compute form's reject it whatever the target."""
-    from qcli import weight_format as wf
+    from qcli.steps import weight_format as wf
 
     def fid(flips: int):
         return wf._Fidelity(

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from onnx import ModelProto
 
-from ..graph import GraphIndex
-from ..plan import QuantPlan
-from ..qparams import QTYPES
-from ..weights import WeightStats
-from ..weights.awq import GRID, Reader, output_error, search
-from .smooth import Editor, migrate, place_muls, targets
-from .weight_only import key_of, rows_of
+from qcli.core.graph import GraphIndex
+from qcli.core.plan import QuantPlan
+from qcli.core.qparams import QTYPES
+from qcli.passes.smooth import Editor, migrate, place_muls, targets
+from qcli.passes.weight_only import key_of, rows_of
+from qcli.weights import WeightStats
+from qcli.weights.awq import GRID, Reader, output_error, search
 
 
 @dataclass(frozen=True)

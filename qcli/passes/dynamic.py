@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from .. import qparams as qp
-from ..errors import InternalError
-from ..graph import GraphIndex, Namer, attr
-from ..model_io import onnx_opset
-from ..plan import Action, QuantPlan, WeightQuant
-from ..weights import WEIGHT_ALGOS
-from .preprocess import _drop_unused_initializers
+from qcli.core import qparams as qp
+from qcli.core.errors import InternalError
+from qcli.core.graph import GraphIndex, Namer, attr
+from qcli.core.plan import Action, QuantPlan, WeightQuant
+from qcli.io.model_io import onnx_opset
+from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.weights import WEIGHT_ALGOS
 
 MS = "com.microsoft"
 MIN_OPSET = 11  # DynamicQuantizeLinear

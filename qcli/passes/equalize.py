@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
-from ..errors import InputError
-from ..graph import GraphIndex, attr
+from qcli.core.errors import InputError
+from qcli.core.graph import GraphIndex, attr
 
 # f(x * s) == f(x) * s for every s > 0, per channel (PRelu's slope is unchanged by the scale).
 EQUIVARIANT = {"Relu", "LeakyRelu", "PRelu"}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import onnx
 from onnx import ModelProto, helper
 
-from ..detach import Skeleton
-from ..graph import GraphIndex, drop_nodes
+from qcli.core.graph import GraphIndex, drop_nodes
+from qcli.io.detach import Skeleton
 
 
 def _ranks(m: ModelProto) -> dict[str, int]:

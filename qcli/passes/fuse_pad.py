@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from .. import fold
-from ..graph import GraphIndex, attr, drop_nodes
+from qcli.core import fold
+from qcli.core.graph import GraphIndex, attr, drop_nodes
 
 READERS = ("Conv", "AveragePool", "MaxPool")
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto
 
-from ..config import WeightFormat
-from ..errors import InternalError
-from ..plan import QuantPlan
-from ..weights import BlockWeight
-from . import nbits
-from .weight_only import Key, Rewriter, rewrite
+from qcli.core.config import WeightFormat
+from qcli.core.errors import InternalError
+from qcli.core.plan import QuantPlan
+from qcli.passes import nbits
+from qcli.passes.weight_only import Key, Rewriter, rewrite
+from qcli.weights import BlockWeight
 
 
 class QdqForm:

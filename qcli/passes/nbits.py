@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, helper
 
-from ..errors import InputError
-from ..weights import BlockWeight
-from .weight_only import Key, Rewriter
+from qcli.core.errors import InputError
+from qcli.passes.weight_only import Key, Rewriter
+from qcli.weights import BlockWeight
 
 MS = "com.microsoft"
 FP32, INT8 = 0, 4  # accuracy levels: 0 = A is not quantized (fp32 compute); 4 = A quantized to int8 per block

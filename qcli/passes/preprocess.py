@@ -6,9 +6,9 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..graph import GraphIndex, Namer, add_initializer, attr, subgraphs
-from .fuse_gemm import fuse_matmul_add
-from .fuse_pad import fuse_pads
+from qcli.core.graph import GraphIndex, Namer, add_initializer, attr, subgraphs
+from qcli.passes.fuse_gemm import fuse_matmul_add
+from qcli.passes.fuse_pad import fuse_pads
 
 # Nodes evaluated offline when all their inputs are constant. Random and control-flow ops are never folded.
 _NO_FOLD = {

@@ -15,13 +15,14 @@ import json
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from .. import fold, model_io
-from .. import qparams as qp
-from ..graph import GraphIndex, Namer
-from ..ops import NATIVE_INT8, input_channels
-from ..plan import Action, ActivationQuant, QuantPlan, WeightQuant
-from ..weights import WEIGHT_ALGOS
-from .preprocess import _drop_unused_initializers
+from qcli.core import fold
+from qcli.core import qparams as qp
+from qcli.core.graph import GraphIndex, Namer
+from qcli.core.ops import NATIVE_INT8, input_channels
+from qcli.core.plan import Action, ActivationQuant, QuantPlan, WeightQuant
+from qcli.io import model_io
+from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.weights import WEIGHT_ALGOS
 
 QUANTIZED_TENSORS_KEY = "qcli.quantized_tensors"  # metadata: {float tensor: its QuantizeLinear output}
 

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
-from ..errors import InputError
-from ..graph import FLOAT, GraphIndex, Namer, add_initializer, attr
-from ..observers import NonFiniteValues
+from qcli.core.errors import InputError, NonFiniteValues
+from qcli.core.graph import FLOAT, GraphIndex, Namer, add_initializer, attr
 
 # s is clamped to [S_MIN, S_MAX]: any positive s is exact, but beyond this range W * s and X / s drift towards
 # float32 denormals or overflow (a near-dead channel with alpha near 1) for no quantization gain.

@@ -10,11 +10,12 @@ from typing import Protocol
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from .. import qparams as qp
-from ..errors import InternalError
-from ..graph import GraphIndex, Namer, attr
-from ..plan import QuantPlan, WeightQuant
-from ..weights import (
+from qcli.core import qparams as qp
+from qcli.core.errors import InternalError
+from qcli.core.graph import GraphIndex, Namer, attr
+from qcli.core.plan import QuantPlan, WeightQuant
+from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.weights import (
     DEFAULT_OPTIONS,
     NEEDS_STATS,
     BlockWeight,
@@ -24,7 +25,6 @@ from ..weights import (
     quantize_rows,
     relative_errors,
 )
-from .preprocess import _drop_unused_initializers
 
 # (float tensor, the axis its blocks run along, Gemm alpha, qtype, block size, symmetric, algorithm)
 Key = tuple[str, int, float, str, int, bool, str]

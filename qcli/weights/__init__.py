@@ -1,11 +1,11 @@
 """Weight quantization algorithms, one file each, in a registry: rtn (with an optional clipping search), gptq,
 awq (whose channel scales passes/awq.py moves into the graph first)."""
 
-from . import awq, gptq, rtn  # noqa: F401  (register "awq", "gptq", "rtn")
-from .base import DEFAULT_OPTIONS, NEEDS_STATS, WEIGHT_ALGOS, WeightOptions, WeightQuantizer
-from .blocks import BlockWeight, quantize_rows
-from .errors import WeightError, relative_errors
-from .stats import StatsAccumulator, WeightStats
+from qcli.weights import awq, gptq, rtn  # noqa: F401  (register "awq", "gptq", "rtn")
+from qcli.weights.base import DEFAULT_OPTIONS, NEEDS_STATS, WEIGHT_ALGOS, WeightOptions, WeightQuantizer
+from qcli.weights.blocks import BlockWeight, quantize_rows
+from qcli.weights.errors import WeightError, relative_errors
+from qcli.weights.stats import StatsAccumulator, WeightStats
 
 __all__ = [
     "WEIGHT_ALGOS",

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import qparams as qp
-from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
-from .rtn import rtn
-from .stats import WeightStats
+from qcli.core import qparams as qp
+from qcli.weights.base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from qcli.weights.rtn import rtn
+from qcli.weights.stats import WeightStats
 
 GRID = 20  # alpha = 0, 1/20, ..., 19/20 (the reference's grid)
 S_MIN, S_MAX = 1e-4, 1e4  # s is kept where W s and X / s stay well inside float32

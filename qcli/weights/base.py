@@ -11,9 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..qparams import QParams, QType
-from ..registry import Registry
-from .stats import WeightStats
+from qcli.core.qparams import QParams, QType
+from qcli.core.registry import Registry
+from qcli.weights.stats import WeightStats
 
 
 @dataclass(frozen=True)

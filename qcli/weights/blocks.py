@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import qparams as qp
-from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
-from .stats import WeightStats
+from qcli.core import qparams as qp
+from qcli.weights.base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from qcli.weights.stats import WeightStats
 
 
 @dataclass(frozen=True, eq=False)

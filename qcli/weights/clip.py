@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import qparams as qp
+from qcli.core import qparams as qp
 
 RATIOS = tuple(1.0 - 0.025 * i for i in range(21))
 # A channel that calibration never exercised still counts a little, so that ties do not clip it blindly.

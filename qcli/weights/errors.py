@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .blocks import BlockWeight
-from .stats import WeightStats
+from qcli.weights.blocks import BlockWeight
+from qcli.weights.stats import WeightStats
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import qparams as qp
-from ..errors import InternalError
-from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
-from .clip import clip_params
-from .rtn import rtn
-from .stats import WeightStats
+from qcli.core import qparams as qp
+from qcli.core.errors import InternalError
+from qcli.weights.base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from qcli.weights.clip import clip_params
+from qcli.weights.rtn import rtn
+from qcli.weights.stats import WeightStats
 
 BATCH = 128  # columns per lazy update (a multiple of the block size when blocks are larger)
 DAMP_RETRIES = 4  # a Cholesky that fails (H numerically not positive definite) is retried with 10x the damping

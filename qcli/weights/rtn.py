@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import qparams as qp
-from .base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
-from .clip import clip_params
-from .stats import WeightStats
+from qcli.core import qparams as qp
+from qcli.weights.base import DEFAULT_OPTIONS, WEIGHT_ALGOS, WeightOptions
+from qcli.weights.clip import clip_params
+from qcli.weights.stats import WeightStats
 
 
 @WEIGHT_ALGOS.register("rtn")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..observers import NonFiniteValues
+from qcli.core.errors import NonFiniteValues
 
 
 @dataclass(frozen=True, eq=False)

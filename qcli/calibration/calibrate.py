@@ -1,0 +1,117 @@
+"""Run calibration batches through one onnxruntime session and stream every watched tensor into observers."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from qcli.calibration.observers import OBSERVERS, ObserverSettings, TensorStats
+from qcli.core.config import QuantConfig
+from qcli.core.errors import InputError, NonFiniteValues
+from qcli.io import model_io
+from qcli.io.session import Session
+
+
+class Streaming(Protocol):
+    def update(self, x: np.ndarray) -> None: ...
+
+
+@contextlib.contextmanager
+def observing(model: ModelProto, names: Iterable[str], label: str = "calibration") -> Iterator[Session]:
+    """One session over `model` that also outputs the float tensors `names`. Calibration and the accuracy
+    guard's pass share it (the guard reads a subset of the calibrated tensors): the weights load once."""
+    with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
+        outputs = dict.fromkeys(names, TensorProto.FLOAT)
+        path = model_io.save_with_outputs(model, outputs, Path(tmp), "calib.onnx")
+        with Session(path, label=f"the model ({label} run)") as sess:
+            yield sess
+
+
+def observe(
+    model: ModelProto | Session,
+    observers: Mapping[str, Streaming],
+    batches: Iterable[dict[str, np.ndarray]],
+    on_batch: Callable[[], None] | None = None,
+    label: str = "calibration",
+) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """Expose the observed tensors as extra graph outputs (or use a session from observing() that has them),
+    run every batch once, stream each output into its observer and drop it. Returns the number of batches and
+    each tensor's shape in the first batch. Memory: one batch's outputs at a time, whatever the number of
+    batches."""
+    if not isinstance(model, Session):
+        with observing(model, observers, label) as sess:
+            return observe(sess, observers, batches, on_batch, label)
+    watch = list(observers)
+    shapes: dict[str, tuple[int, ...]] = {}
+    count = 0
+    for feed in batches:
+        results = model.run(watch, feed)
+        for name, value in zip(watch, results):
+            try:
+                observers[name].update(value)
+            except NonFiniteValues as e:
+                raise InputError(f"{label} batch {count + 1}: tensor {name!r} {e}") from None
+            shapes.setdefault(name, tuple(value.shape))
+        del results
+        count += 1
+        if on_batch:
+            on_batch()
+    if count == 0:
+        raise InputError(f"no {label} batches were read")
+    return count, shapes
+
+
+def calibrate(
+    model: ModelProto | Session,
+    watch: Iterable[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    config: QuantConfig,
+    levels: int = 256,
+    on_batch: Callable[[], None] | None = None,
+) -> dict[str, TensorStats]:
+    """The range of every watched activation, each with its method (config.calib_for: override or global).
+    `model`: the float model, or a session from observing() that outputs every watched tensor."""
+    observers = _observers(watch, config, levels)
+    return _stats(observers, *observe(model, observers, batches, on_batch))
+
+
+def calibrate_then_more(
+    model: ModelProto,
+    watch: Iterable[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    more: list,
+    config: QuantConfig,
+    levels: int = 256,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, TensorStats] | None]:
+    """The ranges from `batches`, and (where there are `more` batches, e.g. files held aside to measure
+    decisions on) the ranges from all of them: the same observers streamed on, one session."""
+    observers = _observers(watch, config, levels)
+    with observing(model, observers) as sess:
+        count, shapes = observe(sess, observers, batches, on_batch)
+        first = _stats(observers, count, shapes)
+        if not more:
+            return first, None
+        extra, _ = observe(sess, observers, more, on_batch)
+        return first, _stats(observers, count + extra, shapes)
+
+
+def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
+    observers = {}
+    for name in dict.fromkeys(watch):
+        method, percentile = config.calib_for(name)
+        settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.moving_average)
+        observers[name] = OBSERVERS.get(method.value)(settings)
+    return observers
+
+
+def _stats(observers: dict, count: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorStats]:
+    return {
+        name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen()) for name, obs in observers.items()
+    }

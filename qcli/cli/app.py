@@ -1,0 +1,137 @@
+"""The qcli command line: flags -> QuantConfig, errors -> exit codes. No algorithms here.
+
+Exit codes: 0 ok, 1 a compare gate or quantize accuracy target not met, 2 usage or input error, 3 internal error (a bug).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcli import pipeline
+from qcli.cli.output import command_line, errors, kv, progress_bars, say, show
+from qcli.cli.quantize import QUANTIZE_HELP, quantize
+from qcli.core.config import DEFAULT, QuantConfig, Scheme
+from qcli.core.errors import GateFailed
+from qcli.report import inspection
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Quantize ONNX models for CPUs and measure what it cost. Exit codes: 0 ok, "
+    "1 a compare gate or accuracy target not met, 2 usage or input error, 3 internal error.",
+)
+
+COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latency, size; gate for CI.
+
+**Examples**
+
+    qcli compare model.onnx model.int8.onnx --data eval/
+
+    qcli compare model.onnx model.int8.onnx --data eval/ --min-sqnr 25 --max-top1-drop 1 --json
+
+    qcli compare model.onnx other_tool.int8.onnx --data eval/ --per-layer     # which layers cost the most
+"""
+
+
+app.command(help=QUANTIZE_HELP)(quantize)
+
+
+@app.command(help=COMPARE_HELP)
+def compare(
+    reference: Annotated[Path, typer.Argument(help="reference (FP32) model")],
+    candidate: Annotated[Path, typer.Argument(help="quantized model")],
+    data: Annotated[Path, typer.Option(help="evaluation data folder (same formats as --calib)")],
+    min_sqnr: Annotated[
+        float | None, typer.Option(help="gate: fail (exit 1) if any output's SQNR (dB) is lower")
+    ] = None,
+    max_top1_drop: Annotated[
+        float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer", help="rank layers by the error each adds (tensors matched by name; any tool's model)"
+        ),
+    ] = False,
+    top: Annotated[int, typer.Option(min=1, help="--per-layer: rows in the ranked table (all in --json)")] = 20,
+    ort_config: Annotated[
+        list[str] | None,
+        typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    with errors(debug), progress_bars() as progress:
+        try:
+            report = pipeline.compare(
+                reference,
+                candidate,
+                data,
+                min_sqnr,
+                max_top1_drop,
+                runs,
+                progress,
+                ort_config=kv(ort_config),
+                per_layer=per_layer,
+                command=command_line(),
+            )
+        except GateFailed as e:
+            show(e.report, json_out, top if per_layer else 0)
+            raise
+        show(report, json_out, top if per_layer else 0)
+
+
+INSPECT_HELP = """What a model is and what qcli would quantize in it, before any data.
+
+**Examples**
+
+    qcli inspect model.onnx
+
+    qcli inspect model.onnx --scheme w4a16 --json
+
+    qcli inspect model.onnx --exclude '/head/*'
+"""
+
+
+@app.command(help=INSPECT_HELP)
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model (read only)")],
+    scheme: Annotated[Scheme, typer.Option(help="the scheme to plan for")] = DEFAULT.scheme,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="w4a16: weights per scale along K")] = DEFAULT.block_size,
+    json_out: Annotated[bool, typer.Option("--json", help="print the inspection as JSON on stdout")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    with errors(debug):
+        config = QuantConfig(scheme=scheme, exclude=tuple(exclude or ()), block_size=block_size)
+        info = inspection.inspect(model, config)
+    if json_out:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+    for line in info.lines():
+        key, _, rest = line.partition(": ")
+        say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        from qcli import __version__
+
+        sys.stdout.write(f"qcli {__version__}\n")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,114 @@
+"""The command line's output and error handling: one-line messages, exit codes, progress bars, plan and
+report rendering on stderr. Human output on stderr, machine output (--json) on stdout."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qcli.core.errors import InputError, QcliError
+from qcli.report.report import Report, render_layers, render_rich
+
+err = Console(stderr=True)
+
+
+def say(label: str, message: str, style: str = "bold red") -> None:
+    """One line on stderr: styled on a terminal, plain and unwrapped elsewhere; never read as markup."""
+    if err.is_terminal:
+        err.print(f"[{style}]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
+    else:
+        sys.stderr.write(f"{label} {message}\n")
+
+
+@contextmanager
+def errors(debug: bool):
+    try:
+        yield
+    except QcliError as e:
+        if debug:
+            err.print_exception()
+        say("gate failed:" if e.exit_code == 1 else "error:", str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt as e:
+        written = getattr(e, "written", [])
+        if written:
+            names = ", ".join(str(p) for p in written)
+            say("interrupted:", f"{names} written and complete; the rest (report, measurements) was not", "yellow")
+        else:
+            say("interrupted:", "nothing was written", "yellow")
+        raise typer.Exit(130) from None
+    except Exception as e:  # a bug: one line, and the traceback only on request
+        if debug:
+            err.print_exception()
+        say("internal error:", f"{type(e).__name__}: {e} (a bug in qcli; rerun with --debug and report it)")
+        raise typer.Exit(3) from None
+
+
+@contextmanager
+def progress_bars():
+    """Bars on a terminal; elsewhere (CI logs) one plain line as each phase starts."""
+    if not err.is_terminal:
+
+        def announce(desc: str, total: int | None):
+            sys.stderr.write(f"qcli: {desc}{f' ({total})' if total else ''} ...\n")
+            return lambda: None
+
+        yield announce
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+
+        def start(desc: str, total: int):
+            task = bar.add_task(desc, total=total)
+            return lambda: bar.advance(task)
+
+        yield start
+
+
+def kv(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--ort-config expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def print_plan(plan: dict) -> None:
+    lines = [
+        f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for action, ops in plan["summary"].items()
+    ]
+    for n in plan["nodes"]:
+        if n["action"] != "float" or n["reason"]:
+            why = f"  ({n['reason']['text']})" if n["reason"] else ""
+            lines.append(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}")
+    lines += [f"decided {k}: {d['value']} ({d['why']})" for k, d in plan["decisions"].items()]
+    lines += [f"note: {note}" for note in plan["notes"]]
+    sys.stderr.write("\n".join(lines) + "\n")
+
+
+def show(report: Report, json_out: bool, top: int = 0) -> None:
+    if json_out:
+        sys.stdout.write(report.to_json() + "\n")
+    render_rich(report, err)
+    if top:
+        render_layers(report, err, top)
+
+
+def command_line() -> str:
+    """The command line as typed, for the report's provenance."""
+    return shlex.join(["qcli", *sys.argv[1:]])

@@ -1,0 +1,151 @@
+"""Calibration and evaluation data -> validated feeds, one sample batch at a time.
+
+Three layouts are accepted in a folder:
+  (a) *.npy             single-input models; each file is one batch
+  (b) *.npz             arrays named after the model inputs; each file is one batch
+  (c) <sample>/<input>.npy  one folder per sample batch, one file per input
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto, TensorProto, helper
+
+from qcli.core.errors import InputError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]  # int: static dim; str/None: dynamic
+
+
+def input_specs(model: ModelProto) -> list[InputSpec]:
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type or TensorProto.FLOAT))
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, dtype, dims))
+    return specs
+
+
+@dataclass
+class FeedSource:
+    """A folder of samples, validated lazily (one batch in memory at a time)."""
+
+    folder: Path
+    specs: list[InputSpec]
+    limit: int | None = None
+    model: str | None = None  # the model's name, for error messages
+    # Other models the same data must fit, as (name, specs): compare's candidate.
+    also: tuple[tuple[str, list[InputSpec]], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.items = _discover(self.folder, self.specs)
+        if self.limit is not None:
+            self.items = self.items[: self.limit]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for item in self.items:
+            yield self.load(item)
+
+    def load(self, item: Path) -> dict[str, np.ndarray]:
+        feed = _read(item, self.specs)
+        validate(feed, self.specs, item, self.model)
+        for name, specs in self.also:
+            validate(feed, specs, item, name)
+        return feed
+
+
+def _discover(folder: Path, specs: list[InputSpec]) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"data folder not found: {folder}")
+    npy, npz = sorted(folder.glob("*.npy")), sorted(folder.glob("*.npz"))
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
+    kinds = [k for k, v in (("*.npy", npy), ("*.npz", npz), ("sample folders", dirs)) if v]
+    if not kinds:
+        raise InputError(f"{folder} holds no *.npy, *.npz or <sample>/<input>.npy data")
+    if len(kinds) > 1:
+        raise InputError(f"{folder} mixes {' and '.join(kinds)}; use one layout per folder")
+    if npy and len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise InputError(
+            f"{folder} holds bare .npy files but the model has {len(specs)} inputs ({names}); "
+            "use .npz files with arrays named after the inputs, or one folder per sample"
+        )
+    return npy or npz or dirs
+
+
+def _read(item: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    try:
+        if item.is_dir():
+            return {p.stem: np.load(p, allow_pickle=False) for p in sorted(item.glob("*.npy"))}
+        if item.suffix == ".npz":
+            with np.load(item, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        return {specs[0].name: np.load(item, allow_pickle=False)}
+    except Exception as e:
+        raise InputError(f"cannot read {item} as numpy data ({type(e).__name__}: {e})") from e
+
+
+def validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path, model: str | None = None) -> None:
+    """Check one batch against a model's inputs (names, dtype, rank, static dims, finite values)."""
+    the_model = model or "the model"
+    wanted = {s.name for s in specs}
+    missing, extra = wanted - feed.keys(), feed.keys() - wanted
+    if missing or extra:
+        raise InputError(
+            f"{where}: inputs do not match {the_model}: missing {sorted(missing) or 'none'}, "
+            f"unexpected {sorted(extra) or 'none'} ({the_model}'s inputs are {sorted(wanted)})"
+        )
+    for s in specs:
+        a = feed[s.name]
+        if a.dtype != s.dtype:
+            if np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
+                feed[s.name] = a.astype(s.dtype)  # e.g. float64 -> float32, int32 -> int64
+            else:
+                raise InputError(f"{where}: input {s.name!r} is {a.dtype}, {the_model} expects {s.dtype}")
+        if s.shape and a.ndim != len(s.shape):
+            raise InputError(
+                f"{where}: input {s.name!r} has shape {list(a.shape)} (rank {a.ndim}); {the_model} expects "
+                f"rank {len(s.shape)} {_fmt(s.shape)}"
+            )
+        for i, (got, want) in enumerate(zip(a.shape, s.shape)):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputError(
+                    f"{where}: input {s.name!r} has shape {list(a.shape)}; dimension {i} must be {want} "
+                    f"({the_model} expects {_fmt(s.shape)})"
+                )
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InputError(f"{where}: input {s.name!r} contains NaN or Inf values; clean the data first")
+
+
+def _fmt(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + "]"
+
+
+@dataclass(frozen=True)
+class FidelityData:
+    """Where fidelity and latency figures come from: these files of this source, described for the report."""
+
+    src: FeedSource | None
+    items: list[Path]
+    desc: str
+
+    def feeds(self, advance: Callable[[], None] = lambda: None) -> Iterator[dict[str, np.ndarray]]:
+        for item in self.items:
+            yield self.src.load(item)
+            advance()

@@ -1,0 +1,241 @@
+"""Reference vs candidate: fidelity per output, interleaved latency, size on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qcli.core.errors import InputError, InternalError
+from qcli.core.qparams import NoiseMeter
+from qcli.io.session import Session
+
+MAX_ROUNDS = 5000  # latency(min_s=...): the most rounds a small model is run for
+
+
+@dataclass(frozen=True)
+class OutputFidelity:
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs: float
+    top1_agreement: float | None  # fraction of rows with the same argmax (class-score outputs only)
+
+
+@dataclass(frozen=True)
+class Latency:
+    reference_ms: float  # medians
+    candidate_ms: float
+    runs: int
+    # Spread: 10th and 90th percentiles of each model's runs (ms)
+    reference_p10_p90: tuple[float, float] | None = None
+    candidate_p10_p90: tuple[float, float] | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.candidate_ms / self.reference_ms if self.reference_ms else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def file_size(path: Path) -> int:
+    """Model file plus the external-data files it references."""
+    from qcli.io.model_io import external_data_files
+
+    return path.stat().st_size + sum(p.stat().st_size for p in external_data_files(path) if p.exists())
+
+
+def class_score_outputs(model_path: Path) -> set[str]:
+    """Outputs whose last axis holds class scores: rank-2 [N, C], or rank-3 [N, T, C] written by a
+    (Log)Softmax (per-position classes, e.g. OCR). Hidden states [N, T, D] are not class scores.
+    Reads the graph only, never the weights."""
+    from qcli.io.structure import read_structure
+
+    g = read_structure(model_path).graph
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    out = set()
+    for o in g.output:
+        rank = len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else 0
+        if rank == 2 or (rank == 3 and producer.get(o.name) in ("Softmax", "LogSoftmax")):
+            out.add(o.name)
+    return out
+
+
+def _is_class_scores(a: np.ndarray) -> bool:
+    return a.ndim in (2, 3) and a.shape[-1] >= 2 and a.dtype.kind == "f"
+
+
+class _OutputMeter:
+    """Streaming fidelity figures of one output."""
+
+    def __init__(self, class_scores: bool) -> None:
+        self.noise = NoiseMeter()
+        self.dot = self.cc = self.max_abs = 0.0
+        self.agree = self.rows = 0
+        self.class_scores = class_scores
+
+    def add(self, r: np.ndarray, c: np.ndarray) -> None:
+        if r.dtype.kind != "f" or not _is_class_scores(r):
+            self.class_scores = False
+        if self.class_scores:
+            self.agree += int(np.sum(r.argmax(-1) == c.argmax(-1)))
+            self.rows += int(np.prod(r.shape[:-1]))
+        r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
+        self.noise.add(r64, c64)
+        self.dot += float(r64 @ c64)
+        self.cc += float(c64 @ c64)
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
+
+    def result(self, name: str) -> OutputFidelity:
+        sig = self.noise.signal
+        cos = self.dot / np.sqrt(sig * self.cc) if sig and self.cc else 1.0
+        top1 = self.agree / self.rows if self.class_scores and self.rows else None
+        return OutputFidelity(name, self.noise.db, float(cos), self.max_abs, top1)
+
+
+def _key(feed: Mapping[str, np.ndarray]) -> tuple:
+    """A batch by content (files are read again for each candidate: new arrays, same values)."""
+    items = sorted(feed.items(), key=lambda kv: kv[0])
+    return tuple((k, v.dtype.str, v.shape, hashlib.sha1(np.ascontiguousarray(v)).digest()) for k, v in items)
+
+
+class Recorded:
+    """The reference model's outputs on a fixed set of batches, computed once: it stands in for the reference
+    session in fidelity(), so candidates tried one after another on the same batches (accuracy target,
+    accuracy guard) are compared without the reference model loaded again, nor held in memory meanwhile."""
+
+    def __init__(self, ref: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None):
+        with Session(ref, config=config) as sess:
+            self.path, self.label = sess.path, sess.label
+            self._inputs, self._outputs = sess.inputs(), sess.outputs()
+            self._by_feed = {_key(f): sess.run(self._outputs, f) for f in feeds}
+
+    def inputs(self) -> list[str]:
+        return self._inputs
+
+    def outputs(self) -> list[str]:
+        return self._outputs
+
+    def run(self, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = self._by_feed.get(_key(feed))
+        if values is None:
+            raise InternalError(f"internal error: a batch the outputs of {self.label} were not recorded on")
+        return [values[self._outputs.index(n)] for n in names]
+
+
+@contextlib.contextmanager
+def pair(
+    ref: Path | Session | Recorded,
+    cand: Path | Session,
+    config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
+    threads: int = 0,
+) -> Iterator[tuple[Session | Recorded, Session]]:
+    """Sessions over both models: those given as paths are opened here and closed on leaving."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(ref, (str, os.PathLike)):
+            ref = stack.enter_context(Session(ref, threads, config))
+        if isinstance(cand, (str, os.PathLike)):
+            cand = stack.enter_context(Session(cand, threads, config, ours=candidate_ours))
+        yield ref, cand
+
+
+def fidelity(
+    ref: Path | Session | Recorded,
+    cand: Path | Session,
+    feeds: Iterable[dict[str, np.ndarray]],
+    config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
+) -> list[OutputFidelity]:
+    """Fidelity per output of `cand` against `ref` (model paths, sessions open already (see pair()), or for the
+    reference its outputs recorded on these very batches)."""
+    with pair(ref, cand, config, candidate_ours) as (ref, cand):
+        return _fidelity(ref, cand, feeds)
+
+
+def _fidelity(ref: Session | Recorded, cand: Session, feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputFidelity]:
+    names = ref.outputs()
+    diffs = []
+    for kind, r_names, c_names in (("inputs", ref.inputs(), cand.inputs()), ("outputs", names, cand.outputs())):
+        only_r, only_c = sorted(set(r_names) - set(c_names)), sorted(set(c_names) - set(r_names))
+        if only_r or only_c:
+            diffs.append(f"{kind} only in {ref.label}: {only_r or 'none'}, only in {cand.label}: {only_c or 'none'}")
+    if diffs:
+        raise InputError(
+            f"{ref.label} and {cand.label} differ ({'; '.join(diffs)}); compare needs two versions of the same model"
+        )
+    scores = class_score_outputs(ref.path)
+    meters = {n: _OutputMeter(n in scores) for n in names}
+    count = 0
+    for feed in feeds:
+        for n, r, c in zip(names, ref.run(names, feed), cand.run(names, feed)):
+            meters[n].add(r, c)
+        count += 1
+    if count == 0:
+        raise InputError("no evaluation batches were read")
+    return [meters[n].result(n) for n in names]
+
+
+def latency(
+    ref: Path | Session,
+    cand: Path | Session,
+    feed: dict[str, np.ndarray],
+    runs: int = 30,
+    warmup: int = 3,
+    threads: int = 0,
+    config: Mapping[str, str] | None = None,
+    candidate_ours: bool = False,
+    on_run: Callable[[], None] = lambda: None,
+    min_s: float = 0.0,
+) -> Latency:
+    """Median latency of both models, runs interleaved on the same inputs, thread spinning off; at least `runs`
+    rounds and, with min_s, on until that many seconds have passed (small models: many more rounds, up to
+    MAX_ROUNDS). Sessions given open already keep their own threads and config."""
+    with pair(ref, cand, config, candidate_ours, threads) as (ref, cand):
+        for _ in range(warmup):
+            ref.run(None, feed)
+            cand.run(None, feed)
+        rt, ct = [], []
+        start, i = time.perf_counter(), 0
+        while i < runs or (i < MAX_ROUNDS and time.perf_counter() - start < min_s):
+            order = ((ref, rt), (cand, ct)) if i % 2 == 0 else ((cand, ct), (ref, rt))
+            for sess, times in order:
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            on_run()
+            i += 1
+    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, i, _spread(rt), _spread(ct))
+
+
+def latency_in_turn(
+    ref: Path, cand: Path, feed: dict[str, np.ndarray], runs: int = 30, warmup: int = 3, candidate_ours: bool = False
+) -> Latency:
+    """As latency(), one model after the other, each session alone: for a pair that would not fit in memory at
+    once. Drifts of the machine's speed between the two series count here; interleaving cancels them."""
+    series = []
+    for path, ours in ((ref, False), (cand, candidate_ours)):
+        with Session(path, ours=ours) as sess:
+            for _ in range(warmup):
+                sess.run(None, feed)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            series.append(times)
+    rt, ct = series
+    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
+
+
+def _spread(seconds: list[float]) -> tuple[float, float]:
+    p10, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 90])
+    return float(p10), float(p90)

@@ -1,0 +1,145 @@
+"""`qcli inspect MODEL`: what a model is and what qcli would quantize in it, before any data.
+
+W4A16 plans need no data, so its plan is final. A W8A8 plan is final only after calibration (the cost model
+needs activation shapes, the accuracy guard needs ranges): inspect lists the int8 candidates and the nodes
+that stay float whatever the data says, each with its reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx import TensorProto, helper
+
+from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
+from qcli.core.graph import name_nodes, subgraphs
+from qcli.io import model_io
+from qcli.io.feeds import input_specs
+from qcli.passes.preprocess import preprocess
+from qcli.schemes.dynamic.planner import plan_dynamic
+from qcli.schemes.w8a8.planner import W8A8Planner
+from qcli.schemes.weight_only.planner import plan_w4a16
+
+
+@dataclass
+class Inspection:
+    model: str
+    ir_version: int
+    opsets: dict[str, int]
+    size_bytes: int
+    inputs: list[dict]
+    outputs: list[dict]
+    ops: dict[str, int]
+    scheme: str
+    weights_bytes: int = 0  # float initializers and Constant-node tensors
+    external_data_files: list[str] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)  # nodes that would be quantized (or may be, for w8a8)
+    float_nodes: list[dict] = field(default_factory=list)  # nodes that stay float, with the reason
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def lines(self) -> list[str]:
+        """Plain lines for a person (stderr)."""
+        shape = lambda io: ", ".join(f"{x['name']} {x['type'].lower()} {x['shape']}" for x in io)  # noqa: E731
+        share = f", weights {self.weights_bytes / max(self.size_bytes, 1):.0%} of it" if self.size_bytes else ""
+        ext = f", external data in {', '.join(self.external_data_files)}" if self.external_data_files else ""
+        out = [
+            f"model: {self.model} ({self.size_bytes / 1e6:.2f} MB{share}{ext}, IR {self.ir_version}, "
+            f"opsets {self.opsets})",
+            f"inputs: {shape(self.inputs)}",
+            f"outputs: {shape(self.outputs)}",
+            "ops: " + ", ".join(f"{op} x{n}" for op, n in self.ops.items()),
+        ]
+        by_op = Counter(c["op_type"] for c in self.candidates)
+        label = {Scheme.W4A16.value: "int4 weights", Scheme.W8A16.value: "int8 weights"}.get(
+            self.scheme, "int8 candidates"
+        )
+        out.append(f"{self.scheme} {label}: " + (", ".join(f"{op} x{n}" for op, n in by_op.items()) or "none"))
+        reasons: dict[str, list[str]] = {}
+        for d in self.float_nodes:
+            reasons.setdefault(d["reason"]["text"], []).append(d["node"])
+        for why, nodes in reasons.items():
+            more = f" (+{len(nodes) - 8} more)" if len(nodes) > 8 else ""
+            out.append(f"float: {why}: {', '.join(nodes[:8])}{more}")
+        out += [f"note: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
+        return out
+
+
+def _io(values) -> list[dict]:
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        out.append({"name": v.name, "type": TensorProto.DataType.Name(tt.elem_type), "shape": dims})
+    return out
+
+
+def _nbytes(t: TensorProto) -> int:
+    """A tensor's size from its shape and type (its data may be external or typed fields)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+
+
+def inspect(path: Path, config: QuantConfig) -> Inspection:
+    path = Path(path)
+    model = model_io.load(path)
+    inits = {i.name for i in model.graph.initializer}
+    info = Inspection(
+        model=str(path),
+        ir_version=model.ir_version,
+        opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        size_bytes=sum(p.stat().st_size for p in [path, *model_io.external_data_files(path)]),
+        inputs=_io([v for v in model.graph.input if v.name not in inits]),
+        outputs=_io(model.graph.output),
+        ops=dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        scheme=config.scheme.value,
+    )
+    input_specs(model)  # refuses inputs qcli cannot feed, as quantize would
+    info.external_data_files = sorted(p.name for p in model_io.external_data_files(path))
+    info.weights_bytes = sum(_nbytes(t) for t in model.graph.initializer) + sum(
+        _nbytes(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    )
+    per_channel = 13 if config.per_channel else 10
+    need = {Scheme.W8A8: per_channel, Scheme.DYNAMIC: 13 if config.per_channel else 11}.get(config.scheme, 21)
+    opset = model_io.onnx_opset(model)
+    if opset < need:
+        info.notes.append(
+            f"opset {opset} will be upgraded to {need} for {config.scheme.value} (recorded in the report)"
+        )
+    name_nodes(model.graph)
+    model, notes = preprocess(model, config.fold_batchnorm, inplace=True, keep=config.mentions)
+    info.notes += notes
+    nested = [n.name for n in model.graph.node if subgraphs(n)]
+    if nested:
+        info.notes.append(f"subgraphs of {', '.join(nested[:5])} are passed through unchanged")
+    info.warnings += [
+        f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
+    ]
+    if config.scheme != Scheme.W8A8:  # these need no data: the final plan
+        plan = plan_dynamic(model, config) if config.scheme == Scheme.DYNAMIC else plan_w4a16(model, config)
+        info.candidates = [
+            {"node": d.node, "op_type": d.op_type, "action": d.action.value}
+            for d in plan.nodes
+            if d.why is None and d.action.value != "float"
+        ]
+        info.float_nodes = [d.to_dict() for d in plan.nodes if d.reason]
+        info.warnings += plan.warnings
+        return info
+    planner = W8A8Planner(model, config, model_io.float_tensors(model))
+    info.candidates = [
+        {"node": n.name, "op_type": n.op_type, "action": "int8 candidate"}
+        for n in planner.nodes
+        if n.name in planner.anchors
+    ]
+    info.float_nodes = [d.to_dict() for d in planner.fixed.values()]
+    info.notes.append(
+        "w8a8: the candidates are final only after calibration (--calib): the cost model keeps float those "
+        "too small to pay for their conversions, the accuracy guard those whose inputs quantize badly"
+    )
+    return info

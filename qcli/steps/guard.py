@@ -1,0 +1,113 @@
+"""The default accuracy guard: the layers whose int8 form moves the model's outputs a lot stay float.
+
+It replaces a per-tensor rule (keep float every op whose input, quantized alone, measures under 22 dB), which
+misfires both ways: a tensor can measure well as a whole while the channels the next layer amplifies are
+ruined (the output collapses), and a heavy layer can read a tensor that measures badly while its quantization
+barely moves the output (kept float for nothing). The effect is measured where it matters, at the outputs,
+on a few calibration batches:
+
+1. the all-int8 plan's worst output SQNR; at or above QUIET_DB nothing more is done;
+2. candidates: the int8 readers of the activations that quantize worst on their own (schemes.suspects), then
+   the int8 layers ranked by the noise each adds in the all-int8 model (trials.rank_units);
+3. the first CANDIDATES, each returned to float alone: a layer whose int8 form causes at least SHARE of the
+   output noise is kept float;
+4. those kept float are measured together once more, and kept only if that beats the all-int8 plan.
+
+`--min-act-sqnr` keeps the per-tensor rule as an explicit expert switch (plan_w8a8.py); an accuracy target
+(target.py) replaces this guard, since it states what accuracy is enough.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx import ModelProto
+
+from qcli.core.plan import QuantPlan, Reason, Why, reason
+from qcli.io.feeds import FidelityData
+from qcli.steps.trials import trials, worst_sqnr
+
+QUIET_DB = 30.0  # worst output SQNR at which int8 noise is no longer worth any speed
+CANDIDATES = 8  # layers tried alone
+SUSPECTS = 4  # of which at most this many readers of activations that quantize badly on their own
+SHARE = 0.25  # share of the output noise a layer must cause to be kept float
+
+
+def gain_for(share: float) -> float:
+    """dB the worst output gains when a layer causing `share` of its noise returns to float."""
+    return -10 * math.log10(1 - share)
+
+
+@dataclass
+class Checked:
+    nodes: list[str]
+    float_sqnr_db: float  # worst output with only these nodes float
+
+    def to_dict(self, base: float) -> dict:
+        return {"nodes": self.nodes, "gain_db": round(self.float_sqnr_db - base, 2)}
+
+
+@dataclass
+class GuardResult:
+    plan: QuantPlan
+    all_int8_db: float
+    final_db: float
+    checked: list[Checked] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "all_int8_worst_sqnr_db": round(self.all_int8_db, 2),
+            "worst_sqnr_db": round(self.final_db, 2),
+            "quiet_db": QUIET_DB,
+            "share": SHARE,
+            "checked": [c.to_dict(self.all_int8_db) for c in self.checked],
+            "kept_float": self.kept_float,
+        }
+
+
+def guard(
+    model: ModelProto,
+    reference: Path,
+    first: QuantPlan,
+    replan: Callable[[dict[str, Reason]], QuantPlan],
+    data: FidelityData,
+    suspects: list[list[str]] = (),
+    advance: Callable[[], None] = lambda: None,
+) -> GuardResult:
+    """The plan with the layers that dominate the output noise kept float (each model measured calls advance)."""
+    with trials(model, reference, data, advance) as t:
+        base = worst_sqnr(t.measure(first))
+        if base >= QUIET_DB:
+            return GuardResult(first, base, base, note=f"all-int8 output at {base:.1f} dB (>= {QUIET_DB:g})")
+        checked, keep = [], {}
+        for unit in _candidates(list(suspects)[:SUSPECTS], t.rank_units(first)):
+            probe = {n: reason(Why.ACCURACY) for n in unit}
+            c = Checked(unit, worst_sqnr(t.measure(replan(probe))))
+            checked.append(c)
+            if c.float_sqnr_db - base >= gain_for(SHARE):
+                share = 1 - 10 ** (-(c.float_sqnr_db - base) / 10)
+                details = {"share": share, "int8_db": base, "float_db": c.float_sqnr_db}
+                keep.update({n: reason(Why.ACCURACY, **details) for n in unit})
+        if not keep:
+            return GuardResult(first, base, base, checked, note="no layer causes a large share of the output noise")
+        plan = replan(keep)
+        final = worst_sqnr(t.measure(plan))
+        if final <= base:
+            note = f"the layers that looked worst, float together, did not help ({final:.1f} <= {base:.1f} dB)"
+            return GuardResult(first, base, base, checked, note=note)
+        return GuardResult(plan, base, final, checked, list(keep))
+
+
+def _candidates(suspects: list[list[str]], ranked: list[list[str]]) -> list[list[str]]:
+    out, seen = [], set()
+    for unit in suspects + ranked:
+        unit = [n for n in unit if n not in seen]
+        if unit and len(out) < CANDIDATES:
+            out.append(unit)
+            seen.update(unit)
+    return out

@@ -1,0 +1,285 @@
+"""Placement by measurement (`--placement measured`, the default): where the static cost rule is unsure,
+time the alternatives on this CPU and keep the faster; and never write a model slower than FP32 by choice.
+
+The static plan (plan_w8a8.py: regions, MACs per converted element >= --min-macs) is the starting point.
+The groups of int8 nodes it is least sure about are each timed back to float against the best plan so far,
+interleaved in one process on the same input (thread spinning off), and kept float when that is at least
+MARGIN faster:
+  - the int8 anchors under NEAR x the --min-macs threshold (their conversions cost about what they win);
+  - the ops run by QLinear kernels without multiply-accumulates (Add, Mul, Sigmoid, Concat, pools: whether
+    the kernel beats float plus conversions depends on the CPU and the shapes), all together, then by type.
+Then the other direction: what the static rule keeps float that could run on int8 (the anchors its cost rule
+dropped, and the ops of ops.TRIAL: Softmax, Transpose) is timed on int8 against the best plan, all together,
+then the trial ops alone, then the anchors alone; the first that is at least MARGIN faster is kept if the accuracy
+guard would let it be (worst output at or above its QUIET_DB, or less than its SHARE of noise added) and an
+accuracy target is still met. Parts of a group are not timed when the whole group was clearly slower.
+Then the best plan is timed against FP32. Not faster: every anchor under HEAVY x the threshold and every
+such op type go float, timed again; still not faster: nothing is quantized, and the report says so in one
+line. `--objective size` skips all of this (every candidate is quantized); `--placement static` keeps the
+static plan, deterministic for CI.
+Accuracy: nodes the guard or the target returned to float stay float; nodes go to int8 only within the guard's
+measure (above), so its choice still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx import ModelProto
+
+from qcli.core.graph import GraphIndex
+from qcli.core.ops import ANCHORS, QLINEAR, TRIAL
+from qcli.core.plan import NO_PROMOTION, Action, Promotion, QuantPlan, Why, reason
+from qcli.io import model_io
+from qcli.io.feeds import FidelityData
+from qcli.io.session import OpenSessions, Session
+from qcli.measure import evaluate
+from qcli.steps.guard import QUIET_DB, SHARE, gain_for
+from qcli.steps.target import AccuracyTarget
+from qcli.steps.trials import Trials, trials, worst_sqnr
+
+NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
+MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
+RUNS, WARMUP = 20, 3
+FIRST_RUNS, CLEAR = 8, 3 * MARGIN  # a first look settles clear differences
+CONFIRM_S = 1.0  # ratio_of(runs=...): a confirmation runs at least this long
+MAX_GROUPS = 5
+# Peak memory of `quantize`: at most BOUND_TIMES x the model's size + BOUND_PLUS; RESIDENT is what Python, numpy,
+# onnx and onnxruntime take by themselves.
+BOUND_TIMES, BOUND_PLUS, RESIDENT = 2, 500_000_000, 150_000_000
+INT8 = (Action.INT8, Action.INT8_OUT_FLOAT)
+
+
+@dataclass
+class Timed:
+    group: str
+    nodes: list[str]
+    ratio: float  # time with the group moved (to float, or to int8) / time of the best plan before it
+    kept: bool  # the move was kept
+    to: str = "float"
+    sqnr_db: tuple[float, float] | None = None  # to int8: the worst output before and after, where measured
+
+    def to_dict(self) -> dict:
+        out = {"group": self.group, "nodes": len(self.nodes), "to": self.to, "ratio": round(self.ratio, 3)}
+        if self.sqnr_db:
+            out["worst_sqnr_db"] = [round(x, 2) for x in self.sqnr_db]
+        return {**out, "kept": self.kept}
+
+
+@dataclass
+class PlacementResult:
+    plan: QuantPlan
+    vs_fp32: float  # latency ratio of the chosen plan to FP32, as timed here
+    timed: list[Timed] = field(default_factory=list)
+    verdict: str = ""
+    timed_in_turn: int = 0  # timings made one model after the other (two sessions would break the memory bound)
+    promotion: Promotion = NO_PROMOTION  # what went to int8 beyond the static rule
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": "measured",
+            "vs_fp32": round(self.vs_fp32, 3),
+            "timed": [t.to_dict() for t in self.timed],
+            "verdict": self.verdict,
+            "timed_in_turn": self.timed_in_turn,
+            "int8_beyond_static": sorted(
+                self.promotion.ops | {n for n in self.promotion.anchors if self.plan.decision(n).action in INT8}
+            ),
+        }
+
+
+def ratio_of(a: Path | Session, b: Path | Session, feed: dict, in_turn: bool = False, runs: int | None = None) -> float:
+    """Median latency of model b over model a (files, or sessions open over them) on the same input, spinning
+    off: runs interleaved, or with in_turn (files) one model's runs after the other's, one session at a time.
+    Interleaved, FIRST_RUNS decide a clear difference (at least CLEAR either way); a closer one is timed again
+    over RUNS on the same sessions. `runs`: that many interleaved runs and at least CONFIRM_S seconds, no first
+    look (a verdict to confirm: a model of a fraction of a millisecond needs thousands of runs to settle)."""
+    if in_turn:
+        return evaluate.latency_in_turn(a, b, feed, runs=runs or RUNS, warmup=WARMUP, candidate_ours=True).ratio
+    with evaluate.pair(a, b, candidate_ours=True) as (ra, rb):
+        if runs:
+            return evaluate.latency(ra, rb, feed, runs=runs, warmup=WARMUP, min_s=CONFIRM_S).ratio
+        first = evaluate.latency(ra, rb, feed, runs=FIRST_RUNS, warmup=WARMUP).ratio
+        if abs(first - 1.0) >= CLEAR:
+            return first
+        return evaluate.latency(ra, rb, feed, runs=RUNS, warmup=0).ratio
+
+
+def fits_together(held: int, a: Path, b: Path, reference: Path) -> bool:
+    """Whether sessions over `a` and `b` (about their files' size each), beside `held` bytes of model graphs in
+    memory, stay within the memory bound of the reference's size: else they are timed one after the other."""
+    sessions = evaluate.file_size(a) + evaluate.file_size(b)
+    return held + sessions + RESIDENT <= BOUND_TIMES * evaluate.file_size(reference) + BOUND_PLUS
+
+
+def groups(
+    plan: QuantPlan, threshold: float, near: float = NEAR, limit: int | None = None
+) -> list[tuple[str, list[str], bool]]:
+    """The int8 node groups the static rule is least sure about, in the order they are tried: (label, nodes,
+    part), where a part is a piece of the group before it (tried only when that group was not clearly slower)."""
+    out = []
+    under = near * threshold
+    anchors = [n for n, r in plan.macs_per_conversion.items() if r < under]
+    if anchors:
+        out.append((f"{len(anchors)} int8 layer(s) under {under:g} MACs per converted element", anchors, False))
+    elementwise: dict[str, list[str]] = {}
+    for d in plan.nodes:
+        if d.action in INT8 and d.op_type in QLINEAR and d.op_type not in ANCHORS:
+            elementwise.setdefault(d.op_type, []).append(d.node)
+    # All of them together first: one such op float between int8 neighbours still reads DequantizeLinear and
+    # feeds QuantizeLinear, which onnxruntime fuses into the same int8 kernel (SiLU: Sigmoid and Mul together).
+    every = [n for nodes in elementwise.values() for n in nodes]
+    whole = len(elementwise) > 1
+    if whole:
+        out.append((f"int8 elementwise ops ({len(every)})", every, False))
+    for op, nodes in sorted(elementwise.items(), key=lambda kv: -len(kv[1])):
+        out.append((f"int8 {op} ({len(nodes)})", nodes, whole))
+    return out[:limit]
+
+
+def promotions(model: ModelProto, plan: QuantPlan) -> list[tuple[str, Promotion, bool]]:
+    """What the static rule keeps float that could run on int8, in the order it is tried: all together, then the
+    trial ops alone, then the anchors alone (parts, as in groups())."""
+    anchors = frozenset(d.node for d in plan.nodes if d.why == Why.SPEED)  # dropped by the cost rule
+    ops = frozenset(n.op_type for n in model.graph.node if n.op_type in TRIAL and n.domain in ("", "ai.onnx"))
+    a = f"{len(anchors)} layer(s) the cost rule keeps float"
+    o = f"{', '.join(sorted(ops))} on int8"
+    both = bool(anchors and ops)
+    out = [(f"{a}; {o}", Promotion(anchors, ops), False)] if both else []
+    out += [(o, Promotion(ops=ops), both)] if ops else []
+    return out + ([(a, Promotion(anchors=anchors), both)] if anchors else [])
+
+
+def place(
+    model: ModelProto,
+    reference: Path,
+    first: QuantPlan,
+    replan: Callable[..., QuantPlan],
+    threshold: float,
+    data: FidelityData,
+    advance: Callable[[], None] = lambda: None,
+    target: AccuracyTarget | None = None,
+) -> PlacementResult:
+    """The fastest of the plans tried (each timing calls advance()). `replan(float_nodes, promotion)`: the plan
+    again with these nodes float and this promotion; `target`: an accuracy target an int8 move must still meet."""
+    # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
+    fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
+    feed = data.src.load(data.items[0])
+    held = model_io.model_bytes(model)  # the float graph stays in memory while the sessions run
+    in_turn = []  # the timings made one model after the other
+    # The best plan's session stays open from one timing to the next (a candidate kept becomes the best with
+    # its session open already): one model loaded per timing, not two.
+    with trials(model, reference, data, advance) as t, OpenSessions(theirs=frozenset([reference])) as sessions:
+
+        def time(a: Path, b: Path) -> float:
+            alone = not fits_together(held, a, b, reference)
+            if alone:  # one session at a time from now on
+                sessions.close(disable=True)
+            r = ratio_of(a, b, feed, in_turn=True) if alone else ratio_of(*sessions(a, b), feed)
+            in_turn.append(alone)
+            advance()
+            return r
+
+        best, best_path, floated = first, t.write(first, "best.onnx"), {}
+        timed: list[Timed] = []
+        wholes: list[Timed] = []  # the groups timed that are not parts of another
+
+        def settled(part: bool) -> bool:  # the whole this part belongs to was clearly slower: so are its parts
+            return part and bool(wholes) and wholes[-1].ratio >= 1 + CLEAR
+
+        def record(move: Timed, part: bool) -> Timed:
+            timed.append(move)
+            wholes.extend([] if part else [move])
+            return move
+
+        for i, (label, nodes, part) in enumerate(groups(first, threshold, limit=MAX_GROUPS)):
+            nodes = [n for n in nodes if n not in floated]
+            if not nodes or settled(part):
+                continue
+            more = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in nodes}
+            cand = replan({**fixed, **floated, **more})
+            path = t.write(cand, f"group{i}.onnx")  # a kept group's file stays the best plan's
+            ratio = time(best_path, path)
+            keep = ratio < 1 - MARGIN
+            record(Timed(label, nodes, ratio, keep), part)
+            if keep:  # the same plan, with the measured ratio in its reasons
+                floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in nodes})
+                best, best_path = replan({**fixed, **floated}), path
+        promotion = NO_PROMOTION
+        for i, (label, promo, part) in enumerate(promotions(model, best)):
+            if settled(part):
+                continue
+            cand = replan({**fixed, **floated}, promo)
+            path = t.write(cand, f"int8_{i}.onnx")
+            ratio = time(best_path, path)
+            move = record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
+            if ratio < 1 - MARGIN:
+                move.kept, move.sqnr_db = _accurate_enough(t, *sessions(best_path, path), target)
+            if not move.kept:
+                continue
+            promotion, best, best_path = promo, cand, path
+            # The layers promoted alone (their input still converted from float) stay int8 only if that alone
+            # saves MARGIN: float is the more accurate of two equals.
+            alone = converted_inputs(model, best, promo.anchors)
+            if alone and alone != promo.anchors:
+                label = f"{len(alone)} of them reading a converted input"
+                back = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in alone}
+                path = t.write(replan({**fixed, **floated, **back}, promo), "int8_back.onnx")
+                ratio = time(best_path, path)
+                if record(Timed(label, sorted(alone), ratio, ratio < 1 / (1 - MARGIN)), True).kept:
+                    floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in alone})
+                    best, best_path = replan({**fixed, **floated}, promo), path
+            break  # the others are parts of it
+        vs_fp32 = time(reference, best_path)
+
+        def result(plan, ratio, verdict="", promoted=promotion):
+            return PlacementResult(plan, ratio, timed, verdict, sum(in_turn), promoted)
+
+        if vs_fp32 < 1.0:
+            return result(best, vs_fp32)
+        heavy = groups(best, threshold, near=HEAVY)
+        light = [n for _, nodes, _ in heavy for n in nodes]
+        if light:
+            probe = {n: reason(Why.MEASURED, group="fallback", ratio=0.0) for n in light}
+            cand_path = t.write(replan({**fixed, **floated, **probe}, promotion), "fallback.onnx")
+            ratio = time(reference, cand_path)
+            label = f"fallback: {len(light)} node(s) under {HEAVY * threshold:g} MACs per conversion"
+            timed.append(Timed(label, light, ratio / vs_fp32, ratio < 1))
+            if ratio < 1.0:
+                more = {n: reason(Why.MEASURED, group=label, ratio=ratio / vs_fp32) for n in light}
+                verdict = f"int8 only where it pays: {len(light)} more node(s) kept float after timing"
+                return result(replan({**fixed, **floated, **more}, promotion), ratio, verdict)
+        every = {
+            d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32) for d in best.nodes if d.action in INT8
+        }
+        verdict = (
+            f"no placement tried made this model faster than FP32 on this CPU (best {vs_fp32:.2f}x): "
+            "written without int8 compute; --objective size quantizes it anyway"
+        )
+        return result(replan({**fixed, **floated, **every}), 1.0, verdict, NO_PROMOTION)
+
+
+def converted_inputs(model: ModelProto, plan: QuantPlan, anchors: frozenset[str]) -> frozenset[str]:
+    """The anchors among these whose data input is converted from float (a graph input, or a float producer)."""
+    idx = GraphIndex(model.graph)
+    by_name = {n.name: n for n in model.graph.node}
+    int8 = {d.node for d in plan.nodes if d.action in (Action.INT8, Action.PASSTHROUGH, Action.FOLDED)}
+    out = set()
+    for n in anchors:
+        producer = idx.producer.get(by_name[n].input[0])
+        if plan.decision(n).action in INT8 and (producer is None or producer.name not in int8):
+            out.add(n)
+    return frozenset(out)
+
+
+def _accurate_enough(t: Trials, before: Path | Session, after: Path | Session, target: AccuracyTarget | None):
+    """Whether a model with more on int8 keeps the accuracy as the accuracy guard sees it: its worst output stays at
+    or above QUIET_DB or loses less than the guard lets one layer cost (gain_for(SHARE) dB); and it still meets
+    the target. (kept, (worst before, after))."""
+    was = worst_sqnr(t.measure_model(before))
+    now = t.measure_model(after)
+    worst = worst_sqnr(now)
+    ok = (worst >= QUIET_DB or worst > was - gain_for(SHARE)) and not (target and target.shortfall(now))
+    return ok, (was, worst)

@@ -49,6 +49,6 @@ def _no_timed_placement(request, monkeypatch):
     rule's, whatever the machine's speed."""
     if request.node.get_closest_marker("timed_placement"):
         return
-    from qcli.steps import placement, refine
+    from qcli.steps import placement
 
-    monkeypatch.setattr(refine, "place", lambda model, ref, plan, *a, **k: placement.PlacementResult(plan, 0.0))
+    monkeypatch.setattr(placement, "place", lambda model, ref, plan, *a, **k: placement.PlacementResult(plan, 0.0))

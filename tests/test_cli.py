@@ -132,6 +132,7 @@ def test_npz_and_sample_folder_layouts(files, tmp_path):
 
 def test_unexpected_failure_is_one_line_exit_3(files, monkeypatch):
     import qcli.pipeline
+    import qcli.schemes.w8a8.handler
 
     def boom(*a, **k):
         raise RuntimeError("simulated bug")
@@ -248,15 +249,16 @@ def test_output_off_a_terminal_is_plain_lines_never_cut(files):
 
 def test_a_broken_model_of_qcli_s_own_making_is_exit_3_not_the_users_fault(files, monkeypatch):
     import qcli.pipeline
+    import qcli.schemes.w8a8.handler
 
-    real = qcli.pipeline.apply_w8a8
+    real = qcli.schemes.w8a8.handler.apply_w8a8
 
     def broken(model, plan):
         q, names = real(model, plan)
         del q.graph.node[0]  # a tensor is read that nothing produces now
         return q, names
 
-    monkeypatch.setattr(qcli.pipeline, "apply_w8a8", broken)
+    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", broken)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 3 and "internal error" in r.stderr and "Traceback" not in r.output
     assert not (files / "q.onnx").exists()
@@ -265,8 +267,9 @@ def test_a_broken_model_of_qcli_s_own_making_is_exit_3_not_the_users_fault(files
 def test_a_qcli_model_onnxruntime_cannot_run_is_exit_3(files, monkeypatch):
     """The checker passes, onnxruntime refuses: still qcli's fault (exit 3), not the user's (exit 2)."""
     import qcli.pipeline
+    import qcli.schemes.w8a8.handler
 
-    real = qcli.pipeline.apply_w8a8
+    real = qcli.schemes.w8a8.handler.apply_w8a8
 
     def bad_attr(model, plan):
         q, names = real(model, plan)
@@ -274,7 +277,7 @@ def test_a_qcli_model_onnxruntime_cannot_run_is_exit_3(files, monkeypatch):
         conv.attribute.append(onnx.helper.make_attribute("group", 7))  # wrong group count for the weights
         return q, names
 
-    monkeypatch.setattr(qcli.pipeline, "apply_w8a8", bad_attr)
+    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", bad_attr)
     monkeypatch.setattr(qcli.pipeline, "_check_valid", lambda m, s: True)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 3, r.output

@@ -18,8 +18,9 @@ from qcli.cli.app import app
 from qcli.core.plan import Action, Why
 from qcli.io import session
 from qcli.measure import evaluate
-from qcli.report.report import render_markdown
+from qcli.report.render import render_markdown
 from qcli.steps import placement as P
+from qcli.steps import timing as T
 
 pytestmark = pytest.mark.timed_placement
 BASE = {"reduce_range": False, "accuracy_guard": False}
@@ -162,7 +163,7 @@ def test_a_pair_that_would_break_the_memory_bound_is_timed_one_model_after_the_o
     r = _q(tmp_path)
     assert r.report.placement["timed_in_turn"] == 0 and not any(t[2] for t in timer)  # small: interleaved
     timer.clear()
-    monkeypatch.setattr(P, "BOUND_PLUS", -P.RESIDENT)  # no room beyond twice the model: nothing fits with it
+    monkeypatch.setattr(T, "BOUND_PLUS", -T.RESIDENT)  # no room beyond twice the model: nothing fits with it
     r2 = _q(tmp_path)
     assert r2.report.placement["timed_in_turn"] == len(timer) == 3 and all(t[2] for t in timer)
     assert r2.plan.to_dict()["nodes"] == r.plan.to_dict()["nodes"]  # same timings, same plan
@@ -172,17 +173,17 @@ def test_fits_together_counts_the_graph_held_and_both_files_against_the_bound(tm
     for name, size in (("ref", 1000), ("a", 300), ("b", 200)):
         (tmp_path / f"{name}.onnx").write_bytes(b"x" * size)
     ref, a, b = (tmp_path / f"{n}.onnx" for n in ("ref", "a", "b"))
-    room = P.BOUND_TIMES * 1000 + P.BOUND_PLUS - P.RESIDENT - 500  # what the graph held may take
-    assert P.fits_together(room, a, b, ref) and not P.fits_together(room + 1, a, b, ref)
+    room = T.BOUND_TIMES * 1000 + T.BOUND_PLUS - T.RESIDENT - 500  # what the graph held may take
+    assert T.fits_together(room, a, b, ref) and not T.fits_together(room + 1, a, b, ref)
 
 
 @pytest.mark.parametrize(
     ("ratios", "want", "calls"),
     [
-        ([0.80], 0.80, [(P.FIRST_RUNS, P.WARMUP)]),  # clearly faster: decided on the first look
-        ([1.20], 1.20, [(P.FIRST_RUNS, P.WARMUP)]),  # clearly slower
-        ([0.95, 0.98], 0.98, [(P.FIRST_RUNS, P.WARMUP), (P.RUNS, 0)]),  # close: timed again, that one counts
-        ([1.05, 0.96], 0.96, [(P.FIRST_RUNS, P.WARMUP), (P.RUNS, 0)]),
+        ([0.80], 0.80, [(T.FIRST_RUNS, T.WARMUP)]),  # clearly faster: decided on the first look
+        ([1.20], 1.20, [(T.FIRST_RUNS, T.WARMUP)]),  # clearly slower
+        ([0.95, 0.98], 0.98, [(T.FIRST_RUNS, T.WARMUP), (T.RUNS, 0)]),  # close: timed again, that one counts
+        ([1.05, 0.96], 0.96, [(T.FIRST_RUNS, T.WARMUP), (T.RUNS, 0)]),
     ],
 )
 def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, want, calls):
@@ -206,11 +207,11 @@ def test_timing_settles_clear_differences_on_a_first_look(monkeypatch, ratios, w
 
     monkeypatch.setattr(evaluate, "pair", pair)
     monkeypatch.setattr(evaluate, "latency", latency)
-    assert P.ratio_of("a.onnx", "b.onnx", {}) == pytest.approx(want)
+    assert T.ratio_of("a.onnx", "b.onnx", {}) == pytest.approx(want)
     assert seen == calls and opened == [("a.onnx", "b.onnx")]
     seen.clear()
-    P.ratio_of("a.onnx", "b.onnx", {}, runs=60)  # a confirmation: one long timing, no first look
-    assert seen == [(60, P.WARMUP, P.CONFIRM_S)]
+    T.ratio_of("a.onnx", "b.onnx", {}, runs=60)  # a confirmation: one long timing, no first look
+    assert seen == [(60, T.WARMUP, T.CONFIRM_S)]
 
 
 # -- the other direction: what the static rule keeps float, timed on int8 ----------------------------------

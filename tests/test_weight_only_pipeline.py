@@ -105,9 +105,9 @@ def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
 
 
 def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed(tmp_path, monkeypatch):
-    from qcli.steps import refine
+    from qcli.steps import weight_only
 
-    monkeypatch.setattr(refine, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
+    monkeypatch.setattr(weight_only, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
     monkeypatch.setattr(weight_format, "choose", lambda *a, **k: pytest.fail("timed a model over the bound"))
     m = _files(tmp_path)
     r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)

@@ -228,17 +228,17 @@ def test_auto_searches_in_the_fastest_form_and_writes_it(files, monkeypatch):
 def test_auto_searches_the_exact_math_when_the_fast_form_cannot_meet_it(files, monkeypatch):
     """The fast form's search ends unmet (a stand-in: its target made unreachable): the search runs again in the
     exact math (fp32 compute), which meets it."""
-    from qcli.steps import refine
+    from qcli.steps import weight_only
     from qcli.steps.target import AccuracyTarget
 
     _int8_fastest(monkeypatch)
-    calls, real = [], refine.search
+    calls, real = [], weight_only.search
 
     def first_unreachable(model, ref, plan, replan, target, *a):
         calls.append(target)
         return real(model, ref, plan, replan, AccuracyTarget(1000.0) if len(calls) == 1 else target, *a)
 
-    monkeypatch.setattr(refine, "search", first_unreachable)
+    monkeypatch.setattr(weight_only, "search", first_unreachable)
     r = _q(files, weight_format="auto", min_sqnr=18)
     assert len(calls) == 2
     t = r.report.target

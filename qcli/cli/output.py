@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcli.core.errors import InputError, QcliError
-from qcli.report.report import Report, render_layers, render_rich
+from qcli.report.render import render_layers, render_rich
+from qcli.report.report import Report
 
 err = Console(stderr=True)
 

@@ -15,7 +15,7 @@ from qcli.cli.output import command_line, err, errors, kv, print_plan, progress_
 from qcli.core.config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat
 from qcli.core.errors import GateFailed
 from qcli.core.overrides import Overrides
-from qcli.report.report import render_rich
+from qcli.report.render import render_rich
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
 

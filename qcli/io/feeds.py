@@ -144,6 +144,7 @@ class FidelityData:
     src: FeedSource | None
     items: list[Path]
     desc: str
+    in_sample: bool = False  # the files the ranges were fitted on (fewer than 5 calibration files, no --eval)
 
     def feeds(self, advance: Callable[[], None] = lambda: None) -> Iterator[dict[str, np.ndarray]]:
         for item in self.items:

@@ -12,14 +12,12 @@ from pathlib import Path
 
 from onnx import TensorProto, helper
 
-from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
+from qcli.core.config import QuantConfig, unmatched_excludes
 from qcli.core.graph import name_nodes, subgraphs
 from qcli.io import model_io
 from qcli.io.feeds import input_specs
 from qcli.passes.preprocess import preprocess
-from qcli.schemes.dynamic.planner import plan_dynamic
-from qcli.schemes.w8a8.planner import W8A8Planner
-from qcli.schemes.weight_only.planner import plan_w4a16
+from qcli.schemes import handler_for
 
 
 @dataclass
@@ -32,6 +30,7 @@ class Inspection:
     outputs: list[dict]
     ops: dict[str, int]
     scheme: str
+    candidates_label: str = "candidates"  # what the scheme quantizes ("int8 candidates", "int4 weights")
     weights_bytes: int = 0  # float initializers and Constant-node tensors
     external_data_files: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)  # nodes that would be quantized (or may be, for w8a8)
@@ -55,10 +54,8 @@ class Inspection:
             "ops: " + ", ".join(f"{op} x{n}" for op, n in self.ops.items()),
         ]
         by_op = Counter(c["op_type"] for c in self.candidates)
-        label = {Scheme.W4A16.value: "int4 weights", Scheme.W8A16.value: "int8 weights"}.get(
-            self.scheme, "int8 candidates"
-        )
-        out.append(f"{self.scheme} {label}: " + (", ".join(f"{op} x{n}" for op, n in by_op.items()) or "none"))
+        listed = ", ".join(f"{op} x{n}" for op, n in by_op.items()) or "none"
+        out.append(f"{self.scheme} {self.candidates_label}: {listed}")
         reasons: dict[str, list[str]] = {}
         for d in self.float_nodes:
             reasons.setdefault(d["reason"]["text"], []).append(d["node"])
@@ -105,12 +102,12 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.weights_bytes = sum(_nbytes(t) for t in model.graph.initializer) + sum(
         _nbytes(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
     )
-    per_channel = 13 if config.per_channel else 10
-    need = {Scheme.W8A8: per_channel, Scheme.DYNAMIC: 13 if config.per_channel else 11}.get(config.scheme, 21)
+    handler = handler_for(config.scheme)
+    need = handler.opset(config)
     opset = model_io.onnx_opset(model)
-    if opset < need:
+    if need and opset < need[0]:
         info.notes.append(
-            f"opset {opset} will be upgraded to {need} for {config.scheme.value} (recorded in the report)"
+            f"opset {opset} will be upgraded to {need[0]} for {config.scheme.value} (recorded in the report)"
         )
     name_nodes(model.graph)
     model, notes = preprocess(model, config.fold_batchnorm, inplace=True, keep=config.mentions)
@@ -121,25 +118,9 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.warnings += [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
-    if config.scheme != Scheme.W8A8:  # these need no data: the final plan
-        plan = plan_dynamic(model, config) if config.scheme == Scheme.DYNAMIC else plan_w4a16(model, config)
-        info.candidates = [
-            {"node": d.node, "op_type": d.op_type, "action": d.action.value}
-            for d in plan.nodes
-            if d.why is None and d.action.value != "float"
-        ]
-        info.float_nodes = [d.to_dict() for d in plan.nodes if d.reason]
-        info.warnings += plan.warnings
-        return info
-    planner = W8A8Planner(model, config, model_io.float_tensors(model))
-    info.candidates = [
-        {"node": n.name, "op_type": n.op_type, "action": "int8 candidate"}
-        for n in planner.nodes
-        if n.name in planner.anchors
-    ]
-    info.float_nodes = [d.to_dict() for d in planner.fixed.values()]
-    info.notes.append(
-        "w8a8: the candidates are final only after calibration (--calib): the cost model keeps float those "
-        "too small to pay for their conversions, the accuracy guard those whose inputs quantize badly"
-    )
+    seen = handler.inspect(model, config)
+    info.candidates, info.float_nodes = seen.candidates, seen.float_nodes
+    info.notes += seen.notes
+    info.warnings += seen.warnings
+    info.candidates_label = handler.candidates_label
     return info

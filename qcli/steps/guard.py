@@ -28,6 +28,7 @@ from onnx import ModelProto
 
 from qcli.core.plan import QuantPlan, Reason, Why, reason
 from qcli.io.feeds import FidelityData
+from qcli.steps.base import Context, Outcome, Part, Replanner
 from qcli.steps.trials import trials, worst_sqnr
 
 QUIET_DB = 30.0  # worst output SQNR at which int8 noise is no longer worth any speed
@@ -111,3 +112,21 @@ def _candidates(suspects: list[list[str]], ranked: list[list[str]]) -> list[list
             out.append(unit)
             seen.update(unit)
     return out
+
+
+@dataclass(frozen=True)
+class GuardStep:
+    """The default accuracy guard as an after-plan step, measured on `data` (calibration batches)."""
+
+    planner: Replanner
+    data: FidelityData
+    suspects: tuple[tuple[str, ...], ...] = ()
+    name: str = "accuracy guard"
+    dry_run: bool = False
+
+    def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
+        advance = ctx.progress("accuracy guard (models tried)", None)
+        suspects = [list(s) for s in self.suspects]
+        result = guard(ctx.model, ctx.reference, plan, self.planner.replan, self.data, suspects, advance)
+        notes = (f"accuracy guard: {result.note}; nothing kept float for accuracy",) if result.note else ()
+        return Outcome(result.plan, Part({"guard": result.to_dict()}, notes))

@@ -35,20 +35,14 @@ from qcli.core.plan import NO_PROMOTION, Action, Promotion, QuantPlan, Why, reas
 from qcli.io import model_io
 from qcli.io.feeds import FidelityData
 from qcli.io.session import OpenSessions, Session
-from qcli.measure import evaluate
+from qcli.steps.base import Context, Outcome, Part, Replanner
 from qcli.steps.guard import QUIET_DB, SHARE, gain_for
 from qcli.steps.target import AccuracyTarget
+from qcli.steps.timing import CLEAR, MARGIN, fits_together, ratio_of
 from qcli.steps.trials import Trials, trials, worst_sqnr
 
 NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
-MARGIN = 0.03  # a change must save at least this share of the time to count (run-to-run noise)
-RUNS, WARMUP = 20, 3
-FIRST_RUNS, CLEAR = 8, 3 * MARGIN  # a first look settles clear differences
-CONFIRM_S = 1.0  # ratio_of(runs=...): a confirmation runs at least this long
 MAX_GROUPS = 5
-# Peak memory of `quantize`: at most BOUND_TIMES x the model's size + BOUND_PLUS; RESIDENT is what Python, numpy,
-# onnx and onnxruntime take by themselves.
-BOUND_TIMES, BOUND_PLUS, RESIDENT = 2, 500_000_000, 150_000_000
 INT8 = (Action.INT8, Action.INT8_OUT_FLOAT)
 
 
@@ -88,30 +82,6 @@ class PlacementResult:
                 self.promotion.ops | {n for n in self.promotion.anchors if self.plan.decision(n).action in INT8}
             ),
         }
-
-
-def ratio_of(a: Path | Session, b: Path | Session, feed: dict, in_turn: bool = False, runs: int | None = None) -> float:
-    """Median latency of model b over model a (files, or sessions open over them) on the same input, spinning
-    off: runs interleaved, or with in_turn (files) one model's runs after the other's, one session at a time.
-    Interleaved, FIRST_RUNS decide a clear difference (at least CLEAR either way); a closer one is timed again
-    over RUNS on the same sessions. `runs`: that many interleaved runs and at least CONFIRM_S seconds, no first
-    look (a verdict to confirm: a model of a fraction of a millisecond needs thousands of runs to settle)."""
-    if in_turn:
-        return evaluate.latency_in_turn(a, b, feed, runs=runs or RUNS, warmup=WARMUP, candidate_ours=True).ratio
-    with evaluate.pair(a, b, candidate_ours=True) as (ra, rb):
-        if runs:
-            return evaluate.latency(ra, rb, feed, runs=runs, warmup=WARMUP, min_s=CONFIRM_S).ratio
-        first = evaluate.latency(ra, rb, feed, runs=FIRST_RUNS, warmup=WARMUP).ratio
-        if abs(first - 1.0) >= CLEAR:
-            return first
-        return evaluate.latency(ra, rb, feed, runs=RUNS, warmup=0).ratio
-
-
-def fits_together(held: int, a: Path, b: Path, reference: Path) -> bool:
-    """Whether sessions over `a` and `b` (about their files' size each), beside `held` bytes of model graphs in
-    memory, stay within the memory bound of the reference's size: else they are timed one after the other."""
-    sessions = evaluate.file_size(a) + evaluate.file_size(b)
-    return held + sessions + RESIDENT <= BOUND_TIMES * evaluate.file_size(reference) + BOUND_PLUS
 
 
 def groups(
@@ -283,3 +253,32 @@ def _accurate_enough(t: Trials, before: Path | Session, after: Path | Session, t
     worst = worst_sqnr(now)
     ok = (worst >= QUIET_DB or worst > was - gain_for(SHARE)) and not (target and target.shortfall(now))
     return ok, (was, worst)
+
+
+@dataclass(frozen=True)
+class PlacementStep:
+    """Measured placement as an after-plan step: timed on the fidelity data's first batch (else on `fallback`,
+    the guard's calibration batches); an accuracy target, if any, still met by every int8 move."""
+
+    planner: Replanner
+    threshold: float  # the cost rule's MACs per conversion
+    target: AccuracyTarget | None
+    fallback: FidelityData | None = None
+    name: str = "measured placement"
+    dry_run: bool = False
+
+    def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
+        data = ctx.fid if ctx.fid.src is not None else self.fallback
+        if data is None or data.src is None:
+            return Outcome(plan)
+        advance = ctx.progress("measured placement (timings)", None)
+        result = place(ctx.model, ctx.reference, plan, self.planner.replan, self.threshold, data, advance, self.target)
+        moved = next((t for t in result.timed if t.to == "int8" and t.kept), None)
+        notes = ()
+        if moved:
+            notes = (
+                f"measured placement: on int8 beyond the static rule ({moved.group}): the model ran "
+                f"{moved.ratio:.2f}x the time, worst output {moved.sqnr_db[0]:.1f} -> {moved.sqnr_db[1]:.1f} dB",
+            )
+        warnings = (result.verdict,) if result.verdict else ()
+        return Outcome(result.plan, Part({"placement": result.to_dict()}, notes, warnings))

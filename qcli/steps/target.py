@@ -21,6 +21,7 @@ from qcli.core.plan import Action, QuantPlan, Reason, Why, reason
 from qcli.io.feeds import FidelityData
 from qcli.measure import evaluate
 from qcli.measure.evaluate import OutputFidelity
+from qcli.steps.base import Context, Outcome, Part, Replanner
 from qcli.steps.trials import INT8_ACTIONS, Apply, trials, w8a8, worst_sqnr
 
 LATENCY_RUNS = 10  # interleaved runs for the all-int8 model's latency, when layers had to go back
@@ -49,7 +50,7 @@ class AccuracyTarget:
 
 
 @dataclass
-class Step:
+class Round:
     k: int  # units returned to float
     nodes: list[str]
     worst_sqnr_db: float
@@ -69,7 +70,7 @@ class SearchResult:
     plan: QuantPlan
     met: bool
     returned: list[str] = field(default_factory=list)  # nodes returned to float, in rank order
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Round] = field(default_factory=list)
     shortfall: str | None = None
     first_size: int = 0  # bytes of the all-int8 model, before any layer went back to float
     first_latency: float | None = None  # its latency ratio to FP32 (measured only when layers went back)
@@ -113,14 +114,14 @@ def search(
         size = evaluate.file_size(all_int8)
         missing = target.shortfall(fidelity)
         if missing is None:
-            steps = [Step(0, [], worst_sqnr(fidelity), True)]
+            steps = [Round(0, [], worst_sqnr(fidelity), True)]
             return SearchResult(first, True, steps=steps, first_size=size, relief=relief)
         lat = None
         if relief == "float":
             first_feed = fid.src.load(fid.items[0])
             lat = evaluate.latency(reference, all_int8, first_feed, runs=LATENCY_RUNS, candidate_ours=True).ratio
         ranked = t.rank_units(first)
-        steps = [Step(0, [], worst_sqnr(fidelity), False)]
+        steps = [Round(0, [], worst_sqnr(fidelity), False)]
         tried: dict[int, tuple[QuantPlan, str | None, float]] = {0: (first, missing, worst_sqnr(fidelity))}
 
         def attempt(k: int) -> bool:
@@ -130,7 +131,7 @@ def search(
             fid_k = t.measure(plan)
             short = target.shortfall(fid_k)
             tried[k] = (plan, short, worst_sqnr(fid_k))
-            steps.append(Step(k, nodes, worst_sqnr(fid_k), short is None))
+            steps.append(Round(k, nodes, worst_sqnr(fid_k), short is None))
             return short is None
 
         lo, hi, k = 0, None, 1
@@ -150,3 +151,44 @@ def search(
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if attempt(mid) else (mid, hi)
         return SearchResult(tried[hi][0], True, [n for u in ranked[:hi] for n in u], steps, None, size, lat, relief)
+
+
+@dataclass(frozen=True)
+class TargetStep:
+    """The accuracy target as an after-plan step: the fewest nodes back to float (`planner.replan`), each
+    candidate written by `apply` and measured on the fidelity data."""
+
+    planner: Replanner
+    target: AccuracyTarget
+    apply: Apply = w8a8
+    name: str = "accuracy-target search"
+    dry_run: bool = False
+
+    def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
+        advance = ctx.progress("accuracy-target search (models tried)", None)
+        found = search(ctx.model, ctx.reference, plan, self.planner.replan, self.target, ctx.fid, advance, self.apply)
+        return searched(found, self.target, ctx.fid)
+
+
+def searched(found: SearchResult, target: AccuracyTarget, fid: FidelityData) -> Outcome:
+    """A search's plan, its part of the report, and its promise: the model written meets the target (the search
+    may have measured another form of it), or, when no plan tried met it, the gate fails after writing the most
+    accurate one."""
+    warnings = ()
+    if fid.src is not None and fid.in_sample:
+        warnings = (
+            "the accuracy target was checked on the calibration files themselves (fewer than 5, no --eval): "
+            "give --eval data for a target that holds on unseen inputs",
+        )
+
+    def kept(report) -> str | None:
+        if not found.met:
+            where = "back to float" if found.relief == "float" else f"at {found.relief}"
+            return (
+                f"accuracy target not met ({found.shortfall}) with {len(found.returned)} node(s) {where}; "
+                "wrote the most accurate model found"
+            )
+        late = target.shortfall(report.fidelity) if report.fidelity else None
+        return f"accuracy target not met by the model written ({late})" if late else None
+
+    return Outcome(found.plan, Part({"target": found.to_dict(target)}, warnings=warnings), promises=(kept,))

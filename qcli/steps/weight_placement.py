@@ -24,7 +24,8 @@ from onnx import ModelProto
 from qcli.core.plan import Action, NodeDecision, QuantPlan, Reason, Why, reason
 from qcli.io import model_io
 from qcli.io.batches import TimingFeeds
-from qcli.steps.placement import CLEAR, MARGIN, RUNS, PlacementResult, Timed, ratio_of
+from qcli.steps.placement import PlacementResult, Timed
+from qcli.steps.timing import CLEAR, MARGIN, RUNS, ratio_of
 
 Write = Callable[[ModelProto, QuantPlan], ModelProto]
 CONFIRM_RUNS = 3 * RUNS  # a group's move to float, and the all-float verdict, are timed again over this many runs

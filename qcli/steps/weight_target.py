@@ -5,7 +5,7 @@ fewest weights made one step more precise until every output meets it. Under w4a
 The search is target.py's: the weight ops ranked once by the noise each adds at its output in the first model
 (matched by tensor name, layerwise.py) per element of its weight, so that a small weight adding as much noise as
 an embedding table goes first (raising it costs a fraction of the bytes); then k doubling until the target is
-met and bisecting down to the fewest. Each candidate is measured in the form that will be written (refine.py:
+met and bisecting down to the fewest. Each candidate is measured in the form that will be written (weight_only.py:
 an explicit --format; under auto the fastest form timed on the first plan, then the exact math, MatMulNBits at
 fp32 compute, if the target is out of that form's reach), from weights quantized once each (Quantized caches
 them by key)."""
@@ -22,8 +22,8 @@ from qcli.core.config import WeightFormat
 from qcli.core.plan import Action, NodeDecision, QuantPlan, Reason
 from qcli.passes.int4 import apply_w4a16
 from qcli.passes.nbits import FP32
-from qcli.passes.weight_only import Key, key_of, quantize_plan
-from qcli.weights import BlockWeight, WeightOptions, WeightStats
+from qcli.passes.weight_only import Key, key_of, quantize_plan, weight_errors
+from qcli.weights import BlockWeight, WeightError, WeightOptions, WeightStats
 
 UNITS = (Action.INT4_WEIGHT, Action.INT8_WEIGHT)  # the weight ops the search may change
 WIDER = {"int4": "int8", "uint4": "uint8"}
@@ -60,6 +60,19 @@ class Quantized:
     def __init__(self, stats: dict[str, WeightStats] | None, options: WeightOptions) -> None:
         self.stats, self.options = stats, options
         self.cache: dict[Key, BlockWeight] = {}
+        self.measured: dict[Key, WeightError] = {}
+
+    def settle(self, model: ModelProto, plan: QuantPlan) -> None:
+        """`plan`'s weights quantized and their errors measured (with the statistics of their inputs), then
+        everything else let go: the other keys the search tried, and the statistics."""
+        quantized = self.of(model, plan)
+        self.measured = weight_errors(model, quantized, self.stats)
+        self.cache, self.stats = quantized, None
+
+    def errors(self, plan: QuantPlan) -> dict[str, dict]:
+        """Per weight tensor `plan` still quantizes, its error as settle() measured it (the report's figures)."""
+        kept = {w.tensor for w in plan.weights}
+        return {key[0]: e.to_dict() for key, e in self.measured.items() if key[0] in kept}
 
     def of(self, model: ModelProto, plan: QuantPlan) -> dict[Key, BlockWeight]:
         """The quantized weights `plan` writes (those not yet in the cache quantized now)."""

@@ -1,0 +1,1 @@
+"""Dynamic quantization: the handler (handler.py) and its planner."""

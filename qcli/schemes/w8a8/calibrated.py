@@ -1,0 +1,151 @@
+"""W8A8 planning from data: prepare the float model (equalize, smooth), calibrate, plan, and the replanner the
+after-plan steps call (nodes float, nodes promoted to int8, ranges from every file).
+
+Decisions are measured on the held-aside files with ranges from the others (unseen data); the model written
+takes its ranges from every file (the refit step). Not under an accuracy target: the model written is then the
+one the target was verified on, on files its ranges never saw."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from onnx import ModelProto
+
+from qcli.calibration.calibrate import calibrate_then_more
+from qcli.calibration.observers import TensorStats
+from qcli.core.config import QuantConfig
+from qcli.core.errors import InputError
+from qcli.core.hostcpu import CpuInfo
+from qcli.core.ops import ANCHORS, TRIAL
+from qcli.core.plan import NO_PROMOTION, Action, Promotion, QuantPlan, Reason, Why
+from qcli.core.progress import Progress
+from qcli.io import model_io
+from qcli.io.feeds import FidelityData
+from qcli.measure.sensitivity import activation_sqnr
+from qcli.schemes.base import Data, Planned, fidelity_after_fit, split
+from qcli.schemes.w8a8.planner import W8A8Planner
+from qcli.schemes.w8a8.prepare import prepare
+
+SENSITIVITY_BATCHES = 4  # calibration batches the accuracy guards measure on
+SUSPECT_DB = 30.0  # an activation quantizing alone to fewer dB makes its readers candidates for the guard
+
+
+@dataclass(frozen=True)
+class Replanner:
+    """The W8A8 planner again on the same model, statistics and pinned nodes."""
+
+    model: ModelProto
+    config: QuantConfig
+    cpu: CpuInfo
+    pinned: dict[str, Reason]
+    stats: dict[str, TensorStats]
+    act_sqnr: dict[str, float] | None
+    notes: tuple[str, ...]  # what preparing the float model did: on every plan
+    warnings: tuple[str, ...]  # overrides entries that match nothing: on every plan
+    # Every file's ranges and calibration record (None: no file was held aside, or an accuracy target)
+    stats_all: dict[str, TensorStats] | None = None
+    calibration_all: dict | None = None
+
+    def replan(self, why: dict[str, Reason], promotion: Promotion = NO_PROMOTION) -> QuantPlan:
+        return self._plan(self.stats, why, promotion)
+
+    def refit(self, plan: QuantPlan) -> tuple[QuantPlan, dict] | None:
+        """The plan's decisions (what is float and why, what runs on int8) with the ranges from every file."""
+        if self.stats_all is None:
+            return None
+        kept = {d.node: d.reason for d in plan.nodes if d.why in (Why.ACCURACY, Why.TARGET, Why.MEASURED)}
+        int8 = [d for d in plan.nodes if d.action in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)]
+        promotion = Promotion(
+            frozenset(d.node for d in int8 if d.op_type in ANCHORS),
+            frozenset(d.op_type for d in int8 if d.op_type in TRIAL),
+        )
+        return self._plan(self.stats_all, kept, promotion), self.calibration_all
+
+    def finish(self, plan: QuantPlan) -> QuantPlan:
+        plan.notes += self.notes
+        plan.warnings += self.warnings
+        return plan
+
+    def _plan(self, stats, why: dict[str, Reason], promotion: Promotion) -> QuantPlan:
+        floats = model_io.float_tensors(self.model)
+        pinned = {**self.pinned, **why}
+        again = W8A8Planner(self.model, self.config, floats, self.cpu, pinned=pinned, promotion=promotion)
+        return self.finish(again.plan(stats, self.act_sqnr))
+
+
+@dataclass(frozen=True)
+class W8A8Planned(Planned):
+    replanner: Replanner | None = None
+    guard_data: FidelityData | None = None  # calibration batches the default accuracy guard measures on
+    suspects: tuple[tuple[str, ...], ...] = field(default_factory=tuple)  # its first candidates
+
+
+def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> W8A8Planned:
+    src = data.calib
+    if src is None:
+        raise InputError(
+            "W8A8 static quantization needs calibration data: pass --calib DIR "
+            "(or use --scheme w4a16 for weight-only quantization without data)"
+        )
+    items, held = split(src, data.eval)
+    prepared = prepare(model, config, src, items, progress)
+    planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
+    also = held if not (config.min_sqnr or config.max_top1_drop) else []
+    advance = progress("calibrating", len(items) + len(also))
+    levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
+    batches = (src.load(i) for i in items)
+    more = (src.load(i) for i in also) if also else None
+    stats, stats_all = calibrate_then_more(model, planner.watch_list(), batches, more, config, levels, advance)
+
+    def record(st: dict, files: list) -> dict:
+        return {
+            "method": config.calibrator.value,
+            "methods_used": dict(Counter(s.method for s in st.values())),
+            **prepared.done,
+            "batches": len(files),
+            "files": [p.name for p in files],
+            "tensors": len(st),
+            "ranges": {k: v.to_dict() for k, v in st.items()},
+        }
+
+    calibration = record(stats, items)
+    act_sqnr, measured = None, {}
+    plan = planner.plan(stats)
+    guard_items = items[:SENSITIVITY_BATCHES]
+    if config.min_activation_sqnr > 0 or config.accuracy_guard:  # each activation quantized alone
+        guard = FidelityData(src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
+        measured = activation_sqnr(model, plan.activations, guard)
+        calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in measured.items() if v != float("inf")}
+    if config.min_activation_sqnr > 0:  # the per-tensor guard (expert switch)
+        act_sqnr = measured
+        if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
+            plan = planner.plan(stats, act_sqnr)
+    unmatched = [f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)]
+    unmatched += [
+        f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
+        for p in config.overrides.unmatched_nodes(model.graph.node)
+    ]
+    decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
+    every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
+    notes = tuple(prepared.notes)
+    replanner = Replanner(
+        model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, tuple(unmatched), stats_all, every
+    )
+    guard_data = FidelityData(src, guard_items, f"{len(guard_items)} calibration batches")
+    fid = fidelity_after_fit(data, items, held)
+    sus = tuple(tuple(s) for s in suspects(model, plan, measured))
+    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, guard_data, sus)
+
+
+def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> list[list[str]]:
+    """The int8 compute readers of each activation that quantizes badly on its own, worst tensor first: the
+    accuracy guard's first candidates (whether they matter is measured at the outputs)."""
+    compute = {d.node for d in plan.nodes if d.action in (Action.INT8, Action.INT8_OUT_FLOAT) and d.op_type in ANCHORS}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            if node.name in compute and t in act_sqnr:
+                readers.setdefault(t, []).append(node.name)
+    weak = sorted((db, t) for t, db in act_sqnr.items() if db < SUSPECT_DB and t in readers)
+    return [readers[t] for _, t in weak]

@@ -1,0 +1,70 @@
+"""W8A8 static QDQ: int8 weights, 8-bit activations with ranges from calibration data, bias int32.
+
+plan:   prepare (equalize, smooth) -> calibrate -> plan (regions, cost rule)           calibrated.py
+steps:  accuracy target | accuracy guard -> measured placement -> range refit           (below)
+write:  Q/DQ pairs, folded activations, quantized weights and biases                    passes/qdq.py
+"""
+
+from __future__ import annotations
+
+from onnx import ModelProto
+
+from qcli.core.config import Objective, Placement, QuantConfig, Scheme
+from qcli.core.plan import QuantPlan
+from qcli.core.progress import Progress
+from qcli.io import model_io
+from qcli.passes.qdq import apply_w8a8
+from qcli.schemes.base import Data, Inspected, SchemeHandler, Written
+from qcli.schemes.w8a8.calibrated import W8A8Planned, plan_w8a8
+from qcli.schemes.w8a8.planner import W8A8Planner
+from qcli.steps.base import Step
+from qcli.steps.guard import GuardStep
+from qcli.steps.placement import PlacementStep
+from qcli.steps.refit import RefitStep
+from qcli.steps.target import AccuracyTarget, TargetStep
+
+
+class W8A8(SchemeHandler):
+    scheme = Scheme.W8A8
+    suffix = ".int8.onnx"
+    candidates_label = "int8 candidates"
+
+    def opset(self, config: QuantConfig) -> tuple[int, str]:
+        return (13, "per-channel Q/DQ") if config.per_channel else (10, "Q/DQ")
+
+    def plan(self, model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> W8A8Planned:
+        return plan_w8a8(model, config, data, progress)
+
+    def steps(self, config: QuantConfig, planned: W8A8Planned) -> list[Step]:
+        target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
+        replanner = planned.replanner
+        steps: list[Step] = []
+        if target:
+            steps.append(TargetStep(replanner, target))
+        elif config.accuracy_guard:
+            steps.append(GuardStep(replanner, planned.guard_data, planned.suspects))
+        if config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
+            steps.append(PlacementStep(replanner, config.macs_threshold, target or None, planned.guard_data))
+        return steps + [RefitStep(replanner)]
+
+    def rewrite(self, model: ModelProto, plan: QuantPlan, planned: W8A8Planned) -> Written:
+        qmodel, qnames = apply_w8a8(model, plan)
+        return Written(qmodel, qnames)
+
+    def summary(self, config: dict, decisions: dict) -> str:
+        acts = "int8 symmetric" if config["activation_symmetric"] else "uint8 asymmetric"
+        wts = "int8 symmetric " + ("per-channel" if config["per_channel"] else "per-tensor")
+        return f"W8A8 static QDQ: weights {wts}, activations {acts}, bias int32"
+
+    def inspect(self, model: ModelProto, config: QuantConfig) -> Inspected:
+        planner = W8A8Planner(model, config, model_io.float_tensors(model))
+        candidates = [
+            {"node": n.name, "op_type": n.op_type, "action": "int8 candidate"}
+            for n in planner.nodes
+            if n.name in planner.anchors
+        ]
+        note = (
+            "w8a8: the candidates are final only after calibration (--calib): the cost model keeps float those "
+            "too small to pay for their conversions, the accuracy guard those whose inputs quantize badly"
+        )
+        return Inspected(candidates, [d.to_dict() for d in planner.fixed.values()], [note])

@@ -1,0 +1,138 @@
+"""Weight-only (w4a16: int4 blocks; w8a16: int8 blocks): constant MatMul/Gemm weights and Gather tables
+quantized block-wise along the reduction axis; all compute stays float.
+
+    plan:   the weights to quantize; data-aware algorithms read their inputs' statistics    planner.py, stats.py
+    steps:  accuracy target (weights one step wider) -> weights quantized once -> the form
+            written (--format auto) and weight placement                                    steps/weight_only.py
+    write:  blocked DequantizeLinear, or MatMulNBits / GatherBlockQuantized                 passes/int4.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx import ModelProto
+
+from qcli.core.config import Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat
+from qcli.core.errors import InputError
+from qcli.core.plan import QuantPlan
+from qcli.core.progress import Progress
+from qcli.passes.awq import awq_prepare
+from qcli.passes.int4 import apply_w4a16
+from qcli.schemes.base import (
+    Data,
+    Inspected,
+    Planned,
+    SchemeHandler,
+    Written,
+    fidelity_after_fit,
+    fidelity_only,
+    final_inspection,
+    split,
+)
+from qcli.schemes.weight_only import stats as weight_stats
+from qcli.schemes.weight_only.planner import BITS, plan_w4a16
+from qcli.steps.base import Part, Step
+from qcli.steps.target import AccuracyTarget
+from qcli.steps.weight_only import FormatStep, QuantizeWeights, WeightTargetStep
+from qcli.steps.weight_target import Quantized
+from qcli.weights import WeightOptions
+
+NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
+
+
+@dataclass(frozen=True)
+class WeightOnlyPlanned(Planned):
+    weights: Quantized | None = None  # every plan's weights, each quantized once (with the statistics)
+
+
+class WeightOnly(SchemeHandler):
+    def __init__(self, scheme: Scheme, suffix: str, relief: str) -> None:
+        self.scheme, self.suffix, self.relief = scheme, suffix, relief  # relief: what a weight raised becomes
+        self.candidates_label = f"int{BITS[scheme]} weights"
+
+    def opset(self, config: QuantConfig) -> tuple[int, str] | None:
+        if config.weight_format == WeightFormat.ORT:
+            return None  # com.microsoft MatMulNBits / GatherBlockQuantized: no standard opset needed
+        return 21, "block-wise DequantizeLinear"
+
+    def plan(self, model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> WeightOnlyPlanned:
+        """rtn needs no data; gptq, awq and --clip-search read statistics of each weight's input (X^T X, mean
+        |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval); awq also
+        rescales the graph (folded where exact, else an explicit Mul)."""
+        plan = plan_w4a16(model, config)
+        if not _data_aware(config):
+            return WeightOnlyPlanned(plan, None, fidelity_only(data), Quantized(None, WeightOptions.of(config)))
+        if data.calib is None:
+            what = (
+                "--clip-search" if config.weight_algo == WeightAlgo.RTN else f"--weight-algo {config.weight_algo.value}"
+            )
+            raise InputError(f"{what} needs calibration data: pass --calib DIR")
+        items, held = split(data.calib, data.eval)
+        advance = progress("weight statistics (X^T X per input)", len(items))
+        stats = weight_stats.collect(model, plan, (data.calib.load(i) for i in items), advance)
+        calibration: dict = {
+            "method": config.weight_algo.value + (" + clip search" if config.clip_search else ""),
+            "batches": len(items),
+            "files": [p.name for p in items],
+            "tensors": len(stats),
+        }
+        if config.weight_algo == WeightAlgo.AWQ:
+            done = awq_prepare(model, plan, stats)
+            stats = done.stats
+            plan.notes += list(done.notes)
+            calibration["awq"] = [x.to_dict() for x in done.layers]
+        weights = Quantized(stats, WeightOptions.of(config))
+        return WeightOnlyPlanned(plan, calibration, fidelity_after_fit(data, items, held), weights)
+
+    def steps(self, config: QuantConfig, planned: WeightOnlyPlanned) -> list[Step]:
+        target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
+        weights, batches = planned.weights, config.timing_batches
+        steps: list[Step] = []
+        if target:
+            steps.append(WeightTargetStep(weights, target, self.relief, config.weight_format, batches))
+        steps.append(QuantizeWeights(weights))
+        if config.weight_format == WeightFormat.AUTO:
+            place = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
+            steps.append(FormatStep(weights, config.min_sqnr, batches, place))
+        return steps
+
+    def rewrite(self, model: ModelProto, plan: QuantPlan, planned: WeightOnlyPlanned) -> Written:
+        quantized = planned.weights.of(model, plan)
+        errors = planned.weights.errors(plan)
+        qmodel = apply_w4a16(model, plan, inplace=True, quantized=quantized)  # the float graph is done
+        return Written(qmodel, part=Part({"weight_errors": errors}))
+
+    def summary(self, config: dict, decisions: dict) -> str:
+        sym = "symmetric" if config["weight_symmetric_int4"] else "asymmetric"
+        form = decisions.get("weight_format", {}).get("value", config.get("weight_format", "qdq"))
+        written = "MatMulNBits" if form == "ort" else "DequantizeLinear -> MatMul"
+        return (
+            f"{self.scheme.value.upper()} weight-only: int{BITS[self.scheme]} {sym}, blocks of "
+            f"{config['block_size']} along K, written as {written} ({form})"
+        )
+
+    def inspect(self, model: ModelProto, config: QuantConfig) -> Inspected:
+        return final_inspection(plan_w4a16(model, config))
+
+    def data_warnings(self, config: QuantConfig, data: Data) -> list[str]:
+        if data.calib is None or _data_aware(config):
+            return []
+        return [
+            f"--calib is not used by {self.scheme.value} rtn; its files serve fidelity (and --format auto's timing)"
+        ]
+
+    def measured_notes(self, plan: QuantPlan, latency_ratio: float | None, ort_config: dict | None) -> list[str]:
+        slower = latency_ratio is not None and latency_ratio >= 1.0
+        qdq = plan.decisions.get("weight_format", {}).get("value", "qdq") == "qdq"
+        if not (qdq and slower) or (ort_config or {}).get(NBITS_LEVEL):
+            return []
+        return [
+            "onnxruntime runs DequantizeLinear(int4) -> MatMul as MatMulNBits with int8 compute by default "
+            f"(accuracy level 4), which can be slower than float compute: try session config {NBITS_LEVEL}=0 "
+            "(measure with --ort-config)"
+        ]
+
+
+def _data_aware(config: QuantConfig) -> bool:
+    return config.weight_algo != WeightAlgo.RTN or config.clip_search

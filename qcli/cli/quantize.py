@@ -99,7 +99,7 @@ def quantize(
     ] = DEFAULT.equalize,
     overrides: Annotated[
         Path | None,
-        typer.Option(help="TOML file of per-tensor calibration method overrides (format: README, qcli/overrides.py)"),
+        typer.Option(help="TOML file of per-tensor calibration methods and per-node precisions (format: docs/calibration.md)"),
     ] = None,
     calib_limit: Annotated[
         int | None, typer.Option(min=1, help="use at most N calibration files")

@@ -80,7 +80,7 @@ def child(tool: str, method: str, model: Path, data: Path) -> dict:
         from qcli.schemes.w8a8.planner import W8A8Planner
 
         m, _ = preprocess(model_io.load(model), inplace=True)
-        config = QuantConfig(calibrator=method)
+        config = QuantConfig.of(calibrator=method)
         watch = W8A8Planner(m, config, model_io.float_tensors(m)).watch_list()
         inits = {i.name for i in m.graph.initializer}
         names = [i.name for i in m.graph.input if i.name not in inits]

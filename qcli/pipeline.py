@@ -128,7 +128,7 @@ class _Run:
         specs = input_specs(model)
         model, reference, notes = self._prepare(stack, model)
         data = Data(
-            FeedSource(calib, specs, config.calib_limit, model=self.model_path.name) if calib else None,
+            FeedSource(calib, specs, config.w8a8.calib_limit, model=self.model_path.name) if calib else None,
             FeedSource(eval_dir, specs, model=self.model_path.name) if eval_dir else None,
         )
         planned = handler.plan(model, config, data, progress)

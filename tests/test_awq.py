@@ -107,7 +107,7 @@ def feeds(seed, n=4, rows=128):
 
 
 def quantized_outputs(m, algo: str, cal, new):
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo=algo, weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo=algo, weight_format="qdq"))
     stats, result = None, None
     if algo == "awq":
         stats = collect(m, plan, cal)
@@ -150,7 +150,7 @@ def test_a_shared_weight_is_left_unscaled_with_a_note():
     m.graph.initializer.append(numpy_helper.from_array(weight(1, (48, K)), "wa_t"))
     m.graph.node.append(helper.make_node("Gemm", ["x", "wa_t"], ["yc"], name="gemmc", transB=1))
     m.graph.output.append(vi("yc", ["N", 48]))
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
     result = awq_prepare(m, plan, collect(m, plan, feeds(0)))
     assert "left unscaled" in " ".join(result.notes) and not result.layers
 
@@ -159,7 +159,7 @@ def test_reported_errors_compare_the_weight_the_model_computes_with_to_the_float
     """The stored weight is W diag(s); Q / s is what the model computes with: the report compares that to W."""
     m = ln_model(False)
     wa = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "wa")).astype(np.float64)
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
     result = awq_prepare(m, plan, collect(m, plan, feeds(0)))
     quantized = quantize_plan(m, plan, stats=result.stats)
     errors = weight_errors(m, quantized, result.stats)
@@ -180,7 +180,7 @@ def test_the_error_the_search_promised_is_the_error_the_quantized_weights_delive
     its weight: sum tr(E H E^T) / sum tr(W H W^T) over t's readers, recomputed here from the final graph and the
     quantized weights, equals what the search reported."""
     m = ln_model(True, "fold")
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo="awq", weight_format="qdq"))
     result = awq_prepare(m, plan, collect(m, plan, feeds(0)))
     quantized = quantize_plan(m, plan, stats=result.stats)
     inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}

@@ -46,7 +46,7 @@ def cnn_files(tmp_path):
 
 
 def _q(tmp_path, **kw):
-    config = QuantConfig(**{"reduce_range": False, "min_macs_per_conversion": 0, "accuracy_guard": False, **kw})
+    config = QuantConfig.of(**{"reduce_range": False, "min_macs_per_conversion": 0, "accuracy_guard": False, **kw})
     return quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
 
 
@@ -143,7 +143,7 @@ def test_non_finite_activation_names_the_tensor_and_batch(tmp_path, bad, word):
         np.save(tmp_path / "c" / f"b{i}.npy", a)
     for method in ("minmax", "percentile"):
         with pytest.raises(InputError, match=rf"batch 2: tensor 's' contains {word}"):
-            quantize(tmp_path / "m.onnx", QuantConfig(calibrator=method), tmp_path / "c", tmp_path / "q.onnx")
+            quantize(tmp_path / "m.onnx", QuantConfig.of(calibrator=method), tmp_path / "c", tmp_path / "q.onnx")
     res = CliRunner().invoke(app, ["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c")])
     assert res.exit_code == 2 and "tensor 's'" in res.output
     assert not (tmp_path / "q.onnx").exists()
@@ -153,7 +153,7 @@ def test_non_finite_activation_names_the_tensor_and_batch(tmp_path, bad, word):
 def test_ragged_sequence_lengths(tmp_path, method):
     onnx.save(mlp(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(2, t, 64) for t in (3, 17, 9, 30, 5)])
-    r = quantize(tmp_path / "m.onnx", QuantConfig(calibrator=method), tmp_path / "c", tmp_path / "q.onnx")
+    r = quantize(tmp_path / "m.onnx", QuantConfig.of(calibrator=method), tmp_path / "c", tmp_path / "q.onnx")
     assert r.plan.by_action(Action.INT8)
     assert r.report.fidelity[0].sqnr_db > 25
 

@@ -117,7 +117,7 @@ def test_quantize_plan_passes_the_options_and_statistics_to_the_quantizer():
         {"w": w},
         21,
     )
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_format="qdq"))
     acc = StatsAccumulator()
     acc.update(np.random.default_rng(7).standard_normal((128, 64)) * np.exp(np.linspace(-3, 3, 64)))
     (plain,) = quantize_plan(m, plan).values()
@@ -129,6 +129,6 @@ def test_quantize_plan_passes_the_options_and_statistics_to_the_quantizer():
 
 
 def test_options_are_read_from_the_configuration():
-    config = QuantConfig(scheme=Scheme.W4A16, clip_search=True, gptq_damp=0.1, gptq_act_order=True)
+    config = QuantConfig.of(scheme=Scheme.W4A16, clip_search=True, gptq_damp=0.1, gptq_act_order=True)
     assert WeightOptions.of(config) == WeightOptions(clip_search=True, gptq_damp=0.1, gptq_act_order=True)
     assert WeightOptions.of(QuantConfig()) == WeightOptions()

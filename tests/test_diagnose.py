@@ -26,7 +26,7 @@ def test_layer_with_an_outlier_channel_is_blamed_first(tmp_path):
     write_batches(tmp_path / "c", [(2, 3, 16, 16)] * 6)
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(per_channel=False, reduce_range=False),
+        QuantConfig.of(per_channel=False, reduce_range=False),
         calib=tmp_path / "c",
         out=tmp_path / "q.onnx",
         latency_runs=2,

@@ -20,7 +20,7 @@ from qcli.passes.dynamic import apply_dynamic
 from qcli.passes.preprocess import preprocess
 from qcli.schemes.dynamic.planner import MIN_MACS_PER_CONVERSION, plan_dynamic
 
-DYN = QuantConfig(scheme=Scheme.DYNAMIC)
+DYN = QuantConfig.of(scheme=Scheme.DYNAMIC)
 
 
 def _w(*shape, scale=0.1, seed=0):
@@ -124,7 +124,7 @@ def test_shared_input_conversion_pays_for_two_readers():
     nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in (1, 2)]
     m = model_of(nodes, [vi("x", ["N", 128])], [vi("y1", ["N", 20]), vi("y2", ["N", 20])], inits)
     assert len(plan_dynamic(m, DYN).weights) == 2
-    plan = plan_dynamic(m, QuantConfig(scheme=Scheme.DYNAMIC, exclude=("mm2",)))
+    plan = plan_dynamic(m, QuantConfig.of(scheme=Scheme.DYNAMIC, exclude=("mm2",)))
     assert plan.decision("mm2").why == Why.EXCLUDED
     assert plan.decision("mm1").reason.details["macs_per_conversion"] == pytest.approx(128 * 20 / 148)
 
@@ -132,12 +132,12 @@ def test_shared_input_conversion_pays_for_two_readers():
 def test_exclude_overrides_and_pinned_nodes_stay_float():
     m = _heads()
     over = Overrides(nodes=(NodeOverride("mm_b", Precision.PER_TENSOR), NodeOverride("mm_small", Precision.INT8)))
-    plan = plan_dynamic(m, QuantConfig(scheme=Scheme.DYNAMIC, overrides=over))
+    plan = plan_dynamic(m, QuantConfig.of(scheme=Scheme.DYNAMIC, overrides=over))
     assert {w.node: w.axis for w in plan.weights} == {"mm_a": 1, "mm_b": None, "mm_small": 1}  # int8 forced
     assert plan.overrides == {"mm_b": "per-tensor", "mm_small": "int8"}
     pinned = plan_dynamic(m, DYN, pinned={"mm_a": reason(Why.TARGET, rank=1)})
     assert pinned.decision("mm_a").why == Why.TARGET and {w.node for w in pinned.weights} == {"mm_b"}
-    q = apply_dynamic(m, plan_dynamic(m, QuantConfig(scheme=Scheme.DYNAMIC, exclude=("mm_a",))))
+    q = apply_dynamic(m, plan_dynamic(m, QuantConfig.of(scheme=Scheme.DYNAMIC, exclude=("mm_a",))))
     assert _producer(q, "ma").op_type == "MatMul" and list(_producer(q, "ma").input) == ["x", "wa"]
 
 
@@ -162,7 +162,7 @@ def test_matmul_weights_bit_exact_and_outputs_match_numpy(per_channel):
     measured (asserted > 60 dB: a vectorized quantize may round one element differently on other CPUs, a
     wrong scale or zero point gives < 45 dB). Float paths are untouched."""
     m = _heads()
-    plan = plan_dynamic(m, QuantConfig(scheme=Scheme.DYNAMIC, per_channel=per_channel))
+    plan = plan_dynamic(m, QuantConfig.of(scheme=Scheme.DYNAMIC, per_channel=per_channel))
     q = apply_dynamic(m, plan)
     x = _x(2, 5, 64, scale=3)
     xq, xs, xz = _dql(x)
@@ -233,7 +233,7 @@ def test_conv_float_by_default_conv_integer_when_forced(tmp_path):
     m, _ = preprocess(cnn())
     plan = plan_dynamic(m, DYN)
     assert plan.decision("conv1").why == Why.SCHEME and "ConvInteger" in plan.decision("conv1").reason.text
-    forced = QuantConfig(scheme=Scheme.DYNAMIC, overrides=Overrides(nodes=(NodeOverride("Conv", Precision.INT8),)))
+    forced = QuantConfig.of(scheme=Scheme.DYNAMIC, overrides=Overrides(nodes=(NodeOverride("Conv", Precision.INT8),)))
     q = apply_dynamic(m, plan_dynamic(m, forced))
     path = tmp_path / "cnn.onnx"
     path.write_bytes(q.SerializeToString())
@@ -265,7 +265,7 @@ def test_lstm_to_dynamic_quantize_lstm(direction, per_channel):
     [D], zero points 0. Against the float LSTM, worst output: per channel 36.4 / 37.0 dB (forward /
     bidirectional; 32.8 / 33.1 with 7-bit weights), per direction 34.0 dB (29.8)."""
     m = _lstm(direction, hidden=96)
-    plan = plan_dynamic(m, QuantConfig(scheme=Scheme.DYNAMIC, per_channel=per_channel))
+    plan = plan_dynamic(m, QuantConfig.of(scheme=Scheme.DYNAMIC, per_channel=per_channel))
     q = apply_dynamic(m, plan)
     (node,) = q.graph.node
     assert node.op_type == "DynamicQuantizeLSTM" and node.domain == "com.microsoft"

@@ -35,12 +35,12 @@ def test_accuracy_target_returns_the_outlier_layer_to_float(tmp_path):
     Measured: all-int8 -0.1 dB; with mm3 float 35.0 dB."""
     onnx.save(_outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
-    config = QuantConfig(scheme="dynamic", reduce_range=False)
+    config = QuantConfig.of(scheme="dynamic", reduce_range=False)
     plain = quantize(tmp_path / "m.onnx", config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     feeds = batches_of(tmp_path / "e")
     assert [d.node for d in plain.plan.by_action(Action.INT8_OUT_FLOAT)] == ["mm1", "mm2", "mm3"]  # mm4: small
     assert sqnr_on(tmp_path / "m.onnx", tmp_path / "q.onnx", feeds) < 1
-    config = QuantConfig(scheme="dynamic", reduce_range=False, min_sqnr=25)
+    config = QuantConfig.of(scheme="dynamic", reduce_range=False, min_sqnr=25)
     r = quantize(tmp_path / "m.onnx", config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert r.report.target["met"] and r.report.target["returned_to_float"] == ["mm3"]
     assert r.plan.decision("mm3").why == Why.TARGET

@@ -355,7 +355,7 @@ def test_equalization_rescues_w8a8_of_a_dwsep_net_with_wide_batchnorm_gains(tmp_
     for tag in ("m", "eq"):
         r = quantize(
             tmp_path / f"{tag}.onnx",
-            QuantConfig(reduce_range=False, accuracy_guard=False),
+            QuantConfig.of(reduce_range=False, accuracy_guard=False),
             calib=calib,
             out=tmp_path / f"{tag}.q.onnx",
             latency_runs=1,

@@ -109,7 +109,7 @@ def quantize_and_measure(tmp_path: Path, model, shape=(1, 3, 12, 12), **config):
     write_batches(tmp_path / "eval", [shape] * 4, seed=2)
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(**{**CONFIG, **config}),
+        QuantConfig.of(**{**CONFIG, **config}),
         calib=tmp_path / "calib",
         eval_dir=tmp_path / "eval",
         out=tmp_path / "q.onnx",

@@ -69,7 +69,7 @@ def test_quantized_head_runs_as_one_integer_kernel(tmp_path):
     """Without the fusion the int8 head MatMul writes float into the bias Add; onnxruntime fuses MatMul + Add
     into a float Gemm first and dequantizes the weight on every run (left: DequantizeLinear + Gemm)."""
     m = save_with_data(tmp_path, _head(), (8, 128))
-    r = quantize_files(tmp_path, QuantConfig(accuracy_guard=False))
+    r = quantize_files(tmp_path, QuantConfig.of(accuracy_guard=False))
     assert ops(tmp_path / "q.onnx").get("Gemm") == 2
     fused = fused_ops(tmp_path / "q.onnx", tmp_path)
     assert fused.get("QGemm") == 2 and "Gemm" not in fused and "MatMul" not in fused, fused
@@ -83,7 +83,7 @@ def test_an_excluded_matmul_is_not_fused_so_the_exclusion_holds(tmp_path, exclud
     """--exclude names nodes as the input has them: a MatMul excluded by op type or by name stays a float
     MatMul + Add (fused into a Gemm it would no longer match 'MatMul', and be quantized)."""
     save_with_data(tmp_path, _head(), (8, 128))
-    r = quantize_files(tmp_path, QuantConfig(accuracy_guard=False, exclude=exclude))
+    r = quantize_files(tmp_path, QuantConfig.of(accuracy_guard=False, exclude=exclude))
     decisions = {d.node: d for d in r.plan.nodes}
     assert {n for n in ("mm1", "mm2") if decisions[n].action == Action.FLOAT} == float_nodes
     assert all(decisions[n].op_type == "MatMul" for n in float_nodes)

@@ -293,7 +293,7 @@ def test_effnet_lite_pads_fold_and_every_conv_runs_int8(tmp_path):
     plan = quantize(tmp_path / "m.onnx", QuantConfig(), calib=tmp_path / "c", dry_run=True).plan
     assert [d.action for d in plan.nodes if d.op_type == "Conv"] == [Action.INT8] * 9
     assert any(n.startswith("fold pads: 6 ") for n in plan.notes)
-    config = QuantConfig(reduce_range=False, accuracy_guard=False)
+    config = QuantConfig.of(reduce_range=False, accuracy_guard=False)
     r = quantize(tmp_path / "m.onnx", config, calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2)
     fused = fused_ops(r.output, tmp_path)
     assert fused.get("QLinearConv") == 9 and "Pad" not in fused and "Conv" not in fused

@@ -162,7 +162,7 @@ def test_gptq_end_to_end_beats_rtn_at_the_model_output():
     ref = run(m, new)[0]
     db = {}
     for algo in ("rtn", "gptq"):
-        plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo=algo, weight_format="qdq"))
+        plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo=algo, weight_format="qdq"))
         stats = collect(m, plan, cal) if algo == "gptq" else None
         q = apply_w4a16(m, plan, quantized=quantize_plan(m, plan, stats=stats))
         db[algo] = sqnr(ref, run(q, new)[0])
@@ -171,6 +171,6 @@ def test_gptq_end_to_end_beats_rtn_at_the_model_output():
 
 def test_gptq_without_statistics_in_the_plan_is_a_bug_not_silent_rounding():
     m = _two_layer()
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_algo="gptq", weight_format="qdq"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo="gptq", weight_format="qdq"))
     with pytest.raises(InternalError, match="gptq needs the input statistics"):
         quantize_plan(m, plan)

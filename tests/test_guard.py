@@ -21,7 +21,7 @@ BASE = {"reduce_range": False, "min_macs_per_conversion": 0}
 def _q(tmp_path, out="q.onnx", **kw):
     return quantize(
         tmp_path / "m.onnx",
-        QuantConfig(**{**BASE, **kw}),
+        QuantConfig.of(**{**BASE, **kw}),
         tmp_path / "c",
         tmp_path / out,
         tmp_path / "e",

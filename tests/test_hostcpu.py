@@ -56,6 +56,6 @@ def test_reduce_range_decision_follows_the_cpu_and_is_recorded(tmp_path, cpu_kin
     assert r.report.config["reduce_range"] is expected
     assert ("no VNNI" in decided["why"]) == expected
     for forced in (True, False):  # an explicit choice wins on either CPU
-        f = quantize(m, QuantConfig(reduce_range=forced), calib=tmp_path / "c", dry_run=True)
+        f = quantize(m, QuantConfig.of(reduce_range=forced), calib=tmp_path / "c", dry_run=True)
         assert {w.qtype for w in f.plan.weights if w.role == "weight"} == {"int8-7bit" if forced else "int8"}
         assert f.plan.decisions["reduce_range"]["value"] is forced

@@ -21,7 +21,7 @@ from qcli import QuantConfig, quantize
 from qcli.core.plan import Action
 from qcli.passes.qdq import apply_w8a8
 
-CONFIG = QuantConfig(reduce_range=False, min_macs_per_conversion=0, accuracy_guard=False)
+CONFIG = QuantConfig.of(reduce_range=False, min_macs_per_conversion=0, accuracy_guard=False)
 INT8_TYPES = (TensorProto.UINT8, TensorProto.INT8)
 
 
@@ -198,7 +198,7 @@ def test_pad_before_opset_11_stays_float(tmp_path):
     model passes onnx's full check (quantize() runs it)."""
     pad = helper.make_node("Pad", ["c1"], ["m"], name="op", mode="reflect", pads=[0, 0, 1, 1, 0, 0, 1, 1])
     save_with_data(tmp_path, _conv_op_conv([pad], [("m", 8, 0)], 8, opset=10), (2, 4, 8, 8))
-    r = quantize_files(tmp_path, dataclasses.replace(CONFIG, per_channel=False))
+    r = quantize_files(tmp_path, dataclasses.replace(CONFIG, int8=dataclasses.replace(CONFIG.int8, per_channel=False)))
     assert r.plan.decision("op").action == Action.FLOAT
     assert [d.action for d in r.plan.nodes if d.op_type == "Conv"] == [Action.INT8] * 2
 

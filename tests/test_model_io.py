@@ -133,7 +133,11 @@ def test_models_past_the_protobuf_limit_take_the_external_data_paths(tmp_path, m
     onnx.save(cnn(opset=11), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(1, 3, 16, 16)] * 3)
     r = quantize(
-        tmp_path / "m.onnx", QuantConfig(scheme=scheme), calib=tmp_path / "c", out=tmp_path / "q.onnx", latency_runs=2
+        tmp_path / "m.onnx",
+        QuantConfig.of(scheme=scheme),
+        calib=tmp_path / "c",
+        out=tmp_path / "q.onnx",
+        latency_runs=2,
     )
     assert (tmp_path / "q.onnx.data").exists()  # weights written beside the model
     assert r.report.size["candidate_bytes"] > (tmp_path / "q.onnx").stat().st_size  # size counts the data file

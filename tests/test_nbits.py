@@ -55,7 +55,7 @@ def table_model(rows=300, d=96, seed=0):
 
 def _both(m, bits=4, symmetric=True, block=32, level=nbits.FP32):
     """The plan written in both forms: (qdq model, ort model)."""
-    plan = plan_w4a16(m, QuantConfig(scheme=SCHEME[bits], block_size=block, weight_symmetric_int4=symmetric))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=SCHEME[bits], block_size=block, weight_symmetric_int4=symmetric))
     return apply_w4a16(m, plan, weight_format="qdq"), apply_w4a16(m, plan, weight_format="ort", accuracy_level=level)
 
 
@@ -222,7 +222,7 @@ def test_qdq_with_ort_tables_gathers_4_bit_codes_and_keeps_the_matmuls_portable(
     GatherBlockQuantized (4-bit codes, not one code per byte), its Gemm stays DequantizeLinear -> MatMul, which
     onnxruntime fuses into MatMulNBits; the outputs are the all-portable form's exact ones."""
     m = tied_model()
-    plan = plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_symmetric_int4=symmetric))
+    plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_symmetric_int4=symmetric))
     qdq = apply_w4a16(m, plan, weight_format="qdq")
     mixed = apply_w4a16(m, plan, weight_format="qdq", tables="ort")
     ops = [n.op_type for n in mixed.graph.node]

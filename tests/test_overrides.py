@@ -32,7 +32,7 @@ def test_load_reads_entries_in_file_order_and_first_match_wins(tmp_path):
 
 def test_config_calib_for_uses_the_override_or_the_global_method():
     o = Overrides((TensorOverride("a*", CalibMethod.ENTROPY), TensorOverride("b", CalibMethod.PERCENTILE, 99.0)))
-    c = QuantConfig(calibrator="mse", percentile=99.9, overrides=o)
+    c = QuantConfig.of(calibrator="mse", percentile=99.9, overrides=o)
     assert c.calib_for("abc") == (CalibMethod.ENTROPY, 99.9)
     assert c.calib_for("b") == (CalibMethod.PERCENTILE, 99.0)
     assert c.calib_for("z") == (CalibMethod.MSE, 99.9)
@@ -79,12 +79,12 @@ def test_missing_file(tmp_path):
 )
 def test_config_refuses_out_of_range_calibration_options(kwargs, message):
     with pytest.raises(InputError, match=message):
-        QuantConfig(**kwargs)
+        QuantConfig.of(**kwargs)
 
 
 def test_config_accepts_the_boundaries():
-    QuantConfig(percentile=100.0, moving_average=1.0, smooth_quant=0.0)
-    QuantConfig(smooth_quant=1.0)
+    QuantConfig.of(percentile=100.0, moving_average=1.0, smooth_quant=0.0)
+    QuantConfig.of(smooth_quant=1.0)
 
 
 def test_node_section_loads_and_validates(tmp_path):
@@ -115,7 +115,7 @@ def test_node_precisions_change_the_plan_and_are_recorded(tmp_path):
     write_batches(tmp_path / "c", [(2, 3, 16, 16)] * 4)
     costly = 1e6  # MACs per converted element: no layer pays for its conversions
     base = quantize(
-        tmp_path / "m.onnx", QuantConfig(min_macs_per_conversion=costly), tmp_path / "c", tmp_path / "q.onnx"
+        tmp_path / "m.onnx", QuantConfig.of(min_macs_per_conversion=costly), tmp_path / "c", tmp_path / "q.onnx"
     )
     assert base.plan.decision("conv1").why == Why.SPEED
     nodes = (
@@ -126,7 +126,7 @@ def test_node_precisions_change_the_plan_and_are_recorded(tmp_path):
     )
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(min_macs_per_conversion=costly, overrides=Overrides(nodes=nodes)),
+        QuantConfig.of(min_macs_per_conversion=costly, overrides=Overrides(nodes=nodes)),
         tmp_path / "c",
         tmp_path / "q.onnx",
         latency_runs=1,

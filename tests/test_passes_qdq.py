@@ -103,7 +103,7 @@ def test_if_subgraphs_pass_through_intact(tmp_path):
     onnx.save(_if_model(), tmp_path / "m.onnx")
     _if_feeds(tmp_path / "c", 3, 0)
     feeds = _if_feeds(tmp_path / "e", 4, 5)
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     assert r.plan.decision("conv").action == Action.INT8
     q = _check(r.output)
     if_node = next(n for n in q.graph.node if n.op_type == "If")
@@ -155,7 +155,7 @@ def test_embedding_table_is_stored_int8_and_gathered_on_int8(tmp_path):
         (tmp_path / folder).mkdir()
         for i in range(3):
             np.save(tmp_path / folder / f"{i}.npy", np.random.default_rng(seed + i).integers(0, 500, (2, 7 + i)))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     assert r.plan.decision("gather").action == Action.PASSTHROUGH
     q = _check(r.output)
     inits = {t.name: t for t in q.graph.initializer}
@@ -188,7 +188,7 @@ def test_a_tensor_read_by_two_int8_ops_gets_one_dequantizer_per_reader(tmp_path)
     ]
     outputs = [_vi("ya", ["N", 8, 10, 10]), _vi("yb", ["N", 8, 10, 10])]
     _files(tmp_path, _model(nodes, [_vi("x", ["N", 8, 10, 10])], outputs, inits), (2, 8, 10, 10))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     q = _check(r.output)
     producer = {o: n for n in q.graph.node for o in n.output}
     convs = [n for n in q.graph.node if n.name in ("conva", "convb")]
@@ -220,7 +220,7 @@ def test_each_output_of_a_split_feeding_int8_convs_gets_its_own_quantizer(tmp_pa
     ]
     outputs = [_vi("ya", ["N", 8, 12, 12]), _vi("yb", ["N", 8, 12, 12])]
     _files(tmp_path, _model(nodes, [_vi("x", ["N", 8, 12, 12])], outputs, inits), (2, 8, 12, 12))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     assert {"s_a", "s_b"} <= r.plan.activations.keys()
     q = _check(r.output)
     quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
@@ -253,7 +253,7 @@ def test_second_output_of_a_multi_output_op_feeding_an_int8_matmul_is_quantized(
     ]
     outputs = [_vi("y0", ["N", 6, 16]), _vi("y1", ["N", 6, 16])]
     _files(tmp_path, _model(nodes, [_vi("x", ["N", 6, 16])], outputs, inits), (16, 6, 16))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     assert r.plan.decision("mm1").action == Action.INT8_OUT_FLOAT and "mean" in r.plan.activations
     q = _check(r.output)
     assert {"ln", "mean"} <= {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
@@ -292,7 +292,7 @@ def test_weight_scale_is_widened_where_the_int32_bias_would_overflow(tmp_path):
     match the float model. Measured 37.1 dB (8-bit weights), 34.8 dB (7-bit), fused and exact alike."""
     model, inits = _big_bias_convs()
     _files(tmp_path, model, (2, 4, 12, 12))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     floors = {w.node: w.scale_floor for w in r.plan.weights if w.role == "weight"}
     assert floors["conv2"] is None and floors["conv1"] is not None and len(floors["conv1"]) == 8
     x_scale = r.plan.activations["x"].scale

@@ -67,7 +67,7 @@ def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     """File 4 of 6 carries an outlier: with calib_limit=3 it never reaches the ranges (nor x's scale), without
     the limit it does (file 5 is then held aside to measure the decisions, and added to the final ranges)."""
     c = write_calib(tmp_path / "calib", 6, outlier_at=4)
-    limited = q(model, QuantConfig(calib_limit=3), calib=c).report
+    limited = q(model, QuantConfig.of(calib_limit=3), calib=c).report
     first3 = ["b00.npy", "b01.npy", "b02.npy"]
     assert limited.calibration["files"] == first3 and limited.calibration["batches"] == 3
     lo, hi = x_range(c, first3)
@@ -80,7 +80,7 @@ def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     assert full.report.calibration["files"] == [f"b{i:02d}.npy" for i in range(6)]
     assert full.report.calibration["ranges"]["x"]["max"] == OUTLIER
     # the effect on the plan: x's scale spans the outlier only without the limit
-    limited_plan = q(model, QuantConfig(calib_limit=3), calib=c, dry_run=True).plan
+    limited_plan = q(model, QuantConfig.of(calib_limit=3), calib=c, dry_run=True).plan
     assert limited_plan.activations["x"].scale == pytest.approx((hi - lo) / 255, rel=1e-5)
     assert full.plan.activations["x"].scale > (OUTLIER - lo) / 255 * 0.99
 
@@ -107,7 +107,7 @@ def test_under_an_accuracy_target_held_aside_files_stay_out_of_calibration(model
     """With --min-sqnr the model written is the one the target was verified on, on a file its ranges never saw:
     the held file's outlier must not reach the ranges, and the fidelity is exactly onnxruntime's on that file."""
     c = write_calib(tmp_path / "calib", 5, outlier_at=4)
-    r = q(model, QuantConfig(min_sqnr=5.0), calib=c)
+    r = q(model, QuantConfig.of(min_sqnr=5.0), calib=c)
     rep = r.report
     calib_files = ["b00.npy", "b01.npy", "b02.npy", "b03.npy"]
     assert rep.calibration["files"] == calib_files and rep.fidelity_files == ["b04.npy"]
@@ -220,7 +220,7 @@ def test_reduce_range_follows_the_cpu(model, tmp_path, cpu_kind):
     else:
         assert max(-lo, hi) == 127  # symmetric: each channel's extreme maps to +-127
 
-    forced = q(model, QuantConfig(reduce_range=not expected), calib=c, dry_run=True).report
+    forced = q(model, QuantConfig.of(reduce_range=not expected), calib=c, dry_run=True).report
     assert forced.config["reduce_range"] is (not expected)
     assert forced.decisions["reduce_range"]["why"] == ("--no-reduce-range" if expected else "--reduce-range")
 
@@ -239,7 +239,7 @@ W4A16_ONLY = ("block_size", "weight_symmetric_int4")
 
 def test_effective_config_has_only_the_schemes_keys(tmp_path):
     onnx.save(mlp(), tmp_path / "mlp.onnx")
-    w4 = q(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16), dry_run=True).report
+    w4 = q(tmp_path / "mlp.onnx", QuantConfig.of(scheme=Scheme.W4A16), dry_run=True).report
     assert not set(W8A8_ONLY) & set(w4.config) and set(W4A16_ONLY) <= set(w4.config)
     assert "reduce_range" not in w4.decisions
     c = write_calib(tmp_path / "calib", 2)
@@ -254,11 +254,11 @@ def test_effective_config_has_only_the_schemes_keys(tmp_path):
 
 def test_exclude_matching_nothing_warns(model, tmp_path):
     c = write_calib(tmp_path / "calib", 2)
-    r = q(model, QuantConfig(exclude=("no_such_node", "conv3")), calib=c, dry_run=True)
+    r = q(model, QuantConfig.of(exclude=("no_such_node", "conv3")), calib=c, dry_run=True)
     assert len(r.report.warnings) == 1 and "'no_such_node'" in r.report.warnings[0]
     d = r.plan.decision("conv3")
     assert d.action == Action.FLOAT and d.why == Why.EXCLUDED  # the pattern that matched had its effect
-    globbed = q(model, QuantConfig(exclude=("conv3*",)), calib=c, dry_run=True)
+    globbed = q(model, QuantConfig.of(exclude=("conv3*",)), calib=c, dry_run=True)
     assert not [w for w in globbed.report.warnings if "--exclude" in w]
     assert globbed.plan.decision("conv3").why == Why.EXCLUDED
 
@@ -271,13 +271,13 @@ def test_option_of_the_other_scheme_warns_and_changes_nothing(model, tmp_path):
     c = write_calib(tmp_path / "calib", 2)
     default = q(model, calib=c, dry_run=True)
     assert default.report.warnings == []
-    r = q(model, QuantConfig(block_size=64), calib=c, dry_run=True)
+    r = q(model, QuantConfig.of(block_size=64), calib=c, dry_run=True)
     assert len(r.report.warnings) == 1 and "--block-size" in r.report.warnings[0]
     assert plan_actions(r.plan) == plan_actions(default.plan) and r.plan.weights == default.plan.weights
 
     onnx.save(mlp(), tmp_path / "mlp.onnx")
-    w4 = q(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16), dry_run=True)
-    r = q(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16, per_channel=False), dry_run=True)
+    w4 = q(tmp_path / "mlp.onnx", QuantConfig.of(scheme=Scheme.W4A16), dry_run=True)
+    r = q(tmp_path / "mlp.onnx", QuantConfig.of(scheme=Scheme.W4A16, per_channel=False), dry_run=True)
     assert len(r.report.warnings) == 1 and "--per-tensor" in r.report.warnings[0]
     assert plan_actions(r.plan) == plan_actions(w4.plan) and r.plan.weights == w4.plan.weights
 
@@ -286,7 +286,7 @@ def test_w4a16_block_larger_than_every_weight_quantizes_nothing_and_says_so(tmp_
     """mlp's weights reduce over 64 and 128: a 256 block fits none. Nothing is quantized (no int4 tensor in the
     output), a note says so, and through the CLI the exit code stays 0 but the line is printed."""
     onnx.save(mlp(), tmp_path / "mlp.onnx")
-    r = q(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16, block_size=256))
+    r = q(tmp_path / "mlp.onnx", QuantConfig.of(scheme=Scheme.W4A16, block_size=256))
     assert r.plan.weights == [] and not r.plan.by_action(Action.INT4_WEIGHT)
     out = onnx.load(str(r.output))
     assert not [t for t in out.graph.initializer if t.data_type in (TensorProto.INT4, TensorProto.UINT4)]
@@ -294,7 +294,8 @@ def test_w4a16_block_larger_than_every_weight_quantizes_nothing_and_says_so(tmp_
     assert len(said) == 1 and "256" in said[0]
     # a block that fits quantizes both weights
     assert (
-        len(q(tmp_path / "mlp.onnx", QuantConfig(scheme=Scheme.W4A16, block_size=64), dry_run=True).plan.weights) == 2
+        len(q(tmp_path / "mlp.onnx", QuantConfig.of(scheme=Scheme.W4A16, block_size=64), dry_run=True).plan.weights)
+        == 2
     )
 
     res = cli("quantize", tmp_path / "mlp.onnx", "--scheme", "w4a16", "--block-size", 256, "-o", tmp_path / "c.onnx")
@@ -319,7 +320,7 @@ BAD_CONFIGS = {
 def test_bad_config_is_refused_by_api_and_cli(model, tmp_path, case):
     kwargs, flags = BAD_CONFIGS[case]
     with pytest.raises(InputError):
-        QuantConfig(**kwargs)
+        QuantConfig.of(**kwargs)
     c = write_calib(tmp_path / "calib", 2)
     res = cli("quantize", model, "--calib", c, "-o", tmp_path / "out" / "q.onnx", *flags)
     assert res.exit_code == 2, res.output

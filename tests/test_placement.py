@@ -80,7 +80,7 @@ def timer(monkeypatch):
 
 def _q(tmp_path, **kw):
     return quantize(
-        tmp_path / "m.onnx", QuantConfig(**{**BASE, **kw}), tmp_path / "c", tmp_path / "q.onnx", latency_runs=1
+        tmp_path / "m.onnx", QuantConfig.of(**{**BASE, **kw}), tmp_path / "c", tmp_path / "q.onnx", latency_runs=1
     )
 
 

@@ -135,7 +135,7 @@ def matmul_model(k, n=64, seed=0, heavy_tail=False):
 def _quantize(tmp_path, model, **cfg):
     onnx.save(model, tmp_path / "f.onnx")
     cfg.setdefault("weight_format", "qdq")  # this file tests the portable form; test_nbits.py the ort one
-    return quantize(tmp_path / "f.onnx", QuantConfig(scheme=W4, **cfg), out=tmp_path / "q.onnx", latency_runs=2)
+    return quantize(tmp_path / "f.onnx", QuantConfig.of(scheme=W4, **cfg), out=tmp_path / "q.onnx", latency_runs=2)
 
 
 def _x(shape, seed=7):
@@ -351,7 +351,10 @@ def test_smaller_blocks_are_at_least_as_faithful(tmp_path):
     for block in (16, 32, 64, 128):
         out = tmp_path / f"q{block}.onnx"
         quantize(
-            tmp_path / "f.onnx", QuantConfig(scheme=W4, block_size=block, weight_format="qdq"), out=out, latency_runs=2
+            tmp_path / "f.onnx",
+            QuantConfig.of(scheme=W4, block_size=block, weight_format="qdq"),
+            out=out,
+            latency_runs=2,
         )
         measured[block] = sqnr(ref, run(out, {"x": x}, exact_qdq=True)[0])
     assert measured[16] >= measured[32] >= measured[64] >= measured[128], measured

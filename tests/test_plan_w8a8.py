@@ -119,7 +119,7 @@ def test_mlp_matmul_outputs_float_where_only_float_reads_them(tmp_path):
     onnx.save(mlp(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(2, 7, 64), (1, 11, 64), (3, 5, 64)])  # varying sequence lengths
     write_batches(tmp_path / "e", [(2, 9, 64)] * 2, seed=7)
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     assert _actions(r.plan) == {
         "mm1": "int8",
         "add1": "int8",
@@ -181,7 +181,9 @@ def test_per_tensor_weights_have_one_scale_and_lose_the_small_channels(tmp_path)
     _files(tmp_path, _two_scale_head(), (8, 4, 10, 10))
     results = {}
     for per_channel in (True, False):
-        r = _quantize(tmp_path, QuantConfig(per_channel=per_channel, min_macs_per_conversion=0), f"q{per_channel}.onnx")
+        r = _quantize(
+            tmp_path, QuantConfig.of(per_channel=per_channel, min_macs_per_conversion=0), f"q{per_channel}.onnx"
+        )
         weights = [w for w in r.plan.weights if w.role == "weight"]
         assert {w.node for w in weights} == {"conv", "fc"}
         scales = _weight_dq_scales(onnx.load(str(r.output)))
@@ -209,7 +211,7 @@ def test_symmetric_activations_are_int8_with_zero_point_zero(cnn_files):
     """activation_symmetric=True: every activation int8 with zero point 0, in the plan and in the written
     model's Q/DQ zero points; Relu is no longer folded (int8 Q does not saturate at 0).
     Measured 40.0 dB with 8-bit weights, 33.2 dB with 7-bit (exact QDQ and fused alike)."""
-    r = _quantize(cnn_files, QuantConfig(activation_symmetric=True, min_macs_per_conversion=0))
+    r = _quantize(cnn_files, QuantConfig.of(activation_symmetric=True, min_macs_per_conversion=0))
     acts = r.plan.activations.values()
     assert acts and {(a.qtype, a.zero_point) for a in acts} == {("int8", 0)}
     assert not r.plan.by_action(Action.FOLDED)
@@ -240,7 +242,7 @@ def test_reduce_range_sets_the_weight_bits_and_auto_follows_the_cpu(tmp_path, cp
     measured 34.1 dB (8-bit) and 31.9 dB (7-bit)."""
     kind, _ = cpu_kind
     _files(tmp_path, _conv_stack(), (2, 8, 12, 12))
-    r = _quantize(tmp_path, QuantConfig(reduce_range=reduce_range, min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(reduce_range=reduce_range, min_macs_per_conversion=0))
     seven = reduce_range if reduce_range is not None else kind == "avx2"
     decided = r.plan.decisions["reduce_range"]
     assert decided["value"] is seven
@@ -288,13 +290,13 @@ def test_weights_that_would_saturate_int8_kernels_stay_accurate(tmp_path, group)
         rng = np.random.default_rng(seed)
         for i in range(n):
             np.save(tmp_path / folder / f"{i}.npy", (2.9 + 0.1 * rng.random((1, 32, 16, 16))).astype(np.float32))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     saturates = hostcpu.host().u8s8_may_saturate
     assert r.plan.decisions["reduce_range"]["value"] is saturates
     assert r.plan.weights[0].qtype == ("int8-7bit" if saturates and group == 1 else "int8")
     fused, exact = _sqnr(tmp_path, r.output), _sqnr(tmp_path, r.output, exact_qdq=True)
     assert fused > (54 if group == 1 else 51) and fused > exact - 2
-    reduced = QuantConfig(reduce_range=True, min_macs_per_conversion=0)
+    reduced = QuantConfig.of(reduce_range=True, min_macs_per_conversion=0)
     plan = _plan(tmp_path, reduced)
     assert plan.weights[0].qtype == ("int8" if group == 32 else "int8-7bit")  # depthwise kernels cannot saturate
 
@@ -313,7 +315,7 @@ def test_exclude_keeps_the_matching_nodes_float(cnn_files, pattern, kept):
     integer kernels. Fidelity of the model as written (exact QDQ: see the next test for what onnxruntime
     does to an excluded conv between int8 neighbours): measured 44.4 dB (name), 43.8 dB (op type, glob)
     with 8-bit weights; 33.6 and 40.5 dB with 7-bit."""
-    r = _quantize(cnn_files, QuantConfig(exclude=(pattern,), min_macs_per_conversion=0))
+    r = _quantize(cnn_files, QuantConfig.of(exclude=(pattern,), min_macs_per_conversion=0))
     excluded = {d.node: d.reason.details for d in r.plan.by_reason(Why.EXCLUDED)}
     assert excluded == {n: {"pattern": pattern} for n in kept}
     assert all(r.plan.decision(n).action == Action.FLOAT for n in kept)
@@ -332,7 +334,7 @@ def test_an_excluded_conv_between_int8_neighbours_runs_float_in_onnxruntime(cnn_
     fused output equals the exact QDQ math. (Its WeightBiasQuantization turns a float Conv reading a
     per-tensor DQ and writing into a Q into a QLinearConv with its own per-tensor 8-bit weights: before the
     rewrite avoided that pattern, fused 42.5 dB vs exact 44.4 dB.)"""
-    r = _quantize(cnn_files, QuantConfig(exclude=("conv2",), min_macs_per_conversion=0))
+    r = _quantize(cnn_files, QuantConfig.of(exclude=("conv2",), min_macs_per_conversion=0))
     fused = fused_ops(r.output, cnn_files)
     assert fused.get("QLinearConv", 0) == 2 and fused.get("Conv", 0) + fused.get("FusedConv", 0) == 1
     assert _sqnr(cnn_files, r.output) == pytest.approx(_sqnr(cnn_files, r.output, exact_qdq=True), abs=0.3)
@@ -342,7 +344,7 @@ def test_exclude_matching_nothing_changes_nothing_and_warns(cnn_files):
     """An --exclude pattern that matches no node name, op type or glob: the same plan as without it, and a
     warning naming the pattern (none without it)."""
     base = _plan(cnn_files, QuantConfig())
-    r = quantize(cnn_files / "m.onnx", QuantConfig(exclude=("no_such_node",)), calib=cnn_files / "c", dry_run=True)
+    r = quantize(cnn_files / "m.onnx", QuantConfig.of(exclude=("no_such_node",)), calib=cnn_files / "c", dry_run=True)
     assert r.plan.nodes == base.nodes and r.plan.activations == base.activations
     assert any("no_such_node" in w for w in r.report.warnings)
     assert not quantize(cnn_files / "m.onnx", QuantConfig(), calib=cnn_files / "c", dry_run=True).report.warnings
@@ -372,13 +374,13 @@ def test_min_macs_threshold_keeps_exactly_the_cheap_conv_float(tmp_path):
     """A threshold of 40 (between conv2's 16 and conv1's 72) keeps conv2 float for speed; 0 quantizes both.
     Measured: 39.2 dB with conv2 float, 35.4 dB with both int8 (8-bit weights); 36.4 and 33.4 (7-bit)."""
     _files(tmp_path, _conv_then_pointwise(), (1, 16, 16, 16))
-    cheap = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=40), "cheap.onnx")
+    cheap = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=40), "cheap.onnx")
     assert [d.node for d in cheap.plan.by_reason(Why.SPEED)] == ["conv2"]
     d = cheap.plan.decision("conv2")
     assert d.action == Action.FLOAT
     assert d.reason.details == {"macs_per_conversion": pytest.approx(16.0), "threshold": 40}
     assert cheap.plan.decision("conv1").action == Action.INT8
-    everything = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0), "all.onnx")
+    everything = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0), "all.onnx")
     assert not everything.plan.by_reason(Why.SPEED)
     assert {d.node for d in everything.plan.by_action(Action.INT8)} == {"conv1", "conv2"}
     assert fused_ops(cheap.output, tmp_path)["QLinearConv"] == 1
@@ -387,7 +389,7 @@ def test_min_macs_threshold_keeps_exactly_the_cheap_conv_float(tmp_path):
     a, b = _sqnr(tmp_path, cheap.output), _sqnr(tmp_path, everything.output)
     assert a > _floor(cheap.plan, 36.5, 33.5) and b > _floor(everything.plan, 32.5, 30.5)
     # 100 is above conv1's 72 too: nothing is left on int8.
-    none = _plan(tmp_path, QuantConfig(min_macs_per_conversion=100))
+    none = _plan(tmp_path, QuantConfig.of(min_macs_per_conversion=100))
     assert {d.node for d in none.by_reason(Why.SPEED)} == {"conv1", "conv2"}
     assert none.decision("conv1").reason.details["macs_per_conversion"] == pytest.approx(72.0)
 
@@ -427,15 +429,15 @@ def test_accuracy_guard_keeps_float_an_op_whose_input_range_is_set_by_outliers(t
     _spiky_batches(tmp_path / "c", 100.0)
     _spiky_batches(tmp_path / "e", 100.0, n=2, seed=9)
     x_db = _own_activation_sqnr([f["x"] for f in batches_of(tmp_path / "c")])
-    per_tensor = QuantConfig(min_macs_per_conversion=0, accuracy_guard=False, min_activation_sqnr=22)
+    per_tensor = QuantConfig.of(min_macs_per_conversion=0, accuracy_guard=False, min_activation_sqnr=22)
     guarded = _quantize(tmp_path, per_tensor, "g.onnx")
     d = guarded.plan.decision("mm1")
     assert d.action == Action.FLOAT and d.why == Why.ACCURACY
     assert d.reason.details == {"tensor": "x", "sqnr_db": pytest.approx(x_db, abs=0.2), "threshold": 22}
-    by_output = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0), "o.onnx")  # the default guard agrees
+    by_output = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0), "o.onnx")  # the default guard agrees
     assert [d.node for d in by_output.plan.by_reason(Why.ACCURACY)] == ["mm1"]
     assert guarded.plan.decision("mm2").action != Action.FLOAT  # its input is well spread
-    off = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0, accuracy_guard=False), "off.onnx")
+    off = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0, accuracy_guard=False), "off.onnx")
     assert off.plan.decision("mm1").action == Action.INT8
     assert not off.plan.by_reason(Why.ACCURACY)
     assert "MatMul" not in fused_ops(off.output, tmp_path)
@@ -456,10 +458,10 @@ def test_accuracy_guard_threshold_between_two_tensors_keeps_only_the_weaker_read
     x_db = _own_activation_sqnr([f["x"] for f in calib])
     r1_db = _own_activation_sqnr([run(probe, f)[1] for f in calib])
     assert 22 < x_db < r1_db - 5
-    default = _plan(tmp_path, QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=22))
+    default = _plan(tmp_path, QuantConfig.of(min_macs_per_conversion=0, min_activation_sqnr=22))
     assert not default.by_reason(Why.ACCURACY)
     threshold = (x_db + r1_db) / 2
-    plan = _plan(tmp_path, QuantConfig(min_macs_per_conversion=0, min_activation_sqnr=threshold))
+    plan = _plan(tmp_path, QuantConfig.of(min_macs_per_conversion=0, min_activation_sqnr=threshold))
     assert [d.node for d in plan.by_reason(Why.ACCURACY)] == ["mm1"]
     details = plan.decision("mm1").reason.details
     assert details["tensor"] == "x" and details["sqnr_db"] == pytest.approx(x_db, abs=0.2)
@@ -492,7 +494,7 @@ def test_unnamed_nodes_are_named_without_collisions_and_quantize_as_named_ones(t
         folder = tmp_path / label
         folder.mkdir()
         _files(folder, _chain(names), (2, 8, 10, 10))
-        r = _quantize(folder, QuantConfig(min_macs_per_conversion=0))
+        r = _quantize(folder, QuantConfig.of(min_macs_per_conversion=0))
         nodes = [d.node for d in r.plan.nodes]
         assert len(nodes) == 6 and len(set(nodes)) == 6 and all(nodes)
         results[label] = (r, [(d.op_type, d.action) for d in r.plan.nodes], _sqnr(folder, r.output))
@@ -511,7 +513,7 @@ def test_duplicate_named_nodes_each_get_their_own_decision(tmp_path):
     computes what the uniquely named model's quantization computes. Measured 35.7 dB (8-bit weights),
     31.4 dB (7-bit)."""
     _files(tmp_path, _chain(["conv", "relu"] * 3), (2, 8, 10, 10))
-    r = _quantize(tmp_path, QuantConfig(min_macs_per_conversion=0))
+    r = _quantize(tmp_path, QuantConfig.of(min_macs_per_conversion=0))
     nodes = [d.node for d in r.plan.nodes]
     assert len(nodes) == 6 and len(set(nodes)) == 6
     assert [(d.op_type, d.action) for d in r.plan.nodes] == [("Conv", Action.INT8), ("Relu", Action.FOLDED)] * 3

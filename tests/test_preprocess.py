@@ -156,7 +156,7 @@ def test_folded_weights_make_conv_and_matmul_int8_anchors(tmp_path):
     write_batches(tmp_path / "c", [(1, 8, 10, 10)] * 4)
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(min_macs_per_conversion=0, reduce_range=False),
+        QuantConfig.of(min_macs_per_conversion=0, reduce_range=False),
         calib=tmp_path / "c",
         out=tmp_path / "q.onnx",
         latency_runs=2,
@@ -296,7 +296,7 @@ def test_w8a8_of_a_model_with_a_taken_fold_name_stays_faithful(tmp_path, taken, 
         np.savez(tmp_path / "c" / f"{i}.npz", **f)
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(min_macs_per_conversion=0, reduce_range=False),
+        QuantConfig.of(min_macs_per_conversion=0, reduce_range=False),
         calib=tmp_path / "c",
         out=tmp_path / "q.onnx",
         latency_runs=2,
@@ -353,7 +353,7 @@ def test_opset11_constant_node_weights_are_lifted_and_opset_upgraded(tmp_path):
     write_batches(tmp_path / "c", [(1, 3, 16, 16)] * 3)
     r = quantize(
         tmp_path / "m.onnx",
-        QuantConfig(reduce_range=False),
+        QuantConfig.of(reduce_range=False),
         calib=tmp_path / "c",
         out=tmp_path / "q.onnx",
         latency_runs=2,

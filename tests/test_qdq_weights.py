@@ -34,7 +34,7 @@ def _shared(ir_inputs: bool = False):
 def _q(tmp_path, m):
     onnx.save(m, tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(2, 8, 10, 10)] * 4, seed=1)
-    config = QuantConfig(
+    config = QuantConfig.of(
         reduce_range=False, min_macs_per_conversion=0, accuracy_guard=False, placement="static", exclude=("conv_b",)
     )
     return quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", latency_runs=1)

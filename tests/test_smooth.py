@@ -348,7 +348,7 @@ def test_channel_absmax_refuses_non_finite(bad):
 def quantized_sqnr(ref_path, path, calib, evals, out, reduce_range: bool) -> float:
     """SQNR of qcli's W8A8 of `path` (accuracy guard off) against the float model at ref_path. The quantized
     model runs with its Q/DQ as written (exact_qdq): the same figures on every CPU."""
-    config = QuantConfig(accuracy_guard=False, reduce_range=reduce_range)
+    config = QuantConfig.of(accuracy_guard=False, reduce_range=reduce_range)
     quantize(path, config, calib=calib, out=out, latency_runs=1, write_report=False)
     ref = np.concatenate([run(ref_path, f)[0].ravel() for f in evals])
     return sqnr(ref, np.concatenate([run(out, f, exact_qdq=True)[0].ravel() for f in evals]))

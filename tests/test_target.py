@@ -29,7 +29,7 @@ def files(tmp_path):
 
 
 def _q(tmp_path, **kw):
-    config = QuantConfig(**{**BASE, **kw})
+    config = QuantConfig.of(**{**BASE, **kw})
     return quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=2)
 
 

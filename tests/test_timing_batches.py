@@ -84,7 +84,7 @@ def test_the_sizes_asked_for_reach_the_timed_inputs(tmp_path, monkeypatch):
     monkeypatch.setattr(form_timing, "interleaved", interleaved)
     onnx.save(mlp(k=64), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(2, 8, 64)] * 2)
-    config = QuantConfig(scheme="w4a16", timing_batches=(4, 2, 4))
+    config = QuantConfig.of(scheme="w4a16", timing_batches=(4, 2, 4))
     r = quantize(tmp_path / "m.onnx", config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert seen == [4, 2] * 3  # each form beside FP32, at 4 then 2 (a size given twice is timed once)
     assert r.plan.decisions["weight_format"]["batches"] == [4, 2]
@@ -107,7 +107,7 @@ def test_a_size_the_model_does_not_run_at_is_left_out_and_said(tmp_path):
     m.ir_version = 10
     onnx.save(m, tmp_path / "f.onnx")
     feed = {"x": np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)}
-    plan = plan_w4a16(m, QuantConfig(scheme="w4a16"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme="w4a16"))
     some = weight_format.choose(m, plan, tmp_path / "f.onnx", [feed], budget_s=0.05, timing=at_sizes(m, feed, (1, 2)))
     assert list(some.start()) == [2] and "not timed at batch 1: onnxruntime failed" in some.why
     none = weight_format.choose(m, plan, tmp_path / "f.onnx", [feed], budget_s=0.05, timing=at_sizes(m, feed, (1, 8)))
@@ -139,7 +139,7 @@ def test_a_weight_group_is_kept_float_by_the_slowest_size(tmp_path, monkeypatch,
     monkeypatch.setattr(weight_placement, "ratio_of", ratio_of)
     onnx.save(mlp(opset=17, k=64, hidden=128), tmp_path / "m.onnx")  # mm1: 64x128, mm2: 128x10
     write_batches(tmp_path / "e", [(2, 8, 64)] * 3, seed=7)
-    r = quantize(tmp_path / "m.onnx", QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
+    r = quantize(tmp_path / "m.onnx", QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
     timed = r.report.placement["timed"]
     assert [t["kept"] for t in timed] == kept and sizes == [1, 8] * (3 + sum(kept))  # a kept move timed twice
     worst = max(1.3 * group0[1], 0.9 * group0[8])
@@ -162,7 +162,7 @@ def test_placement_times_only_the_sizes_the_forms_ran_at(tmp_path, monkeypatch):
     monkeypatch.setattr(weight_placement, "ratio_of", ratio_of)
     onnx.save(_pinned_to_two(), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(2, 64)] * 2)
-    config = QuantConfig(scheme="w4a16", timing_batches=(1, 2))
+    config = QuantConfig.of(scheme="w4a16", timing_batches=(1, 2))
     r = quantize(tmp_path / "m.onnx", config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert "not timed at batch 1" in r.plan.decisions["weight_format"]["why"]
     assert sizes == [2, 2] and r.plan.decisions["weight_format"]["batches"] == [2]  # one group, then vs FP32
@@ -181,7 +181,7 @@ def test_a_move_to_float_the_second_timing_does_not_repeat_is_not_kept(tmp_path,
     monkeypatch.setattr(weight_placement, "ratio_of", ratio_of)
     onnx.save(mlp(opset=17, k=64, hidden=128), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(2, 8, 64)] * 3, seed=7)
-    r = quantize(tmp_path / "m.onnx", QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
+    r = quantize(tmp_path / "m.onnx", QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
     assert [t["kept"] for t in r.report.placement["timed"]] == [False, False] and len(r.plan.weights) == 2
     confirm = weight_placement.CONFIRM_RUNS
     assert asked == [None, None, confirm, confirm] * 2 + [None, None]  # each group twice, then the plan vs FP32
@@ -212,7 +212,7 @@ def _placed(tmp_path, monkeypatch, vs_fp32: dict[int, float], confirmed: dict[in
     monkeypatch.setattr(weight_placement, "ratio_of", ratio_of)
     onnx.save(mlp(opset=17, k=64, hidden=128), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(2, 8, 64)] * 3, seed=7)
-    r = quantize(tmp_path / "m.onnx", QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
+    r = quantize(tmp_path / "m.onnx", QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
     return r, asked
 
 
@@ -239,7 +239,7 @@ def test_level_within_one_timings_spread_keeps_the_weights_quantized_and_says_so
 @pytest.mark.parametrize("sizes", [(), (0,), (1, 2, 3, 4, 5), (8192,)])
 def test_timing_sizes_out_of_range_are_refused(sizes):
     with pytest.raises(InputError, match="--timing-batch takes 1 to 4 batch sizes"):
-        QuantConfig(scheme="w4a16", timing_batches=sizes)
+        QuantConfig.of(scheme="w4a16", timing_batches=sizes)
 
 
 def test_cli_timing_batch_is_repeatable_checked_and_flagged_where_ignored(tmp_path):

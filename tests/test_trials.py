@@ -28,7 +28,7 @@ def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_pat
     onnx.save(_outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
-    config = QuantConfig(reduce_range=False, min_macs_per_conversion=0)
+    config = QuantConfig.of(reduce_range=False, min_macs_per_conversion=0)
     r = quantize(tmp_path / "m.onnx", config, tmp_path / "c", tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert len(calls) == 1 and r.report.guard["kept_float"] == ["mm3"]  # the ranking ran and found the layer
     written, outputs, have = calls[0]

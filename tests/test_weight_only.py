@@ -89,7 +89,7 @@ def embed_model(rows=300, d=96, opset=21):
 
 
 def _plan(m, scheme=W4, **cfg):
-    return plan_w4a16(m, QuantConfig(scheme=scheme, **cfg))
+    return plan_w4a16(m, QuantConfig.of(scheme=scheme, **cfg))
 
 
 def ops_of(model) -> dict[str, int]:
@@ -103,7 +103,7 @@ def _quantize(tmp_path, m, **cfg):
     onnx.save(m, tmp_path / "f.onnx")
     cfg.setdefault("weight_format", "qdq")
     cfg.setdefault("scheme", W4)
-    return quantize(tmp_path / "f.onnx", QuantConfig(**cfg), out=tmp_path / "q.onnx", latency_runs=2)
+    return quantize(tmp_path / "f.onnx", QuantConfig.of(**cfg), out=tmp_path / "q.onnx", latency_runs=2)
 
 
 # ------------------------------------------------------------------------------------------------ planner

@@ -33,7 +33,7 @@ def test_auto_records_the_measured_choice_and_writes_that_form(tmp_path, monkeyp
 
     monkeypatch.setattr(form_timing, "interleaved", interleaved)
     m = _files(tmp_path)
-    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    r = quantize(m, QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     d = r.plan.decisions
     assert d["weight_format"]["value"] == "ort" and d["accuracy_level"]["value"] == 4
     assert d["weight_format"]["why"].startswith("ort-int8: the fastest accepted")
@@ -60,7 +60,7 @@ def test_auto_writes_tables_as_gather_block_quantized_whichever_matmul_form_wins
     (tmp_path / "e").mkdir()
     for i in range(3):
         np.save(tmp_path / "e" / f"b{i}.npy", rng.integers(0, 300, (2, 8)).astype(np.int64))
-    r = quantize(tmp_path / "m.onnx", QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
+    r = quantize(tmp_path / "m.onnx", QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e")
     d = r.plan.decisions
     assert d["weight_format"]["value"] == "qdq" and d["table_format"]["value"] == "ort"
     written = ops(tmp_path / "q.onnx")
@@ -74,7 +74,7 @@ def test_auto_warns_when_the_only_exact_form_is_slower_than_float(tmp_path, monk
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
     monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     m = _files(tmp_path)
-    config = QuantConfig(scheme="w4a16", placement="static")  # measured placement would time weights to float
+    config = QuantConfig.of(scheme="w4a16", placement="static")  # measured placement would time weights to float
     r = quantize(m, config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     assert any("runs 2.00x FP32 at batch 1 on this CPU" in w for w in r.report.warnings)
 
@@ -94,7 +94,12 @@ def test_cli_format_ort_writes_matmulnbits_without_an_opset_upgrade(tmp_path):
 def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
     m = _files(tmp_path)
     r = quantize(
-        m, QuantConfig(scheme="w8a16", weight_format="qdq"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1
+        m,
+        QuantConfig.of(scheme="w8a16", weight_format="qdq"),
+        None,
+        tmp_path / "q.onnx",
+        tmp_path / "e",
+        latency_runs=1,
     )
     assert [d.action for d in r.plan.nodes if d.op_type in ("MatMul", "Gemm")] == [Action.INT8_WEIGHT] * 2
     q = onnx.load(str(tmp_path / "q.onnx"))
@@ -110,7 +115,7 @@ def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed
     monkeypatch.setattr(weight_only, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
     monkeypatch.setattr(weight_format, "choose", lambda *a, **k: pytest.fail("timed a model over the bound"))
     m = _files(tmp_path)
-    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
+    r = quantize(m, QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
     d = r.plan.decisions["weight_format"]
     assert d["value"] == "ort" and "too large to time every form" in d["why"]
     assert r.plan.decisions["accuracy_level"]["value"] == 0 and ops(tmp_path / "q.onnx").get("MatMulNBits") == 2
@@ -127,7 +132,7 @@ def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tm
         assert res.exit_code == 2 and "--weight-algo gptq needs calibration data: pass --calib" in res.output
     sqnr = {}
     for algo in ("rtn", "gptq"):
-        config = QuantConfig(scheme="w4a16", weight_format="qdq", weight_algo=algo, block_size=16)
+        config = QuantConfig.of(scheme="w4a16", weight_format="qdq", weight_algo=algo, block_size=16)
         r = quantize(m, config, tmp_path / "c", tmp_path / f"{algo}.onnx", tmp_path / "e", latency_runs=1)
         sqnr[algo] = r.report.fidelity[0].sqnr_db
         errors = r.report.weight_errors
@@ -146,7 +151,7 @@ def test_auto_without_data_times_the_forms_on_inputs_made_from_the_input_specs(t
 
     monkeypatch.setattr(form_timing, "interleaved", interleaved)
     m = _files(tmp_path)  # input x [N, T, 64]: N -> 1, T -> 32
-    r = quantize(m, QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
+    r = quantize(m, QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
     d = r.plan.decisions["weight_format"]
     assert d["value"] == "qdq" and d["why"].startswith("no data: timed on inputs made from the input specs")
     assert seen == [{"x": (1, 32, 64)}, {"x": (8, 32, 64)}] * 3  # each form against FP32 at batch 1, 8
@@ -159,7 +164,7 @@ def test_auto_without_data_falls_back_when_the_made_inputs_do_not_run(tmp_path, 
         raise InputError("onnxruntime failed to run the model on inputs [1, 32, 64]")
 
     monkeypatch.setattr(weight_format, "choose", fails)
-    r = quantize(_files(tmp_path), QuantConfig(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
+    r = quantize(_files(tmp_path), QuantConfig.of(scheme="w4a16"), None, tmp_path / "q.onnx", latency_runs=1)
     d = r.plan.decisions["weight_format"]
     assert d["value"] == "ort" and "did not run (onnxruntime failed" in d["why"]
     assert r.plan.decisions["accuracy_level"]["value"] == 0
@@ -171,6 +176,6 @@ def test_auto_warns_without_data_too(tmp_path, monkeypatch):
     speed = {"float": 10.0, "qdq": 21.0, "ort-fp32": 20.0, "ort-int8": 22.0}
     monkeypatch.setattr(form_timing, "interleaved", lambda s, f, b: ({n: [speed[n] / 1e3] * 5 for n in s}, 5))
     m = _files(tmp_path)
-    r = quantize(m, QuantConfig(scheme="w4a16", placement="static"), None, tmp_path / "q.onnx", latency_runs=1)
+    r = quantize(m, QuantConfig.of(scheme="w4a16", placement="static"), None, tmp_path / "q.onnx", latency_runs=1)
     assert r.plan.decisions["weight_format"]["why"].startswith("no data")
     assert any("runs 2.00x FP32 at batch 1 on this CPU" in w for w in r.report.warnings)

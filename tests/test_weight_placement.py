@@ -35,7 +35,7 @@ def _stand_ins(monkeypatch, group_ratios: dict[str, float], vs_fp32: float):
 
 
 def _run(tmp_path, **kw):
-    config = QuantConfig(**{"scheme": "w4a16", **kw})
+    config = QuantConfig.of(**{"scheme": "w4a16", **kw})
     return quantize(_files(tmp_path), config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)
 
 

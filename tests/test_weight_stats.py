@@ -56,7 +56,7 @@ def all_rows():
 
 
 def plan_of(m):
-    return plan_w4a16(m, QuantConfig(scheme=Scheme.W4A16, weight_format="qdq", block_size=16))
+    return plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_format="qdq", block_size=16))
 
 
 def test_statistics_are_x_transpose_x_and_mean_abs_of_every_input_row():

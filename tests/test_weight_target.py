@@ -45,7 +45,7 @@ def files(tmp_path):
 
 
 def _q(files, out="q.onnx", **kw):
-    config = QuantConfig(**{"scheme": "w4a16", "weight_format": "ort", **kw})
+    config = QuantConfig.of(**{"scheme": "w4a16", "weight_format": "ort", **kw})
     return quantize(files / "m.onnx", config, None, files / out, files / "e", latency_runs=1)
 
 
@@ -59,12 +59,12 @@ def _bits(path):
 
 def test_promoted_raises_int4_to_int8_and_int8_to_float():
     m = _chain()
-    plan = plan_w4a16(m, QuantConfig(scheme="w4a16", weight_symmetric_int4=False))
+    plan = plan_w4a16(m, QuantConfig.of(scheme="w4a16", weight_symmetric_int4=False))
     up = promoted(plan, {"mm2": reason(Why.TARGET, rank=1)})
     assert up.decision("mm2").action == Action.INT8_WEIGHT and "8-bit blocks" in up.decision("mm2").reason.text
     assert {w.node: w.qtype for w in up.weights} == {"mm1": "uint4", "mm2": "uint8", "mm3": "uint4"}
     assert plan.decision("mm2").action == Action.INT4_WEIGHT  # the first plan is left as it was
-    w8 = plan_w4a16(m, QuantConfig(scheme="w8a16"))
+    w8 = plan_w4a16(m, QuantConfig.of(scheme="w8a16"))
     down = promoted(w8, {"mm1": reason(Why.TARGET, rank=1)})
     assert down.decision("mm1").action == Action.FLOAT and "mm1" not in {w.node for w in down.weights}
 
@@ -111,7 +111,7 @@ def test_an_unreachable_target_writes_the_best_model_and_exits_1(files):
 
 def test_a_target_without_data_is_refused(files):
     with pytest.raises(InputError, match="pass --eval"):
-        quantize(files / "m.onnx", QuantConfig(scheme="w4a16", min_sqnr=20), out=files / "q.onnx")
+        quantize(files / "m.onnx", QuantConfig.of(scheme="w4a16", min_sqnr=20), out=files / "q.onnx")
     res = CliRunner().invoke(app, ["quantize", str(files / "m.onnx"), "--scheme", "w4a16", "--min-sqnr", "20"])
     assert res.exit_code == 2 and "pass --eval" in res.output
 
@@ -126,7 +126,7 @@ def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files,
     figures = [LayerDiff("h1", "mm1", "MatMul", 20.0, 0.02), LayerDiff("h2", "mm2", "MatMul", 23.0, 0.01)]
     monkeypatch.setattr(trials, "per_layer", lambda ref, cand, batches: figures)
     m = _chain()
-    plan = plan_w4a16(m, QuantConfig(scheme="w4a16"))
+    plan = plan_w4a16(m, QuantConfig.of(scheme="w4a16"))
     src = FeedSource(files / "e", input_specs(m))
     data = FidelityData(src, src.items, "")
     write = Quantized(None, WeightOptions()).write_exact

@@ -106,7 +106,7 @@ def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
     observers = {}
     for name in dict.fromkeys(watch):
         method, percentile = config.calib_for(name)
-        settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.moving_average)
+        settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.w8a8.moving_average)
         observers[name] = OBSERVERS.get(method.value)(settings)
     return observers
 

@@ -108,12 +108,12 @@ def inspect(
         list[str] | None,
         typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
     ] = None,
-    block_size: Annotated[int, typer.Option(help="w4a16: weights per scale along K")] = DEFAULT.block_size,
+    block_size: Annotated[int, typer.Option(help="w4a16: weights per scale along K")] = DEFAULT.weight_only.block_size,
     json_out: Annotated[bool, typer.Option("--json", help="print the inspection as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with errors(debug):
-        config = QuantConfig(scheme=scheme, exclude=tuple(exclude or ()), block_size=block_size)
+        config = QuantConfig.of(scheme=scheme, exclude=tuple(exclude or ()), block_size=block_size)
         info = inspection.inspect(model, config)
     if json_out:
         sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")

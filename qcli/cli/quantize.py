@@ -63,67 +63,69 @@ def quantize(
     ] = DEFAULT.scheme,
     per_tensor: Annotated[
         bool, typer.Option("--per-tensor", help="one weight scale per tensor instead of per output channel")
-    ] = not DEFAULT.per_channel,
+    ] = not DEFAULT.int8.per_channel,
     activation_symmetric: Annotated[
         bool, typer.Option("--activation-symmetric", help="int8 symmetric activations instead of uint8 asymmetric")
-    ] = DEFAULT.activation_symmetric,
+    ] = DEFAULT.w8a8.activation_symmetric,
     reduce_range: Annotated[
         bool | None,
         typer.Option(
             "--reduce-range/--no-reduce-range",
             help="7-bit weights, so int8 kernels cannot saturate on x86 CPUs without VNNI [default: auto-detect]",
         ),
-    ] = DEFAULT.reduce_range,
+    ] = DEFAULT.int8.reduce_range,
     calibrator: Annotated[
         CalibMethod,
         typer.Option(
             help="activation range: minmax, percentile, entropy (KL), mse (least expected error) or auto "
             "(per tensor, whichever of them has the least expected error)"
         ),
-    ] = DEFAULT.calibrator,
+    ] = DEFAULT.w8a8.calibrator,
     percentile: Annotated[
         float, typer.Option(help="percentile calibrator: the share of values (%, two-sided) the range keeps")
-    ] = DEFAULT.percentile,
+    ] = DEFAULT.w8a8.percentile,
     moving_average: Annotated[
         float | None, typer.Option(help="minmax calibrator: moving-average constant per batch (0 to 1)")
-    ] = DEFAULT.moving_average,
+    ] = DEFAULT.w8a8.moving_average,
     smooth_quant: Annotated[
         float | None,
         typer.Option(
             metavar="ALPHA",
             help="SmoothQuant: move activation outliers into the next MatMul/Gemm weights (ALPHA 0 to 1, e.g. 0.5)",
         ),
-    ] = DEFAULT.smooth_quant,
+    ] = DEFAULT.w8a8.smooth_quant,
     equalize: Annotated[
         bool, typer.Option("--equalize", help="cross-layer equalization of Conv -> (Relu) -> Conv pairs first")
-    ] = DEFAULT.equalize,
+    ] = DEFAULT.w8a8.equalize,
     overrides: Annotated[
         Path | None,
-        typer.Option(help="TOML file of per-tensor calibration methods and per-node precisions (format: docs/calibration.md)"),
+        typer.Option(
+            help="TOML file of per-tensor calibration methods and per-node precisions (format: docs/calibration.md)"
+        ),
     ] = None,
     calib_limit: Annotated[
         int | None, typer.Option(min=1, help="use at most N calibration files")
-    ] = DEFAULT.calib_limit,
+    ] = DEFAULT.w8a8.calib_limit,
     weight_algo: Annotated[
         WeightAlgo,
         typer.Option("--weight-algo", "--algo", help="w4a16/w8a16: rtn (no data), gptq or awq (both read --calib)"),
-    ] = DEFAULT.weight_algo,
+    ] = DEFAULT.weight_only.weight_algo,
     block_size: Annotated[
         int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")
-    ] = DEFAULT.block_size,
+    ] = DEFAULT.weight_only.block_size,
     clip_search: Annotated[
         bool,
         typer.Option(
             "--clip-search",
             help="w4a16/w8a16 rtn: per block, the clipping with the least error (uses --calib if given)",
         ),
-    ] = DEFAULT.clip_search,
+    ] = DEFAULT.weight_only.clip_search,
     gptq_damp: Annotated[
         float, typer.Option(help="gptq: damping, a fraction of the mean diagonal of X^T X")
-    ] = DEFAULT.gptq_damp,
+    ] = DEFAULT.weight_only.gptq_damp,
     act_order: Annotated[
         bool, typer.Option("--act-order", help="gptq: quantize columns by decreasing activation energy")
-    ] = DEFAULT.gptq_act_order,
+    ] = DEFAULT.weight_only.gptq_act_order,
     weight_format: Annotated[
         WeightFormat,
         typer.Option(
@@ -132,32 +134,32 @@ def quantize(
             "GatherBlockQuantized) or auto (time both on this CPU, keep the fastest that keeps the exact math's "
             "fidelity, or with --min-sqnr the fastest that meets it)",
         ),
-    ] = DEFAULT.weight_format,
+    ] = DEFAULT.weight_only.weight_format,
     timing_batch: Annotated[
         list[int] | None,
         typer.Option(
             "--timing-batch",
             help="w4a16/w8a16: batch size to time --format auto and measured placement at (repeatable; the "
-            "slowest size decides) [default: " + ", ".join(map(str, DEFAULT.timing_batches)) + "]",
+            "slowest size decides) [default: " + ", ".join(map(str, DEFAULT.weight_only.timing_batches)) + "]",
         ),
     ] = None,
     weight_asymmetric: Annotated[
         bool, typer.Option("--weight-asymmetric", help="w4a16: uint4 with a zero point per block")
-    ] = not DEFAULT.weight_symmetric_int4,
+    ] = not DEFAULT.weight_only.weight_symmetric_int4,
     guard: Annotated[
         bool,
         typer.Option(
             help="w8a8: keep float the layers that cause a large share of the noise at the model's outputs "
             "(measured on calibration batches; an accuracy target replaces it)"
         ),
-    ] = DEFAULT.accuracy_guard,
+    ] = DEFAULT.w8a8.accuracy_guard,
     min_act_sqnr: Annotated[
         float,
         typer.Option(
             help="expert: also keep float the ops whose input activation quantizes (alone, per tensor) to fewer dB; "
             "0 (default) is off"
         ),
-    ] = DEFAULT.min_activation_sqnr,
+    ] = DEFAULT.w8a8.min_activation_sqnr,
     min_sqnr: Annotated[
         float | None,
         typer.Option(
@@ -175,7 +177,7 @@ def quantize(
     ] = None,
     min_macs: Annotated[
         float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
-    ] = DEFAULT.min_macs_per_conversion,
+    ] = DEFAULT.w8a8.min_macs_per_conversion,
     objective: Annotated[
         Objective,
         typer.Option(
@@ -202,7 +204,7 @@ def quantize(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with errors(debug), progress_bars() as progress:
-        config = QuantConfig(  # validates: the API refuses what the CLI refuses
+        config = QuantConfig.of(  # validates: the API refuses what the CLI refuses
             scheme=scheme,
             per_channel=not per_tensor,
             activation_symmetric=activation_symmetric,
@@ -217,7 +219,7 @@ def quantize(
             block_size=block_size,
             weight_symmetric_int4=not weight_asymmetric,
             weight_format=weight_format,
-            timing_batches=tuple(timing_batch or DEFAULT.timing_batches),
+            timing_batches=tuple(timing_batch or DEFAULT.weight_only.timing_batches),
             clip_search=clip_search,
             gptq_damp=gptq_damp,
             gptq_act_order=act_order,

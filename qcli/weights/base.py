@@ -25,7 +25,11 @@ class WeightOptions:
     @classmethod
     def of(cls, config) -> WeightOptions:
         """The options a QuantConfig sets."""
-        return cls(bool(config.clip_search), float(config.gptq_damp), bool(config.gptq_act_order))
+        return cls(
+            bool(config.weight_only.clip_search),
+            float(config.weight_only.gptq_damp),
+            bool(config.weight_only.gptq_act_order),
+        )
 
 
 DEFAULT_OPTIONS = WeightOptions()

@@ -45,7 +45,7 @@ class Dynamic(SchemeHandler):
     candidates_label = "int8 candidates"
 
     def opset(self, config: QuantConfig) -> tuple[int, str]:
-        return (13, "per-column DequantizeLinear") if config.per_channel else (11, "DynamicQuantizeLinear")
+        return (13, "per-column DequantizeLinear") if config.int8.per_channel else (11, "DynamicQuantizeLinear")
 
     def plan(self, model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> DynamicPlanned:
         cpu = hostcpu.host()

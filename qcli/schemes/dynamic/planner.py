@@ -53,7 +53,7 @@ def plan_dynamic(
     idx = GraphIndex(model.graph)
     floats = model_io.float_tensors(model)
     cpu = cpu or hostcpu.host()
-    reduce_range = cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
+    reduce_range = cpu.u8s8_may_saturate if config.int8.reduce_range is None else config.int8.reduce_range
     nodes = list(model.graph.node)
     plan = QuantPlan(scheme=config.scheme.value)
     why: dict[str, Reason | str | None] = {}
@@ -169,8 +169,8 @@ def _too_cheap(candidates: list, idx: GraphIndex, forced: set[str]) -> dict[str,
 
 def _weights(node, idx: GraphIndex, config: QuantConfig, reduce_range: bool, per_axis: bool) -> list[WeightQuant]:
     precision = config.precision_of(node.name, node.op_type)
-    per_channel = precision == Precision.PER_CHANNEL or (config.per_channel and precision != Precision.PER_TENSOR)
-    algo = config.weight_algo.value
+    per_channel = precision == Precision.PER_CHANNEL or (config.int8.per_channel and precision != Precision.PER_TENSOR)
+    algo = config.weight_only.weight_algo.value
     if node.op_type == "Gather":  # per column: the gathered rows are dequantized along their last axis
         axis = 1 if per_channel and per_axis else None
         return [WeightQuant(node.name, 0, node.input[0], qp.INT8.name, "weight", axis, algo=algo)]
@@ -187,11 +187,11 @@ def _weights(node, idx: GraphIndex, config: QuantConfig, reduce_range: bool, per
 
 
 def _explain(plan: QuantPlan, config: QuantConfig, cpu: CpuInfo, reduce_range: bool, nodes: list) -> None:
-    if config.reduce_range is None:
+    if config.int8.reduce_range is None:
         saturate = "may saturate" if reduce_range else "cannot saturate"
         why = f"auto: {cpu.describe()} {saturate} uint8 x int8 products with 8-bit weights"
     else:
-        why = "--reduce-range" if config.reduce_range else "--no-reduce-range"
+        why = "--reduce-range" if config.int8.reduce_range else "--no-reduce-range"
     plan.decisions["reduce_range"] = {"value": reduce_range, "why": why, "cpu": cpu.to_dict()}
     plan.decisions["min_macs_per_conversion"] = {
         "value": MIN_MACS_PER_CONVERSION,

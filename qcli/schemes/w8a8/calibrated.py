@@ -100,7 +100,7 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
 
     def record(st: dict, files: list) -> dict:
         return {
-            "method": config.calibrator.value,
+            "method": config.w8a8.calibrator.value,
             "methods_used": dict(Counter(s.method for s in st.values())),
             **prepared.done,
             "batches": len(files),
@@ -113,18 +113,20 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     act_sqnr, measured = None, {}
     plan = planner.plan(stats)
     guard_items = items[:SENSITIVITY_BATCHES]
-    if config.min_activation_sqnr > 0 or config.accuracy_guard:  # each activation quantized alone
+    if config.w8a8.min_activation_sqnr > 0 or config.w8a8.accuracy_guard:  # each activation quantized alone
         guard = FidelityData(src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
         measured = activation_sqnr(model, plan.activations, guard)
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in measured.items() if v != float("inf")}
-    if config.min_activation_sqnr > 0:  # the per-tensor guard (expert switch)
+    if config.w8a8.min_activation_sqnr > 0:  # the per-tensor guard (expert switch)
         act_sqnr = measured
-        if any(v < config.min_activation_sqnr for v in act_sqnr.values()):
+        if any(v < config.w8a8.min_activation_sqnr for v in act_sqnr.values()):
             plan = planner.plan(stats, act_sqnr)
-    unmatched = [f"--overrides entry {p!r} matches no observed activation" for p in config.overrides.unmatched(stats)]
+    unmatched = [
+        f"--overrides entry {p!r} matches no observed activation" for p in config.int8.overrides.unmatched(stats)
+    ]
     unmatched += [
         f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
-        for p in config.overrides.unmatched_nodes(model.graph.node)
+        for p in config.int8.overrides.unmatched_nodes(model.graph.node)
     ]
     decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None

@@ -30,7 +30,7 @@ class W8A8(SchemeHandler):
     candidates_label = "int8 candidates"
 
     def opset(self, config: QuantConfig) -> tuple[int, str]:
-        return (13, "per-channel Q/DQ") if config.per_channel else (10, "Q/DQ")
+        return (13, "per-channel Q/DQ") if config.int8.per_channel else (10, "Q/DQ")
 
     def plan(self, model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> W8A8Planned:
         return plan_w8a8(model, config, data, progress)
@@ -41,7 +41,7 @@ class W8A8(SchemeHandler):
         steps: list[Step] = []
         if target:
             steps.append(TargetStep(replanner, target))
-        elif config.accuracy_guard:
+        elif config.w8a8.accuracy_guard:
             steps.append(GuardStep(replanner, planned.guard_data, planned.suspects))
         if config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
             steps.append(PlacementStep(replanner, config.macs_threshold, target or None, planned.guard_data))

@@ -63,9 +63,9 @@ class W8A8Planner(RegionBuilder):
         what measured placement tries on int8 beyond the static rule."""
         super().__init__(model, config, floats, promotion)
         self.promoted = promotion.anchors
-        self.act_qtype = qp.INT8 if config.activation_symmetric else qp.UINT8
+        self.act_qtype = qp.INT8 if config.w8a8.activation_symmetric else qp.UINT8
         self.cpu = cpu or hostcpu.host()
-        self.reduce_range = self.cpu.u8s8_may_saturate if config.reduce_range is None else config.reduce_range
+        self.reduce_range = self.cpu.u8s8_may_saturate if config.int8.reduce_range is None else config.int8.reduce_range
         self.weight_qtype = qp.INT8_7BIT if self.reduce_range else qp.INT8
         self.macs_ratio: dict[str, float] = {}  # anchor -> MACs per element it converts (none: no conversion)
         for node in self.nodes:
@@ -126,7 +126,7 @@ class W8A8Planner(RegionBuilder):
         """`act_sqnr` (tensor -> dB, from sensitivity.py) enables the accuracy guard."""
         anchors: set[str] = set()
         dropped: dict[str, Reason] = {}
-        floor = self.config.min_activation_sqnr
+        floor = self.config.w8a8.min_activation_sqnr
         for n in self.anchors:
             node = self.by_name[n]
             ins = self._data_ins(node)
@@ -171,7 +171,7 @@ class W8A8Planner(RegionBuilder):
     def _chain_q(self, end, act: dict[str, Action], stats) -> tuple[float, int] | None:
         """Scale and zero point for the Q that writes a folded chain's final tensor."""
         st = stats[end.output[0]]
-        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
+        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.w8a8.activation_symmetric)
         return fold.q_params(
             self._chain(end, act), self.idx, float(p.scale), int(p.zero_point), self.act_qtype.qmin, self.act_qtype.qmax
         )
@@ -219,14 +219,14 @@ class W8A8Planner(RegionBuilder):
 
     def _explain(self, plan: QuantPlan) -> None:
         """The effective configuration (reduce range: value and why) and plan-wide notes."""
-        if self.config.reduce_range is None:
+        if self.config.int8.reduce_range is None:
             why = (
                 f"auto: {self.cpu.describe()} "
                 + ("may saturate" if self.reduce_range else "cannot saturate")
                 + " uint8 x int8 products with 8-bit weights"
             )
         else:
-            why = "--reduce-range" if self.config.reduce_range else "--no-reduce-range"
+            why = "--reduce-range" if self.config.int8.reduce_range else "--no-reduce-range"
         plan.decisions["reduce_range"] = {"value": self.reduce_range, "why": why, "cpu": self.cpu.to_dict()}
         if any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
             plan.notes.append(f"weights use 7 bits (-64..63) ({why}); depthwise convs keep 8")
@@ -256,7 +256,7 @@ class W8A8Planner(RegionBuilder):
             plan.activations[t] = ActivationQuant(t, s.scale, s.zero_point, s.qtype, share, method=s.method)
             return
         st = stats[t]
-        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.activation_symmetric)
+        p = qp.from_range(st.rmin, st.rmax, self.act_qtype, self.config.w8a8.activation_symmetric)
         q_scale, q_zp = q if q else (None, None)
         plan.activations[t] = ActivationQuant(
             t,
@@ -277,7 +277,7 @@ class W8A8Planner(RegionBuilder):
                 shape = tuple(self.idx.inits[t].dims)
                 granularity = self.config.precision_of(node.name, node.op_type)
                 per_channel = granularity == Precision.PER_CHANNEL or (
-                    self.config.per_channel and granularity != Precision.PER_TENSOR
+                    self.config.int8.per_channel and granularity != Precision.PER_TENSOR
                 )
                 axis = weight_axis(node, shape) if per_channel else None
                 # Depthwise int8 kernels accumulate in 32 bits: full 8-bit weights cannot saturate there.
@@ -291,7 +291,7 @@ class W8A8Planner(RegionBuilder):
                         qtype.name,
                         "weight",
                         axis,
-                        algo=self.config.weight_algo.value,
+                        algo=self.config.weight_only.weight_algo.value,
                         scale_floor=floor,
                     )
                 )
@@ -300,7 +300,7 @@ class W8A8Planner(RegionBuilder):
             elif node.op_type in self.qlinear:
                 plan.weights.append(
                     WeightQuant(
-                        node.name, i, t, self.act_qtype.name, "const", symmetric=self.config.activation_symmetric
+                        node.name, i, t, self.act_qtype.name, "const", symmetric=self.config.w8a8.activation_symmetric
                     )
                 )
 

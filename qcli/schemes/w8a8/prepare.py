@@ -29,18 +29,18 @@ def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list
     """Edit `model` in place as the config asks."""
     out = Prepared()
     done, notes = out.done, out.notes
-    if config.equalize:
+    if config.w8a8.equalize:
         result = equalize(model)
         done["equalized"] = [p.to_dict() for p in result.pairs]
         done["not_equalized"] = [{"first": a, "second": b, "reason": why} for a, b, why in result.skipped]
         notes += result.notes() or ["--equalize found no Conv -> (Relu) -> Conv pair to equalize"]
-    if config.smooth_quant is not None:
+    if config.w8a8.smooth_quant is not None:
         targets = smooth_targets(model)
         if targets:
             observers = {t: ChannelAbsMax() for t in targets}
             batches = (src.load(i) for i in items)
             observe(model, observers, batches, progress("smoothing", len(items)), "SmoothQuant")
-            layers = smooth(model, {t: o.value() for t, o in observers.items()}, config.smooth_quant)
+            layers = smooth(model, {t: o.value() for t, o in observers.items()}, config.w8a8.smooth_quant)
         else:
             layers = []
         done["smoothed"] = [x.to_dict() for x in layers]

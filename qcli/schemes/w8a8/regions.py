@@ -109,7 +109,7 @@ class RegionBuilder:
             after_clamp = any(n.op_type in fold.CLAMPS for n in self._chain(prod, act))
         else:
             return False
-        if self.config.activation_symmetric and node.op_type not in ("Mul", "Div"):
+        if self.config.w8a8.activation_symmetric and node.op_type not in ("Mul", "Div"):
             return False  # int8 symmetric: Q does not saturate at 0 and the zero point stays 0
         return fold.foldable_op(node, self.idx, after_clamp)
 

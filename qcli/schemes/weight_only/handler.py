@@ -52,7 +52,7 @@ class WeightOnly(SchemeHandler):
         self.candidates_label = f"int{BITS[scheme]} weights"
 
     def opset(self, config: QuantConfig) -> tuple[int, str] | None:
-        if config.weight_format == WeightFormat.ORT:
+        if config.weight_only.weight_format == WeightFormat.ORT:
             return None  # com.microsoft MatMulNBits / GatherBlockQuantized: no standard opset needed
         return 21, "block-wise DequantizeLinear"
 
@@ -60,24 +60,22 @@ class WeightOnly(SchemeHandler):
         """rtn needs no data; gptq, awq and --clip-search read statistics of each weight's input (X^T X, mean
         |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval); awq also
         rescales the graph (folded where exact, else an explicit Mul)."""
-        plan = plan_w4a16(model, config)
+        plan, algo = plan_w4a16(model, config), config.weight_only.weight_algo
         if not _data_aware(config):
             return WeightOnlyPlanned(plan, None, fidelity_only(data), Quantized(None, WeightOptions.of(config)))
         if data.calib is None:
-            what = (
-                "--clip-search" if config.weight_algo == WeightAlgo.RTN else f"--weight-algo {config.weight_algo.value}"
-            )
+            what = "--clip-search" if algo == WeightAlgo.RTN else f"--weight-algo {algo.value}"
             raise InputError(f"{what} needs calibration data: pass --calib DIR")
         items, held = split(data.calib, data.eval)
         advance = progress("weight statistics (X^T X per input)", len(items))
         stats = weight_stats.collect(model, plan, (data.calib.load(i) for i in items), advance)
         calibration: dict = {
-            "method": config.weight_algo.value + (" + clip search" if config.clip_search else ""),
+            "method": algo.value + (" + clip search" if config.weight_only.clip_search else ""),
             "batches": len(items),
             "files": [p.name for p in items],
             "tensors": len(stats),
         }
-        if config.weight_algo == WeightAlgo.AWQ:
+        if algo == WeightAlgo.AWQ:
             done = awq_prepare(model, plan, stats)
             stats = done.stats
             plan.notes += list(done.notes)
@@ -87,12 +85,12 @@ class WeightOnly(SchemeHandler):
 
     def steps(self, config: QuantConfig, planned: WeightOnlyPlanned) -> list[Step]:
         target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
-        weights, batches = planned.weights, config.timing_batches
+        weights, batches, form = planned.weights, config.weight_only.timing_batches, config.weight_only.weight_format
         steps: list[Step] = []
         if target:
-            steps.append(WeightTargetStep(weights, target, self.relief, config.weight_format, batches))
+            steps.append(WeightTargetStep(weights, target, self.relief, form, batches))
         steps.append(QuantizeWeights(weights))
-        if config.weight_format == WeightFormat.AUTO:
+        if form == WeightFormat.AUTO:
             place = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             steps.append(FormatStep(weights, config.min_sqnr, batches, place))
         return steps
@@ -135,4 +133,4 @@ class WeightOnly(SchemeHandler):
 
 
 def _data_aware(config: QuantConfig) -> bool:
-    return config.weight_algo != WeightAlgo.RTN or config.clip_search
+    return config.weight_only.weight_algo != WeightAlgo.RTN or config.weight_only.clip_search

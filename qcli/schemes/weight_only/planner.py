@@ -22,7 +22,7 @@ def plan_w4a16(model: ModelProto, config: QuantConfig) -> QuantPlan:
     --format auto is decided later by weight_format.choose(), which measures the candidates."""
     idx = GraphIndex(model.graph)
     bits = BITS.get(config.scheme, 4)
-    qtype = QTYPES[(bits, config.weight_symmetric_int4)]
+    qtype = QTYPES[(bits, config.weight_only.weight_symmetric_int4)]
     plan = QuantPlan(scheme=config.scheme.value)
     for node in model.graph.node:
         why = _problem(node, idx, config)
@@ -35,10 +35,10 @@ def plan_w4a16(model: ModelProto, config: QuantConfig) -> QuantPlan:
     if not plan.weights and short:
         plan.warnings.append(
             f"nothing was quantized: every weight's reduction dimension (every table's row) is smaller than "
-            f"--block-size {config.block_size}; use a smaller block"
+            f"--block-size {config.weight_only.block_size}; use a smaller block"
         )
-    if config.weight_format != WeightFormat.AUTO:
-        plan.decisions["weight_format"] = {"value": config.weight_format.value, "why": "--format"}
+    if config.weight_only.weight_format != WeightFormat.AUTO:
+        plan.decisions["weight_format"] = {"value": config.weight_only.weight_format.value, "why": "--format"}
     _note_shared(plan, config)
     return plan
 
@@ -57,9 +57,9 @@ def _weight(node, qtype: str, config: QuantConfig) -> WeightQuant:
         qtype,
         role,
         axis,
-        config.block_size,
-        config.weight_symmetric_int4,
-        config.weight_algo.value,
+        config.weight_only.block_size,
+        config.weight_only.weight_symmetric_int4,
+        config.weight_only.weight_algo.value,
     )
 
 
@@ -78,16 +78,16 @@ def _problem(node, idx: GraphIndex, config: QuantConfig) -> Reason | None | str:
             "convolutions stay float",
         )
     if is_table:
-        return _table_problem(node, idx, config.block_size)
+        return _table_problem(node, idx, config.weight_only.block_size)
     problem = _weight_problem(node, idx)
     if problem:
         return reason(Why.UNSUPPORTED, problem=problem)
     w = idx.inits[node.input[1]]
     k = w.dims[1] if node.op_type == "Gemm" and attr(node, "transB", 0) else w.dims[0]
-    if k < config.block_size:
+    if k < config.weight_only.block_size:
         return reason(
             Why.UNSUPPORTED,
-            problem=f"reduction dimension {k} is smaller than one block ({config.block_size})",
+            problem=f"reduction dimension {k} is smaller than one block ({config.weight_only.block_size})",
             reduction_dim=k,
         )
     return None
@@ -123,7 +123,7 @@ def _weight_problem(node, idx: GraphIndex) -> str | None:
 def _note_shared(plan: QuantPlan, config: QuantConfig) -> None:
     """The portable form stores a weight once per MatMul reading it: onnxruntime fuses DequantizeLinear ->
     MatMul into MatMulNBits only where the DequantizeLinear is its initializers' sole reader."""
-    if config.weight_format == WeightFormat.ORT:
+    if config.weight_only.weight_format == WeightFormat.ORT:
         return
     readers = Counter(w.tensor for w in plan.weights if w.role == "weight")
     shared = sorted(t for t, n in readers.items() if n > 1)

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from qcli.core import qparams as qp
 from qcli.core.config import QuantConfig, Scheme
 from qcli.passes.awq import awq_prepare
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.weight_only import key_of, quantize_plan, weight_errors
 from qcli.schemes.weight_only.planner import plan_w4a16
 from qcli.schemes.weight_only.stats import collect
@@ -113,7 +113,7 @@ def quantized_outputs(m, algo: str, cal, new):
         stats = collect(m, plan, cal)
         result = awq_prepare(m, plan, stats)
         stats = result.stats
-    q = apply_w4a16(m, plan, quantized=quantize_plan(m, plan, stats=stats))
+    q = apply_weight_only(m, plan, quantized=quantize_plan(m, plan, stats=stats))
     return run(m, new), run(q, new), plan, result
 
 

@@ -14,7 +14,7 @@ from onnx import helper
 from qcli.core import qparams as qp
 from qcli.core.config import QuantConfig, Scheme
 from qcli.core.errors import InternalError
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.weight_only import quantize_plan
 from qcli.schemes.weight_only.planner import plan_w4a16
 from qcli.schemes.weight_only.stats import collect
@@ -164,7 +164,7 @@ def test_gptq_end_to_end_beats_rtn_at_the_model_output():
     for algo in ("rtn", "gptq"):
         plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_algo=algo, weight_format="qdq"))
         stats = collect(m, plan, cal) if algo == "gptq" else None
-        q = apply_w4a16(m, plan, quantized=quantize_plan(m, plan, stats=stats))
+        q = apply_weight_only(m, plan, quantized=quantize_plan(m, plan, stats=stats))
         db[algo] = sqnr(ref, run(q, new)[0])
     assert db["gptq"] > db["rtn"] + 2.0
 

@@ -20,7 +20,7 @@ from test_plan_w4a16 import attr, written_dequantized
 from qcli import QuantConfig, Scheme
 from qcli.core.errors import InputError
 from qcli.passes import nbits
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.schemes.weight_only.planner import plan_w4a16
 
 SCHEME = {4: Scheme.W4A16, 8: Scheme.W8A16}
@@ -56,7 +56,9 @@ def table_model(rows=300, d=96, seed=0):
 def _both(m, bits=4, symmetric=True, block=32, level=nbits.FP32):
     """The plan written in both forms: (qdq model, ort model)."""
     plan = plan_w4a16(m, QuantConfig.of(scheme=SCHEME[bits], block_size=block, weight_symmetric_int4=symmetric))
-    return apply_w4a16(m, plan, weight_format="qdq"), apply_w4a16(m, plan, weight_format="ort", accuracy_level=level)
+    return apply_weight_only(m, plan, weight_format="qdq"), apply_weight_only(
+        m, plan, weight_format="ort", accuracy_level=level
+    )
 
 
 def _node(q, op):
@@ -223,8 +225,8 @@ def test_qdq_with_ort_tables_gathers_4_bit_codes_and_keeps_the_matmuls_portable(
     onnxruntime fuses into MatMulNBits; the outputs are the all-portable form's exact ones."""
     m = tied_model()
     plan = plan_w4a16(m, QuantConfig.of(scheme=Scheme.W4A16, weight_symmetric_int4=symmetric))
-    qdq = apply_w4a16(m, plan, weight_format="qdq")
-    mixed = apply_w4a16(m, plan, weight_format="qdq", tables="ort")
+    qdq = apply_weight_only(m, plan, weight_format="qdq")
+    mixed = apply_weight_only(m, plan, weight_format="qdq", tables="ort")
     ops = [n.op_type for n in mixed.graph.node]
     assert "GatherBlockQuantized" in ops and "Gather" not in ops and "MatMulNBits" not in ops
     assert "DequantizeLinear" in ops and "MatMul" in ops

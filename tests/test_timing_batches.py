@@ -15,10 +15,12 @@ from qcli.cli.app import app
 from qcli.core.config import WeightFormat
 from qcli.core.errors import InputError
 from qcli.core.plan import Action
-from qcli.io.batches import at_sizes, rows
+from qcli.schemes.weight_only import formats as weight_format
+from qcli.schemes.weight_only import placement as weight_placement
+from qcli.schemes.weight_only import timing as form_timing
+from qcli.schemes.weight_only.batches import at_sizes, rows
 from qcli.schemes.weight_only.planner import plan_w4a16
-from qcli.steps import form_timing, weight_format, weight_placement
-from qcli.steps.form_timing import Timings
+from qcli.schemes.weight_only.timing import Timings
 
 
 def _feed(n=3, seed=0):

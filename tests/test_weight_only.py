@@ -20,10 +20,10 @@ from qcli import QuantConfig, Scheme, quantize
 from qcli.core.config import WeightFormat
 from qcli.core.plan import Action, Why
 from qcli.core.qparams import NoiseMeter
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
+from qcli.schemes.weight_only import formats as wf
 from qcli.schemes.weight_only.planner import plan_w4a16
-from qcli.steps import weight_format as wf
-from qcli.steps.form_timing import MIN_RUNS, Timings
+from qcli.schemes.weight_only.timing import MIN_RUNS, Timings
 
 W4, W8 = Scheme.W4A16, Scheme.W8A16
 
@@ -254,7 +254,7 @@ def _exact_int4_mlp(seed=0):
 def test_auto_rejects_int8_compute_where_the_quantization_is_exact(tmp_path):
     """Exact weights: the exact math equals FP32, so int8 activations (ort-int8, and the qdq form, which
     onnxruntime fuses at level 4) are measurable noise and rejected; ort-fp32 is within float rounding and is
-    chosen, whatever the timings. The decision, in the plan, makes apply_w4a16 write MatMulNBits at level 0.
+    chosen, whatever the timings. The decision, in the plan, makes apply_weight_only write MatMulNBits at level 0.
     (Assumes a CPU where onnxruntime has int8 MatMulNBits kernels: x86 with AVX2 or later, ARM with dot
     products; elsewhere level 4 falls back to fp32.)"""
     m = _exact_int4_mlp()
@@ -270,7 +270,7 @@ def test_auto_rejects_int8_compute_where_the_quantization_is_exact(tmp_path):
     assert (choice.weight_format, choice.accuracy_level) == (WeightFormat.ORT, 0)
     assert choice.quantization_db == float("inf")
     plan.decisions.update(choice.decisions())
-    q = apply_w4a16(m, plan)
+    q = apply_weight_only(m, plan)
     assert ops_of(q) == {"MatMulNBits": 2, "Relu": 1}
     assert all(not any(a.name == "accuracy_level" for a in n.attribute) for n in q.graph.node)
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from qcli import QuantConfig, quantize
 from qcli.cli.app import app
 from qcli.core.plan import Action
-from qcli.steps import form_timing, weight_format
+from qcli.schemes.weight_only import formats as weight_format
+from qcli.schemes.weight_only import timing as form_timing
 
 
 def _files(tmp_path, opset=17):
@@ -110,7 +111,7 @@ def test_w8a16_writes_int8_blocks_and_names_them(tmp_path):
 
 
 def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed(tmp_path, monkeypatch):
-    from qcli.steps import weight_only
+    from qcli.schemes.weight_only import steps as weight_only
 
     monkeypatch.setattr(weight_only, "AUTO_MAX_BYTES", 1000)  # the test model is ~40 KB
     monkeypatch.setattr(weight_format, "choose", lambda *a, **k: pytest.fail("timed a model over the bound"))

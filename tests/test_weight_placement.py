@@ -10,7 +10,8 @@ from models import mlp, write_batches
 
 from qcli import QuantConfig, quantize
 from qcli.core.plan import Action, Why
-from qcli.steps import form_timing, weight_placement
+from qcli.schemes.weight_only import placement as weight_placement
+from qcli.schemes.weight_only import timing as form_timing
 
 
 def _files(tmp_path):

@@ -18,8 +18,8 @@ from qcli.cli.app import app
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.plan import Action, Why, reason
 from qcli.schemes.weight_only.planner import plan_w4a16
-from qcli.steps.form_timing import Timings
-from qcli.steps.weight_target import UNITS, Quantized, promoted, sizes
+from qcli.schemes.weight_only.target import UNITS, Quantized, promoted, sizes
+from qcli.schemes.weight_only.timing import Timings
 from qcli.weights import WeightOptions
 
 
@@ -149,7 +149,7 @@ def _meter(signal: float, noise: float):
 def test_auto_format_keeps_the_target_a_faster_form_would_miss():
     """The exact math meets the target (20 dB); the int8-compute form is faster and within the usual margin of
     the exact math, but against FP32 it lands at 18.9 dB: with --min-sqnr 19 it is rejected."""
-    from qcli.steps import weight_format as wf
+    from qcli.schemes.weight_only import formats as wf
 
     fid = wf._Fidelity(
         quantization={"y": _meter(100.0, 1.0)},  # exact vs FP32: 20 dB
@@ -186,7 +186,7 @@ def test_a_written_model_that_misses_the_target_the_search_met_exits_1(files, mo
 
 def _int8_fastest(monkeypatch):
     """Stand-in timings: ort-int8 (MatMulNBits at int8 compute) the fastest form on this 'CPU'."""
-    from qcli.steps import weight_format as wf
+    from qcli.schemes.weight_only import formats as wf
 
     ms = {"float": 10.0, "qdq": 9.0, "ort-fp32": 12.0, "ort-int8": 5.0}
     monkeypatch.setattr(wf, "timed", lambda *a: Timings({8: {k: [ms[k] / 1e3] * 5 for k in ms}}, 5))
@@ -228,7 +228,7 @@ def test_auto_searches_in_the_fastest_form_and_writes_it(files, monkeypatch):
 def test_auto_searches_the_exact_math_when_the_fast_form_cannot_meet_it(files, monkeypatch):
     """The fast form's search ends unmet (a stand-in: its target made unreachable): the search runs again in the
     exact math (fp32 compute), which meets it."""
-    from qcli.steps import weight_only
+    from qcli.schemes.weight_only import steps as weight_only
     from qcli.steps.target import AccuracyTarget
 
     _int8_fastest(monkeypatch)
@@ -250,7 +250,7 @@ def test_a_target_replaces_the_margin_to_the_exact_math():
     """w8a16-like figures: the exact math is 35 dB from FP32, int8 compute 30 dB from the exact math (under the
     6 dB margin: rejected without a target). --min-sqnr 25 accepts it (29.6 dB against FP32); --min-sqnr 30 does
     not; argmax flips beyond the fp32-compute form's reject it whatever the target."""
-    from qcli.steps import weight_format as wf
+    from qcli.schemes.weight_only import formats as wf
 
     def fid(flips: int):
         return wf._Fidelity(

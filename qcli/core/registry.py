@@ -1,4 +1,5 @@
-"""A tiny name -> implementation registry with "did you mean" errors."""
+"""A tiny name -> implementation registry with "did you mean" errors. An entry may carry traits (keyword data
+given at registration) that callers read instead of keeping a list of names of their own."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._traits: dict[str, dict] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **traits) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
+            self._traits[name] = traits
             return obj
 
         return deco
@@ -33,6 +36,10 @@ class Registry(Generic[T]):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             known = ", ".join(sorted(self._items))
             raise InputError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
+
+    def trait(self, name: str, key: str, default=None):
+        self.get(name)  # an unknown name is the user's error, as for get()
+        return self._traits[name].get(key, default)
 
     def names(self) -> list[str]:
         return sorted(self._items)

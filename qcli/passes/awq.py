@@ -50,8 +50,8 @@ class AwqResult:
 
 def awq_prepare(model: ModelProto, plan: QuantPlan, stats: dict[str, WeightStats], grid: int = GRID) -> AwqResult:
     """Scale the inputs of the weights planned with algo "awq"; edits `model` and `plan` (a weight copied where
-    it was shared) in place. `stats`: weight_stats.collect on the float model. Pass the returned stats on to
-    quantize_plan and weight_errors."""
+    it was shared) in place. `stats`: schemes/weight_only/stats.collect on the float model. Pass the returned
+    stats on to quantize_plan and weight_errors."""
     g = model.graph
     planned = {w.node: w for w in plan.weights if w.algo == "awq" and w.role == "weight"}
     groups = targets(g, GraphIndex(g))

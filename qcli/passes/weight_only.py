@@ -1,6 +1,6 @@
 """The rewrite both weight-only forms share. Each planned weight is read as rows [N, K] (Gemm's alpha folded
 in) and quantized once per key (tensor, blocked axis, alpha, settings); a Gemm becomes the weight op + Add(beta
-* C). A form (int4.py: DequantizeLinear, portable; nbits.py: onnxruntime's MatMulNBits / GatherBlockQuantized)
+* C). A form (blockwise.py: DequantizeLinear, portable; nbits.py: onnxruntime's MatMulNBits / GatherBlockQuantized)
 writes the nodes that read the quantized weight."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from qcli.core.plan import QuantPlan, WeightQuant
 from qcli.passes.preprocess import _drop_unused_initializers
 from qcli.weights import (
     DEFAULT_OPTIONS,
-    NEEDS_STATS,
     BlockWeight,
     WeightError,
     WeightOptions,
     WeightStats,
     quantize_rows,
     relative_errors,
+    requires_statistics,
 )
 
 # (float tensor, the axis its blocks run along, Gemm alpha, qtype, block size, symmetric, algorithm)
@@ -54,8 +54,8 @@ def quantize_plan(
     options: WeightOptions = DEFAULT_OPTIONS,
 ) -> dict[Key, BlockWeight]:
     """Every planned weight quantized, once per key (a weight read twice the same way is quantized once);
-    keys in `skip` (quantized already) are left out. `stats` (weight_stats.collect: weight name -> statistics
-    of its input) feed the data-aware algorithms and the clipping search; tables (Gather) have none."""
+    keys in `skip` (quantized already) are left out. `stats` (schemes/weight_only/stats.collect: weight name ->
+    statistics of its input) feed the data-aware algorithms and the clipping search; tables (Gather) have none."""
     idx = GraphIndex(model.graph)
     nodes = {n.name: n for n in model.graph.node}
     out: dict[Key, BlockWeight] = {}
@@ -67,7 +67,7 @@ def quantize_plan(
         key = key_of(nodes[w.node], w)
         if key in out or key in skip:
             continue
-        if w.algo in NEEDS_STATS and w.role == "weight" and w.tensor not in stats:
+        if requires_statistics(w.algo) and w.role == "weight" and w.tensor not in stats:
             raise InternalError(f"internal error: {w.algo} needs the input statistics of weight {w.tensor!r}")
         rows, qtype = rows_of(idx, key), qp.QTYPES[w.qtype]
         s = _matching(stats, key, rows)
@@ -86,7 +86,7 @@ def weight_errors(
     model: ModelProto, quantized: dict[Key, BlockWeight], stats: dict[str, WeightStats] | None = None
 ) -> dict[Key, WeightError]:
     """Per quantized weight, ||W - Q||^2 / ||W||^2 and (with its input's statistics) tr(E H E^T) / tr(W H W^T).
-    `model` is the float graph the weights were quantized from (before apply_w4a16 rewrites it in place)."""
+    `model` is the float graph the weights were quantized from (before apply_weight_only rewrites it in place)."""
     idx = GraphIndex(model.graph)
     stats = stats or {}
     out = {}

@@ -7,13 +7,14 @@ barely moves the output (kept float for nothing). The effect is measured where i
 on a few calibration batches:
 
 1. the all-int8 plan's worst output SQNR; at or above QUIET_DB nothing more is done;
-2. candidates: the int8 readers of the activations that quantize worst on their own (schemes.suspects), then
-   the int8 layers ranked by the noise each adds in the all-int8 model (trials.rank_units);
+2. candidates: the int8 readers of the activations that quantize worst on their own (suspects(), in
+   schemes/w8a8/calibrated.py), then the int8 layers ranked by the noise each adds in the all-int8 model
+   (trials.rank_units);
 3. the first CANDIDATES, each returned to float alone: a layer whose int8 form causes at least SHARE of the
    output noise is kept float;
 4. those kept float are measured together once more, and kept only if that beats the all-int8 plan.
 
-`--min-act-sqnr` keeps the per-tensor rule as an explicit expert switch (plan_w8a8.py); an accuracy target
+`--min-act-sqnr` keeps the per-tensor rule as an explicit expert switch (schemes/w8a8/planner.py); an accuracy target
 (target.py) replaces this guard, since it states what accuracy is enough.
 """
 

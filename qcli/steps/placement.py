@@ -1,7 +1,7 @@
 """Placement by measurement (`--placement measured`, the default): where the static cost rule is unsure,
 time the alternatives on this CPU and keep the faster; and never write a model slower than FP32 by choice.
 
-The static plan (plan_w8a8.py: regions, MACs per converted element >= --min-macs) is the starting point.
+The static plan (schemes/w8a8/planner.py: regions, MACs per converted element >= --min-macs) is the starting point.
 The groups of int8 nodes it is least sure about are each timed back to float against the best plan so far,
 interleaved in one process on the same input (thread spinning off), and kept float when that is at least
 MARGIN faster:

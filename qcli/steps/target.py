@@ -1,12 +1,12 @@
 """An accuracy target met automatically (`--min-sqnr`, `--max-top1-drop` on quantize): the fastest plan that
 meets it, by returning the fewest layers to float.
 
-The layers are ranked once, by the noise each adds at its output in the all-int8 model (diagnose.py, on the
+The layers are ranked once, by the noise each adds at its output in the all-int8 model (measure/diagnose.py, on the
 fidelity data). A unit is the int8 producer of a tensor that gains noise (or, for a tensor no int8 op
 writes, its int8 readers). The search returns the top k units to float, re-planning the Q/DQ
 placement each time (so nothing is left stranded between conversions), with k doubling until the target is
 met on the fidelity data (never the calibration files where others exist), then bisecting down to the fewest.
-The weight-only schemes search the same way with their own step (weight_target.py: 4-bit blocks -> 8-bit).
+The weight-only schemes search the same way with their own step (schemes/weight_only/target.py: 4-bit blocks -> 8-bit).
 """
 
 from __future__ import annotations

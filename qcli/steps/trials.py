@@ -1,7 +1,7 @@
 """Candidate plans of one model, each written and measured against the float reference on the same batches:
 what the accuracy target's search and the default accuracy guard both need.
 
-`rank_units` orders the int8 layers by the noise each adds in the all-int8 model (diagnose.py), once, so the
+`rank_units` orders the int8 layers by the noise each adds in the all-int8 model (measure/diagnose.py), once, so the
 callers try returning layers to float in that order instead of evaluating every layer at every step.
 """
 
@@ -101,7 +101,7 @@ class Trials:
 
     def _rank_by_name(self, plan: QuantPlan) -> list[list[str]]:
         """Schemes whose quantized ops keep their output names (dynamic, weight-only): each quantized op's output
-        against the float model's tensor of the same name (layerwise.py), the op adding the most noise first."""
+        against the float model's tensor of the same name (measure/layerwise.py), the op adding the most noise first."""
         ref = model_io.save_for_session(self.model, self.tmp, "float.onnx")
         cand = self.write(plan, "ranked.onnx")
         items = self.data.items[:RANK_BATCHES]

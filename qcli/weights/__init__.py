@@ -2,7 +2,14 @@
 awq (whose channel scales passes/awq.py moves into the graph first)."""
 
 from qcli.weights import awq, gptq, rtn  # noqa: F401  (register "awq", "gptq", "rtn")
-from qcli.weights.base import DEFAULT_OPTIONS, NEEDS_STATS, WEIGHT_ALGOS, WeightOptions, WeightQuantizer
+from qcli.weights.base import (
+    DEFAULT_OPTIONS,
+    WEIGHT_ALGOS,
+    WeightOptions,
+    WeightQuantizer,
+    reads_statistics,
+    requires_statistics,
+)
 from qcli.weights.blocks import BlockWeight, quantize_rows
 from qcli.weights.errors import WeightError, relative_errors
 from qcli.weights.stats import StatsAccumulator, WeightStats
@@ -10,7 +17,8 @@ from qcli.weights.stats import StatsAccumulator, WeightStats
 __all__ = [
     "WEIGHT_ALGOS",
     "DEFAULT_OPTIONS",
-    "NEEDS_STATS",
+    "reads_statistics",
+    "requires_statistics",
     "WeightOptions",
     "WeightQuantizer",
     "BlockWeight",

@@ -45,7 +45,7 @@ class AwqChoice:
     rtn_error: float  # the same at alpha = 0 (plain rtn)
 
 
-@WEIGHT_ALGOS.register("awq")
+@WEIGHT_ALGOS.register("awq", statistics="used")
 def awq(
     w: np.ndarray,
     qtype: qp.QType,

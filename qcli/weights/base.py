@@ -33,8 +33,8 @@ class WeightOptions:
 
 
 DEFAULT_OPTIONS = WeightOptions()
-# Algorithms that need statistics for every MatMul/Gemm weight: without them they would silently round.
-NEEDS_STATS = frozenset({"gptq"})
+# Each algorithm registers with its `statistics` trait: "required" (it needs them for every MatMul/Gemm weight:
+# without them it would silently round), "used" (it reads them where they are), or none.
 
 
 class WeightQuantizer(Protocol):
@@ -51,3 +51,12 @@ class WeightQuantizer(Protocol):
 
 
 WEIGHT_ALGOS: Registry[WeightQuantizer] = Registry("weight algorithm")
+
+
+def reads_statistics(algo: str, options: WeightOptions = DEFAULT_OPTIONS) -> bool:
+    """Whether quantizing with `algo` (and these options) reads calibration statistics: a data-aware run."""
+    return WEIGHT_ALGOS.trait(algo, "statistics") is not None or options.clip_search
+
+
+def requires_statistics(algo: str) -> bool:
+    return WEIGHT_ALGOS.trait(algo, "statistics") == "required"

@@ -28,7 +28,7 @@ BATCH = 128  # columns per lazy update (a multiple of the block size when blocks
 DAMP_RETRIES = 4  # a Cholesky that fails (H numerically not positive definite) is retried with 10x the damping
 
 
-@WEIGHT_ALGOS.register("gptq")
+@WEIGHT_ALGOS.register("gptq", statistics="required")
 def gptq(
     w: np.ndarray,
     qtype: qp.QType,

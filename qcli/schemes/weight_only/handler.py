@@ -4,7 +4,7 @@ quantized block-wise along the reduction axis; all compute stays float.
     plan:   the weights to quantize; data-aware algorithms read their inputs' statistics    planner.py, stats.py
     steps:  accuracy target (weights one step wider) -> weights quantized once -> the form
             written (--format auto) and weight placement                                    steps/weight_only.py
-    write:  blocked DequantizeLinear, or MatMulNBits / GatherBlockQuantized                 passes/int4.py
+    write:  blocked DequantizeLinear, or MatMulNBits / GatherBlockQuantized                 passes/blockwise.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qcli.core.errors import InputError
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress
 from qcli.passes.awq import awq_prepare
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.schemes.base import (
     Data,
     Inspected,
@@ -32,11 +32,11 @@ from qcli.schemes.base import (
 )
 from qcli.schemes.weight_only import stats as weight_stats
 from qcli.schemes.weight_only.planner import BITS, plan_w4a16
+from qcli.schemes.weight_only.steps import FormatStep, QuantizeWeights, WeightTargetStep
+from qcli.schemes.weight_only.target import Quantized
 from qcli.steps.base import Part, Step
 from qcli.steps.target import AccuracyTarget
-from qcli.steps.weight_only import FormatStep, QuantizeWeights, WeightTargetStep
-from qcli.steps.weight_target import Quantized
-from qcli.weights import WeightOptions
+from qcli.weights import WeightOptions, reads_statistics
 
 NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 
@@ -98,7 +98,7 @@ class WeightOnly(SchemeHandler):
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: WeightOnlyPlanned) -> Written:
         quantized = planned.weights.of(model, plan)
         errors = planned.weights.errors(plan)
-        qmodel = apply_w4a16(model, plan, inplace=True, quantized=quantized)  # the float graph is done
+        qmodel = apply_weight_only(model, plan, inplace=True, quantized=quantized)  # the float graph is done
         return Written(qmodel, part=Part({"weight_errors": errors}))
 
     def summary(self, config: dict, decisions: dict) -> str:
@@ -133,4 +133,4 @@ class WeightOnly(SchemeHandler):
 
 
 def _data_aware(config: QuantConfig) -> bool:
-    return config.weight_only.weight_algo != WeightAlgo.RTN or config.weight_only.clip_search
+    return reads_statistics(config.weight_only.weight_algo.value, WeightOptions.of(config))

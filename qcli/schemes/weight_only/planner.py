@@ -19,7 +19,7 @@ ACTIONS = {4: Action.INT4_WEIGHT, 8: Action.INT8_WEIGHT}
 
 def plan_w4a16(model: ModelProto, config: QuantConfig) -> QuantPlan:
     """The weight-only plan of `config.scheme` (w4a16 or w8a16). An explicit --format is recorded as a decision;
-    --format auto is decided later by weight_format.choose(), which measures the candidates."""
+    --format auto is decided later by formats.choose(), which measures the candidates."""
     idx = GraphIndex(model.graph)
     bits = BITS.get(config.scheme, 4)
     qtype = QTYPES[(bits, config.weight_only.weight_symmetric_int4)]

@@ -70,7 +70,7 @@ class QdqWithOrtTables(QdqForm):
             self.ort.finish(model)
 
 
-def apply_w4a16(
+def apply_weight_only(
     model: ModelProto,
     plan: QuantPlan,
     inplace: bool = False,
@@ -86,7 +86,7 @@ def apply_w4a16(
     decided = plan.decisions.get("weight_format", {}).get("value", WeightFormat.QDQ.value)
     fmt = WeightFormat(weight_format or decided)
     if fmt == WeightFormat.AUTO:
-        raise InternalError("internal error: --format auto must be decided (weight_format.choose) before writing")
+        raise InternalError("internal error: --format auto must be decided (formats.choose) before writing")
     if fmt == WeightFormat.QDQ:
         table_fmt = WeightFormat(tables or plan.decisions.get("table_format", {}).get("value", fmt.value))
         form = QdqWithOrtTables() if table_fmt == WeightFormat.ORT else QdqForm()

@@ -16,7 +16,7 @@ MARGIN_DB under the quantization noise itself (exact vs the FP32 model) or at fl
 score outputs it flips no more argmax rows than the fp32-compute form does (float rounding near ties). With an
 accuracy target (--min-sqnr) the target replaces the margin: a candidate must keep every output at that SQNR
 against FP32 (the user said what is enough), and still flip no more argmax rows.
-Speed (form_timing.py): each candidate's median latency over FP32's, in runs interleaved with the FP32 model at
+Speed (timing.py): each candidate's median latency over FP32's, in runs interleaved with the FP32 model at
 every timing batch size (--timing-batch, default 1 and 8: batches.py), for about budget_s seconds in all; a
 candidate's figure is its worst size's. Choice: the accepted candidate with the lowest figure; one within TIE of
 it that comes earlier in CANDIDATES (more portable, then more exact) wins the tie.
@@ -36,13 +36,13 @@ from qcli.core.config import WeightFormat
 from qcli.core.plan import QuantPlan
 from qcli.core.qparams import NoiseMeter
 from qcli.io import model_io
-from qcli.io.batches import TimingFeeds, as_given
 from qcli.io.session import Session, release_memory, session_options
 from qcli.measure import evaluate
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.nbits import FP32, INT8
 from qcli.passes.weight_only import Key, quantize_plan
-from qcli.steps.form_timing import Timing, Timings, timed
+from qcli.schemes.weight_only.batches import TimingFeeds, as_given
+from qcli.schemes.weight_only.timing import Timing, Timings, timed
 from qcli.weights import BlockWeight
 
 MARGIN_DB = 6.0  # a candidate's own noise at most 1/4 of the quantization noise's power: <= 1 dB off the exact SQNR
@@ -115,11 +115,11 @@ class FormatChoice:
         return {x.batch: x.ratio for x in t.timings} if t else {}
 
     def form(self) -> tuple[WeightFormat, int | None, WeightFormat | None]:
-        """What apply_w4a16 writes for this choice: weight format, accuracy level, tables' format."""
+        """What apply_weight_only writes for this choice: weight format, accuracy level, tables' format."""
         return self.weight_format, self.accuracy_level, self.tables
 
     def decisions(self) -> dict[str, dict]:
-        """Entries for QuantPlan.decisions: apply_w4a16 reads them; the report shows them."""
+        """Entries for QuantPlan.decisions: apply_weight_only reads them; the report shows them."""
         measured = {"batches": list(self.start()), "runs": self.runs, "trials": [asdict(t) for t in self.trials]}
         out = {"weight_format": {"value": self.weight_format.value, "why": self.why, **measured}}
         if self.tables is not None:
@@ -152,7 +152,7 @@ def choose(
     """Measure `candidates` (written from `model`, the float graph the plan was made on) against the FP32
     model at `reference`: fidelity on `feeds`, speed on `timing` (default: the first feed as it is). Leaves
     `model` unchanged. `quantized` (weight_only.quantize_plan) saves quantizing the weights again; pass the
-    same to apply_w4a16. With `min_sqnr` (an accuracy target) a candidate must also keep every output at that
+    same to apply_weight_only. With `min_sqnr` (an accuracy target) a candidate must also keep every output at that
     SQNR against FP32."""
     if not feeds:
         return unmeasured("no data to measure on (--eval or --calib)")
@@ -163,7 +163,7 @@ def choose(
     with tempfile.TemporaryDirectory(prefix="qcli-format-") as tmp:
         paths: dict[str, Path] = {}
         for c in candidates if any(c.name == "qdq" for c in candidates) else (EXACT, *candidates):
-            written = apply_w4a16(model, plan, False, c.weight_format, c.accuracy_level, quantized, tables)
+            written = apply_weight_only(model, plan, False, c.weight_format, c.accuracy_level, quantized, tables)
             paths[c.name] = model_io.save_for_session(written, Path(tmp), f"{c.name}.onnx")
             del written
         release_memory()

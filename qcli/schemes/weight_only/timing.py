@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from qcli.core.errors import QcliError
-from qcli.io.batches import TimingFeeds
 from qcli.io.session import Session
+from qcli.schemes.weight_only.batches import TimingFeeds
 
 MIN_RUNS, MAX_RUNS = 5, 200
 

@@ -1,7 +1,7 @@
-"""The weight-only after-plan steps: the accuracy target's search (weight_target.py: weights one step more
+"""The weight-only after-plan steps: the accuracy target's search (target.py: weights one step more
 precise), the weights quantized once (and their errors measured while the calibration statistics are in
-memory), then --format auto's choice of form (weight_format.py) and, where that form still runs slower than
-FP32, weight placement (weight_placement.py)."""
+memory), then --format auto's choice of form (formats.py) and, where that form still runs slower than
+FP32, weight placement (placement.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from qcli.core.config import WeightFormat
 from qcli.core.errors import QcliError
 from qcli.core.plan import QuantPlan
 from qcli.io import model_io
-from qcli.io.batches import at_sizes
 from qcli.io.feeds import input_specs
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.nbits import FP32
-from qcli.steps import weight_format
+from qcli.schemes.weight_only import formats
+from qcli.schemes.weight_only.batches import at_sizes
+from qcli.schemes.weight_only.placement import place_weights
+from qcli.schemes.weight_only.target import UNITS, Quantized, promoted, sizes
 from qcli.steps.base import Context, Outcome, Part
 from qcli.steps.target import AccuracyTarget, SearchResult, search, searched
-from qcli.steps.weight_placement import place_weights
-from qcli.steps.weight_target import UNITS, Quantized, promoted, sizes
 
 AUTO_MAX_BYTES = 1 << 30  # --format auto times the forms of models up to this size
 
@@ -102,7 +102,7 @@ class FormatStep:
         advance = ctx.progress("measured placement (timings)", None)
 
         def write(model, p: QuantPlan):  # in the chosen form (the plan's decisions), weights quantized once
-            return apply_w4a16(model, p, quantized=quantized)
+            return apply_weight_only(model, p, quantized=quantized)
 
         start = choice.start()  # the sizes the forms were timed at
         timing = at_sizes(ctx.model, _timing_feeds(ctx, 1)[0], self.timing_batches).only(start)
@@ -112,17 +112,17 @@ class FormatStep:
 
 
 def format_choice(ctx: Context, plan: QuantPlan, quantized, min_sqnr: float | None, timing_batches):
-    """weight_format.choose on the plan and the fidelity data (inputs made from the input specs without data)."""
+    """formats.choose on the plan and the fidelity data (inputs made from the input specs without data)."""
     size = model_io.model_bytes(ctx.model)
     if size > AUTO_MAX_BYTES:  # every candidate's session at once would break the memory bound
-        return weight_format.unmeasured(
+        return formats.unmeasured(
             f"the model ({size / 2**30:.1f} GB) is too large to time every form at once within the memory bound"
         )
     advance = ctx.progress("choosing the weight format (timings)", 1)
 
-    def choose(batches: list) -> weight_format.FormatChoice:
+    def choose(batches: list) -> formats.FormatChoice:
         timing = at_sizes(ctx.model, batches[0], timing_batches)
-        return weight_format.choose(
+        return formats.choose(
             ctx.model,
             plan,
             ctx.reference,
@@ -134,11 +134,11 @@ def format_choice(ctx: Context, plan: QuantPlan, quantized, min_sqnr: float | No
         )
 
     try:
-        choice = choose(_timing_feeds(ctx, weight_format.FIDELITY_BATCHES))
+        choice = choose(_timing_feeds(ctx, formats.FIDELITY_BATCHES))
     except QcliError as e:
         if ctx.fid.src is not None:
             raise
-        choice = weight_format.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
+        choice = formats.unmeasured(f"no data, and inputs made from the input specs did not run ({e})")
     else:
         if ctx.fid.src is None:  # speed does not depend on the values
             choice = replace(choice, why=f"no data: timed on inputs made from the input specs; {choice.why}")
@@ -154,7 +154,7 @@ def _timing_feeds(ctx: Context, limit: int) -> list[dict]:
     return [fid.src.load(i) for i in fid.items[:limit]]
 
 
-def _slower_than_float(choice: weight_format.FormatChoice, hint: bool) -> list[str]:
+def _slower_than_float(choice: formats.FormatChoice, hint: bool) -> list[str]:
     """The exact form chosen but slower than FP32 here: say so, and what the faster forms would cost."""
     chosen = choice.chosen_trial
     if chosen is None or chosen.ratio < 1:

@@ -23,7 +23,7 @@ from onnx import ModelProto
 
 from qcli.core.plan import Action, NodeDecision, QuantPlan, Reason, Why, reason
 from qcli.io import model_io
-from qcli.io.batches import TimingFeeds
+from qcli.schemes.weight_only.batches import TimingFeeds
 from qcli.steps.placement import PlacementResult, Timed
 from qcli.steps.timing import CLEAR, MARGIN, RUNS, ratio_of
 

@@ -3,7 +3,7 @@ fewest weights made one step more precise until every output meets it. Under w4a
 8-bit blocks (same block size, symmetry and algorithm); under w8a16 it goes back to float.
 
 The search is target.py's: the weight ops ranked once by the noise each adds at its output in the first model
-(matched by tensor name, layerwise.py) per element of its weight, so that a small weight adding as much noise as
+(matched by tensor name, measure/layerwise.py) per element of its weight, so that a small weight adding as much noise as
 an embedding table goes first (raising it costs a fraction of the bytes); then k doubling until the target is
 met and bisecting down to the fewest. Each candidate is measured in the form that will be written (weight_only.py:
 an explicit --format; under auto the fastest form timed on the first plan, then the exact math, MatMulNBits at
@@ -20,7 +20,7 @@ from onnx import ModelProto
 
 from qcli.core.config import WeightFormat
 from qcli.core.plan import Action, NodeDecision, QuantPlan, Reason
-from qcli.passes.int4 import apply_w4a16
+from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.nbits import FP32
 from qcli.passes.weight_only import Key, key_of, quantize_plan, weight_errors
 from qcli.weights import BlockWeight, WeightError, WeightOptions, WeightStats
@@ -91,7 +91,7 @@ class Quantized:
 
         def write(model: ModelProto, plan: QuantPlan) -> ModelProto:
             quantized = self.of(model, plan)
-            return apply_w4a16(model, plan, False, weight_format, accuracy_level, quantized, tables)
+            return apply_weight_only(model, plan, False, weight_format, accuracy_level, quantized, tables)
 
         return write
 

@@ -85,6 +85,19 @@ def test_one_observing_session_serves_calibration_and_a_second_pass(pair_files, 
     assert out.shape == (2, 8, 16, 16)
 
 
+def test_w8a8_planning_calibrates_and_measures_the_guard_s_pass_on_one_session(tmp_path, opened):
+    """The plan of a W8A8 quantize (calibration, then each activation quantized alone for the accuracy guard)
+    loads the float model once, and closes it; the activation pass did run on it (its figures are recorded)."""
+    from qcli import quantize
+
+    onnx.save(cnn(channels=8), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(2, 3, 16, 16)] * 3)
+    r = quantize(tmp_path / "m.onnx", QuantConfig(), calib=tmp_path / "c", dry_run=True)
+    labels = [s.label for s in opened]
+    assert labels == ["the model (calibration run)"] and opened[0].sess is None
+    assert r.report.calibration["activation_sqnr_db"]
+
+
 def test_recorded_reference_outputs_give_the_same_fidelity_and_load_the_reference_once(pair_files, opened):
     feeds = [{"x": np.load(p)} for p in sorted((pair_files / "d").glob("*.npy"))]
     other = cnn(channels=8)

@@ -82,7 +82,7 @@ def calibrate(
 
 
 def calibrate_then_more(
-    model: ModelProto,
+    model: ModelProto | Session,
     watch: Iterable[str],
     batches: Iterable[dict[str, np.ndarray]],
     more: list,
@@ -91,9 +91,11 @@ def calibrate_then_more(
     on_batch: Callable[[], None] | None = None,
 ) -> tuple[dict[str, TensorStats], dict[str, TensorStats] | None]:
     """The ranges from `batches`, and (where there are `more` batches, e.g. files held aside to measure
-    decisions on) the ranges from all of them: the same observers streamed on, one session."""
+    decisions on) the ranges from all of them: the same observers streamed on, one session (`model`: the float
+    model, or a session from observing() that outputs every watched tensor)."""
     observers = _observers(watch, config, levels)
-    with observing(model, observers) as sess:
+    with contextlib.ExitStack() as stack:
+        sess = model if isinstance(model, Session) else stack.enter_context(observing(model, observers))
         count, shapes = observe(sess, observers, batches, on_batch)
         first = _stats(observers, count, shapes)
         if not more:

@@ -12,32 +12,34 @@ a handful of them would outweigh everything else and undo that choice.
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto
 
+from qcli.calibration.calibrate import observing
 from qcli.core import qparams as qp
 from qcli.core.plan import ActivationQuant
-from qcli.io import model_io
 from qcli.io.session import Session
 
 
 def activation_sqnr(
-    model: ModelProto, acts: dict[str, ActivationQuant], batches: Iterable[dict[str, np.ndarray]]
+    model: ModelProto,
+    acts: dict[str, ActivationQuant],
+    batches: Iterable[dict[str, np.ndarray]],
+    session: Session | None = None,
 ) -> dict[str, float]:
-    """tensor -> SQNR (dB) of quantize-dequantize with its planned parameters, over the given batches."""
+    """tensor -> SQNR (dB) of quantize-dequantize with its planned parameters, over the given batches.
+    `session`: one over `model` that outputs every planned activation (calibration's), else one is opened."""
     produced = {o for n in model.graph.node for o in n.output}
     names = [t for t in acts if t in produced]
     inputs = [i.name for i in model.graph.input if i.name in acts]  # their values are the feed itself
     if not names and not inputs:
         return {}
     meters = {t: qp.NoiseMeter() for t in names + inputs}
-    with tempfile.TemporaryDirectory(prefix="qcli-sens-") as tmp:
-        path = model_io.save_with_outputs(model, dict.fromkeys(names, TensorProto.FLOAT), Path(tmp), "sens.onnx")
-        sess = Session(path, label="the model (accuracy-guard run)")
+    with contextlib.ExitStack() as stack:
+        sess = session or stack.enter_context(observing(model, names, "accuracy-guard"))
         for feed in batches:
             values = list(zip(names, sess.run(names, feed) if names else [])) + [(t, feed[t]) for t in inputs]
             for t, v in values:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
-from qcli.calibration.calibrate import calibrate_then_more
+from qcli.calibration.calibrate import calibrate_then_more, observing
 from qcli.calibration.observers import TensorStats
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError
@@ -92,52 +92,63 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     prepared = prepare(model, config, src, items, progress)
     planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
     also = held if not (config.min_sqnr or config.max_top1_drop) else []
-    advance = progress("calibrating", len(items) + len(also))
-    levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
-    batches = (src.load(i) for i in items)
-    more = (src.load(i) for i in also) if also else None
-    stats, stats_all = calibrate_then_more(model, planner.watch_list(), batches, more, config, levels, advance)
-
-    def record(st: dict, files: list) -> dict:
-        return {
-            "method": config.w8a8.calibrator.value,
-            "methods_used": dict(Counter(s.method for s in st.values())),
-            **prepared.done,
-            "batches": len(files),
-            "files": [p.name for p in files],
-            "tensors": len(st),
-            "ranges": {k: v.to_dict() for k, v in st.items()},
-        }
-
-    calibration = record(stats, items)
-    act_sqnr, measured = None, {}
-    plan = planner.plan(stats)
     guard_items = items[:SENSITIVITY_BATCHES]
-    if config.w8a8.min_activation_sqnr > 0 or config.w8a8.accuracy_guard:  # each activation quantized alone
-        guard = FidelityData(src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
-        measured = activation_sqnr(model, plan.activations, guard)
+    watch = planner.watch_list()
+    with observing(model, watch) as sess:  # calibration and the activation pass: one session
+        advance = progress("calibrating", len(items) + len(also))
+        levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
+        batches, more = (src.load(i) for i in items), (src.load(i) for i in also) if also else None
+        stats, stats_all = calibrate_then_more(sess, watch, batches, more, config, levels, advance)
+        plan = planner.plan(stats)
+        measured = None
+        if config.w8a8.min_activation_sqnr > 0 or config.w8a8.accuracy_guard:  # each activation quantized alone
+            guard = FidelityData(src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
+            measured = activation_sqnr(model, plan.activations, guard, sess)
+    record = _Record(config, prepared.done)
+    calibration = record(stats, items)
+    if measured is not None:
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in measured.items() if v != float("inf")}
-    if config.w8a8.min_activation_sqnr > 0:  # the per-tensor guard (expert switch)
-        act_sqnr = measured
-        if any(v < config.w8a8.min_activation_sqnr for v in act_sqnr.values()):
-            plan = planner.plan(stats, act_sqnr)
-    unmatched = [
-        f"--overrides entry {p!r} matches no observed activation" for p in config.int8.overrides.unmatched(stats)
-    ]
-    unmatched += [
-        f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
-        for p in config.int8.overrides.unmatched_nodes(model.graph.node)
-    ]
+    act_sqnr = measured if config.w8a8.min_activation_sqnr > 0 else None  # the per-tensor guard (expert switch)
+    if act_sqnr and any(v < config.w8a8.min_activation_sqnr for v in act_sqnr.values()):
+        plan = planner.plan(stats, act_sqnr)
     decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
-    notes = tuple(prepared.notes)
+    notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats))
     replanner = Replanner(
-        model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, tuple(unmatched), stats_all, every
+        model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, unmatched, stats_all, every
     )
     guard_data = FidelityData(src, guard_items, f"{len(guard_items)} calibration batches")
     fid = fidelity_after_fit(data, items, held)
-    sus = tuple(tuple(s) for s in suspects(model, plan, measured))
+    sus = tuple(tuple(s) for s in suspects(model, plan, measured or {}))
     return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, guard_data, sus)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The calibration record of the report, for some files' ranges."""
+
+    config: QuantConfig
+    prepared: dict  # what equalize / smooth did
+
+    def __call__(self, stats: dict[str, TensorStats], files: list) -> dict:
+        return {
+            "method": self.config.w8a8.calibrator.value,
+            "methods_used": dict(Counter(s.method for s in stats.values())),
+            **self.prepared,
+            "batches": len(files),
+            "files": [p.name for p in files],
+            "tensors": len(stats),
+            "ranges": {k: v.to_dict() for k, v in stats.items()},
+        }
+
+
+def _unmatched(config: QuantConfig, model: ModelProto, stats: dict) -> list[str]:
+    overrides = config.int8.overrides
+    out = [f"--overrides entry {p!r} matches no observed activation" for p in overrides.unmatched(stats)]
+    return out + [
+        f'--overrides entry [nodes."{p}"] matches no node name, op type or glob'
+        for p in overrides.unmatched_nodes(model.graph.node)
+    ]
 
 
 def suspects(model: ModelProto, plan: QuantPlan, act_sqnr: dict[str, float]) -> list[list[str]]:

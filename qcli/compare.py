@@ -65,7 +65,7 @@ def compare(
     if per_layer:
         advance = progress("per-layer pass", None)
         layers = layerwise.per_layer(ref, cand, lambda: FidelityData(src, src.items, "").feeds(advance))
-        report.layers = [vars(x) for x in layers]
+        report.layers = [x.to_dict() for x in layers]
         if not layers:
             report.notes.append("--per-layer: no float tensor of the reference has a float namesake in the candidate")
     apply_gates(report, min_sqnr, max_top1_drop)

@@ -151,7 +151,7 @@ class _Run:
             items = ran.fid.items[:LAYER_BATCHES]
             feeds = FidelityData(ran.fid.src, items, "").feeds(progress("per-layer pass", len(items)))
             layers = layer_errors(model, self.out, ran.plan, qnames, feeds)
-            report.layers = [vars(x) for x in sorted(layers, key=lambda x: -x.introduced)]
+            report.layers = [x.to_dict() for x in sorted(layers, key=lambda x: -x.introduced)]
         return _Made(ran.plan, report, reference, ran.fid, ran.promises)
 
     def _prepare(self, stack, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Path, list[str]]:

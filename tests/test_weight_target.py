@@ -120,10 +120,10 @@ def test_ranking_with_a_cost_puts_the_most_noise_per_weight_element_first(files,
     """Stand-in per-layer figures: mm1 adds twice mm2's noise but reads a weight 10x larger; with the weight
     sizes as the cost mm2 goes first (half the noise for a tenth of the bytes), without them mm1 does."""
     from qcli.io.feeds import FeedSource, FidelityData, input_specs
-    from qcli.measure.layerwise import LayerDiff
+    from qcli.measure.layers import LayerError
     from qcli.steps import trials
 
-    figures = [LayerDiff("h1", "mm1", "MatMul", 20.0, 0.02), LayerDiff("h2", "mm2", "MatMul", 23.0, 0.01)]
+    figures = [LayerError("h1", "mm1", "MatMul", 20.0, 0.02), LayerError("h2", "mm2", "MatMul", 23.0, 0.01)]
     monkeypatch.setattr(trials, "per_layer", lambda ref, cand, batches: figures)
     m = _chain()
     plan = plan_w4a16(m, QuantConfig.of(scheme="w4a16"))

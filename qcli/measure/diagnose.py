@@ -2,7 +2,7 @@
 
 The float model exposes tensor T; the quantized model exposes T's QuantizeLinear output, dequantized here
 with the plan's scale and zero point. A layer's *introduced* error is how much its relative noise power
-exceeds that of its noisiest quantized input, so error inherited from upstream is not blamed on it.
+exceeds that of its noisiest quantized input (layers.py), so error inherited from upstream is not blamed on it.
 
 Memory: the two models never hold a session at the same time. The quantized model runs first and its int8
 activations are kept (a quarter of their float size); its session is closed, then the float model runs and
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +27,9 @@ from qcli.io import model_io
 from qcli.io.session import Session
 from qcli.io.structure import read_structure
 from qcli.measure.evaluate import file_size
+from qcli.measure.layers import LayerError, introduced
 
 RECORD_BYTES = 128 << 20  # int8 activations kept at once, at least
-
-
-@dataclass(frozen=True)
-class LayerError:
-    tensor: str
-    node: str
-    op_type: str
-    sqnr_db: float
-    introduced: float  # relative noise power added by this layer (0: none; 0.01 is -20 dB)
-    nodes: tuple[str, ...] = ()  # the producer and the ops folded into its QuantizeLinear
 
 
 def compared(reference: ModelProto, plan: QuantPlan, qnames: dict[str, str]) -> list[str]:
@@ -125,7 +115,6 @@ def _blame(reference: ModelProto, plan: QuantPlan, tensors: list[str], meters: d
         node = idx.producer[fold.data_input(chain[0], idx)] if chain else producer[t]
         name = "+".join(n.name for n in [node, *chain])
         op = "+".join(n.op_type for n in [node, *chain])
-        upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
         nodes = tuple(n.name for n in [node, *chain])
-        out.append(LayerError(t, name, op, meters[t].db, max(rel[t] - upstream, 0.0), nodes))
+        out.append(LayerError(t, name, op, meters[t].db, introduced(rel, t, node.input), nodes))
     return out

@@ -9,7 +9,7 @@ tensors per model, whatever the number of batches (more tensors than `chunk`: mo
 the models themselves are held as graphs without their weights.
 
 A layer's *introduced* error is its relative noise power minus the largest of its matched inputs', so error
-inherited from upstream is not blamed on it (the same measure as quantize's per-layer report).
+inherited from upstream is not blamed on it (layers.py: the same measure as quantize's per-layer report).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from onnx import ModelProto, TensorProto
 from qcli.core import qparams as qp
 from qcli.io import model_io
 from qcli.io.session import Session
+from qcli.measure.layers import LayerError, introduced
 from qcli.passes.qdq import QUANTIZED_TENSORS_KEY
 
 CHUNK = 256  # tensors per pass
@@ -54,15 +54,6 @@ def _as_seen(model: ModelProto) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class LayerDiff:
-    tensor: str
-    node: str
-    op_type: str
-    sqnr_db: float
-    introduced: float  # relative noise power added by this layer (0.01 is -20 dB)
-
-
 def float_outputs(model: ModelProto) -> dict[str, str]:
     """Float tensors written by nodes of the main graph -> the writing node's name (or op type)."""
     floats = model_io.float_tensors(model)
@@ -87,7 +78,7 @@ def per_layer(
     cand_path: Path,
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
     chunk: int = CHUNK,
-) -> list[LayerDiff]:
+) -> list[LayerError]:
     """Rank the matched tensors by the error each one's layer introduces; `batches()` yields the same
     feeds on every call (one pass per chunk of tensors). Only the graphs stay in memory: each model is read
     whole just to write its copy with the chunk's tensors as outputs, one model at a time."""
@@ -119,6 +110,5 @@ def per_layer(
     out = []
     for t in matched:
         node = producer[t]
-        upstream = max((rel[i] for i in node.input if i in rel), default=0.0)
-        out.append(LayerDiff(t, node.name or node.op_type, node.op_type, db[t], max(rel[t] - upstream, 0.0)))
+        out.append(LayerError(t, node.name or node.op_type, node.op_type, db[t], introduced(rel, t, node.input)))
     return sorted(out, key=lambda x: (-x.introduced, x.sqnr_db))

@@ -1,0 +1,32 @@
+"""The per-layer error: one record and one rule for both diagnoses (diagnose.py: quantize's own model, read at
+its QuantizeLinear outputs; layerwise.py: any two versions of a model, matched by tensor name).
+
+A layer's *introduced* error is its output's relative noise power minus the largest of its inputs', so noise
+inherited from upstream is not blamed on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LayerError:
+    tensor: str
+    node: str
+    op_type: str
+    sqnr_db: float
+    introduced: float  # relative noise power added by this layer (0: none; 0.01 is -20 dB)
+    nodes: tuple[str, ...] = ()  # quantize's own: the producer and the ops folded into its QuantizeLinear
+
+    def to_dict(self) -> dict:
+        d = dict(vars(self))
+        if not self.nodes:
+            del d["nodes"]
+        return d
+
+
+def introduced(rel: Mapping[str, float], tensor: str, inputs: Iterable[str]) -> float:
+    """What the layer writing `tensor` from `inputs` adds: relative noise powers `rel` (those measured)."""
+    upstream = max((rel[i] for i in inputs if i in rel), default=0.0)
+    return max(rel[tensor] - upstream, 0.0)

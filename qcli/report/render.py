@@ -16,6 +16,27 @@ from qcli.schemes import handler_for
 
 def _rows(r: Report) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [("warning", w) for w in r.warnings]
+    rows += _plan_rows(r) + _measured_rows(r) + _decision_rows(r) + _target_rows(r)
+    for x in r.layers[:3]:
+        if x["introduced"] > 0:
+            rows.append(
+                (
+                    "most error added",
+                    f"{x['op_type']} {x['node']}: {x['sqnr_db']:.1f} dB at its output "
+                    f"(+{x['introduced']:.2g} relative noise power)",
+                )
+            )
+    rows += [("note", n) for n in r.notes]
+    rows += [
+        ("gate", f"{g['gate']} {'passed' if g['passed'] else 'FAILED'}: {g['value']} (limit {g['limit']})")
+        for g in r.gates
+    ]
+    return rows
+
+
+def _plan_rows(r: Report) -> list[tuple[str, str]]:
+    """The scheme as applied, qcli's decisions, what the plan does, the calibration."""
+    rows: list[tuple[str, str]] = []
     if r.config:
         rows.append(("scheme", handler_for(r.config["scheme"]).summary(r.config, r.decisions)))
     for name, d in r.decisions.items():
@@ -26,6 +47,12 @@ def _rows(r: Report) -> list[tuple[str, str]]:
     if r.calibration:
         c = r.calibration
         rows.append(("calibration", f"{c['method']}: {c['batches']} batches, {c['tensors']} tensors observed"))
+    return rows
+
+
+def _measured_rows(r: Report) -> list[tuple[str, str]]:
+    """Size, latency and fidelity of the written model, and the data they were measured on."""
+    rows: list[tuple[str, str]] = []
     if r.size:
         s = r.size
         rows.append(("size", f"{_mb(s['reference_bytes'])} -> {_mb(s['candidate_bytes'])} ({s['ratio']:.2f}x)"))
@@ -44,6 +71,12 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         rows.append((f"output {f.name}", f"SQNR {sq}, cosine {f.cosine:.5f}, max abs err {f.max_abs:.4g}{top1}"))
     if r.fidelity_data:
         rows.append(("fidelity data", r.fidelity_data))
+    return rows
+
+
+def _decision_rows(r: Report) -> list[tuple[str, str]]:
+    """What stayed float and why: for speed, for accuracy (the guard), by measured placement."""
+    rows: list[tuple[str, str]] = []
     for label, names in (
         ("kept float for speed", r.float_for_speed),
         ("kept float for accuracy", r.float_for_accuracy),
@@ -64,47 +97,40 @@ def _rows(r: Report) -> list[tuple[str, str]]:
         p = r.placement
         tried = "; ".join(f"{t['group']} to {t['to']}: {t['ratio']:.2f}x{_kept(t)}" for t in p["timed"])
         rows.append(("measured placement", f"timed on this CPU (time after the move / before): {tried}"))
-    if r.target:
-        t = r.target
-        goal = " and ".join(
-            g
-            for g in (
-                f"SQNR >= {t['min_sqnr']:g} dB" if t["min_sqnr"] is not None else "",
-                f"top-1 drop <= {t['max_top1_drop']:g}%" if t["max_top1_drop"] is not None else "",
-            )
-            if g
+    return rows
+
+
+def _target_rows(r: Report) -> list[tuple[str, str]]:
+    """The accuracy target's search: met or not, with how many nodes, at what cost."""
+    rows: list[tuple[str, str]] = []
+    t = r.target
+    if not t:
+        return []
+    goal = " and ".join(
+        g
+        for g in (
+            f"SQNR >= {t['min_sqnr']:g} dB" if t["min_sqnr"] is not None else "",
+            f"top-1 drop <= {t['max_top1_drop']:g}%" if t["max_top1_drop"] is not None else "",
         )
-        raised = "raised_to_8_bits" in t
-        back = t["raised_to_8_bits"] if raised else t["returned_to_float"]
-        where = "at 8-bit blocks" if raised else "back to float"
-        verdict = "met" if t["met"] else f"NOT met ({t['shortfall']})"
-        cost = ""
-        if back and t["all_int8_latency_ratio"] is not None and r.latency and r.size:
-            cost = (
-                f"; all-int8 would be {t['all_int8_latency_ratio']:.2f}x FP32 latency, "
-                f"{_mb(t['all_int8_size_bytes'])} (this model {r.latency.ratio:.2f}x, {_mb(r.size['candidate_bytes'])})"
-            )
-        elif back and raised and r.size:
-            cost = f"; all-4-bit would be {_mb(t['all_int8_size_bytes'])} (this model {_mb(r.size['candidate_bytes'])})"
-        form = f"; measured as {t['measured_as']}" if t.get("measured_as") else ""
-        rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) {where}{cost}{form}"))
-        if back:
-            more = f" (+{len(back) - 12} more)" if len(back) > 12 else ""
-            rows.append((f"{where} for the target", ", ".join(back[:12]) + more))
-    for x in r.layers[:3]:
-        if x["introduced"] > 0:
-            rows.append(
-                (
-                    "most error added",
-                    f"{x['op_type']} {x['node']}: {x['sqnr_db']:.1f} dB at its output "
-                    f"(+{x['introduced']:.2g} relative noise power)",
-                )
-            )
-    rows += [("note", n) for n in r.notes]
-    rows += [
-        ("gate", f"{g['gate']} {'passed' if g['passed'] else 'FAILED'}: {g['value']} (limit {g['limit']})")
-        for g in r.gates
-    ]
+        if g
+    )
+    raised = "raised_to_8_bits" in t
+    back = t["raised_to_8_bits"] if raised else t["returned_to_float"]
+    where = "at 8-bit blocks" if raised else "back to float"
+    verdict = "met" if t["met"] else f"NOT met ({t['shortfall']})"
+    cost = ""
+    if back and t["all_int8_latency_ratio"] is not None and r.latency and r.size:
+        cost = (
+            f"; all-int8 would be {t['all_int8_latency_ratio']:.2f}x FP32 latency, "
+            f"{_mb(t['all_int8_size_bytes'])} (this model {r.latency.ratio:.2f}x, {_mb(r.size['candidate_bytes'])})"
+        )
+    elif back and raised and r.size:
+        cost = f"; all-4-bit would be {_mb(t['all_int8_size_bytes'])} (this model {_mb(r.size['candidate_bytes'])})"
+    form = f"; measured as {t['measured_as']}" if t.get("measured_as") else ""
+    rows.append(("accuracy target", f"{goal}: {verdict} with {len(back)} node(s) {where}{cost}{form}"))
+    if back:
+        more = f" (+{len(back) - 12} more)" if len(back) > 12 else ""
+        rows.append((f"{where} for the target", ", ".join(back[:12]) + more))
     return rows
 
 

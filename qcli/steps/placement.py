@@ -134,101 +134,131 @@ def place(
 ) -> PlacementResult:
     """The fastest of the plans tried (each timing calls advance()). `replan(float_nodes, promotion)`: the plan
     again with these nodes float and this promotion; `target`: an accuracy target an int8 move must still meet."""
-    # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
-    fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
-    feed = data.src.load(data.items[0])
-    held = model_io.model_bytes(model)  # the float graph stays in memory while the sessions run
-    in_turn = []  # the timings made one model after the other
     # The best plan's session stays open from one timing to the next (a candidate kept becomes the best with
     # its session open already): one model loaded per timing, not two.
     with trials(model, reference, data, advance) as t, OpenSessions(theirs=frozenset([reference])) as sessions:
+        s = _Search(model, reference, first, replan, data.src.load(data.items[0]), advance, t, sessions)
+        s.to_float(threshold)
+        s.to_int8(target)
+        return s.against_fp32(threshold)
 
-        def time(a: Path, b: Path) -> float:
-            alone = not fits_together(held, a, b, reference)
-            if alone:  # one session at a time from now on
-                sessions.close(disable=True)
-            r = ratio_of(a, b, feed, in_turn=True) if alone else ratio_of(*sessions(a, b), feed)
-            in_turn.append(alone)
-            advance()
-            return r
 
-        best, best_path, floated = first, t.write(first, "best.onnx"), {}
-        timed: list[Timed] = []
-        wholes: list[Timed] = []  # the groups timed that are not parts of another
+class _Search:
+    """One placement search's state: the best plan so far (and its file), the nodes timed back to float, the
+    promotion kept, every move timed."""
 
-        def settled(part: bool) -> bool:  # the whole this part belongs to was clearly slower: so are its parts
-            return part and bool(wholes) and wholes[-1].ratio >= 1 + CLEAR
+    def __init__(self, model, reference: Path, first: QuantPlan, replan, feed: dict, advance, t: Trials, sessions):
+        self.model, self.reference, self.replan, self.feed, self.advance = model, reference, replan, feed, advance
+        self.t, self.sessions = t, sessions
+        # Nodes an earlier step returned to float (accuracy guard, target) stay float in every plan tried here.
+        self.fixed = {d.node: d.reason for d in first.nodes if d.why in (Why.ACCURACY, Why.TARGET)}
+        self.held = model_io.model_bytes(model)  # the float graph stays in memory while the sessions run
+        self.in_turn: list[bool] = []  # the timings made one model after the other
+        self.best, self.best_path, self.floated = first, t.write(first, "best.onnx"), {}
+        self.timed: list[Timed] = []
+        self.wholes: list[Timed] = []  # the groups timed that are not parts of another
+        self.promotion = NO_PROMOTION
 
-        def record(move: Timed, part: bool) -> Timed:
-            timed.append(move)
-            wholes.extend([] if part else [move])
-            return move
+    def time(self, a: Path, b: Path) -> float:
+        alone = not fits_together(self.held, a, b, self.reference)
+        if alone:  # one session at a time from now on
+            self.sessions.close(disable=True)
+        r = ratio_of(a, b, self.feed, in_turn=True) if alone else ratio_of(*self.sessions(a, b), self.feed)
+        self.in_turn.append(alone)
+        self.advance()
+        return r
 
-        for i, (label, nodes, part) in enumerate(groups(first, threshold, limit=MAX_GROUPS)):
-            nodes = [n for n in nodes if n not in floated]
-            if not nodes or settled(part):
+    def settled(self, part: bool) -> bool:
+        """The whole this part belongs to was clearly slower: so are its parts."""
+        return part and bool(self.wholes) and self.wholes[-1].ratio >= 1 + CLEAR
+
+    def record(self, move: Timed, part: bool) -> Timed:
+        self.timed.append(move)
+        self.wholes.extend([] if part else [move])
+        return move
+
+    def again(self, more: dict | None = None, promotion: Promotion | None = None) -> QuantPlan:
+        """The plan with the fixed and floated nodes float, and `more`; the promotion kept unless one is given."""
+        promotion = self.promotion if promotion is None else promotion
+        return self.replan({**self.fixed, **self.floated, **(more or {})}, promotion)
+
+    def to_float(self, threshold: float) -> None:
+        """The groups the static rule is least sure about, each timed back to float against the best plan."""
+        for i, (label, nodes, part) in enumerate(groups(self.best, threshold, limit=MAX_GROUPS)):
+            nodes = [n for n in nodes if n not in self.floated]
+            if not nodes or self.settled(part):
                 continue
-            more = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in nodes}
-            cand = replan({**fixed, **floated, **more})
-            path = t.write(cand, f"group{i}.onnx")  # a kept group's file stays the best plan's
-            ratio = time(best_path, path)
+            cand = self.again({n: reason(Why.MEASURED, group=label, ratio=0.0) for n in nodes})
+            path = self.t.write(cand, f"group{i}.onnx")  # a kept group's file stays the best plan's
+            ratio = self.time(self.best_path, path)
             keep = ratio < 1 - MARGIN
-            record(Timed(label, nodes, ratio, keep), part)
+            self.record(Timed(label, nodes, ratio, keep), part)
             if keep:  # the same plan, with the measured ratio in its reasons
-                floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in nodes})
-                best, best_path = replan({**fixed, **floated}), path
-        promotion = NO_PROMOTION
-        for i, (label, promo, part) in enumerate(promotions(model, best)):
-            if settled(part):
+                self.floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in nodes})
+                self.best, self.best_path = self.again(), path
+
+    def to_int8(self, target: AccuracyTarget | None) -> None:
+        """What the static rule keeps float, timed on int8: the first promotion that pays and keeps the accuracy."""
+        for i, (label, promo, part) in enumerate(promotions(self.model, self.best)):
+            if self.settled(part):
                 continue
-            cand = replan({**fixed, **floated}, promo)
-            path = t.write(cand, f"int8_{i}.onnx")
-            ratio = time(best_path, path)
-            move = record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
+            cand = self.again(promotion=promo)
+            path = self.t.write(cand, f"int8_{i}.onnx")
+            ratio = self.time(self.best_path, path)
+            move = self.record(Timed(label, sorted(promo.anchors | promo.ops), ratio, False, "int8"), part)
             if ratio < 1 - MARGIN:
-                move.kept, move.sqnr_db = _accurate_enough(t, *sessions(best_path, path), target)
+                move.kept, move.sqnr_db = _accurate_enough(self.t, *self.sessions(self.best_path, path), target)
             if not move.kept:
                 continue
-            promotion, best, best_path = promo, cand, path
-            # The layers promoted alone (their input still converted from float) stay int8 only if that alone
-            # saves MARGIN: float is the more accurate of two equals.
-            alone = converted_inputs(model, best, promo.anchors)
-            if alone and alone != promo.anchors:
-                label = f"{len(alone)} of them reading a converted input"
-                back = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in alone}
-                path = t.write(replan({**fixed, **floated, **back}, promo), "int8_back.onnx")
-                ratio = time(best_path, path)
-                if record(Timed(label, sorted(alone), ratio, ratio < 1 / (1 - MARGIN)), True).kept:
-                    floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in alone})
-                    best, best_path = replan({**fixed, **floated}, promo), path
+            self.promotion, self.best, self.best_path = promo, cand, path
+            self._alone_back(promo)
             break  # the others are parts of it
-        vs_fp32 = time(reference, best_path)
 
-        def result(plan, ratio, verdict="", promoted=promotion):
-            return PlacementResult(plan, ratio, timed, verdict, sum(in_turn), promoted)
+    def _alone_back(self, promo: Promotion) -> None:
+        """The layers promoted alone (their input still converted from float) stay int8 only if that alone saves
+        MARGIN: float is the more accurate of two equals."""
+        alone = converted_inputs(self.model, self.best, promo.anchors)
+        if not alone or alone == promo.anchors:
+            return
+        label = f"{len(alone)} of them reading a converted input"
+        back = {n: reason(Why.MEASURED, group=label, ratio=0.0) for n in alone}
+        path = self.t.write(self.again(back), "int8_back.onnx")
+        ratio = self.time(self.best_path, path)
+        if self.record(Timed(label, sorted(alone), ratio, ratio < 1 / (1 - MARGIN)), True).kept:
+            self.floated.update({n: reason(Why.MEASURED, group=label, ratio=ratio) for n in alone})
+            self.best, self.best_path = self.again(), path
 
+    def result(self, plan: QuantPlan, ratio: float, verdict: str = "", promoted: Promotion | None = None):
+        promoted = self.promotion if promoted is None else promoted
+        return PlacementResult(plan, ratio, self.timed, verdict, sum(self.in_turn), promoted)
+
+    def against_fp32(self, threshold: float) -> PlacementResult:
+        """The best plan timed against FP32; not faster, the light layers float (timed), else no int8 at all."""
+        vs_fp32 = self.time(self.reference, self.best_path)
         if vs_fp32 < 1.0:
-            return result(best, vs_fp32)
-        heavy = groups(best, threshold, near=HEAVY)
+            return self.result(self.best, vs_fp32)
+        heavy = groups(self.best, threshold, near=HEAVY)
         light = [n for _, nodes, _ in heavy for n in nodes]
         if light:
             probe = {n: reason(Why.MEASURED, group="fallback", ratio=0.0) for n in light}
-            cand_path = t.write(replan({**fixed, **floated, **probe}, promotion), "fallback.onnx")
-            ratio = time(reference, cand_path)
+            cand_path = self.t.write(self.again(probe), "fallback.onnx")
+            ratio = self.time(self.reference, cand_path)
             label = f"fallback: {len(light)} node(s) under {HEAVY * threshold:g} MACs per conversion"
-            timed.append(Timed(label, light, ratio / vs_fp32, ratio < 1))
+            self.timed.append(Timed(label, light, ratio / vs_fp32, ratio < 1))
             if ratio < 1.0:
                 more = {n: reason(Why.MEASURED, group=label, ratio=ratio / vs_fp32) for n in light}
                 verdict = f"int8 only where it pays: {len(light)} more node(s) kept float after timing"
-                return result(replan({**fixed, **floated, **more}, promotion), ratio, verdict)
+                return self.result(self.again(more), ratio, verdict)
         every = {
-            d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32) for d in best.nodes if d.action in INT8
+            d.node: reason(Why.MEASURED, group="whole model", ratio=1 / vs_fp32)
+            for d in self.best.nodes
+            if d.action in INT8
         }
         verdict = (
             f"no placement tried made this model faster than FP32 on this CPU (best {vs_fp32:.2f}x): "
             "written without int8 compute; --objective size quantizes it anyway"
         )
-        return result(replan({**fixed, **floated, **every}), 1.0, verdict, NO_PROMOTION)
+        return self.result(self.replan({**self.fixed, **self.floated, **every}), 1.0, verdict, NO_PROMOTION)
 
 
 def converted_inputs(model: ModelProto, plan: QuantPlan, anchors: frozenset[str]) -> frozenset[str]:

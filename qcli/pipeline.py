@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from qcli.compare import compare
+from qcli.compare import compare, measure
 from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
 from qcli.core.errors import GateFailed, InputError, InternalError, Interrupted
 from qcli.core.graph import name_nodes
@@ -22,7 +22,6 @@ from qcli.io import model_io
 from qcli.io.feeds import FeedSource, FidelityData, input_specs
 from qcli.io.session import release_memory
 from qcli.measure.diagnose import layer_errors
-from qcli.measure.figures import measure
 from qcli.passes.preprocess import lift_constants, preprocess
 from qcli.report.assemble import add, describe
 from qcli.report.provenance import provenance

@@ -9,11 +9,11 @@ from onnx import numpy_helper
 
 from qcli import QuantConfig
 from qcli.calibration import calibrate
+from qcli.compare import measure
 from qcli.core.errors import InternalError
 from qcli.io import session
 from qcli.io.feeds import FeedSource, FidelityData, input_specs
 from qcli.measure import evaluate
-from qcli.measure.figures import measure
 from qcli.report.report import Report
 
 

@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-big: $(STAMP)
-	QCLI_BIG_TESTS=1 $(BIN)/python -m pytest tests/test_big_model.py
+	QCLI_BIG_TESTS=1 $(BIN)/python -m pytest tests/io/test_big_model.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check qcli tests bench sample_models

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
 
 # Substitute /proc/cpuinfo texts (trimmed) for the two kinds of x86 CPU the suite must pass on.
 _FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2"
@@ -63,3 +65,21 @@ def sqnr_on(ref_path, cand_path, feeds: list[dict], exact_qdq: bool = False) -> 
 def batches_of(folder: Path, name: str = "x") -> list[dict]:
     """The feeds of a folder of single-input .npy batches."""
     return [{name: np.load(p)} for p in sorted(Path(folder).glob("*.npy"))]
+
+
+def attr(node, name, default=None):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def written_dequantized(q: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every DequantizeLinear output of q's main graph, evaluated by onnx.reference on its initializers."""
+    inits = {t.name: t for t in q.graph.initializer}
+    out = {}
+    for n in q.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        g = helper.make_graph(
+            [n], "dq", [], [helper.make_value_info(n.output[0], helper.TypeProto())], [inits[i] for i in n.input if i]
+        )
+        out[n.output[0]] = ReferenceEvaluator(helper.make_model(g, opset_imports=q.opset_import)).run(None, {})[0]
+    return out

@@ -9,6 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checks import CPUINFO  # noqa: E402
 
 from qcli.core import hostcpu  # noqa: E402
+from qcli.io import session
+from qcli.measure import diagnose
 
 
 def simulate_cpu(monkeypatch, tmp_path: Path, kind: str) -> hostcpu.CpuInfo:
@@ -52,3 +54,24 @@ def _no_timed_placement(request, monkeypatch):
     from qcli.steps import placement
 
     monkeypatch.setattr(placement, "place", lambda model, ref, plan, *a, **k: placement.PlacementResult(plan, 0.0))
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """The per-layer pass's sessions: every one opened (by file name) and the most open at once."""
+    seen = {"opened": [], "live": 0, "most": 0}
+
+    class Counted(session.Session):
+        def __init__(self, path, *a, **k):
+            super().__init__(path, *a, **k)
+            seen["opened"].append(Path(path).name)
+            seen["live"] += 1
+            seen["most"] = max(seen["most"], seen["live"])
+
+        def close(self):
+            if self.sess is not None:
+                seen["live"] -= 1
+            super().close()
+
+    monkeypatch.setattr(diagnose, "Session", Counted)
+    return seen

@@ -6,10 +6,9 @@ import numpy as np
 import onnx
 import pytest
 from checks import batches_of, sqnr_on
-from models import cnn, mlp, model_of, vi, write_batches
+from encoders import post_ln
+from models import bn_dwsep, cnn, mlp, model_of, vi, write_batches
 from onnx import helper
-from test_equalize import _bn_dwsep
-from test_smooth import post_ln
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
@@ -159,7 +158,7 @@ def test_ragged_sequence_lengths(tmp_path, method):
 
 
 def test_equalize_flag_equalizes_and_recovers_accuracy(tmp_path):
-    onnx.save(_bn_dwsep(), tmp_path / "m.onnx")
+    onnx.save(bn_dwsep(), tmp_path / "m.onnx")
     shape = (1, 3, 16, 16)
     write_batches(tmp_path / "c", [shape] * 6, seed=1)
     write_batches(tmp_path / "e", [shape] * 3, seed=7)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from checks import fused_ops, run
+from checks import attr, fused_ops, run, written_dequantized
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from test_plan_w4a16 import attr, written_dequantized
 
 from qcli import QuantConfig, Scheme
 from qcli.core.errors import InputError

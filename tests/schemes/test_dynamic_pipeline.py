@@ -5,8 +5,7 @@ import json
 
 import onnx
 from checks import batches_of, ops, sqnr_on
-from models import mlp, write_batches
-from test_target import _outlier_chain
+from models import mlp, outlier_chain, write_batches
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
@@ -33,7 +32,7 @@ def test_accuracy_target_returns_the_outlier_layer_to_float(tmp_path):
     """mm3 reads h2, one channel of which is 1000x the rest: quantized per tensor at run time, the other
     channels are lost and the output collapses. --min-sqnr 25 returns exactly mm3 to float.
     Measured: all-int8 -0.1 dB; with mm3 float 35.0 dB."""
-    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    onnx.save(outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
     config = QuantConfig.of(scheme="dynamic", reduce_range=False)
     plain = quantize(tmp_path / "m.onnx", config, None, tmp_path / "q.onnx", tmp_path / "e", latency_runs=1)

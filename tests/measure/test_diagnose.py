@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +7,6 @@ from onnx import numpy_helper
 
 from qcli import QuantConfig, pipeline, quantize
 from qcli.core import qparams as qp
-from qcli.io import session
 from qcli.measure import diagnose
 
 
@@ -38,27 +35,6 @@ def test_layer_with_an_outlier_channel_is_blamed_first(tmp_path):
     assert layers[0]["introduced"] > 3 * max(x["introduced"] for x in layers[1:])
     by_tensor = {x["tensor"]: x for x in layers}
     assert by_tensor["r1"]["sqnr_db"] > 30  # conv1 is unaffected
-
-
-@pytest.fixture
-def sessions(monkeypatch):
-    """The per-layer pass's sessions: every one opened (by file name) and the most open at once."""
-    seen = {"opened": [], "live": 0, "most": 0}
-
-    class Counted(session.Session):
-        def __init__(self, path, *a, **k):
-            super().__init__(path, *a, **k)
-            seen["opened"].append(Path(path).name)
-            seen["live"] += 1
-            seen["most"] = max(seen["most"], seen["live"])
-
-        def close(self):
-            if self.sess is not None:
-                seen["live"] -= 1
-            super().close()
-
-    monkeypatch.setattr(diagnose, "Session", Counted)
-    return seen
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ import math
 import numpy as np
 import onnx
 import pytest
-from checks import fused_ops, ops, run, sqnr
+from checks import attr, fused_ops, ops, run, sqnr, written_dequantized
 from models import cnn, mlp
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from qcli import QuantConfig, Scheme, quantize
 from qcli.core.plan import Action, Why
@@ -56,30 +55,12 @@ def expected_dequantized(w: np.ndarray, block: int, symmetric: bool = True) -> t
     return deq, codes
 
 
-def written_dequantized(q: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every DequantizeLinear output of q's main graph, evaluated by onnx.reference on its initializers."""
-    inits = {t.name: t for t in q.graph.initializer}
-    out = {}
-    for n in q.graph.node:
-        if n.op_type != "DequantizeLinear":
-            continue
-        g = helper.make_graph(
-            [n], "dq", [], [helper.make_value_info(n.output[0], helper.TypeProto())], [inits[i] for i in n.input if i]
-        )
-        out[n.output[0]] = ReferenceEvaluator(helper.make_model(g, opset_imports=q.opset_import)).run(None, {})[0]
-    return out
-
-
 def weight_read_by(q: onnx.ModelProto, node_name: str) -> tuple[onnx.NodeProto, np.ndarray]:
     """The DequantizeLinear feeding the MatMul `node_name`, and its value (onnx.reference)."""
     mm = next(n for n in q.graph.node if n.name == node_name)
     assert mm.op_type == "MatMul"
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == mm.input[1])
     return dq, written_dequantized(q)[dq.output[0]]
-
-
-def attr(node, name, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def init_array(q: onnx.ModelProto, name: str) -> np.ndarray:

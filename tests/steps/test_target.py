@@ -7,8 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from checks import batches_of, sqnr_on
-from models import cnn, model_of, vi, write_batches
-from onnx import helper
+from models import cnn, outlier_chain, write_batches
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
@@ -83,27 +82,8 @@ def test_top1_target_on_class_scores(files):
     assert t["met"] and r.report.fidelity[0].top1_agreement == 1.0
 
 
-def _outlier_chain():
-    """x -> 4 MatMul(+Relu) layers; mm2 writes one channel 1000x the others (and mm3 reads it 1000x
-    smaller, so the float output is ordinary). One 8-bit range for h2 then crushes its other 63 channels:
-    mm3's output is ruined, while h2 itself still measures ~35 dB per tensor (the outlier dominates)."""
-    rng = np.random.default_rng(5)
-    w = {
-        f"w{i}": (rng.standard_normal((64, n)) / 8).astype(np.float32) for i, n in ((1, 64), (2, 64), (3, 64), (4, 10))
-    }
-    w["w2"][:, 5] *= 1000
-    w["w3"][5, :] /= 1000
-    nodes, x = [], "x"
-    for i in range(1, 5):
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
-        if i < 4:
-            nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i}"], name=f"relu{i}"))
-            x = f"h{i}"
-    return model_of(nodes, [vi("x", ["N", 64])], [vi("m4", ["N", 10])], w)
-
-
 def test_planted_outlier_layer_is_ranked_first_and_the_only_one_returned(tmp_path):
-    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    onnx.save(outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
     plain = _q(tmp_path)

@@ -3,9 +3,7 @@
 from pathlib import Path
 
 import onnx
-from models import write_batches
-from test_diagnose import sessions  # noqa: F401  (fixture)
-from test_target import _outlier_chain
+from models import outlier_chain, write_batches
 
 from qcli import QuantConfig, quantize
 from qcli.io.structure import read_structure
@@ -25,7 +23,7 @@ def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_pat
         return real(reference, quantized, plan, qnames, feeds)
 
     monkeypatch.setattr(trials, "layer_errors", spy)
-    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    onnx.save(outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
     config = QuantConfig.of(reduce_range=False, min_macs_per_conversion=0)

@@ -6,9 +6,8 @@ import numpy as np
 import onnx
 import pytest
 from checks import batches_of, sqnr_on
-from models import model_of, vi, write_batches
+from models import model_of, outlier_chain, vi, write_batches
 from onnx import helper
-from test_target import _outlier_chain
 
 from qcli import QuantConfig, quantize
 from qcli.core.plan import Action, Why
@@ -38,7 +37,7 @@ def test_outlier_channel_hidden_per_tensor_is_kept_float_by_its_effect_at_the_ou
     """One channel of h2 is 1000x the rest and mm3 reads the small ones through 1000x weights: h2 measures
     well per tensor (the outlier carries its energy), the output collapses. The per-tensor rule passes it;
     the guard finds the layer that causes the collapse and keeps only it float. Measured 0.0 -> 33.6 dB."""
-    onnx.save(_outlier_chain(), tmp_path / "m.onnx")
+    onnx.save(outlier_chain(), tmp_path / "m.onnx")
     write_batches(tmp_path / "c", [(64, 64)] * 4, seed=1)
     write_batches(tmp_path / "e", [(64, 64)] * 3, seed=7)
     old = _q(tmp_path, "old.onnx", **PER_TENSOR)

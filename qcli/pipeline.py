@@ -27,6 +27,7 @@ from qcli.report.assemble import add, describe
 from qcli.report.provenance import provenance
 from qcli.report.render import write_beside
 from qcli.report.report import Report
+from qcli.report.verdict import verdict
 from qcli.schemes import handler_for
 from qcli.schemes.base import Data, Planned, SchemeHandler, output_path
 from qcli.steps.base import Context, Ran, run
@@ -66,9 +67,11 @@ def quantize(
     ort_config: dict[str, str] | None = None,
     write_report: bool = True,
     command: str | None = None,
+    strict: bool = False,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
-    (unless dry_run; write_report=False skips the report files)."""
+    (unless dry_run; write_report=False skips the report files). The report's status is the verdict on the
+    model written (report/verdict.py); `strict` makes a low-fidelity or not-quantized verdict a failed gate."""
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
@@ -84,6 +87,9 @@ def quantize(
             measure(report, made.reference, out, made.fid, latency_runs, progress, ort_config, candidate_ours=True)
             ratio = report.latency.ratio if report.latency is not None else None
             report.notes += job.handler.measured_notes(made.plan, ratio, ort_config)
+            judged = verdict(report, made.plan, bool(AccuracyTarget(config.min_sqnr, config.max_top1_drop)))
+            report.status = judged.status.value
+            report.warnings[:0] = [judged.line] if judged.line else []  # the summary leads with it
             if write_report:
                 written += write_beside(report, out)
         except KeyboardInterrupt as e:
@@ -92,6 +98,8 @@ def quantize(
             broken = promise(report)
             if broken:
                 raise GateFailed(f"{broken}: {out}", report)
+        if strict and judged.failed:
+            raise GateFailed(f"--strict: {judged.line}: {out}", report)
         return QuantizeResult(made.plan, report, out, written)
 
 

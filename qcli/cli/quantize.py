@@ -16,6 +16,7 @@ from qcli.core.config import DEFAULT, CalibMethod, Objective, Placement, QuantCo
 from qcli.core.errors import GateFailed
 from qcli.core.overrides import Overrides
 from qcli.report.render import render_rich
+from qcli.report.verdict import Status
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
 
@@ -30,6 +31,8 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
     qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
 
     qcli quantize model.onnx --calib data/ --eval eval/ --min-sqnr 30     # fewest layers float to meet it
+
+    qcli quantize model.onnx --calib data/ --strict     # CI: exit 1 below the fidelity floors
 
     qcli quantize model.onnx --calib data/ --calibrator auto     # per tensor, the range with the least error
 
@@ -201,6 +204,14 @@ def quantize(
         typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="exit 1 when the model written measures below the fidelity floors (worst output 20 dB, top-1 "
+            "agreement 97%) or quantizes nothing; the model and its report are written all the same",
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with errors(debug), progress_bars() as progress:
@@ -244,12 +255,18 @@ def quantize(
                 progress,
                 ort_config=kv(ort_config),
                 command=command_line(),
+                strict=strict,
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)
             if json_out:
                 sys.stdout.write(e.report.to_json() + "\n")
             raise
+    _show(result, dry_run, json_out)
+
+
+def _show(result: pipeline.QuantizeResult, dry_run: bool, json_out: bool) -> None:
+    """The plan (--dry-run) or the report on stderr; JSON on stdout with --json."""
     if dry_run:
         for w in result.report.warnings:
             say("warning:", w, "yellow")
@@ -260,6 +277,9 @@ def quantize(
             print_plan(plan)
         return
     render_rich(result.report, err)
+    # The verdict unwrapped on a terminal (the table may wrap it); elsewhere the report's first row is that line.
+    if err.is_terminal and result.report.status in (Status.LOW_FIDELITY, Status.NOT_QUANTIZED):
+        say("warning:", result.report.warnings[0], "yellow")
     say("wrote", ", ".join(str(p) for p in result.written), "bold green")
     if json_out:
         sys.stdout.write(result.report.to_json() + "\n")

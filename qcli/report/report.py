@@ -14,6 +14,7 @@ class Report:
     kind: str  # "quantize" | "compare"
     reference: str
     candidate: str
+    status: str | None = None  # quantize: the verdict on the model written (verdict.py: ok, low-fidelity, ...)
     config: dict | None = None  # the effective configuration (see config.effective)
     decisions: dict = field(default_factory=dict)  # choices qcli made, with their reasons (reduce_range, ...)
     plan: dict | None = None
@@ -38,6 +39,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
+            "status": self.status,
             "reference": self.reference,
             "candidate": self.candidate,
             "config": self.config,

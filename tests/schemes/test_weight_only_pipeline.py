@@ -42,7 +42,8 @@ def test_auto_records_the_measured_choice_and_writes_that_form(tmp_path, monkeyp
     nbits = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")
     assert json.loads((tmp_path / "q.onnx.report.json").read_text())["decisions"]["weight_format"]["value"] == "ort"
-    assert r.report.warnings == []  # faster than FP32: nothing to warn about
+    fidelity = [w for w in r.report.warnings if "dB floor" in w]  # the verdict on 19.6 dB (report/verdict.py)
+    assert [w for w in r.report.warnings if w not in fidelity] == []  # faster than FP32: nothing to warn about
 
 
 def test_auto_writes_tables_as_gather_block_quantized_whichever_matmul_form_wins(tmp_path, monkeypatch):

@@ -3,9 +3,11 @@ part of the report. A scheme handler lists its steps in one place (`SchemeHandle
 
     plan ─► step 1 ─► plan' ─► step 2 ─► plan'' ...     each step: (plan, Context) -> Outcome(plan, Part)
 
-Nothing here is mutated: a step that changes the plan returns a new one; the report is assembled once, from
-the parts, after the last step (pipeline.py). A step that makes a promise about the model written (an accuracy
-target met) returns it as a `Promise`, checked on the written model's measured report.
+No step edits the plan it is given or a shared job: a step that changes the plan returns a new one, and the
+report is assembled once, from the parts, after the last step (pipeline.py). (The weight-only steps share one
+memo, schemes/weight_only/target.Quantized, so that each weight is quantized once.) A step that makes a promise
+about the model written (an accuracy target met) returns it as a `Promise`, checked on the written model's
+measured report.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from qcli.core.plan import NO_PROMOTION, Promotion, QuantPlan, Reason
 from qcli.core.progress import Progress
 from qcli.io.feeds import FidelityData
 
-# A check on the written model's report: None when it holds, else what is wrong (the quantize gate's message).
+# A check on the written model's measured report (report.Report, which sits above this layer): None when it
+# holds, else what is wrong (the quantize gate's message).
 Promise = Callable[[object], "str | None"]
 
 

@@ -168,3 +168,12 @@ def test_models_sharing_no_tensor_name_say_so(files):
     )
     assert res.exit_code == 0, res.output
     assert [x["tensor"] for x in json.loads(res.stdout)["layers"]] == ["logits"]
+
+
+def test_a_layer_row_names_its_folded_nodes_only_where_there_are_some():
+    from qcli.measure.layers import LayerError
+
+    plain = LayerError("t", "conv", "Conv", 30.0, 0.001)
+    folded = LayerError("t", "conv+relu", "Conv+Relu", 30.0, 0.001, ("conv", "relu"))
+    assert "nodes" not in plain.to_dict() and plain.to_dict()["node"] == "conv"
+    assert folded.to_dict()["nodes"] == ("conv", "relu")

@@ -3,7 +3,7 @@ the API and the CLI accept and refuse the same things."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from enum import Enum
 
 from qcli.core.errors import InputError
@@ -45,11 +45,9 @@ MIN_BLOCK, MAX_BLOCK = 16, 256
 MAX_TIMING_BATCH, MAX_TIMING_SIZES = 4096, 4
 
 
-def _flag(flag: str, default=None, **kw):
+def _flag(flag: str, default=MISSING, *, default_factory=MISSING):
     """A field with the CLI flag that sets it (named when the chosen scheme does not read it)."""
-    if "default_factory" in kw:
-        return field(metadata={"flag": flag}, **kw)
-    return field(default=default, metadata={"flag": flag})
+    return field(default=default, default_factory=default_factory, metadata={"flag": flag})
 
 
 def _coerce(obj, **enums) -> None:
@@ -242,17 +240,11 @@ class QuantConfig:
 
     def ignored_options(self) -> list[str]:
         """Flags set away from their default that the chosen scheme does not read (a silent no-op otherwise)."""
-        unread = [(getattr(self, g), getattr(DEFAULT, g)) for g in GROUPS if g not in READS[self.scheme]]
-        unread.append((self, DEFAULT))
-        out = []
-        for mine, default in unread:
-            for f in fields(mine):
-                flag = f.metadata.get("flag")
-                if mine is self and f.name not in IGNORES.get(self.scheme, ()):
-                    continue
-                if flag and getattr(mine, f.name) != getattr(default, f.name):
-                    out.append(flag)
-        return out
+        return [
+            f.metadata["flag"]
+            for mine, default, f in _unread(self)
+            if "flag" in f.metadata and getattr(mine, f.name) != getattr(default, f.name)
+        ]
 
     def to_dict(self) -> dict:
         """Flat: every option by name (as the report has always shown it), the groups' included."""
@@ -269,13 +261,24 @@ class QuantConfig:
 DEFAULT = QuantConfig()
 
 
+def _unread(config: QuantConfig) -> list[tuple[object, object, Field]]:
+    """Every option the chosen scheme does not read: (the object holding it, that object's default, its field)."""
+    out = [
+        (getattr(config, g), getattr(DEFAULT, g), f)
+        for g, kind in GROUPS.items()
+        if g not in READS[config.scheme]
+        for f in fields(kind)
+    ]
+    ignored = IGNORES.get(config.scheme, ())
+    return out + [(config, DEFAULT, f) for f in fields(config) if f.name in ignored]
+
+
 def effective(config: QuantConfig, decisions: dict[str, dict]) -> dict:
     """The configuration as applied: options the scheme does not read are left out, and choices left to
     qcli (reduce_range: None) are replaced by what was decided (the why is in `decisions`)."""
     d = config.to_dict()
-    unread = [f.name for g, kind in GROUPS.items() if g not in READS[config.scheme] for f in fields(kind)]
-    for name in unread + list(IGNORES.get(config.scheme, ())):
-        d.pop(name, None)
+    for _, _, f in _unread(config):
+        d.pop(f.name, None)
     for name, decided in decisions.items():
         if name in d:
             d[name] = decided["value"]

@@ -213,6 +213,9 @@ def test_fidelity_function_directly(multi_pair):
     feeds = feeds_of(d / "data")
     got = fidelity(d / "ref.onnx", d / "cand.onnx", iter(feeds))
     assert_figures_match(got, figures(d / "ref.onnx", d / "cand.onnx", feeds, {"logits", "probs"}))
+    for f in got:  # each batch's own SQNR too, in the order read
+        want = [figures(d / "ref.onnx", d / "cand.onnx", [feed], set())[f.name]["sqnr"] for feed in feeds]
+        assert f.batch_db == pytest.approx(want, rel=1e-9) and len(want) > 1
     with pytest.raises(InputError, match="no evaluation batches"):
         fidelity(d / "ref.onnx", d / "cand.onnx", iter([]))
 

@@ -85,22 +85,51 @@ def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
     assert full.plan.activations["x"].scale > (OUTLIER - lo) / 255 * 0.99
 
 
-def test_held_aside_files_measure_the_decisions_then_join_the_ranges(model, tmp_path):
-    """5 files, no eval_dir: the last one is held aside. The decisions are measured with ranges from the other
-    four; the model written takes its ranges from all five (the outlier in the held file reaches x's scale),
-    and the report's fidelity is exactly the one onnxruntime gives on the held file with the model written."""
-    c = write_calib(tmp_path / "calib", 5, outlier_at=4)
+def test_held_aside_files_measure_the_decisions_then_join_the_ranges_where_that_measures_no_worse(model, tmp_path):
+    """6 files, no eval_dir: the last one is held aside. The decisions are measured with ranges from the other
+    five; the refit adds it to the ranges, and the step measures both models on it: the one written is the
+    refitted one unless it measures worse, and the report's fidelity is exactly onnxruntime's on the held file
+    with the model written, the figure the check measured."""
+    c = write_calib(tmp_path / "calib", 6, seed=4)
     r = q(model, calib=c)
-    rep = r.report
-    everything = [f"b{i:02d}.npy" for i in range(5)]
-    assert rep.calibration["files"] == everything and rep.fidelity_files == ["b04.npy"]
-    assert rep.calibration["decided_with"] == {"batches": 4, "measured_on": ["b04.npy"]}
+    rep, v = r.report, r.report.verified
+    everything = [f"b{i:02d}.npy" for i in range(6)]
+    assert rep.fidelity_files == ["b05.npy"] and v["on"] == "1 calibration file(s) held aside (ranges from the other 5)"
+    assert v["written"] == (
+        "refit"
+        if v["refit"]["median_file_worst_sqnr_db"] >= v["decided"]["median_file_worst_sqnr_db"] - 0.1
+        else "decided"
+    )
+    assert v["written"] == "refit"  # this data: ranges from every file measure better on the held one
+    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"]}
+    assert rep.calibration["files"] == everything
     assert (rep.calibration["ranges"]["x"]["min"], rep.calibration["ranges"]["x"]["max"]) == x_range(c, everything)
-    assert rep.calibration["ranges"]["x"]["max"] == OUTLIER
-    assert r.plan.activations["x"].scale > (OUTLIER - x_range(c, everything)[0]) / 255 * 0.99
     assert "then added to the ranges" in rep.fidelity_data
-    assert any("ranges from all 5 calibration files" in n for n in rep.notes)
-    assert rep.fidelity[0].sqnr_db == pytest.approx(sqnr_on(model, r.output, feeds(c, ["b04.npy"])), rel=1e-9)
+    assert any("ranges from all 6 calibration files" in n for n in rep.notes)
+    assert rep.fidelity[0].sqnr_db == pytest.approx(sqnr_on(model, r.output, feeds(c, ["b05.npy"])), rel=1e-9)
+    assert round(rep.fidelity[0].sqnr_db, 2) == v["refit"]["worst_sqnr_db"]
+
+
+def test_a_refit_that_measures_worse_on_the_held_files_is_undone(model, tmp_path):
+    """15 files, the last 3 held aside; the middle one of those is at 20x the others' scale. With it in the
+    ranges every value loses resolution, and the median held file measures worse than with the ranges the
+    decisions saw. The decided model is written (ranges from the first 12 files), its fidelity stays a figure on
+    unseen data, both measurements are in the report, and the file is named as at another scale."""
+    c = write_calib(tmp_path / "calib", 15)
+    np.save(c / "b13.npy", np.load(c / "b13.npy") * 20)
+    r = q(model, calib=c)
+    rep, v = r.report, r.report.verified
+    decided_files = [f"b{i:02d}.npy" for i in range(12)]
+    assert v["written"] == "decided"
+    assert v["refit"]["median_file_worst_sqnr_db"] < v["decided"]["median_file_worst_sqnr_db"] - 3
+    assert rep.calibration["files"] == decided_files and rep.fidelity_files == ["b12.npy", "b13.npy", "b14.npy"]
+    assert r.plan.activations["x"].range == x_range(c, decided_files)
+    assert "added to the ranges" not in rep.fidelity_data
+    assert any(w.startswith("range refit undone: with the 3 held-aside file(s) added") for w in rep.warnings)
+    held = feeds(c, rep.fidelity_files)
+    assert rep.fidelity[0].sqnr_db == pytest.approx(sqnr_on(model, r.output, held), rel=1e-9)
+    assert round(rep.fidelity[0].sqnr_db, 2) == v["decided"]["worst_sqnr_db"]
+    assert any("at another scale than the rest: b13.npy (x reaches" in w for w in rep.warnings)
 
 
 def test_under_an_accuracy_target_held_aside_files_stay_out_of_calibration(model, tmp_path):
@@ -132,13 +161,17 @@ def test_fewer_than_five_files_measure_on_the_calibration_files(model, tmp_path)
     assert rep.fidelity[0].sqnr_db == pytest.approx(sqnr_on(model, r.output, feeds(c, everything)), rel=1e-9)
 
 
-def test_eval_dir_measures_fidelity_and_calibration_uses_every_file(model, tmp_path):
+def test_eval_dir_measures_fidelity_and_the_decisions_are_measured_on_held_calibration_files(model, tmp_path):
     c = write_calib(tmp_path / "calib", 6, outlier_at=5)
     e = write_calib(tmp_path / "eval", 3, prefix="e", seed=7)
     r = q(model, calib=c, eval_dir=e)
     rep = r.report
     assert rep.calibration["files"] == [f"b{i:02d}.npy" for i in range(6)] and rep.calibration["batches"] == 6
-    assert rep.calibration["ranges"]["x"]["max"] == OUTLIER  # the last file calibrates too: none held aside
+    # The last file is held aside to measure the decisions on (never --eval's files), then joins the ranges: with
+    # its outlier in them it measures better
+    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"]}
+    assert rep.verified["on"].startswith("1 calibration file(s) held aside") and rep.verified["written"] == "refit"
+    assert rep.calibration["ranges"]["x"]["max"] == OUTLIER
     assert rep.fidelity_files == ["e00.npy", "e01.npy", "e02.npy"]
     on_eval = sqnr_on(model, r.output, feeds(e, rep.fidelity_files))
     assert rep.fidelity[0].sqnr_db == pytest.approx(on_eval, rel=1e-9)

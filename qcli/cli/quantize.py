@@ -153,7 +153,7 @@ def quantize(
         bool,
         typer.Option(
             help="w8a8: keep float the layers that cause a large share of the noise at the model's outputs "
-            "(measured on calibration batches; an accuracy target replaces it)"
+            "(measured on held-aside calibration files; an accuracy target replaces it)"
         ),
     ] = DEFAULT.w8a8.accuracy_guard,
     min_act_sqnr: Annotated[

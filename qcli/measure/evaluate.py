@@ -8,13 +8,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from qcli.core.errors import InputError, InternalError
-from qcli.core.qparams import NoiseMeter
+from qcli.core.qparams import NoiseMeter, sqnr_db
 from qcli.io.session import Session
 
 MAX_ROUNDS = 5000  # latency(min_s=...): the most rounds a small model is run for
@@ -27,6 +27,9 @@ class OutputFidelity:
     cosine: float
     max_abs: float
     top1_agreement: float | None  # fraction of rows with the same argmax (class-score outputs only)
+    # SQNR of each batch alone, in the order read: a file at another scale cannot dominate their median as it
+    # can the pooled figure (not in the report's outputs)
+    batch_db: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class _OutputMeter:
 
     def __init__(self, class_scores: bool) -> None:
         self.noise = NoiseMeter()
+        self.batches: list[float] = []
         self.dot = self.cc = self.max_abs = 0.0
         self.agree = self.rows = 0
         self.class_scores = class_scores
@@ -90,6 +94,7 @@ class _OutputMeter:
             self.rows += int(np.prod(r.shape[:-1]))
         r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
         self.noise.add(r64, c64)
+        self.batches.append(sqnr_db(r64, c64))
         self.dot += float(r64 @ c64)
         self.cc += float(c64 @ c64)
         self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)
@@ -98,7 +103,7 @@ class _OutputMeter:
         sig = self.noise.signal
         cos = self.dot / np.sqrt(sig * self.cc) if sig and self.cc else 1.0
         top1 = self.agree / self.rows if self.class_scores and self.rows else None
-        return OutputFidelity(name, self.noise.db, float(cos), self.max_abs, top1)
+        return OutputFidelity(name, self.noise.db, float(cos), self.max_abs, top1, tuple(self.batches))
 
 
 def _key(feed: Mapping[str, np.ndarray]) -> tuple:

@@ -97,6 +97,16 @@ def _decision_rows(r: Report) -> list[tuple[str, str]]:
         p = r.placement
         tried = "; ".join(f"{t['group']} to {t['to']}: {t['ratio']:.2f}x{_kept(t)}" for t in p["timed"])
         rows.append(("measured placement", f"timed on this CPU (time after the move / before): {tried}"))
+    if r.verified:
+        v = r.verified
+        fig = "{worst_sqnr_db:.1f} dB (median file {median_file_worst_sqnr_db:.1f} dB)".format
+        rows.append(
+            (
+                "verified on held files",
+                f"worst output with the decided ranges {fig(**v['decided'])}, with every file's ranges "
+                f"{fig(**v['refit'])}: wrote the {'refitted' if v['written'] == 'refit' else 'decided'} model",
+            )
+        )
     return rows
 
 

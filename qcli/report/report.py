@@ -33,6 +33,7 @@ class Report:
     target: dict | None = None  # the accuracy-target search: met, nodes back to float, steps, all-int8 cost
     guard: dict | None = None  # the default accuracy guard: all-int8 and final worst SQNR, layers checked
     placement: dict | None = None  # measured placement: the groups timed, the chosen plan's ratio to FP32
+    verified: dict | None = None  # the range refit measured beside the decided plan on the held files
     weight_errors: dict | None = None  # weight-only: per weight, relative weight error and output error
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
@@ -51,11 +52,12 @@ class Report:
             "latency": self.latency.to_dict() if self.latency else None,
             "fidelity_data": self.fidelity_data,
             "fidelity_files": self.fidelity_files,
-            "outputs": [_clean(vars(f)) for f in self.fidelity],
+            "outputs": [_clean({k: v for k, v in vars(f).items() if k != "batch_db"}) for f in self.fidelity],
             "layers": [_clean(x) for x in self.layers],
             "target": self.target,
             "guard": self.guard,
             "placement": self.placement,
+            "verified": self.verified,
             "weight_errors": self.weight_errors,
             "provenance": self.provenance,
             "gates": self.gates,

@@ -37,6 +37,7 @@ class Context:
     fid: FidelityData  # the data fidelity is measured on (no src: none given)
     progress: Progress
     ort_config: dict[str, str] | None = None
+    dry_run: bool = False  # --dry-run: only the steps marked dry_run run, and they measure nothing
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def run(steps: Sequence[Step], plan: QuantPlan, ctx: Context, dry_run: bool = Fa
     """The steps in order, each on the plan the one before returned (under dry_run only those marked so)."""
     parts: list[Part] = []
     promises: list[Promise] = []
+    ctx = replace(ctx, dry_run=dry_run)
     for step in steps:
         if dry_run and not step.dry_run:
             continue

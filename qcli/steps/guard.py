@@ -4,7 +4,8 @@ It replaces a per-tensor rule (keep float every op whose input, quantized alone,
 misfires both ways: a tensor can measure well as a whole while the channels the next layer amplifies are
 ruined (the output collapses), and a heavy layer can read a tensor that measures badly while its quantization
 barely moves the output (kept float for nothing). The effect is measured where it matters, at the outputs,
-on a few calibration batches:
+on the held-aside calibration files (ranges from the others; the calibration files themselves where fewer
+than 5 were given):
 
 1. the all-int8 plan's worst output SQNR; at or above QUIET_DB nothing more is done;
 2. candidates: the int8 readers of the activations that quantize worst on their own (suspects(), in
@@ -117,7 +118,7 @@ def _candidates(suspects: list[list[str]], ranked: list[list[str]]) -> list[list
 
 @dataclass(frozen=True)
 class GuardStep:
-    """The default accuracy guard as an after-plan step, measured on `data` (calibration batches)."""
+    """The default accuracy guard as an after-plan step, measured on `data` (the held-aside calibration files)."""
 
     planner: Replanner
     data: FidelityData

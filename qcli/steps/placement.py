@@ -287,18 +287,19 @@ def _accurate_enough(t: Trials, before: Path | Session, after: Path | Session, t
 
 @dataclass(frozen=True)
 class PlacementStep:
-    """Measured placement as an after-plan step: timed on the fidelity data's first batch (else on `fallback`,
-    the guard's calibration batches); an accuracy target, if any, still met by every int8 move."""
+    """Measured placement as an after-plan step: timed on the first batch of `data` (the held-aside files, or
+    under an accuracy target the data it is measured on), accuracy checked on all of it; an accuracy target,
+    if any, still met by every int8 move."""
 
     planner: Replanner
     threshold: float  # the cost rule's MACs per conversion
     target: AccuracyTarget | None
-    fallback: FidelityData | None = None
+    data: FidelityData | None = None
     name: str = "measured placement"
     dry_run: bool = False
 
     def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
-        data = ctx.fid if ctx.fid.src is not None else self.fallback
+        data = self.data
         if data is None or data.src is None:
             return Outcome(plan)
         advance = ctx.progress("measured placement (timings)", None)

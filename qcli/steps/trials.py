@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from onnx import ModelProto
 
 from qcli.core.graph import GraphIndex
@@ -136,3 +137,10 @@ def trials(
 
 def worst_sqnr(fidelity: list[OutputFidelity]) -> float:
     return min(f.sqnr_db for f in fidelity)
+
+
+def typical_sqnr(fidelity: list[OutputFidelity]) -> float:
+    """The median batch's worst output SQNR: each batch's worst output, then the median over batches. A batch
+    at another scale (a file left in 0..255 among files in 0..1) dominates the pooled figure; not this one."""
+    per_batch = [min(f.batch_db[i] for f in fidelity) for i in range(len(fidelity[0].batch_db))]
+    return float(np.median(per_batch)) if per_batch else worst_sqnr(fidelity)

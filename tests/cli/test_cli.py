@@ -237,11 +237,12 @@ def test_output_off_a_terminal_is_plain_lines_never_cut(files):
     assert not set("│┃┌└─…") & set(r.stderr)
     assert any(ln.startswith("kept float for speed: ") and long in ln for ln in r.stderr.splitlines())
     progress = [ln for ln in r.stderr.splitlines() if ln.startswith("qcli: ")]
-    assert [ln.split(" (")[0].split(" ...")[0] for ln in progress[:5]] == [
+    assert [ln.split(" (")[0].split(" ...")[0] for ln in progress[:6]] == [
         "qcli: calibrating",
         "qcli: activation pass",
         "qcli: accuracy guard",
         "qcli: measured placement",
+        "qcli: range refit",
         "qcli: saving",
     ]  # one plain line per phase off a terminal
     assert r.stderr.splitlines()[len(progress)] == "qcli quantize: q.onnx"

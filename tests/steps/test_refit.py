@@ -3,6 +3,8 @@ the fidelity data's description it changes (the held files joined the ranges).""
 
 from pathlib import Path
 
+import pytest
+
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import no_progress
 from qcli.io.feeds import FidelityData
@@ -44,3 +46,60 @@ def test_nothing_to_refit_leaves_plan_and_data_as_they_are_and_runs_under_dry_ru
     decided = QuantPlan("w8a8")
     ran = run([RefitStep(_Refitter(None))], decided, _ctx(), dry_run=True)
     assert ran.plan is decided and ran.parts[0].fields == {} and ran.fid == _ctx().fid
+
+
+def _measured(monkeypatch, figures: dict):
+    """The refit's check with a stand-in measurement: each plan's per-file worst output from `figures`."""
+    from contextlib import contextmanager
+
+    from qcli.measure.evaluate import OutputFidelity
+    from qcli.steps import refit
+
+    class _Trials:
+        def measure(self, plan):
+            per_file = figures[plan.scheme]
+            return [OutputFidelity("y", min(per_file), 1.0, 0.0, None, per_file)]
+
+    @contextmanager
+    def stand_in(*a, **k):
+        yield _Trials()
+
+    monkeypatch.setattr(refit, "trials", stand_in)
+
+
+@pytest.mark.parametrize(
+    ("refit_db", "written", "said"),
+    [(19.9, "refit", "note"), (19.89, "decided", "note"), (17.0, "decided", "warning"), (17.01, "decided", "note")],
+)
+def test_the_refit_is_written_unless_the_median_held_file_loses_more_than_the_tolerance(
+    monkeypatch, refit_db, written, said
+):
+    """Decided plan: held files at 5, 20 and 30 dB (median 20). The refitted plan's median file at 19.9 (the
+    tolerance, 0.1 dB, lost) is written; below it the decided plan is, with a note, and a warning from a 3 dB loss."""
+    _measured(monkeypatch, {"decided": (5.0, 20.0, 30.0), "refit": (refit_db, 40.0, 0.0)})
+    calibration = {"batches": 15, "decided_with": {"batches": 12, "measured_on": ["c12.npy", "c13.npy", "c14.npy"]}}
+    held = FidelityData("src", [Path(f"c{i}.npy") for i in (12, 13, 14)], "3 calibration file(s) held aside")
+    ctx = Context(None, Path("m.onnx"), held, no_progress)
+    decided = QuantPlan("decided")
+    ran = run([RefitStep(_Refitter((QuantPlan("refit"), calibration)), held)], decided, ctx)
+    (part,) = ran.parts
+    v = part.fields["verified"]
+    assert v["written"] == written and ran.plan.scheme == written
+    assert v["decided"] == {"worst_sqnr_db": 5.0, "median_file_worst_sqnr_db": 20.0}
+    assert v["refit"]["median_file_worst_sqnr_db"] == pytest.approx(refit_db)
+    assert ("calibration" in part.fields) == (written == "refit")
+    if written == "refit":
+        assert "then added to the ranges" in ran.fid.desc
+        return
+    assert ran.fid == held  # the figures stay on data the ranges never saw
+    text = part.warnings if said == "warning" else part.notes
+    assert len(text) == 1 and text[0].startswith("range refit undone: with the 3 held-aside file(s) added")
+    assert (part.notes, part.warnings)[said == "note"] == ()
+
+
+def test_under_dry_run_the_refit_is_not_measured(monkeypatch):
+    _measured(monkeypatch, {})  # a measurement would fail: no figures
+    calibration = {"batches": 5, "decided_with": {"batches": 4, "measured_on": ["c4.npy"]}}
+    held = _ctx().fid
+    ran = run([RefitStep(_Refitter((QuantPlan("refit"), calibration)), held)], QuantPlan("decided"), _ctx(), True)
+    assert ran.plan.scheme == "refit" and "verified" not in ran.parts[0].fields

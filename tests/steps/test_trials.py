@@ -1,14 +1,18 @@
-"""Trials (trials.py): the ranking pass keeps one model in memory and one session open at a time."""
+"""Trials (trials.py): the ranking pass keeps one model in memory and one session open at a time; the figures
+decisions are taken on."""
 
 from pathlib import Path
 
 import onnx
+import pytest
 from models import outlier_chain, write_batches
 
 from qcli import QuantConfig, quantize
 from qcli.io.structure import read_structure
 from qcli.measure import diagnose
+from qcli.measure.evaluate import OutputFidelity
 from qcli.steps import trials
+from qcli.steps.trials import typical_sqnr, worst_sqnr
 
 
 def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_path, monkeypatch, sessions):  # noqa: F811
@@ -34,3 +38,13 @@ def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_pat
     assert len(outputs) == 3 and set(outputs) <= have  # h1, h2, h3's QuantizeLinear outputs
     assert sessions["opened"][:2] == ["ranked.onnx", "ref.onnx"]  # used as written: not saved again
     assert sessions["most"] == 1
+
+
+def test_the_median_batch_s_worst_output_is_not_led_by_a_batch_at_another_scale():
+    a = OutputFidelity("a", 4.0, 1.0, 0.0, None, (10.0, 30.0, 20.0))
+    b = OutputFidelity("b", 12.0, 1.0, 0.0, None, (15.0, 5.0, 25.0))
+    assert worst_sqnr([a, b]) == 4.0
+    assert typical_sqnr([a, b]) == 10.0  # per batch the worst output: 10, 5, 20
+    even = OutputFidelity("c", 1.0, 1.0, 0.0, None, (1.0, 3.0, 7.0, 40.0))
+    assert typical_sqnr([even]) == pytest.approx(5.0)
+    assert typical_sqnr([OutputFidelity("d", 9.0, 1.0, 0.0, None)]) == 9.0  # no batch figures: the pooled one

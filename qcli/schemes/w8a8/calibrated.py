@@ -1,9 +1,12 @@
 """W8A8 planning from data: prepare the float model (equalize, smooth), calibrate, plan, and the replanner the
 after-plan steps call (nodes float, nodes promoted to int8, ranges from every file).
 
-Decisions are measured on the held-aside files with ranges from the others (unseen data); the model written
-takes its ranges from every file (the refit step). Not under an accuracy target: the model written is then the
-one the target was verified on, on files its ranges never saw."""
+Without an accuracy target, a fifth of the calibration files (at least 5 given) is held aside, --eval or not:
+the decisions (the accuracy guard, measured placement) are measured on those, with ranges from the others
+(unseen data, never --eval's); the refit then adds them to the ranges and keeps that only where it measures
+no worse on them (steps/refit.py). Under an accuracy target the model written is the one the target was
+verified on, on files its ranges never saw (--eval, else the held files).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from onnx import ModelProto
 
 from qcli.calibration.calibrate import calibrate_then_more, observing
 from qcli.calibration.observers import TensorStats
+from qcli.calibration.scales import FileScales
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError
 from qcli.core.hostcpu import CpuInfo
@@ -27,7 +31,8 @@ from qcli.schemes.base import Data, Planned, fidelity_after_fit, split
 from qcli.schemes.w8a8.planner import W8A8Planner
 from qcli.schemes.w8a8.prepare import prepare
 
-SENSITIVITY_BATCHES = 4  # calibration batches the accuracy guards measure on
+PROBE_BATCHES = 4  # calibration batches each activation is quantized alone on (the guard's first suspects)
+DECIDE_FILES = 16  # held-aside files the decisions are measured on, at most
 SUSPECT_DB = 30.0  # an activation quantizing alone to fewer dB makes its readers candidates for the guard
 
 
@@ -77,7 +82,8 @@ class Replanner:
 @dataclass(frozen=True)
 class W8A8Planned(Planned):
     replanner: Replanner | None = None
-    guard_data: FidelityData | None = None  # calibration batches the default accuracy guard measures on
+    decide: FidelityData | None = None  # where the guard and measured placement measure: held-aside files
+    held: FidelityData | None = None  # every held-aside file (the refit is verified on them); None: none held
     suspects: tuple[tuple[str, ...], ...] = field(default_factory=tuple)  # its first candidates
 
 
@@ -88,22 +94,24 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
             "W8A8 static quantization needs calibration data: pass --calib DIR "
             "(or use --scheme w4a16 for weight-only quantization without data)"
         )
-    items, held = split(src, data.eval)
+    target = bool(config.min_sqnr or config.max_top1_drop)
+    items, held = split(src, data.eval if target else None)
     prepared = prepare(model, config, src, items, progress)
     planner = W8A8Planner(model, config, model_io.float_tensors(model), pinned=prepared.pinned)
-    also = held if not (config.min_sqnr or config.max_top1_drop) else []
-    guard_items = items[:SENSITIVITY_BATCHES]
+    also = held if not target else []
+    probe_items = items[:PROBE_BATCHES]
     watch = planner.watch_list()
     with observing(model, watch) as sess:  # calibration and the activation pass: one session
         advance = progress("calibrating", len(items) + len(also))
         levels = planner.act_qtype.qmax - planner.act_qtype.qmin + 1
-        batches, more = (src.load(i) for i in items), (src.load(i) for i in also) if also else None
+        scales = FileScales()  # each file's scale: one far from the others is named
+        batches, more = scales.watch(items, src.load), scales.watch(also, src.load) if also else None
         stats, stats_all = calibrate_then_more(sess, watch, batches, more, config, levels, advance)
         plan = planner.plan(stats)
         measured = None
         if config.w8a8.min_activation_sqnr > 0 or config.w8a8.accuracy_guard:  # each activation quantized alone
-            guard = FidelityData(src, guard_items, "").feeds(progress("activation pass", len(guard_items)))
-            measured = activation_sqnr(model, plan.activations, guard, sess)
+            probe = FidelityData(src, probe_items, "").feeds(progress("activation pass", len(probe_items)))
+            measured = activation_sqnr(model, plan.activations, probe, sess)
     record = _Record(config, prepared.done)
     calibration = record(stats, items)
     if measured is not None:
@@ -113,14 +121,25 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
         plan = planner.plan(stats, act_sqnr)
     decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
-    notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats))
+    notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats) + scales.warnings())
     replanner = Replanner(
         model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, unmatched, stats_all, every
     )
-    guard_data = FidelityData(src, guard_items, f"{len(guard_items)} calibration batches")
     fid = fidelity_after_fit(data, items, held)
     sus = tuple(tuple(s) for s in suspects(model, plan, measured or {}))
-    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, guard_data, sus)
+    decide, all_held = _decision_data(src, items, held)
+    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, decide, all_held, sus)
+
+
+def _decision_data(src, items: list, held: list) -> tuple[FidelityData, FidelityData | None]:
+    """Where the decisions are measured (held files, unseen by the ranges; else the calibration files
+    themselves), and every held file."""
+    if not held:
+        few = items[:PROBE_BATCHES]
+        return FidelityData(src, few, f"{len(few)} calibration file(s) (in the ranges)", in_sample=True), None
+    desc = f"{{}} calibration file(s) held aside (ranges from the other {len(items)})"
+    decide = held[:DECIDE_FILES]
+    return FidelityData(src, decide, desc.format(len(decide))), FidelityData(src, held, desc.format(len(held)))
 
 
 @dataclass(frozen=True)

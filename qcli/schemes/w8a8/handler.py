@@ -1,7 +1,7 @@
 """W8A8 static QDQ: int8 weights, 8-bit activations with ranges from calibration data, bias int32.
 
 plan:   prepare (equalize, smooth) -> calibrate -> plan (regions, cost rule)           calibrated.py
-steps:  accuracy target | accuracy guard -> measured placement -> range refit           (below)
+steps:  accuracy target | accuracy guard -> measured placement -> range refit, verified  (below)
 write:  Q/DQ pairs, folded activations, quantized weights and biases                    passes/qdq.py
 """
 
@@ -42,10 +42,11 @@ class W8A8(SchemeHandler):
         if target:
             steps.append(TargetStep(replanner, target))
         elif config.w8a8.accuracy_guard:
-            steps.append(GuardStep(replanner, planned.guard_data, planned.suspects))
+            steps.append(GuardStep(replanner, planned.decide, planned.suspects))
         if config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
-            steps.append(PlacementStep(replanner, config.macs_threshold, target or None, planned.guard_data))
-        return steps + [RefitStep(replanner)]
+            on = planned.fid if target else planned.decide  # a target holds where it is measured
+            steps.append(PlacementStep(replanner, config.macs_threshold, target or None, on))
+        return steps + [RefitStep(replanner, planned.held)]
 
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: W8A8Planned) -> Written:
         qmodel, qnames = apply_w8a8(model, plan)

@@ -156,6 +156,13 @@ def quantize(
             "(measured on held-aside calibration files; an accuracy target replaces it)"
         ),
     ] = DEFAULT.w8a8.accuracy_guard,
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            help="w8a8: fold each int8 Conv/Gemm's mean output shift into its bias; kept where the model "
+            "measures better on held-aside files"
+        ),
+    ] = DEFAULT.w8a8.bias_correction,
     min_act_sqnr: Annotated[
         float,
         typer.Option(
@@ -240,6 +247,7 @@ def quantize(
             placement=placement,
             min_activation_sqnr=min_act_sqnr,
             accuracy_guard=guard,
+            bias_correction=bias_correction,
             weight_algo=weight_algo,
             min_sqnr=min_sqnr,
             max_top1_drop=max_top1_drop,

@@ -92,6 +92,9 @@ class W8A8Options:
     # Accuracy guard (steps/guard.py): the layers that cause a large share of the noise at the model's outputs
     # stay float. Replaced by an accuracy target when one is given.
     accuracy_guard: bool = _flag("--no-guard", True)
+    # Bias correction (steps/bias.py): each int8 Conv/Gemm's mean output shift folded into its bias, kept where
+    # the model measures better on held data.
+    bias_correction: bool = _flag("--no-bias-correction", True)
     # Expert switch, off by default: compute ops reading an activation that quantizes (alone, per tensor) to
     # fewer dB than this stay float (well-spread tensors give 35-45 dB; BERT LayerNorm/GELU outputs ~20).
     min_activation_sqnr: float = _flag("--min-act-sqnr", 0.0)

@@ -157,6 +157,8 @@ class QuantPlan:
     overrides: dict[str, str] = field(default_factory=dict)  # node -> precision set by the overrides file
     # W8A8: int8 anchors that convert some input or output, and their MACs per converted element
     macs_per_conversion: dict[str, float] = field(default_factory=dict)
+    # W8A8: per int8 Conv/Gemm, the shift added to its bias per output channel (steps/bias.py)
+    bias_corrections: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)
@@ -184,6 +186,7 @@ class QuantPlan:
             "nodes": [d.to_dict() for d in self.nodes],
             "activations": {k: asdict(v) for k, v in self.activations.items()},
             "weights": [asdict(w) for w in self.weights],
+            "bias_corrections": {k: list(v) for k, v in self.bias_corrections.items()},
         }
 
 

@@ -22,7 +22,7 @@ from qcli.core.ops import NATIVE_INT8, input_channels
 from qcli.core.plan import Action, ActivationQuant, QuantPlan, WeightQuant
 from qcli.io import model_io
 from qcli.passes.preprocess import _drop_unused_initializers
-from qcli.weights import WEIGHT_ALGOS
+from qcli.weights.base import quantized_weight
 
 QUANTIZED_TENSORS_KEY = "qcli.quantized_tensors"  # metadata: {float tensor: its QuantizeLinear output}
 
@@ -96,19 +96,20 @@ class _Rewriter:
     # weights
     def weight_input(self, w: WeightQuant, x_tensor: str | None, w_params: qp.QParams | None) -> tuple:
         value = self.idx.const(w.tensor)
+        shift = self.plan.bias_corrections.get(w.node) if w.role == "bias" else None
+        if shift is not None:  # the bias correction (steps/bias.py), recorded in the plan
+            value = (value.astype(np.float32) + np.asarray(shift, np.float32)).astype(np.float32)
         if w.role == "bias":
             x_scale = np.float32(self.plan.activations[x_tensor].scale)
             p = qp.bias_qparams(x_scale, w_params.scale)
-            key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes())
+            key = (w.tensor, "bias", x_tensor, w_params.scale.tobytes(), None if shift is None else w.node)
         else:
             key = (w.tensor, w.qtype, w.axis, w.block_size, w.symmetric, w.algo, w.scale_floor)
         if key not in self.wcache:
             if w.role == "bias":
                 q = qp.quantize(value, p)
             else:
-                q, p = WEIGHT_ALGOS.get(w.algo)(value, qp.QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
-                if w.scale_floor is not None:  # the planner found the int32 bias would overflow
-                    q, p = qp.widen_scale(value, p, np.array(w.scale_floor, np.float32))
+                q, p = quantized_weight(value, w)
             self.wcache[key] = (self.init("w", q), self.init("ws", p.scale), self.init("wz", p.zero_point), p)
         qname, s, z, p = self.wcache[key]
         out = self.name("wd")

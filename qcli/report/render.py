@@ -99,7 +99,7 @@ def _decision_rows(r: Report) -> list[tuple[str, str]]:
         rows.append(("measured placement", f"timed on this CPU (time after the move / before): {tried}"))
     if r.verified:
         v = r.verified
-        fig = "{worst_sqnr_db:.1f} dB (median file {median_file_worst_sqnr_db:.1f} dB)".format
+        fig = "{worst_sqnr_db:.1f} dB (per file, mean {mean_file_worst_sqnr_db:.1f} dB)".format
         rows.append(
             (
                 "verified on held files",

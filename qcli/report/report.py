@@ -34,6 +34,7 @@ class Report:
     guard: dict | None = None  # the default accuracy guard: all-int8 and final worst SQNR, layers checked
     placement: dict | None = None  # measured placement: the groups timed, the chosen plan's ratio to FP32
     verified: dict | None = None  # the range refit measured beside the decided plan on the held files
+    bias_correction: dict | None = None  # W8A8's bias correction: applied or not, measured before and after
     weight_errors: dict | None = None  # weight-only: per weight, relative weight error and output error
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
 
@@ -58,6 +59,7 @@ class Report:
             "guard": self.guard,
             "placement": self.placement,
             "verified": self.verified,
+            "bias_correction": self.bias_correction,
             "weight_errors": self.weight_errors,
             "provenance": self.provenance,
             "gates": self.gates,

@@ -3,10 +3,10 @@
 The decisions (what is float and why, what runs on int8) were measured on the held-aside calibration files,
 with ranges from the others. The refit gives the same decisions ranges from every file, held ones included.
 That model is measured on the held files beside the decided one, and written only where it does no worse
-there (the median file's worst output, within TOL_DB): a held file at another scale (a preprocessing slip,
-an over-exposed camera) widens every range it joins and can ruin all the other files. Otherwise the decided
-plan is written, and its fidelity figures stay figures on data its ranges never saw. Both measurements are in
-the report (`verified`).
+there (each held file's worst output, averaged in dB; within TOL_DB): a held file at another scale (a
+preprocessing slip, an over-exposed camera) widens every range it joins and can ruin all the other files.
+Otherwise the decided plan is written, and its fidelity figures stay figures on data its ranges never saw.
+Both measurements are in the report (`verified`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from qcli.measure.evaluate import OutputFidelity
 from qcli.steps.base import Context, Outcome, Part
 from qcli.steps.trials import trials, typical_sqnr, worst_sqnr
 
-TOL_DB = 0.1  # the refit is kept unless the median held file's worst output loses more than this
+TOL_DB = 0.1  # the refit is kept unless the held files' worst output (mean dB) loses more
 WARN_DB = 3.0  # a loss this large is a warning (a held file unlike the others), a smaller one a note
 
 
@@ -33,7 +33,7 @@ class Refitter(Protocol):
 def _figures(fidelity: list[OutputFidelity]) -> dict:
     return {
         "worst_sqnr_db": round(worst_sqnr(fidelity), 2),
-        "median_file_worst_sqnr_db": round(typical_sqnr(fidelity), 2),
+        "mean_file_worst_sqnr_db": round(typical_sqnr(fidelity), 2),
     }
 
 
@@ -74,7 +74,7 @@ class RefitStep:
             return Outcome(new, Part({"calibration": calibration, "verified": verified}, (note,)), fid=joined)
         loss = typical_sqnr(decided) - typical_sqnr(refit)
         text = (
-            f"range refit undone: with the {held} held-aside file(s) added to the ranges, the median held file's "
+            f"range refit undone: with the {held} held-aside file(s) added to the ranges, the held files' "
             f"worst output measures {typical_sqnr(refit):.1f} dB, against {typical_sqnr(decided):.1f} dB with "
             f"the ranges from the other {calibration['decided_with']['batches']}: the model written keeps those"
         )

@@ -140,7 +140,9 @@ def worst_sqnr(fidelity: list[OutputFidelity]) -> float:
 
 
 def typical_sqnr(fidelity: list[OutputFidelity]) -> float:
-    """The median batch's worst output SQNR: each batch's worst output, then the median over batches. A batch
-    at another scale (a file left in 0..255 among files in 0..1) dominates the pooled figure; not this one."""
+    """Each batch's worst output SQNR, averaged over the batches in dB (the geometric mean of the ratios). A
+    batch at another scale (a file left in 0..255 among files in 0..1) sets the pooled figure alone; here it
+    counts as one batch, as much as each other (a batch ruined by clipping, as much as one made perfect)."""
     per_batch = [min(f.batch_db[i] for f in fidelity) for i in range(len(fidelity[0].batch_db))]
-    return float(np.median(per_batch)) if per_batch else worst_sqnr(fidelity)
+    finite = [min(x, 200.0) for x in per_batch]  # an exact batch (inf dB) counts as 200 dB
+    return float(np.mean(finite)) if finite else worst_sqnr(fidelity)

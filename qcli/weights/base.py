@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from qcli.core.qparams import QParams, QType
+from qcli.core.qparams import QTYPES, QParams, QType, widen_scale
 from qcli.core.registry import Registry
 from qcli.weights.stats import WeightStats
 
@@ -60,3 +60,12 @@ def reads_statistics(algo: str, options: WeightOptions = DEFAULT_OPTIONS) -> boo
 
 def requires_statistics(algo: str) -> bool:
     return WEIGHT_ALGOS.trait(algo, "statistics") == "required"
+
+
+def quantized_weight(value: np.ndarray, w) -> tuple[np.ndarray, QParams]:
+    """The integers and parameters written for a weight as a plan's WeightQuant `w` says (its algorithm, axis,
+    blocks, and the scale floor that keeps an int32 bias from overflowing)."""
+    q, p = WEIGHT_ALGOS.get(w.algo)(value, QTYPES[w.qtype], w.symmetric, w.axis, w.block_size)
+    if w.scale_floor is not None:
+        q, p = widen_scale(value, p, np.array(w.scale_floor, np.float32))
+    return q, p

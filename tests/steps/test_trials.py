@@ -40,11 +40,11 @@ def test_ranking_reads_the_written_model_with_one_session_open_at_a_time(tmp_pat
     assert sessions["most"] == 1
 
 
-def test_the_median_batch_s_worst_output_is_not_led_by_a_batch_at_another_scale():
+def test_the_files_worst_outputs_averaged_in_db_are_not_led_by_a_batch_at_another_scale():
     a = OutputFidelity("a", 4.0, 1.0, 0.0, None, (10.0, 30.0, 20.0))
     b = OutputFidelity("b", 12.0, 1.0, 0.0, None, (15.0, 5.0, 25.0))
     assert worst_sqnr([a, b]) == 4.0
-    assert typical_sqnr([a, b]) == 10.0  # per batch the worst output: 10, 5, 20
-    even = OutputFidelity("c", 1.0, 1.0, 0.0, None, (1.0, 3.0, 7.0, 40.0))
-    assert typical_sqnr([even]) == pytest.approx(5.0)
+    assert typical_sqnr([a, b]) == pytest.approx(35 / 3)  # per batch the worst output: 10, 5, 20
+    exact = OutputFidelity("c", 1.0, 1.0, 0.0, None, (1.0, float("inf")))
+    assert typical_sqnr([exact]) == pytest.approx(100.5)  # an exact batch counts as 200 dB
     assert typical_sqnr([OutputFidelity("d", 9.0, 1.0, 0.0, None)]) == 9.0  # no batch figures: the pooled one

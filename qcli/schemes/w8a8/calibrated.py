@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
+from qcli.calibration import bias
 from qcli.calibration.calibrate import calibrate_then_more, observing
 from qcli.calibration.observers import TensorStats
 from qcli.calibration.scales import FileScales
@@ -33,6 +34,7 @@ from qcli.schemes.w8a8.prepare import prepare
 
 PROBE_BATCHES = 4  # calibration batches each activation is quantized alone on (the guard's first suspects)
 DECIDE_FILES = 16  # held-aside files the decisions are measured on, at most
+BIAS_FILES = 8  # calibration files bias correction's shifts are measured on, at most
 SUSPECT_DB = 30.0  # an activation quantizing alone to fewer dB makes its readers candidates for the guard
 
 
@@ -51,6 +53,7 @@ class Replanner:
     # Every file's ranges and calibration record (None: no file was held aside, or an accuracy target)
     stats_all: dict[str, TensorStats] | None = None
     calibration_all: dict | None = None
+    corrections: dict[str, tuple[float, ...]] = field(default_factory=dict)  # bias correction, per layer
 
     def replan(self, why: dict[str, Reason], promotion: Promotion = NO_PROMOTION) -> QuantPlan:
         return self._plan(self.stats, why, promotion)
@@ -70,6 +73,8 @@ class Replanner:
     def finish(self, plan: QuantPlan) -> QuantPlan:
         plan.notes += self.notes
         plan.warnings += self.warnings
+        int8 = {d.node for d in plan.by_action(Action.INT8, Action.INT8_OUT_FLOAT)}
+        plan.bias_corrections = {n: c for n, c in self.corrections.items() if n in int8}
         return plan
 
     def _plan(self, stats, why: dict[str, Reason], promotion: Promotion) -> QuantPlan:
@@ -108,6 +113,11 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
         batches, more = scales.watch(items, src.load), scales.watch(also, src.load) if also else None
         stats, stats_all = calibrate_then_more(sess, watch, batches, more, config, levels, advance)
         plan = planner.plan(stats)
+        corrections = {}
+        if config.w8a8.bias_correction:  # each int8 Conv/Gemm's shift from rounding its weights
+            found, few = bias.layers(model, plan), items[:BIAS_FILES]
+            feeds = FidelityData(src, few, "").feeds(progress("bias correction", len(few)))
+            corrections = {k: tuple(map(float, v)) for k, v in bias.shifts(model, found, sess, feeds).items()}
         measured = None
         if config.w8a8.min_activation_sqnr > 0 or config.w8a8.accuracy_guard:  # each activation quantized alone
             probe = FidelityData(src, probe_items, "").feeds(progress("activation pass", len(probe_items)))
@@ -123,7 +133,7 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
     notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats) + scales.warnings())
     replanner = Replanner(
-        model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, unmatched, stats_all, every
+        model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, unmatched, stats_all, every, corrections
     )
     fid = fidelity_after_fit(data, items, held)
     sus = tuple(tuple(s) for s in suspects(model, plan, measured or {}))

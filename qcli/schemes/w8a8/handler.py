@@ -1,7 +1,7 @@
 """W8A8 static QDQ: int8 weights, 8-bit activations with ranges from calibration data, bias int32.
 
 plan:   prepare (equalize, smooth) -> calibrate -> plan (regions, cost rule)           calibrated.py
-steps:  accuracy target | accuracy guard -> measured placement -> range refit, verified  (below)
+steps:  accuracy target | accuracy guard -> measured placement -> range refit -> bias correction   (below)
 write:  Q/DQ pairs, folded activations, quantized weights and biases                    passes/qdq.py
 """
 
@@ -18,6 +18,7 @@ from qcli.schemes.base import Data, Inspected, SchemeHandler, Written
 from qcli.schemes.w8a8.calibrated import W8A8Planned, plan_w8a8
 from qcli.schemes.w8a8.planner import W8A8Planner
 from qcli.steps.base import Step
+from qcli.steps.bias import BiasStep
 from qcli.steps.guard import GuardStep
 from qcli.steps.placement import PlacementStep
 from qcli.steps.refit import RefitStep
@@ -46,7 +47,10 @@ class W8A8(SchemeHandler):
         if config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
             on = planned.fid if target else planned.decide  # a target holds where it is measured
             steps.append(PlacementStep(replanner, config.macs_threshold, target or None, on))
-        return steps + [RefitStep(replanner, planned.held)]
+        steps.append(RefitStep(replanner, planned.held))
+        if config.w8a8.bias_correction:
+            steps.append(BiasStep(planned.fid if target else planned.held or planned.decide))
+        return steps
 
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: W8A8Planned) -> Written:
         qmodel, qnames = apply_w8a8(model, plan)

@@ -14,6 +14,7 @@ from onnx import ModelProto, TensorProto
 from qcli.calibration.observers import OBSERVERS, ObserverSettings, TensorStats
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError, NonFiniteValues
+from qcli.core.overrides import CalibMethod
 from qcli.io import model_io
 from qcli.io.session import Session
 
@@ -110,10 +111,17 @@ def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
         method, percentile = config.calib_for(name)
         settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.w8a8.moving_average)
         observers[name] = OBSERVERS.get(method.value)(settings)
+        observers[name].searched = method == CalibMethod.AUTO and config.w8a8.calibrator == CalibMethod.AUTO
     return observers
 
 
 def _stats(observers: dict, count: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorStats]:
     return {
-        name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen()) for name, obs in observers.items()
+        name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen(), _candidates(obs))
+        for name, obs in observers.items()
     }
+
+
+def _candidates(obs) -> dict[str, tuple[float, float]] | None:
+    """Every candidate range of an `auto` observer (the search at the outputs chooses among them)."""
+    return obs.candidates() if getattr(obs, "searched", False) else None

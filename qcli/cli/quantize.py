@@ -80,8 +80,9 @@ def quantize(
     calibrator: Annotated[
         CalibMethod,
         typer.Option(
-            help="activation range: minmax, percentile, entropy (KL), mse (least expected error) or auto "
-            "(per tensor, whichever of them has the least expected error)"
+            help="activation range: auto (each candidate measured at the model's outputs on held-aside files; "
+            "minmax with fewer than 15 files), minmax, percentile, entropy (KL), mse, or least-error (per "
+            "tensor, the method with the least expected error)"
         ),
     ] = DEFAULT.w8a8.calibrator,
     percentile: Annotated[

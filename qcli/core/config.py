@@ -77,7 +77,7 @@ class W8A8Options:
     """Static int8 activations: calibration, the cost rule, the accuracy guard and the float rewrites."""
 
     activation_symmetric: bool = _flag("--activation-symmetric", False)  # False: uint8 asymmetric
-    calibrator: CalibMethod = _flag("--calibrator", CalibMethod.MINMAX)
+    calibrator: CalibMethod = _flag("--calibrator", CalibMethod.AUTO)
     calib_limit: int | None = _flag("--calib-limit", None)
     percentile: float = _flag("--percentile", 99.99)  # "percentile": the share of values (two-sided) kept
     moving_average: float | None = _flag("--moving-average", None)  # "minmax": EMA constant per batch

@@ -32,7 +32,10 @@ class CalibMethod(str, Enum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     MSE = "mse"
-    AUTO = "auto"  # per tensor, whichever method gives the least expected quantization error
+    # the search at the model's outputs: of every candidate range (each method, finer clipping points), the one
+    # that measures best there (schemes/w8a8/ranges.py); in an overrides file, least-error for that tensor
+    AUTO = "auto"
+    LEAST_ERROR = "least-error"  # per tensor, whichever method gives the least expected quantization error
 
 
 def matches(pattern: str, name: str, op_type: str | None = None) -> bool:

@@ -126,16 +126,19 @@ def test_corrections_that_make_the_model_worse_are_not_kept(small_cnn, dwsep, mo
     assert not r.report.bias_correction["applied"] and r.plan.bias_corrections == {}
 
 
-def _bias_step(path, node_name) -> np.ndarray:
-    m = onnx.load(str(path))
-    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    prod = {o: n for n in m.graph.node for o in n.output}
-    return inits[prod[next(n for n in m.graph.node if n.name == node_name).input[2]].input[1]]
-
-
-def _written_bias(path, node_name) -> np.ndarray:
+def _bias_dq(path, node_name) -> tuple[np.ndarray, np.ndarray]:
+    """The int32 bias of a node as written, and its scale."""
     m = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     prod = {o: n for n in m.graph.node for o in n.output}
     dq = prod[next(n for n in m.graph.node if n.name == node_name).input[2]]
-    return inits[dq.input[0]].astype(np.float64) * inits[dq.input[1]]
+    return inits[dq.input[0]], inits[dq.input[1]]
+
+
+def _bias_step(path, node_name) -> np.ndarray:
+    return _bias_dq(path, node_name)[1]
+
+
+def _written_bias(path, node_name) -> np.ndarray:
+    q, scale = _bias_dq(path, node_name)
+    return q.astype(np.float64) * scale

@@ -19,7 +19,7 @@ from qcli.calibration.observers.mse import edge_errors
 from qcli.core import qparams as qp
 from qcli.core.errors import InputError, NonFiniteValues
 
-METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
+METHODS = ["minmax", "percentile", "entropy", "mse", "auto", "least-error"]
 rng = np.random.default_rng(0)
 LAPLACE = rng.laplace(size=1_000_000).astype(np.float32)
 NORMAL = rng.standard_normal(300_000).astype(np.float32)
@@ -298,15 +298,15 @@ def test_isolated_outliers_are_clipped_by_percentile_and_mse_but_kept_by_entropy
 
 
 @pytest.mark.parametrize("data", [LAPLACE[:200_000], np.maximum(NORMAL, 0), np.concatenate([NORMAL, [9.0]])])
-def test_auto_picks_the_method_with_the_least_expected_error(data):
-    obs = observed("auto", data)
+def test_least_error_picks_the_method_with_the_least_expected_error(data):
+    obs = observed("least-error", data)
     h = obs.hist.snapshot()
     ranges = {m: observed(m, data).range() for m in CANDIDATES}
     errors = {m: float(expected_error(h, lo, hi, 256)) for m, (lo, hi) in ranges.items()}
     assert obs.chosen() == min(errors, key=errors.get)
     assert obs.range() == ranges[obs.chosen()]
     obs.update(np.array([1000.0]))  # a new batch: the pick is recomputed
-    again = observed("auto", data, np.array([1000.0]))
+    again = observed("least-error", data, np.array([1000.0]))
     assert (obs.range(), obs.chosen()) == (again.range(), again.chosen())
     assert obs.range() != ranges[obs.chosen()]
 
@@ -331,3 +331,27 @@ def test_non_finite_batches_are_rejected_and_leave_the_observer_as_it_was(method
             obs.update(np.array([1.0, bad, 2.0], np.float32))
     assert obs.range() == before
     assert issubclass(NonFiniteValues, InputError)
+
+
+def test_auto_offers_every_candidate_range_from_its_one_histogram():
+    """What the search at the outputs chooses among: minmax, mse and finer clipping points, each the same as
+    that method's own observer gives on the same data."""
+    rng = np.random.default_rng(3)
+    batches = [rng.standard_t(3, 5000) for _ in range(3)]
+    auto = OBSERVERS.get("auto")()
+    for b in batches:
+        auto.update(b)
+    got = auto.candidates()
+    assert set(got) == {"minmax", "mse", "p99.999", "p99.99", "p99.9"}
+    assert auto.range() == got["minmax"] and auto.chosen() == "minmax"  # until the search has chosen
+    for name, method, settings in [
+        ("minmax", "minmax", ObserverSettings()),
+        ("mse", "mse", ObserverSettings()),
+        ("p99.9", "percentile", ObserverSettings(percentile=99.9)),
+        ("p99.999", "percentile", ObserverSettings(percentile=99.999)),
+    ]:
+        own = OBSERVERS.get(method)(settings)
+        for b in batches:
+            own.update(b)
+        assert got[name] == pytest.approx(own.range(), rel=1e-9, abs=1e-12), name
+    assert got["p99.9"][1] < got["p99.99"][1] < got["p99.999"][1] <= got["minmax"][1]

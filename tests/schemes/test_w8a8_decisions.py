@@ -49,7 +49,6 @@ def test_a_shifted_calibration_file_does_not_reach_the_detector_written(detector
     assert r.report.fidelity[0].sqnr_db == pytest.approx(sqnr_on(d / "m.onnx", r.output, held), rel=1e-9)
     # On unseen scenes it is as good as the model calibrated without the slip (before: -16 dB against 8 dB).
     assert on_unseen > clean_on_unseen - 3, (on_unseen, clean_on_unseen)
-    assert clean.report.verified["written"] == "refit"
 
 
 def test_decisions_are_measured_on_held_files_the_ranges_never_saw(detector):

@@ -1,6 +1,10 @@
-"""Auto: one histogram, the range of every method computed from it, the one with the least expected error."""
+"""One histogram, ranges of several methods computed from it: `least-error` takes the one with the least
+expected error per tensor; `auto` offers candidates (candidates(): minmax, mse, finer clipping points) to the
+search at the model's outputs (schemes/w8a8/ranges.py), which sets the range."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,6 +17,7 @@ from qcli.calibration.observers.percentile import percentile_range
 
 # In order of preference on ties (simplest first).
 CANDIDATES = {"minmax": minmax_range, "percentile": percentile_range, "entropy": entropy_range, "mse": mse_range}
+SEARCHED_PERCENTILES = (99.999, 99.99, 99.9)  # clipping points offered to the search beside the methods
 
 
 def auto_pick(h: Histogram, settings: ObserverSettings) -> tuple[str, float, float]:
@@ -24,9 +29,11 @@ def auto_pick(h: Histogram, settings: ObserverSettings) -> tuple[str, float, flo
     return name, *ranges[name]
 
 
-@OBSERVERS.register("auto")
-class AutoObserver(HistogramObserver):
-    name = "auto"
+@OBSERVERS.register("least-error")
+class LeastErrorObserver(HistogramObserver):
+    """Per tensor, whichever method's range has the least expected error (computed from the histogram)."""
+
+    name = "least-error"
 
     def __init__(self, settings: ObserverSettings | None = None) -> None:
         super().__init__(settings)
@@ -48,3 +55,27 @@ class AutoObserver(HistogramObserver):
 
     def chosen(self) -> str:
         return self._picked()[0]
+
+
+@OBSERVERS.register("auto")
+class SearchObserver(HistogramObserver):
+    """The candidates the search at the outputs chooses among (schemes/w8a8/ranges.py); minmax until it has."""
+
+    name = "auto"
+
+    def range(self) -> tuple[float, float]:
+        h = self.hist.snapshot()
+        return (0.0, 0.0) if h is None else minmax_range(h, self.settings)
+
+    def chosen(self) -> str:
+        return "minmax"
+
+    def candidates(self) -> dict[str, tuple[float, float]]:
+        """minmax, mse and the percentiles SEARCHED_PERCENTILES (as p99.99 ...), by name."""
+        h = self.hist.snapshot()
+        if h is None:
+            return {}
+        out = {"minmax": minmax_range(h, self.settings), "mse": mse_range(h, self.settings)}
+        for p in SEARCHED_PERCENTILES:
+            out[f"p{p:g}"] = percentile_range(h, replace(self.settings, percentile=p))
+        return {k: (float(lo), float(hi)) for k, (lo, hi) in out.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -49,7 +49,9 @@ class TensorStats:
     rmax: float
     shape: tuple[int, ...]  # shape seen in the first batch (for the cost model)
     batches: int
-    method: str = "minmax"  # the method that set the range ("auto": the winner)
+    method: str = "minmax"  # the method that set the range ("least-error": the winner)
+    # `auto`: every candidate range by name, for the search at the outputs (not in the report)
+    candidates: dict[str, tuple[float, float]] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {

@@ -29,6 +29,7 @@ from qcli.io import model_io
 from qcli.io.feeds import FidelityData
 from qcli.measure.sensitivity import activation_sqnr
 from qcli.schemes.base import Data, Planned, fidelity_after_fit, split
+from qcli.schemes.w8a8 import ranges
 from qcli.schemes.w8a8.planner import W8A8Planner
 from qcli.schemes.w8a8.prepare import prepare
 
@@ -112,6 +113,10 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
         scales = FileScales()  # each file's scale: one far from the others is named
         batches, more = scales.watch(items, src.load), scales.watch(also, src.load) if also else None
         stats, stats_all = calibrate_then_more(sess, watch, batches, more, config, levels, advance)
+        searched = None
+        if any(s.candidates for s in stats.values()):  # --calibrator auto: ranges chosen at the outputs
+            searched = ranges.search(model, planner.plan, stats, _decision_data(src, items, held)[0], progress, sess)
+            stats, stats_all = searched.stats, searched.apply(stats_all)
         plan = planner.plan(stats)
         corrections = {}
         if config.w8a8.bias_correction:  # each int8 Conv/Gemm's shift from rounding its weights
@@ -124,12 +129,16 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
             measured = activation_sqnr(model, plan.activations, probe, sess)
     record = _Record(config, prepared.done)
     calibration = record(stats, items)
+    if searched is not None:
+        calibration["search"] = searched.record
     if measured is not None:
         calibration["activation_sqnr_db"] = {k: round(v, 2) for k, v in measured.items() if v != float("inf")}
     act_sqnr = measured if config.w8a8.min_activation_sqnr > 0 else None  # the per-tensor guard (expert switch)
     if act_sqnr and any(v < config.w8a8.min_activation_sqnr for v in act_sqnr.values()):
         plan = planner.plan(stats, act_sqnr)
     decided_with = {"batches": len(items), "measured_on": [p.name for p in held]}
+    if held and not target:
+        calibration["decided_with"] = decided_with
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
     notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats) + scales.warnings())
     replanner = Replanner(

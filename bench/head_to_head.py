@@ -31,7 +31,7 @@ from head_to_head_report import SESSIONS, section, write_section
 from metrics import output_metrics
 from run_bench import _cpu
 
-MODELS = ("cnn", "attention", "det", "rec", "cls", "dwsep", "minilm", "effnet", "yolo")
+MODELS = ("cnn", "attention", "det", "rec", "cls", "dwsep", "minilm", "effnet", "yolo", "yolox", "picodet")
 FILES = {"qcli": "qcli-w8a8.onnx", "ort": "ort-static.onnx"}
 LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 

@@ -95,11 +95,13 @@ class Net:
         spread: float = 0.3,
         target_std: float | None = None,
         bias: float = 0.0,
+        outliers: float = 0.0,
     ) -> str:
         """Conv with data-dependent weights (pca_weights). Without target_std, BatchNorm with the measured mean
         and variance, gamma = gamma * lognormal(spread), beta ~ N(beta, spread), folded into the Conv's weights
         and bias; with target_std, a plain Conv scaled so its output has that standard deviation, bias around
-        `bias`."""
+        `bias`. `outliers`: the share of channels whose BatchNorm gain is 10-40x the others' (folded gains of
+        real mobile detectors: one channel of a tensor far beyond the median one)."""
         w = self.pca_weights(x, cout, k, stride, group)
         attrs = {"kernel_shape": [k, k], "strides": [stride, stride], "group": group}
         if pad:
@@ -107,6 +109,8 @@ class Net:
         y = run_node("Conv", [self.values[x], w.astype(np.float32)], self.opset, **attrs)[0].astype(np.float64)
         if target_std is None:
             g = gamma * np.exp(self.rng.normal(0, spread, cout))
+            if outliers:  # (no draw otherwise: the other made models stay as they were)
+                g[self.rng.random(cout) < outliers] *= self.rng.uniform(10, 40)
             scale = g / np.sqrt(y.var(axis=(0, 2, 3)) + EPS)
             b = self.rng.normal(beta, spread, cout) - y.mean(axis=(0, 2, 3)) * scale
         else:

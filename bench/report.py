@@ -73,6 +73,10 @@ def model_source(model: str) -> str:
         return "EfficientNet-Lite0-shaped convnet as TF exports it (Pad, Clip 0-6), made by bench/make_effnet.py"
     if model == "yolo":
         return "YOLOv8n-shaped SiLU detector as Ultralytics exports it, made by bench/make_yolo.py"
+    if model == "yolox":
+        return "YOLOX-style detector (Focus, CSPDarknet, PAFPN, decoupled head), bench/make_yolox.py, photos"
+    if model == "picodet":
+        return "PicoDet-style layout detector (LCNet, HardSwish, wide folded BN gains), bench/make_picodet.py, photos"
     return f"{MINILM} weights, exported by bench/export_minilm.py"
 
 

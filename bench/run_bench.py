@@ -36,7 +36,7 @@ from variants import BUILDERS, FETCHED, MADE_WITH_INPUTS, MODELS, PY
 ort.set_default_logger_severity(3)  # validation sessions: no warnings about unused initializers
 QUANT_TIMEOUT_S = 900
 QUICK_EVAL_FILES = 4
-REQUIRED_MODULES = {"torch": "torch", "onnx_ir": "onnx_ir", "sklearn": "scikit-learn"}
+REQUIRED_MODULES = {"torch": "torch", "onnx_ir": "onnx_ir", "sklearn": "scikit-learn", "skimage": "scikit-image"}
 QUICK_ROUNDS = 24  # head-to-head rounds with --quick
 
 

@@ -53,11 +53,17 @@ W8A8 = [
     ort_static("reduce_range", "--reduce-range"),
     Variant("ORT quant_pre_process + quantize_static QDQ", "ort-static:pre", True, ("--preprocess",)),
 ]
-# Calibration methods, side by side (issue: better ranges instead of float layers).
+# Calibration methods, side by side (issue: better ranges instead of float layers); the default is auto.
 METHODS = [
-    *(qcli_w8a8(m, "--calibrator", m, optional=True) for m in ("percentile", "entropy", "mse", "auto")),
+    *(qcli_w8a8(m, "--calibrator", m, optional=True) for m in ("minmax", "percentile", "entropy", "mse")),
     *(ort_static(m, "--method", m, optional=True) for m in ("percentile", "entropy")),
 ]
+# Each accuracy step of the default, taken away alone: the default's figures before that step.
+ABLATIONS = [
+    qcli_w8a8("minmax (no range search)", "--calibrator", "minmax", optional=True),
+    qcli_w8a8("no bias correction", "--no-bias-correction", optional=True),
+]
+DETECTORS = [qcli_w8a8(), ort_static(), *ABLATIONS]
 W4 = [
     Variant("qcli W4A16", "qcli-w4a16", False),
     Variant("ORT MatMulNBits int4 RTN b32", "ort-nbits", False),
@@ -70,16 +76,21 @@ STATIC_PLACEMENT = qcli_w8a8("static placement", "--placement", "static", option
 MODELS = {
     "cnn": W8A8,
     "attention": W8A8 + W4,
-    "det": W8A8 + METHODS + [STATIC_PLACEMENT, qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
+    "det": W8A8
+    + METHODS
+    + ABLATIONS[1:]
+    + [STATIC_PLACEMENT, qcli_w8a8("min-sqnr 25", "--min-sqnr", "25", optional=True)],
     "rec": W8A8
     + METHODS
+    + ABLATIONS[1:]
     + [qcli_w8a8("percentile min-sqnr 20", "--calibrator", "percentile", "--min-sqnr", "20", optional=True)],
     "cls": W8A8 + [STATIC_PLACEMENT],
     "dwsep": [
         qcli_w8a8(),
         qcli_w8a8("equalize", "--equalize"),
-        qcli_w8a8("equalize auto", "--equalize", "--calibrator", "auto"),
+        qcli_w8a8("equalize minmax", "--equalize", "--calibrator", "minmax"),
         ort_static(),
+        *ABLATIONS,
     ],
     "minilm": W4
     + DYNAMIC
@@ -92,8 +103,10 @@ MODELS = {
         qcli_w8a8("smooth-quant 0.6 percentile", "--smooth-quant", "0.6", "--calibrator", "percentile", optional=True),
         qcli_w8a8("smooth-quant 0.6 min-sqnr 25", "--smooth-quant", "0.6", "--min-sqnr", "25", optional=True),
     ],
-    "effnet": W8A8 + [STATIC_PLACEMENT],
-    "yolo": W8A8 + [STATIC_PLACEMENT],
+    "effnet": W8A8 + ABLATIONS + [STATIC_PLACEMENT],
+    "yolo": W8A8 + ABLATIONS + [STATIC_PLACEMENT],
+    "yolox": DETECTORS,
+    "picodet": DETECTORS + [qcli_w8a8("equalize", "--equalize", optional=True)],
 }
 # Models a bench/ script builds (with, for the made ones, their own calib/ and eval/), and that script.
 BUILDERS = {
@@ -101,6 +114,8 @@ BUILDERS = {
     "dwsep": "make_dwsep.py",
     "effnet": "make_effnet.py",
     "yolo": "make_yolo.py",
+    "yolox": "make_yolox.py",
+    "picodet": "make_picodet.py",
 }
-MADE_WITH_INPUTS = ("dwsep", "effnet", "yolo")
+MADE_WITH_INPUTS = ("dwsep", "effnet", "yolo", "yolox", "picodet")
 FETCHED = ("det", "rec", "cls", "minilm")  # fetch_models.py

@@ -5,12 +5,15 @@ mse, percentiles 99.999 / 99.99 / 99.9, and the per-tensor least-expected-error 
 a poor guide: clipping a few large values can cost a tensor little and the outputs much, or the reverse. So
 each candidate is tried at the outputs, on the held-aside calibration files, with ranges from the others:
 
-1. one candidate for every tensor: the one whose model measures best (each held file's worst output,
-   averaged in dB) is the base, if it beats minmax by MIN_GAIN_DB;
+1. one candidate for every tensor: the one whose model measures best is the base, if it beats minmax by
+   BASE_GAIN_DB. A model's score is the lower of two figures of the worst output on the held files: pooled
+   over the files, and each file's averaged in dB. Clipping that spares most files and ruins the ones with
+   large values looks good on the average only (on the benchmark's YOLOX-style detector p99.99 gained 0.6 dB
+   there, and lost 12 dB on the eval files); a file at another scale sets the pooled figure alone;
 2. then, tensor by tensor, the activations that quantize worst on their own (at most TENSORS of them), each
    with its other candidates: a candidate is kept where the model measures better than before by MIN_GAIN_DB.
 
-4 + 2 x TENSORS models are measured: bounded whatever the model's size. With fewer than MIN_FILES held-aside
+At most 4 + 3 x TENSORS models are measured: bounded whatever the model's size. With fewer than MIN_FILES held-aside
 files the choice would be noise (measured: MiniLM with 1 held file took p99.99, 4 dB better there and 2.2 dB
 worse on the eval set), so every range is minmax and the report says why. The report's calibration has
 `search` (every figure measured) and, per tensor, the method that set its range.
@@ -35,8 +38,12 @@ from qcli.steps.trials import trials, typical_sqnr, worst_sqnr
 BASES = ("minmax", "p99.999", "p99.99", "p99.9")  # tried for every tensor at once
 TENSORS = 3  # tensors refined one by one
 ALTERNATIVES = ("minmax", "p99.99", "mse")  # tried for each of them
-MIN_GAIN_DB = 0.5  # what a choice other than minmax must gain (a choice among many on a few files is noisy)
+# What a choice must gain over the one before (a choice among several on a dozen files is noisy: on the
+# YOLOX-style detector p99.999 measured 1.0 dB better than minmax there, and 4 dB worse on the eval files)
+BASE_GAIN_DB = 1.5  # the base over minmax
+MIN_GAIN_DB = 1.0  # one tensor's candidate over the model before
 MIN_FILES = 3  # held-aside files the search needs (15 calibration files); with fewer, minmax
+FITTED = 8  # calibration files (in the ranges) measured beside the held ones
 
 Plan = Callable[[dict[str, TensorStats]], QuantPlan]
 
@@ -59,37 +66,48 @@ def search(
     outputs every activation (calibration's), else one is opened."""
     searched = {t for t, s in stats.items() if s.candidates}
     if len(data.items) < MIN_FILES or data.in_sample:
-        record = {"skipped": f"{len(data.items)} held-aside file(s): the search needs {MIN_FILES}", "base": "minmax"}
+        held = len(data.items)
+        record = {"skipped": f"{held} held-aside file(s): the search needs {MIN_FILES}", "base": "minmax"}
         return Searched(_chosen(stats, dict.fromkeys(searched, "minmax")), dict.fromkeys(searched, "minmax"), record)
     advance = progress("range search (models tried)", None)
     with tempfile.TemporaryDirectory(prefix="qcli-ranges-") as tmp:
         reference = model_io.save_for_session(model, Path(tmp), "float.onnx")
         with trials(model, reference, data, advance) as t:
 
-            def measure(choice: dict[str, str]) -> tuple[float, float]:
+            def measure(choice: dict[str, str]) -> float:
                 fid = t.measure(plan(_chosen(stats, choice)))
-                return typical_sqnr(fid), worst_sqnr(fid)
+                return min(typical_sqnr(fid), worst_sqnr(fid))
 
             bases = {b: measure(dict.fromkeys(searched, b)) for b in BASES}
-            base = max(BASES, key=lambda b: bases[b][0])
-            base = base if bases[base][0] >= bases["minmax"][0] + MIN_GAIN_DB else "minmax"
+            base = max(BASES, key=lambda b: bases[b])
+            base = base if bases[base] >= bases["minmax"] + BASE_GAIN_DB else "minmax"
             choice, best = dict.fromkeys(searched, base), bases[base]
             tried = []
             for tensor in _weakest(model, plan(_chosen(stats, choice)), data, searched, session):
                 for alt in (a for a in ALTERNATIVES if a != choice[tensor]):
-                    figures = measure({**choice, tensor: alt})
-                    tried.append({"tensor": tensor, "range": alt, "mean_file_worst_sqnr_db": round(figures[0], 2)})
-                    if figures[0] >= best[0] + MIN_GAIN_DB:
-                        choice, best = {**choice, tensor: alt}, figures
+                    figure = measure({**choice, tensor: alt})
+                    tried.append({"tensor": tensor, "range": alt, "score_db": round(figure, 2)})
+                    if figure >= best + MIN_GAIN_DB:
+                        choice, best = {**choice, tensor: alt}, figure
     record = {
         "measured_on": data.desc,
-        "bases": {b: round(v[0], 2) for b, v in bases.items()},
+        "bases": {b: round(v, 2) for b, v in bases.items()},
         "base": base,
         "tensors_tried": tried,
         "changed": {k: v for k, v in choice.items() if v != base},
-        "mean_file_worst_sqnr_db": round(best[0], 2),
+        "score_db": round(best, 2),
     }
     return Searched(_chosen(stats, choice), choice, record)
+
+
+def search_data(src, items: list, held: list) -> FidelityData:
+    """The held-aside files and up to FITTED of the files the ranges were fitted on: a candidate that clips
+    must also pay for the values it clips where they occur (a few held files rarely hold the extremes it
+    clips; measured on the YOLOX-style detector with 4 held files, p99.999 looked 0.7 dB better than minmax
+    and lost 4 dB on the eval files)."""
+    fitted = items[:FITTED] if len(held) >= MIN_FILES else []
+    desc = f"{len(held)} held-aside calibration file(s) and {len(fitted)} of the {len(items)} the ranges came from"
+    return FidelityData(src, held + fitted, desc)
 
 
 def _chosen(stats: dict[str, TensorStats], choice: dict[str, str]) -> dict[str, TensorStats]:

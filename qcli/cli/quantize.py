@@ -99,8 +99,20 @@ def quantize(
         ),
     ] = DEFAULT.w8a8.smooth_quant,
     equalize: Annotated[
-        bool, typer.Option("--equalize", help="cross-layer equalization of Conv -> (Relu) -> Conv pairs first")
+        bool,
+        typer.Option(
+            "--equalize",
+            help="cross-layer equalization of Conv -> (Relu) -> Conv pairs first, and channel scaling around "
+            "HardSwish/SiLU wherever a channel reaches 4x the median one",
+        ),
     ] = DEFAULT.w8a8.equalize,
+    channel_scaling: Annotated[
+        bool,
+        typer.Option(
+            help="w8a8: scale the channels around activations no scale crosses (HardSwish, SiLU, ...) where one "
+            "reaches 16x the median channel (exact in float)"
+        ),
+    ] = DEFAULT.w8a8.channel_scaling,
     overrides: Annotated[
         Path | None,
         typer.Option(
@@ -233,6 +245,7 @@ def quantize(
             moving_average=moving_average,
             smooth_quant=smooth_quant,
             equalize=equalize,
+            channel_scaling=channel_scaling,
             overrides=load_overrides(overrides) if overrides else Overrides(),
             calib_limit=calib_limit,
             block_size=block_size,

@@ -85,6 +85,9 @@ class W8A8Options:
     smooth_quant: float | None = _flag("--smooth-quant", None)
     # Cross-layer equalization of Conv -> (Relu) -> Conv pairs before calibration (Nagel et al. 2019).
     equalize: bool = _flag("--equalize", False)
+    # Per-channel scaling around activations no scale crosses (HardSwish, SiLU, ...), exact in float, on
+    # tensors whose widest channel reaches OUTLIER_SPREAD x the median one (--equalize: any 4x spread).
+    channel_scaling: bool = _flag("--no-channel-scaling", True)
     # Cost model: an int8 op whose inputs/outputs must be converted from/to float is kept float when it
     # does fewer than this many multiply-accumulates per converted element (the Q/DQ would cost more than
     # the integer kernel wins).

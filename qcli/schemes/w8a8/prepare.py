@@ -14,6 +14,7 @@ from qcli.core.config import QuantConfig
 from qcli.core.plan import Reason, Why, reason
 from qcli.core.progress import Progress
 from qcli.io.feeds import FeedSource
+from qcli.passes import channel_scale, conv_out_scale
 from qcli.passes.equalize import equalize
 from qcli.passes.smooth import ChannelAbsMax, smooth, smooth_targets
 
@@ -34,6 +35,9 @@ def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list
         done["equalized"] = [p.to_dict() for p in result.pairs]
         done["not_equalized"] = [{"first": a, "second": b, "reason": why} for a, b, why in result.skipped]
         notes += result.notes() or ["--equalize found no Conv -> (Relu) -> Conv pair to equalize"]
+    if config.w8a8.equalize or config.w8a8.channel_scaling:
+        spread = channel_scale.MIN_SPREAD if config.w8a8.equalize else channel_scale.OUTLIER_SPREAD
+        _scale_channels(model, src, items, progress, out, spread)
     if config.w8a8.smooth_quant is not None:
         targets = smooth_targets(model)
         if targets:
@@ -53,3 +57,29 @@ def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list
             for x in layers
         ] or ["--smooth-quant found no MatMul/Gemm with a constant weight reading an activation"]
     return out
+
+
+def _scale_channels(model, src: FeedSource, items: list, progress: Progress, out: Prepared, spread: float) -> None:
+    """Per-channel scaling of tensors no scale crosses to (conv_out_scale.py, before a float activation;
+    channel_scale.py, after one) where a channel reaches `spread` x the median one, from one pass over the
+    calibration files."""
+    before, after = conv_out_scale.targets(model), channel_scale.targets(model)
+    if not before and not after:
+        return
+    observers = {t: channel_scale.ChannelsFirstAbsMax() for t in [*before, *after]}
+    observe(model, observers, (src.load(i) for i in items), progress("channel ranges", len(items)), "--equalize")
+    ranges = {t: o.value() for t, o in observers.items()}
+    outputs = conv_out_scale.scale_outputs(model, {t: ranges[t] for t in before}, spread)
+    scaled = channel_scale.scale_channels(model, {t: ranges[t] for t in after}, spread)
+    out.done["channel_scaled"] = [x.to_dict() for x in scaled]
+    out.done["conv_outputs_scaled"] = [x.__dict__ for x in outputs]
+    why = reason(Why.UNSUPPORTED, problem="applies a per-channel scale (channel scaling): it runs in float")
+    out.pinned |= {x.mul_node: why for x in [*scaled, *outputs]}
+    for what, found in (("conv output(s) before a float activation", outputs), ("activation(s)", scaled)):
+        if found:
+            widest = max(found, key=lambda x: x.spread_before)
+            out.notes.append(
+                f"channel scaling: {len(found)} {what} with a channel at {spread:g}x the median one or more "
+                f"(data-dependent, from the calibration files): widest channel over the median "
+                f"{widest.spread_before:.1f}x -> {widest.spread_after:.1f}x at {widest.tensor}"
+            )

@@ -1,0 +1,111 @@
+"""Channel scaling around HardSwish (channel_scale.py after it, conv_out_scale.py before it): exact in float,
+the quantized tensors' channels brought together, and the int8 model measured better for it (--equalize)."""
+
+import numpy as np
+import onnx
+import pytest
+from checks import batches_of, run, sqnr_on
+from models import model_of, vi, write_batches
+from onnx import helper
+
+from qcli import QuantConfig, quantize
+from qcli.passes import channel_scale, conv_out_scale
+
+
+def hswish_net(seed: int = 0) -> onnx.ModelProto:
+    """conv 3x3 (3 -> 16) -> HardSwish -> depthwise 3x3 -> HardSwish -> pointwise (16 -> 8): the first conv's
+    channel 5 carries a 40x gain (a folded BatchNorm), so HardSwish's output has one channel far wider than
+    the others, read by a depthwise conv, and the depthwise's output by a dense one."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    w1[5] *= 40
+    w2 = (rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32)
+    w2[7] *= 30
+    w3 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+        helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+        helper.make_node("Conv", ["h1", "w2"], ["c2"], name="dw", pads=[1] * 4, group=16),
+        helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
+        helper.make_node("Conv", ["h2", "w3"], ["y"], name="pw"),
+    ]
+    return model_of(nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "w2": w2, "w3": w3})
+
+
+def test_conv_outputs_scaled_before_the_activation_compute_the_same():
+    m = hswish_net()
+    x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    before = run(m, {"x": x})[0]
+    assert sorted(conv_out_scale.targets(m)) == ["c1", "c2"]  # pw's output is the graph's: not a target
+    absmax = {}
+    for t in ("c1", "c2"):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.append(vi(t, None))
+        obs = channel_scale.ChannelsFirstAbsMax()
+        obs.update(run(probe, {"x": x})[-1])
+        absmax[t] = obs.value()
+    done = conv_out_scale.scale_outputs(m, absmax)
+    assert [d.conv for d in done] == ["conv1", "dw"] and all(d.spread_after == pytest.approx(1, abs=0.01) for d in done)
+    np.testing.assert_allclose(run(m, {"x": x})[0], before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+
+
+def test_the_float_model_computes_the_same_and_the_channels_come_together():
+    m = hswish_net()
+    x = np.random.default_rng(1).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    before = run(m, {"x": x})[0]
+    assert sorted(channel_scale.targets(m)) == ["h1", "h2"]
+    absmax = {}
+    for t in ("h1", "h2"):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.append(vi(t, None))
+        obs = channel_scale.ChannelsFirstAbsMax()
+        obs.update(run(probe, {"x": x})[-1])
+        absmax[t] = obs.value()
+    done = channel_scale.scale_channels(m, absmax)
+    assert [d.tensor for d in done] == ["h1", "h2"] and all(d.spread_after < d.spread_before / 4 for d in done)
+    assert [n.op_type for n in m.graph.node].count("Mul") == 2
+    np.testing.assert_allclose(run(m, {"x": x})[0], before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    depthwise = next(d for d in done if d.tensor == "h1")  # depthwise reader: every channel to the median's
+    assert depthwise.spread_after == pytest.approx(1.0, abs=0.01)
+
+
+def test_equalize_measures_better_at_int8(tmp_path):
+    onnx.save(hswish_net(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(4, 3, 12, 12)] * 6, seed=1)
+    write_batches(tmp_path / "e", [(4, 3, 12, 12)] * 3, seed=7)
+    base = {"reduce_range": False, "placement": "static", "accuracy_guard": False, "min_macs_per_conversion": 0}
+    base["channel_scaling"] = False  # the default's (outliers from 16x) would scale this net's 40x channel too
+    plain, eq = (
+        quantize(tmp_path / "m.onnx", QuantConfig.of(**base, equalize=e), tmp_path / "c", tmp_path / f"{e}.onnx")
+        for e in (False, True)
+    )
+    assert [x["tensor"] for x in eq.report.calibration["channel_scaled"]] == ["h1", "h2"]
+    assert any(n.startswith("channel scaling: 2 activation(s) with a channel at 4x") for n in eq.report.notes)
+    unseen = batches_of(tmp_path / "e")
+    plain_db, eq_db = (sqnr_on(tmp_path / "m.onnx", r.output, unseen) for r in (plain, eq))
+    # measured 14.4 -> 27.7 dB (with only the tensors after HardSwish scaled: 15.8 dB; each conv's own output,
+    # which the int8 conv writes quantized before the float HardSwish, kept its outlier channel)
+    assert eq_db > plain_db + 10, (plain_db, eq_db)
+    assert [x["conv"] for x in eq.report.calibration["conv_outputs_scaled"]] == ["conv1", "dw"]
+
+
+def test_by_default_only_outlier_channels_are_scaled(tmp_path):
+    """Without --equalize only tensors with a channel at 16x the median one are scaled: this net's conv
+    outputs (the 40x and 30x gains) are; --no-channel-scaling leaves the model as it is."""
+    onnx.save(hswish_net(), tmp_path / "m.onnx")
+    write_batches(tmp_path / "c", [(4, 3, 12, 12)] * 6, seed=1)
+    write_batches(tmp_path / "e", [(4, 3, 12, 12)] * 3, seed=7)
+    base = {"reduce_range": False, "placement": "static", "accuracy_guard": False, "min_macs_per_conversion": 0}
+    on, off = (
+        quantize(tmp_path / "m.onnx", QuantConfig.of(**base, channel_scaling=c), tmp_path / "c", tmp_path / f"{c}.onnx")
+        for c in (True, False)
+    )
+    scaled = on.report.calibration["conv_outputs_scaled"]
+    assert scaled and all(x["spread_before"] >= channel_scale.OUTLIER_SPREAD for x in scaled)
+    assert all(x["spread_before"] >= channel_scale.OUTLIER_SPREAD for x in on.report.calibration["channel_scaled"])
+    assert "conv_outputs_scaled" not in off.report.calibration
+    assert any(d.reason and "channel scaling" in d.reason.text for d in on.plan.nodes if d.op_type == "Mul")
+    unseen = batches_of(tmp_path / "e")
+    assert sqnr_on(tmp_path / "m.onnx", on.output, unseen) > sqnr_on(tmp_path / "m.onnx", off.output, unseen) + 6

@@ -82,12 +82,8 @@ def scale_channels(model: ModelProto, absmax: dict[str, np.ndarray], spread: flo
     found = targets(model)
     ed = Editor(model)
     done, muls = [], []
-    for t, act in absmax.items():
-        readers = found.get(t)
-        act = np.asarray(act, np.float64)
-        live = act[act > 0]
-        if not readers or live.size == 0 or act.max() < spread * np.median(live):
-            continue
+    for t, act in outlying(absmax, found, spread):
+        readers = found[t]
         s = _scales(act, readers, ed)
         for r in readers:
             _scale_weight(ed, r, s)
@@ -99,6 +95,16 @@ def scale_channels(model: ModelProto, absmax: dict[str, np.ndarray], spread: flo
         done.append(Scaled(t, tuple(r.name for r in readers), mul.name, _spread(act), _spread(after)))
     place_muls(model.graph, muls)
     return done
+
+
+def outlying(absmax: dict[str, np.ndarray], found: dict, spread: float):
+    """(tensor, its per-channel max|x| as float64) for the targets whose widest channel reaches `spread` x
+    the median (non-zero) channel's."""
+    for t, act in absmax.items():
+        act = np.asarray(act, np.float64)
+        live = act[act > 0]
+        if t in found and live.size and act.max() >= spread * np.median(live):
+            yield t, act
 
 
 def _spread(act: np.ndarray) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
 from qcli.core.graph import GraphIndex
-from qcli.passes.channel_scale import MIN_SPREAD, _spread, scale_init
+from qcli.passes.channel_scale import MIN_SPREAD, _spread, outlying, scale_init
 from qcli.passes.smooth import Editor, place_muls
 
 FLOAT_ACTIVATIONS = {"HardSwish", "HardSigmoid", "Sigmoid", "Mul", "Tanh", "Gelu", "Softplus", "Elu", "Selu"}
@@ -52,13 +52,9 @@ def scale_outputs(model: ModelProto, absmax: dict[str, np.ndarray], spread: floa
     found = targets(model)
     ed = Editor(model)
     done, muls = [], []
-    for t, act in absmax.items():
-        conv = found.get(t)
-        act = np.asarray(act, np.float64)
-        live = act[act > 0]
-        if conv is None or live.size == 0 or act.max() < spread * np.median(live):
-            continue
-        s = np.where(act > 0, np.clip(act / np.median(live), 1 / 256, 256), 1.0).astype(np.float32)
+    for t, act in outlying(absmax, found, spread):
+        conv = found[t]
+        s = np.where(act > 0, np.clip(act / np.median(act[act > 0]), 1 / 256, 256), 1.0).astype(np.float32)
         inv = (1.0 / s.astype(np.float64)).astype(np.float32)
         scale_init(ed, conv, 1, inv, 0)
         if len(conv.input) > 2 and conv.input[2]:

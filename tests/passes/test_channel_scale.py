@@ -32,19 +32,25 @@ def hswish_net(seed: int = 0) -> onnx.ModelProto:
     return model_of(nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "w2": w2, "w3": w3})
 
 
-def test_conv_outputs_scaled_before_the_activation_compute_the_same():
-    m = hswish_net()
-    x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
-    before = run(m, {"x": x})[0]
-    assert sorted(conv_out_scale.targets(m)) == ["c1", "c2"]  # pw's output is the graph's: not a target
-    absmax = {}
-    for t in ("c1", "c2"):
+def _absmax(m: onnx.ModelProto, x: np.ndarray, names) -> dict[str, np.ndarray]:
+    """Per-channel max|t| of each tensor named, on x."""
+    out = {}
+    for t in names:
         probe = onnx.ModelProto()
         probe.CopyFrom(m)
         probe.graph.output.append(vi(t, None))
         obs = channel_scale.ChannelsFirstAbsMax()
         obs.update(run(probe, {"x": x})[-1])
-        absmax[t] = obs.value()
+        out[t] = obs.value()
+    return out
+
+
+def test_conv_outputs_scaled_before_the_activation_compute_the_same():
+    m = hswish_net()
+    x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    before = run(m, {"x": x})[0]
+    assert sorted(conv_out_scale.targets(m)) == ["c1", "c2"]  # pw's output is the graph's: not a target
+    absmax = _absmax(m, x, ("c1", "c2"))
     done = conv_out_scale.scale_outputs(m, absmax)
     assert [d.conv for d in done] == ["conv1", "dw"] and all(d.spread_after == pytest.approx(1, abs=0.01) for d in done)
     np.testing.assert_allclose(run(m, {"x": x})[0], before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
@@ -55,14 +61,7 @@ def test_the_float_model_computes_the_same_and_the_channels_come_together():
     x = np.random.default_rng(1).standard_normal((4, 3, 12, 12)).astype(np.float32)
     before = run(m, {"x": x})[0]
     assert sorted(channel_scale.targets(m)) == ["h1", "h2"]
-    absmax = {}
-    for t in ("h1", "h2"):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(m)
-        probe.graph.output.append(vi(t, None))
-        obs = channel_scale.ChannelsFirstAbsMax()
-        obs.update(run(probe, {"x": x})[-1])
-        absmax[t] = obs.value()
+    absmax = _absmax(m, x, ("h1", "h2"))
     done = channel_scale.scale_channels(m, absmax)
     assert [d.tensor for d in done] == ["h1", "h2"] and all(d.spread_after < d.spread_before / 4 for d in done)
     assert [n.op_type for n in m.graph.node].count("Mul") == 2

@@ -46,7 +46,7 @@ def _plan_rows(r: Report) -> list[tuple[str, str]]:
             rows.append((f"nodes {action}", ", ".join(f"{op} x{n}" for op, n in ops.items())))
     if r.calibration:
         c = r.calibration
-        rows.append(("calibration", f"{c['method']}: {c['batches']} batches, {c['tensors']} tensors observed"))
+        rows.append(("calibration", f"{_method(c)}: {c['batches']} batches, {c['tensors']} tensors observed"))
     return rows
 
 
@@ -72,6 +72,17 @@ def _measured_rows(r: Report) -> list[tuple[str, str]]:
     if r.fidelity_data:
         rows.append(("fidelity data", r.fidelity_data))
     return rows
+
+
+def _method(c: dict) -> str:
+    """The calibration method, and for `auto` what the search chose (or why it did not run)."""
+    search = c.get("search")
+    if not search:
+        return c["method"]
+    if "skipped" in search:
+        return f"{c['method']} (minmax: {search['skipped']})"
+    changed = f", {len(search['changed'])} tensor(s) otherwise" if search.get("changed") else ""
+    return f"{c['method']} ({search['base']} chosen at the outputs{changed})"
 
 
 def _decision_rows(r: Report) -> list[tuple[str, str]]:

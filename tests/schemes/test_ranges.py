@@ -11,6 +11,7 @@ from models import bn_dwsep, write_batches
 
 from qcli import QuantConfig, quantize
 from qcli.calibration.overrides import load as load_overrides
+from qcli.report.render import render_markdown
 from qcli.schemes.w8a8 import ranges
 from qcli.steps import trials
 
@@ -41,6 +42,7 @@ def test_the_ranges_written_are_the_candidates_measured_best_at_the_outputs(dwse
     assert s["measured_on"] == "3 held-aside calibration file(s) and 8 of the 12 the ranges came from"
     assert set(s["bases"]) == set(ranges.BASES) and s["base"] == max(s["bases"], key=s["bases"].get)
     assert s["bases"][s["base"]] >= s["bases"]["minmax"] + ranges.BASE_GAIN_DB  # measured: p99.9 18.5, minmax 4.5
+    assert f"auto ({s['base']} chosen at the outputs" in render_markdown(r.report)
     taken = {t: v["method"] for t, v in r.report.calibration["ranges"].items()}
     assert all(taken[t] == s["changed"].get(t, s["base"]) for t in taken)  # per tensor, the range taken
     # bounded: the bases, then at most TENSORS tensors x their other candidates; nothing else measures here
@@ -63,5 +65,6 @@ def test_with_fewer_than_three_held_files_every_range_is_minmax_and_the_report_s
     shutil.copytree(dwsep / "c", tmp_path / "c", ignore=lambda _, names: sorted(names)[10:])
     r, minmax = _q(tmp_path, "auto.onnx"), _q(tmp_path, "minmax.onnx", calibrator="minmax")
     assert r.report.calibration["search"] == {"skipped": "2 held-aside file(s): the search needs 3", "base": "minmax"}
+    assert "auto (minmax: 2 held-aside file(s): the search needs 3): 8 batches" in render_markdown(r.report)
     assert {v["method"] for v in r.report.calibration["ranges"].values()} == {"minmax"}
     assert r.plan.activations == minmax.plan.activations

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from checks import batches_of, run, sqnr_on
-from models import bn_dwsep, cnn, write_batches
+from models import bn_dwsep, cnn, model_of, vi, write_batches
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -15,6 +15,7 @@ from qcli import QuantConfig, quantize
 from qcli.calibration import bias
 from qcli.calibration.calibrate import observing
 from qcli.core import qparams as qp
+from qcli.core.plan import WeightQuant
 from qcli.io.feeds import FeedSource, input_specs
 from qcli.passes.preprocess import preprocess
 from qcli.weights.base import quantized_weight
@@ -142,3 +143,27 @@ def _bias_step(path, node_name) -> np.ndarray:
 def _written_bias(path, node_name) -> np.ndarray:
     q, scale = _bias_dq(path, node_name)
     return q.astype(np.float64) * scale
+
+
+def test_a_gemm_s_shift_is_in_units_of_its_bias():
+    """Gemm computes alpha * A @ B + beta * C: the correction added to C is the output shift times alpha / beta,
+    so the corrected layer's mean output is the float one's (checked by onnx.reference)."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((6, 5)) * [[1], [0.01], [1], [3], [0.02], [1]]).astype(np.float32)  # [N, K], transB
+    c = rng.standard_normal(6).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", transB=1, alpha=2.0, beta=0.5)
+    model = model_of([node], [vi("x", ["N", 5])], [vi("y", ["N", 6])], {"w": w, "c": c})
+    x = (rng.standard_normal((64, 5)) + 3).astype(np.float32)
+    weight = WeightQuant("fc", 1, "w", "int8", "weight", axis=0)
+    layer = bias.Layer("fc", "Gemm", "x", weight, {"transB": 1, "alpha": 2.0, "beta": 0.5})
+
+    class _Feed:
+        def run(self, names, feed):
+            return [feed["x"]]
+
+    shift = bias.shifts(model, [layer], _Feed(), [{"x": x}])["fc"]
+    wq = qp.dequantize(*quantized_weight(w, weight)).astype(np.float32)
+    ref = ReferenceEvaluator(model)
+    fixed = model_of([node], [vi("x", ["N", 5])], [vi("y", ["N", 6])], {"w": wq, "c": c + shift})
+    want = ref.run(None, {"x": x})[0].mean(axis=0)
+    assert ReferenceEvaluator(fixed).run(None, {"x": x})[0].mean(axis=0) == pytest.approx(want, rel=1e-4, abs=1e-5)

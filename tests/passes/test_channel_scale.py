@@ -22,14 +22,17 @@ def hswish_net(seed: int = 0) -> onnx.ModelProto:
     w2 = (rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32)
     w2[7] *= 30
     w3 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(16) * 0.5).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
         helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
         helper.make_node("Conv", ["h1", "w2"], ["c2"], name="dw", pads=[1] * 4, group=16),
         helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
         helper.make_node("Conv", ["h2", "w3"], ["y"], name="pw"),
     ]
-    return model_of(nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "w2": w2, "w3": w3})
+    return model_of(
+        nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "b1": b1, "w2": w2, "w3": w3}
+    )
 
 
 def _absmax(m: onnx.ModelProto, x: np.ndarray, names) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 
     qcli quantize model.onnx --calib data/ --strict     # CI: exit 1 below the fidelity floors
 
-    qcli quantize model.onnx --calib data/ --calibrator auto     # per tensor, the range with the least error
+    qcli quantize model.onnx --calib data/ --calibrator minmax   # every range from min/max (default: auto)
 
     qcli quantize encoder.onnx --calib data/ --smooth-quant 0.5
 

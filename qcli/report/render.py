@@ -110,12 +110,14 @@ def _decision_rows(r: Report) -> list[tuple[str, str]]:
         rows.append(("measured placement", f"timed on this CPU (time after the move / before): {tried}"))
     if r.verified:
         v = r.verified
-        fig = "{worst_sqnr_db:.1f} dB (per file, mean {mean_file_worst_sqnr_db:.1f} dB)".format
+        decided, refit = v["decided"], v["refit"]
         rows.append(
             (
                 "verified on held files",
-                f"worst output with the decided ranges {fig(**v['decided'])}, with every file's ranges "
-                f"{fig(**v['refit'])}: wrote the {'refitted' if v['written'] == 'refit' else 'decided'} model",
+                f"each file's worst output, averaged: {decided['mean_file_worst_sqnr_db']:.1f} dB with the decided "
+                f"ranges, {refit['mean_file_worst_sqnr_db']:.1f} dB with every file's (pooled: "
+                f"{decided['worst_sqnr_db']:.1f} and {refit['worst_sqnr_db']:.1f} dB): wrote the "
+                f"{'refitted' if v['written'] == 'refit' else 'decided'} model",
             )
         )
     return rows

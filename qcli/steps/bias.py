@@ -37,9 +37,15 @@ class BiasStep:
         record = {
             "applied": kept,
             "layers": len(plan.bias_corrections),
-            "checked_on": self.check.desc,
-            "mean_file_worst_sqnr_db": [round(typical_sqnr(before), 2), round(typical_sqnr(after), 2)],
-            "worst_sqnr_db": [round(worst_sqnr(before), 2), round(worst_sqnr(after), 2)],
+            "checked_on": f"{self.check.desc}, with the ranges of the plan written",
+            "without": {
+                "worst_sqnr_db": round(worst_sqnr(before), 2),
+                "mean_file_worst_sqnr_db": round(typical_sqnr(before), 2),
+            },
+            "with": {
+                "worst_sqnr_db": round(worst_sqnr(after), 2),
+                "mean_file_worst_sqnr_db": round(typical_sqnr(after), 2),
+            },
             "largest": {"node": largest, "max_abs_shift": max(map(abs, plan.bias_corrections[largest]))},
         }
         note = (

@@ -107,7 +107,8 @@ def test_the_corrections_are_in_the_plan_written_into_the_biases_and_measured_be
         assert np.all(np.abs(got - np.asarray(shift)) <= step), node
     b = fixed.report.bias_correction
     assert b["applied"] and b["layers"] == 3
-    assert b["mean_file_worst_sqnr_db"][1] > b["mean_file_worst_sqnr_db"][0]
+    assert b["with"]["mean_file_worst_sqnr_db"] > b["without"]["mean_file_worst_sqnr_db"]
+    assert b["checked_on"] == "2 calibration file(s) held aside, with the ranges of the plan written"
     unseen = batches_of(d / "e")
     assert sqnr_on(d / "m.onnx", fixed.output, unseen) > sqnr_on(d / "m.onnx", plain.output, unseen) + 3
 
@@ -119,7 +120,7 @@ def test_corrections_that_make_the_model_worse_are_not_kept(small_cnn, dwsep, mo
     on the CNN) is refused the same way."""
     r = _quantize(dwsep, "dwsep.onnx", per_channel=False)
     b = r.report.bias_correction
-    assert not b["applied"] and b["mean_file_worst_sqnr_db"][1] < b["mean_file_worst_sqnr_db"][0]
+    assert not b["applied"] and b["with"]["mean_file_worst_sqnr_db"] < b["without"]["mean_file_worst_sqnr_db"]
     assert r.plan.bias_corrections == {} and any(n.startswith("bias correction not applied") for n in r.report.notes)
     real = bias.shifts
     monkeypatch.setattr(bias, "shifts", lambda *a, **k: {n: -3 * s for n, s in real(*a, **k).items()})

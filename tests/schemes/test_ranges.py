@@ -15,6 +15,7 @@ from qcli.report.render import render_markdown
 from qcli.schemes.w8a8 import ranges
 from qcli.steps import trials
 
+SKIPPED = "2 calibration file(s) held aside; the search needs 3 (15 calibration files)"
 BASE = {"reduce_range": False, "placement": "static", "accuracy_guard": False, "bias_correction": False}
 
 
@@ -64,7 +65,7 @@ def test_with_fewer_than_three_held_files_every_range_is_minmax_and_the_report_s
     shutil.copy(dwsep / "m.onnx", tmp_path / "m.onnx")
     shutil.copytree(dwsep / "c", tmp_path / "c", ignore=lambda _, names: sorted(names)[10:])
     r, minmax = _q(tmp_path, "auto.onnx"), _q(tmp_path, "minmax.onnx", calibrator="minmax")
-    assert r.report.calibration["search"] == {"skipped": "2 held-aside file(s): the search needs 3", "base": "minmax"}
-    assert "auto (minmax: 2 held-aside file(s): the search needs 3): 8 batches" in render_markdown(r.report)
+    assert r.report.calibration["search"] == {"skipped": SKIPPED, "base": "minmax"}
+    assert f"auto (minmax: {SKIPPED}): 8 batches" in render_markdown(r.report)
     assert {v["method"] for v in r.report.calibration["ranges"].values()} == {"minmax"}
     assert r.plan.activations == minmax.plan.activations

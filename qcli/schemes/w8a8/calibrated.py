@@ -156,9 +156,12 @@ def _decision_data(src, items: list, held: list) -> tuple[FidelityData, Fidelity
     if not held:
         few = items[:PROBE_BATCHES]
         return FidelityData(src, few, f"{len(few)} calibration file(s) (in the ranges)", in_sample=True), None
-    desc = f"{{}} calibration file(s) held aside (ranges from the other {len(items)})"
     decide = held[:DECIDE_FILES]
-    return FidelityData(src, decide, desc.format(len(decide))), FidelityData(src, held, desc.format(len(held)))
+    ranges_from = f" (ranges from the other {len(items)})"
+    return (
+        FidelityData(src, decide, f"{len(decide)} calibration file(s) held aside{ranges_from}"),
+        FidelityData(src, held, f"{len(held)} calibration file(s) held aside"),
+    )
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def search(
     searched = {t for t, s in stats.items() if s.candidates}
     if len(data.items) < MIN_FILES or data.in_sample:
         held = len(data.items)
-        record = {"skipped": f"{held} held-aside file(s): the search needs {MIN_FILES}", "base": "minmax"}
+        why = f"{held} calibration file(s) held aside; the search needs {MIN_FILES} ({5 * MIN_FILES} calibration files)"
+        record = {"skipped": why, "base": "minmax"}
         return Searched(_chosen(stats, dict.fromkeys(searched, "minmax")), dict.fromkeys(searched, "minmax"), record)
     advance = progress("range search (models tried)", None)
     with tempfile.TemporaryDirectory(prefix="qcli-ranges-") as tmp:

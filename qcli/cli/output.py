@@ -89,8 +89,8 @@ def kv(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def print_plan(plan: dict) -> None:
-    lines = [
+def print_plan(plan: dict, head: list[str] = (), notes: list[str] = ()) -> None:
+    lines = list(head) + [
         f"{action:>18}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for action, ops in plan["summary"].items()
     ]
     for n in plan["nodes"]:
@@ -98,7 +98,7 @@ def print_plan(plan: dict) -> None:
             why = f"  ({n['reason']['text']})" if n["reason"] else ""
             lines.append(f"  {n['action']:<16} {n['op_type']:<18} {n['node']}{why}")
     lines += [f"decided {k}: {d['value']} ({d['why']})" for k, d in plan["decisions"].items()]
-    lines += [f"note: {note}" for note in plan["notes"]]
+    lines += [f"note: {note}" for note in [*plan["notes"], *notes]]
     sys.stderr.write("\n".join(lines) + "\n")
 
 

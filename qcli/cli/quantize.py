@@ -15,7 +15,7 @@ from qcli.cli.output import command_line, err, errors, kv, print_plan, progress_
 from qcli.core.config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat
 from qcli.core.errors import GateFailed
 from qcli.core.overrides import Overrides
-from qcli.report.render import render_rich
+from qcli.report.render import calibration_method, render_rich
 from qcli.report.verdict import Status
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
@@ -293,10 +293,14 @@ def _show(result: pipeline.QuantizeResult, dry_run: bool, json_out: bool) -> Non
         for w in result.report.warnings:
             say("warning:", w, "yellow")
         plan = result.plan.to_dict()
+        c = result.report.calibration
+        if c:  # the ranges the plan shows: which method, and what the search chose (or why it did not run)
+            plan["calibration"] = {"method": c["method"], "batches": c["batches"], "search": c.get("search")}
+        extra = [n for n in result.report.notes if n not in plan["notes"]]
         if json_out:
-            sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+            sys.stdout.write(json.dumps({**plan, "notes": plan["notes"] + extra}, indent=2) + "\n")
         else:
-            print_plan(plan)
+            print_plan(plan, [f"calibration: {calibration_method(c)}"] if c else [], extra)
         return
     render_rich(result.report, err)
     # The verdict unwrapped on a terminal (the table may wrap it); elsewhere the report's first row is that line.

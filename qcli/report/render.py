@@ -46,7 +46,9 @@ def _plan_rows(r: Report) -> list[tuple[str, str]]:
             rows.append((f"nodes {action}", ", ".join(f"{op} x{n}" for op, n in ops.items())))
     if r.calibration:
         c = r.calibration
-        rows.append(("calibration", f"{_method(c)}: {c['batches']} batches, {c['tensors']} tensors observed"))
+        rows.append(
+            ("calibration", f"{calibration_method(c)}: {c['batches']} batches, {c['tensors']} tensors observed")
+        )
     return rows
 
 
@@ -74,7 +76,7 @@ def _measured_rows(r: Report) -> list[tuple[str, str]]:
     return rows
 
 
-def _method(c: dict) -> str:
+def calibration_method(c: dict) -> str:
     """The calibration method, and for `auto` what the search chose (or why it did not run)."""
     search = c.get("search")
     if not search:

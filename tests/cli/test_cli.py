@@ -73,6 +73,16 @@ def test_default_output_name_and_dry_run_writes_nothing(files):
     assert r.exit_code == 0 and (files / "m.int8.onnx").exists()
 
 
+def test_dry_run_says_how_the_ranges_were_chosen_and_what_it_did_not_run(files):
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "--dry-run")
+    assert any(ln.startswith("calibration: auto (minmax: ") for ln in r.stderr.splitlines())
+    assert "note: --dry-run: the plan before the accuracy guard and measured placement" in r.stderr
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "--dry-run", "--json")
+    plan = json.loads(r.stdout)
+    assert plan["calibration"]["method"] == "auto" and plan["calibration"]["search"]["base"] == "minmax"
+    assert any(n.startswith("--dry-run: the plan before") for n in plan["notes"])
+
+
 def test_help_shows_examples():
     r = run("quantize", "--help")
     assert r.exit_code == 0 and "qcli quantize model.onnx --calib data/" in r.stdout

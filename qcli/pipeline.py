@@ -27,7 +27,7 @@ from qcli.report.assemble import add, describe
 from qcli.report.provenance import provenance
 from qcli.report.render import write_beside
 from qcli.report.report import Report
-from qcli.report.verdict import verdict
+from qcli.report.verdict import Status, verdict
 from qcli.schemes import handler_for
 from qcli.schemes.base import Data, Planned, SchemeHandler, output_path
 from qcli.steps.base import Context, Ran, run
@@ -89,6 +89,8 @@ def quantize(
             report.notes += job.handler.measured_notes(made.plan, ratio, ort_config)
             judged = verdict(report, made.plan, bool(AccuracyTarget(config.min_sqnr, config.max_top1_drop)))
             report.status = judged.status.value
+            if judged.status == Status.NOT_QUANTIZED:  # the verdict says it; a planner's bare line would repeat it
+                report.warnings = [w for w in report.warnings if w != "nothing was quantized"]
             report.warnings[:0] = [judged.line] if judged.line else []  # the summary leads with it
             if write_report:
                 written += write_beside(report, out)

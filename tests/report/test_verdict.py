@@ -107,4 +107,5 @@ def test_nothing_quantized_is_said_on_every_run(tmp_path):
         r = quantize(m, config, calib=tmp_path / "c", out=tmp_path / f"q{i}.onnx", latency_runs=2)
         assert r.report.status == "not-quantized"
         assert r.report.warnings[0] == "the model written computes in float: no weight or activation in it is quantized"
-        assert any(w.startswith("nothing was quantized") for w in r.report.warnings[1:])  # the planner's why
+        # the planner's bare "nothing was quantized" would say it twice (one with a reason, e.g. subgraphs, stays)
+        assert not any(w.startswith("nothing was quantized") for w in r.report.warnings)

@@ -111,3 +111,27 @@ def test_by_default_only_outlier_channels_are_scaled(tmp_path):
     assert any(d.reason and "channel scaling" in d.reason.text for d in on.plan.nodes if d.op_type == "Mul")
     unseen = batches_of(tmp_path / "e")
     assert sqnr_on(tmp_path / "m.onnx", on.output, unseen) > sqnr_on(tmp_path / "m.onnx", off.output, unseen) + 6
+
+
+def test_a_dead_channel_keeps_scale_1_and_the_widest_is_clamped_at_256x():
+    """conv (3 -> 4) -> HardSwish: channel 0 always 0 (zero weights and bias), channel 3 1000x the others.
+    The dead channel's scale is exactly 1; the wide one is divided by 256 at most (spread 1000 -> about 3.9)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w[0] = 0
+    w[3] *= 1000
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("HardSwish", ["c"], ["y"], name="hs"),
+    ]
+    m = model_of(nodes, [vi("x", ["N", 3, 5, 5])], [vi("y", ["N", 4, 5, 5])], {"w": w})
+    x = rng.uniform(0.5, 1.5, (2, 3, 5, 5)).astype(np.float32)
+    before = run(m, {"x": x})[0]
+    absmax = _absmax(m, x, ("c",))
+    (done,) = conv_out_scale.scale_outputs(m, absmax)
+    scale = next(t for t in m.graph.initializer if t.name.startswith("c_scale"))
+    s = onnx.numpy_helper.to_array(scale).reshape(-1)
+    live = absmax["c"][1:]
+    assert s[0] == 1.0 and s[3] == 256.0
+    assert done.spread_after == pytest.approx(absmax["c"][3] / 256 / np.median(live / s[1:]), rel=1e-5)
+    np.testing.assert_allclose(run(m, {"x": x})[0], before, rtol=1e-4, atol=1e-3)

@@ -169,13 +169,27 @@ def glyph_pools(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return digits[order[: len(order) // 2]], digits[order[len(order) // 2 :]]
 
 
-def write_inputs(folder: Path, pools: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, sample) -> None:
-    """calib/ and eval/ .npy files, sample(painter) each, from the calibration and the evaluation glyphs."""
-    for split, count, pool in (("calib", N_CALIB, pools[0]), ("eval", N_EVAL, pools[1])):
+def write_splits(folder: Path, splits) -> None:
+    """For each (split, count, start) of `splits`: folder/split/000.npy... (old .npy files removed), each the
+    array of one call of start()'s sampler, start() called as the split begins (its random draws come then)."""
+    for split, count, start in splits:
         out = folder / split
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("*.npy"):
             old.unlink()
-        painter = GlyphPainter(pool, rng)
+        sample = start()
         for i in range(count):
-            np.save(out / f"{i:03d}.npy", sample(painter))
+            np.save(out / f"{i:03d}.npy", sample())
+
+
+def write_inputs(folder: Path, pools: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, sample) -> None:
+    """calib/ and eval/ .npy files, sample(painter) each, from the calibration and the evaluation glyphs."""
+
+    def painted(pool):
+        def start():
+            painter = GlyphPainter(pool, rng)
+            return lambda: sample(painter)
+
+        return start
+
+    write_splits(folder, [("calib", N_CALIB, painted(pools[0])), ("eval", N_EVAL, painted(pools[1]))])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import skimage.data
+from netbuild import write_splits
 from skimage.color import gray2rgb, rgba2rgb
 from skimage.transform import resize
 
@@ -52,11 +53,12 @@ def write_photo_inputs(
     folder, rng: np.random.Generator, size: int, prepare, n_calib: int = 24, n_eval: int = 24
 ) -> None:
     """calib/ and eval/ .npy files: prepare(crop) of crops from each pool."""
-    for split, count in (("calib", n_calib), ("eval", n_eval)):
-        out = folder / split
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.npy"):
-            old.unlink()
-        crops = PhotoCrops(split, rng)
-        for i in range(count):
-            np.save(out / f"{i:03d}.npy", prepare(crops.sample(size)))
+
+    def cropped(split: str):
+        def start():
+            crops = PhotoCrops(split, rng)
+            return lambda: prepare(crops.sample(size))
+
+        return start
+
+    write_splits(folder, [("calib", n_calib, cropped("calib")), ("eval", n_eval, cropped("eval"))])

@@ -12,6 +12,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from qcli.calibration.observers import OBSERVERS, ObserverSettings, TensorStats
+from qcli.calibration.observers.auto import SearchObserver
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError, NonFiniteValues
 from qcli.core.overrides import CalibMethod
@@ -79,7 +80,7 @@ def calibrate(
     """The range of every watched activation, each with its method (config.calib_for: override or global).
     `model`: the float model, or a session from observing() that outputs every watched tensor."""
     observers = _observers(watch, config, levels)
-    return _stats(observers, *observe(model, observers, batches, on_batch))
+    return _stats(observers, *observe(model, observers, batches, on_batch), config)
 
 
 def calibrate_then_more(
@@ -98,11 +99,11 @@ def calibrate_then_more(
     with contextlib.ExitStack() as stack:
         sess = model if isinstance(model, Session) else stack.enter_context(observing(model, observers))
         count, shapes = observe(sess, observers, batches, on_batch)
-        first = _stats(observers, count, shapes)
+        first = _stats(observers, count, shapes, config)
         if not more:
             return first, None
         extra, _ = observe(sess, observers, more, on_batch)
-        return first, _stats(observers, count + extra, shapes)
+        return first, _stats(observers, count + extra, shapes, config)
 
 
 def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
@@ -111,17 +112,22 @@ def _observers(watch: Iterable[str], config: QuantConfig, levels: int) -> dict:
         method, percentile = config.calib_for(name)
         settings = ObserverSettings(percentile=percentile, levels=levels, moving_average=config.w8a8.moving_average)
         observers[name] = OBSERVERS.get(method.value)(settings)
-        observers[name].searched = method == CalibMethod.AUTO and config.w8a8.calibrator == CalibMethod.AUTO
     return observers
 
 
-def _stats(observers: dict, count: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorStats]:
+def _stats(
+    observers: dict, count: int, shapes: dict[str, tuple[int, ...]], config: QuantConfig
+) -> dict[str, TensorStats]:
+    """Each tensor's range; with the global `auto` calibrator, the candidates of its `auto` observers too (the
+    search at the outputs chooses among them; an `auto` override under another calibrator is minmax)."""
+    search = config.w8a8.calibrator == CalibMethod.AUTO
     return {
-        name: TensorStats(*obs.range(), shapes.get(name, ()), count, obs.chosen(), _candidates(obs))
+        name: TensorStats(
+            *obs.range(),
+            shapes.get(name, ()),
+            count,
+            obs.chosen(),
+            obs.candidates() if search and isinstance(obs, SearchObserver) else None,
+        )
         for name, obs in observers.items()
     }
-
-
-def _candidates(obs) -> dict[str, tuple[float, float]] | None:
-    """Every candidate range of an `auto` observer (the search at the outputs chooses among them)."""
-    return obs.candidates() if getattr(obs, "searched", False) else None

@@ -215,11 +215,14 @@ class NoiseMeter:
         self.signal = 0.0
         self.noise = 0.0
 
-    def add(self, ref: np.ndarray, approx: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, approx: np.ndarray) -> float:
+        """Adds one batch; returns that batch's own SQNR (dB)."""
         r = np.asarray(ref, np.float64).ravel()
         e = r - np.asarray(approx, np.float64).ravel()
-        self.signal += float(r @ r)
-        self.noise += float(e @ e)
+        signal, noise = float(r @ r), float(e @ e)
+        self.signal += signal
+        self.noise += noise
+        return db(signal, noise)
 
     @property
     def db(self) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from qcli.core.errors import InputError, InternalError
-from qcli.core.qparams import NoiseMeter, sqnr_db
+from qcli.core.qparams import NoiseMeter
 from qcli.io.session import Session
 
 MAX_ROUNDS = 5000  # latency(min_s=...): the most rounds a small model is run for
@@ -27,8 +27,8 @@ class OutputFidelity:
     cosine: float
     max_abs: float
     top1_agreement: float | None  # fraction of rows with the same argmax (class-score outputs only)
-    # SQNR of each batch alone, in the order read: a file at another scale cannot dominate their median as it
-    # can the pooled figure (not in the report's outputs)
+    # SQNR of each batch alone, in the order read: a file at another scale cannot dominate their average in dB
+    # as it can the pooled figure (not in the report's outputs)
     batch_db: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
 
@@ -93,8 +93,7 @@ class _OutputMeter:
             self.agree += int(np.sum(r.argmax(-1) == c.argmax(-1)))
             self.rows += int(np.prod(r.shape[:-1]))
         r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
-        self.noise.add(r64, c64)
-        self.batches.append(sqnr_db(r64, c64))
+        self.batches.append(self.noise.add(r64, c64))
         self.dot += float(r64 @ c64)
         self.cc += float(c64 @ c64)
         self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - c64))) if r64.size else 0.0)

@@ -22,7 +22,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
 from qcli.core.graph import GraphIndex, attr
-from qcli.passes.smooth import ChannelAbsMax, Editor, _insert_mul, place_muls
+from qcli.passes.smooth import ChannelAbsMax, Editor, insert_mul, place_muls
 
 ACTIVATIONS = {"HardSwish", "Clip", "HardSigmoid", "Mul", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "Softplus"}
 ALPHA = 0.5  # dense readers: the share of an activation channel's range moved into the weights
@@ -89,10 +89,10 @@ def scale_channels(model: ModelProto, absmax: dict[str, np.ndarray], spread: flo
             _scale_weight(ed, r, s)
         spatial = ed.value(readers[0].input[1]).ndim - 2  # [C, 1, 1]: broadcast along NCHW's channel axis
         inv = (1.0 / s).astype(np.float32).reshape(-1, *[1] * spatial)
-        mul = _insert_mul(model.graph, ed, t, readers, inv)
+        mul = insert_mul(model.graph, ed, t, readers, inv)
         muls.append(mul)
         after = act / s
-        done.append(Scaled(t, tuple(r.name for r in readers), mul.name, _spread(act), _spread(after)))
+        done.append(Scaled(t, tuple(r.name for r in readers), mul.name, channel_spread(act), channel_spread(after)))
     place_muls(model.graph, muls)
     return done
 
@@ -107,7 +107,7 @@ def outlying(absmax: dict[str, np.ndarray], found: dict, spread: float):
             yield t, act
 
 
-def _spread(act: np.ndarray) -> float:
+def channel_spread(act: np.ndarray) -> float:
     live = act[act > 0]
     return float(live.max() / np.median(live)) if live.size else 1.0
 

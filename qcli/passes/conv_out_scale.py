@@ -15,7 +15,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
 from qcli.core.graph import GraphIndex
-from qcli.passes.channel_scale import MIN_SPREAD, _spread, outlying, scale_init
+from qcli.passes.channel_scale import MIN_SPREAD, channel_spread, outlying, scale_init
 from qcli.passes.smooth import Editor, place_muls
 
 FLOAT_ACTIVATIONS = {"HardSwish", "HardSigmoid", "Sigmoid", "Mul", "Tanh", "Gelu", "Softplus", "Elu", "Selu"}
@@ -64,6 +64,6 @@ def scale_outputs(model: ModelProto, absmax: dict[str, np.ndarray], spread: floa
         spatial = ed.value(conv.input[1]).ndim - 2
         name = ed.add(f"{t}_scale", s.reshape(-1, *[1] * spatial))
         muls.append(helper.make_node("Mul", [y, name], [t], name=ed.namer.fresh(f"{conv.name}_out_scale")))
-        done.append(ScaledOutput(conv.name, t, muls[-1].name, _spread(act), _spread(act / s)))
+        done.append(ScaledOutput(conv.name, t, muls[-1].name, channel_spread(act), channel_spread(act / s)))
     place_muls(model.graph, muls)
     return done

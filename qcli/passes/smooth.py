@@ -122,7 +122,7 @@ def migrate(ed: Editor, t: str, readers: list[NodeProto], s: np.ndarray) -> tupl
     inv = (1.0 / s.astype(np.float64)).astype(np.float32)
     site = _fold_site(g, GraphIndex(g), t, readers, len(s))
     if not site:
-        return "Mul", _insert_mul(g, ed, t, readers, inv)
+        return "Mul", insert_mul(g, ed, t, readers, inv)
     where, uses = site
     for node, i, axis in uses:
         ed.scale(node, i, inv, axis)
@@ -204,7 +204,7 @@ def _rank(g: GraphProto, name: str) -> int | None:
     return None
 
 
-def _insert_mul(g: GraphProto, ed: Editor, t: str, readers, inv: np.ndarray) -> NodeProto:
+def insert_mul(g: GraphProto, ed: Editor, t: str, readers, inv: np.ndarray) -> NodeProto:
     inv_name = ed.add(f"{t}_smooth_inv", inv)
     xs = ed.namer.fresh(f"{t}_smoothed")
     mul = helper.make_node("Mul", [t, inv_name], [xs], name=ed.namer.fresh(f"{t}_smooth"))

@@ -1,12 +1,13 @@
 """`--calibrator auto`: activation ranges chosen by the error they cause at the model's outputs.
 
-Calibration keeps one histogram per activation, from which every candidate range follows (minmax, entropy,
-mse, percentiles 99.999 / 99.99 / 99.9, and the per-tensor least-expected-error pick). A tensor's own error is
-a poor guide: clipping a few large values can cost a tensor little and the outputs much, or the reverse. So
-each candidate is tried at the outputs, on the held-aside calibration files, with ranges from the others:
+Calibration keeps one histogram per activation, from which every candidate range follows (minmax, mse,
+percentiles 99.999 / 99.99 / 99.9). A tensor's own error is a poor guide: clipping a few large values can cost
+a tensor little and the outputs much, or the reverse. So each candidate is tried at the outputs, measured on
+the held-aside calibration files and FITTED of the files the ranges came from (search_data), ranges from the
+latter:
 
 1. one candidate for every tensor: the one whose model measures best is the base, if it beats minmax by
-   BASE_GAIN_DB. A model's score is the lower of two figures of the worst output on the held files: pooled
+   BASE_GAIN_DB. A model's score is the lower of two figures of the worst output on those files: pooled
    over the files, and each file's averaged in dB. Clipping that spares most files and ruins the ones with
    large values looks good on the average only (on the benchmark's YOLOX-style detector p99.99 gained 0.6 dB
    there, and lost 12 dB on the eval files); a file at another scale sets the pooled figure alone;

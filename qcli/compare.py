@@ -7,8 +7,10 @@ from pathlib import Path
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FeedSource, FidelityData, input_specs
+from qcli.io.feeds import FidelityData, input_specs
+from qcli.io.recipes import data_recipe, open_source
 from qcli.measure import evaluate, layerwise
+from qcli.measure.accuracy import AccuracyMeter
 from qcli.report.provenance import provenance
 from qcli.report.report import Report
 
@@ -31,8 +33,12 @@ def measure(
         return
     advance = progress("evaluating", len(data.items))
     # One session pair for fidelity and latency: each model is loaded once.
+    labels = data.labels()
+    meter = AccuracyMeter(labels) if labels is not None else None
     with evaluate.pair(ref, cand, ort_config, candidate_ours) as (ref_sess, cand_sess):
-        report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance))
+        on_batch = meter.add if meter else None
+        report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance), on_batch=on_batch)
+        report.accuracy = meter.result() if meter else None
         report.fidelity_data = data.desc
         report.fidelity_files = [p.name for p in data.items]
         first = data.src.load(data.items[0])
@@ -47,8 +53,25 @@ def measure(
         )
 
 
-def apply_gates(report: Report, min_sqnr: float | None, max_top1_drop: float | None) -> None:
+def apply_gates(
+    report: Report, min_sqnr: float | None, max_top1_drop: float | None, max_accuracy_drop: float | None = None
+) -> None:
     """Add each requested gate's verdict to the report; the worst output decides."""
+    if max_accuracy_drop is not None:
+        if report.accuracy is None:
+            raise InputError(
+                "--max-accuracy-drop needs labels: class folders (DIR/<class>/...) read through a recipe, "
+                "or a labels.npy beside .npy batches (one integer per sample)"
+            )
+        drop = report.accuracy["top1"]["drop_pct"]
+        report.gates.append(
+            {
+                "gate": "max-accuracy-drop",
+                "limit": max_accuracy_drop,
+                "value": drop,
+                "passed": drop <= max_accuracy_drop,
+            }
+        )
     if min_sqnr is not None:
         worst = min(f.sqnr_db for f in report.fidelity)
         report.gates.append(
@@ -83,16 +106,21 @@ def compare(
     ort_config: dict[str, str] | None = None,
     per_layer: bool = False,
     command: str | None = None,
+    recipe: Path | None = None,
+    max_accuracy_drop: float | None = None,
 ) -> Report:
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
     per_layer: also rank the layers by the error each adds (tensors matched by name)."""
     ref, cand = Path(ref), Path(cand)
-    ref_specs = input_specs(model_io.load(ref, weights=False))  # the graphs only: the sessions load the weights
+    graph = model_io.load(ref, weights=False)  # the graphs only: the sessions load the weights
+    ref_specs = input_specs(graph)
     cand_specs = input_specs(model_io.load(cand, weights=False))
     # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
-    src = FeedSource(data, ref_specs, model=ref.name, also=((cand.name, cand_specs),))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    src = open_source(data, ref_specs, ref, recipe, also=((cand.name, cand_specs),), metadata=meta)
     report = Report("compare", str(ref), str(cand))
     report.provenance = provenance({"evaluation": list(src.items)}, command)
+    report.recipe = data_recipe(src)
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
     if per_layer:
@@ -101,7 +129,7 @@ def compare(
         report.layers = [x.to_dict() for x in layers]
         if not layers:
             report.notes.append("--per-layer: no float tensor of the reference has a float namesake in the candidate")
-    apply_gates(report, min_sqnr, max_top1_drop)
+    apply_gates(report, min_sqnr, max_top1_drop, max_accuracy_drop)
     failed = [g for g in report.gates if not g["passed"]]
     if failed:
         g = failed[0]

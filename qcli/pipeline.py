@@ -19,7 +19,8 @@ from qcli.core.graph import name_nodes
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FeedSource, FidelityData, input_specs
+from qcli.io.feeds import FidelityData, input_specs
+from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
 from qcli.measure.diagnose import layer_errors
 from qcli.passes.preprocess import lift_constants, preprocess
@@ -68,6 +69,7 @@ def quantize(
     write_report: bool = True,
     command: str | None = None,
     strict: bool = False,
+    recipe: Path | None = None,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
     (unless dry_run; write_report=False skips the report files). The report's status is the verdict on the
@@ -75,7 +77,7 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
-    job = _Run(model_path, config, out, progress, ort_config, command)
+    job = _Run(model_path, config, out, progress, ort_config, command, recipe)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
         try:
@@ -124,6 +126,7 @@ class _Run:
     progress: Progress
     ort_config: dict[str, str] | None
     command: str | None
+    recipe: Path | None = None
 
     @property
     def handler(self) -> SchemeHandler:
@@ -136,9 +139,12 @@ class _Run:
         model = model_io.load(self.model_path)
         specs = input_specs(model)
         model, reference, notes = self._prepare(stack, model)
+        meta = {p.key: p.value for p in model.metadata_props}
         data = Data(
-            FeedSource(calib, specs, config.w8a8.calib_limit, model=self.model_path.name) if calib else None,
-            FeedSource(eval_dir, specs, model=self.model_path.name) if eval_dir else None,
+            open_source(calib, specs, self.model_path, self.recipe, config.w8a8.calib_limit, metadata=meta)
+            if calib
+            else None,
+            open_source(eval_dir, specs, self.model_path, self.recipe, metadata=meta) if eval_dir else None,
         )
         planned = handler.plan(model, config, data, progress)
         planned.plan.notes += notes
@@ -149,7 +155,7 @@ class _Run:
             )
         warnings = _warnings(config, model, planned.plan, handler.data_warnings(config, data))
         ran = run(steps, planned.plan, Context(model, reference, planned.fid, progress, self.ort_config), dry_run)
-        report = self._report(planned, ran, warnings, calib)
+        report = self._report(planned, ran, warnings, data)
         if dry_run:
             skipped = [s.name for s in steps if not s.dry_run]
             if skipped:
@@ -179,7 +185,7 @@ class _Run:
             )
         return model, reference, notes
 
-    def _report(self, planned: Planned, ran: Ran, warnings: list[str], calib: Path | None) -> Report:
+    def _report(self, planned: Planned, ran: Ran, warnings: list[str], data: Data) -> Report:
         """The report, assembled once: the first plan's notes and warnings, then each step's part in order."""
         report = Report(
             "quantize",
@@ -192,9 +198,9 @@ class _Run:
         for part in ran.parts:
             add(report, part)
         describe(report, self.config, ran.plan)
-        calib_files = report.calibration["files"] if report.calibration else []
-        used = [Path(calib) / f for f in calib_files] if calib else []
+        used = list(data.calib.items) if data.calib else []
         report.provenance = provenance({"calibration": used, "evaluation": list(ran.fid.items)}, self.command)
+        report.recipe = data_recipe(data.calib, data.eval)
         return report
 
     def _write(self, model, plan: QuantPlan, planned: Planned, report: Report, reference: Path, written) -> dict:

@@ -4,7 +4,7 @@ Produces, for each of ``cnn/`` and ``attention/`` next to this script:
     model.onnx        opset 17, input ``input`` [batch,1,32,32] f32, output ``logits`` [batch,10]
     calib/batch_XXX.npy   8 x float32 [16,1,32,32]  (first 128 train samples)
     eval/batch_XXX.npy    8 x float32 [32,1,32,32]  (first 256 test samples)
-    eval_labels.npy       int64 [256]
+    eval/labels.npy       int64 [256]
 and rewrites ``README.md``. Data: sklearn's bundled digits (offline).
 
 Regenerate with:  .venv-train/bin/python sample_models/make_samples.py
@@ -27,8 +27,9 @@ from torch import nn
 OUT_DIR = Path(__file__).resolve().parent
 SEED = 0
 N_TRAIN, N_TEST = 1297, 500
-PIP_LINE = ("python3 -m venv .venv-train && .venv-train/bin/pip install "
-            "torch==2.13.0 scikit-learn numpy onnx onnxruntime")
+PIP_LINE = (
+    "python3 -m venv .venv-train && .venv-train/bin/pip install torch==2.13.0 scikit-learn numpy onnx onnxruntime"
+)
 
 
 # ----------------------------------------------------------------------------- data
@@ -40,11 +41,10 @@ def load_data():
     images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
     images = images / 16.0
     labels = torch.from_numpy(digits.target[order].astype(np.int64))
-    x_train, x_test = images[:N_TRAIN], images[N_TRAIN:N_TRAIN + N_TEST]
+    x_train, x_test = images[:N_TRAIN], images[N_TRAIN : N_TRAIN + N_TEST]
     mean, std = x_train.mean().item(), x_train.std().item()
     norm = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
-    return (norm(x_train), labels[:N_TRAIN], norm(x_test),
-            labels[N_TRAIN:N_TRAIN + N_TEST], mean, std)
+    return (norm(x_train), labels[:N_TRAIN], norm(x_test), labels[N_TRAIN : N_TRAIN + N_TEST], mean, std)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Generator):
@@ -52,8 +52,7 @@ def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Genera
     padded = F.pad(x, [max_shift] * 4, value=fill)
     offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
     h, w = x.shape[-2:]
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                        for i, (dy, dx) in enumerate(offsets.tolist())])
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
 # ----------------------------------------------------------------------------- models
@@ -65,9 +64,15 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn_relu(1, 32), conv_bn_relu(32, 32), nn.MaxPool2d(2),
-            conv_bn_relu(32, 64), conv_bn_relu(64, 64), nn.MaxPool2d(2),
-            conv_bn_relu(64, 64), nn.AdaptiveAvgPool2d(1))  # -> GlobalAveragePool
+            conv_bn_relu(1, 32),
+            conv_bn_relu(32, 32),
+            nn.MaxPool2d(2),
+            conv_bn_relu(32, 64),
+            conv_bn_relu(64, 64),
+            nn.MaxPool2d(2),
+            conv_bn_relu(64, 64),
+            nn.AdaptiveAvgPool2d(1),
+        )  # -> GlobalAveragePool
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
@@ -86,7 +91,7 @@ class SelfAttention(nn.Module):
         t, d = self.tokens, self.dim
         split = lambda y: y.reshape(-1, t, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.head_dim ** -0.5, dim=-1)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)
         y = torch.matmul(attn, v).transpose(1, 2).reshape(-1, t, d)
         return self.out(y)
 
@@ -109,8 +114,7 @@ class DigitsTransformer(nn.Module):
         self.patch, self.grid = patch, 32 // patch
         self.embed = nn.Linear(patch * patch, dim)
         self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
-        self.blocks = nn.Sequential(
-            *(EncoderBlock(self.grid ** 2, dim, heads, 2 * dim) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(EncoderBlock(self.grid**2, dim, heads, 2 * dim) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 10)
 
@@ -125,8 +129,7 @@ class DigitsTransformer(nn.Module):
 def train(model, x, y, x_test, y_test, *, epochs, lr, fill, max_shift=3, batch=64):
     gen = torch.Generator().manual_seed(SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(batch):
@@ -136,8 +139,9 @@ def train(model, x, y, x_test, y_test, *, epochs, lr, fill, max_shift=3, batch=6
             opt.step()
             sched.step()
         if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
-            print(f"  epoch {epoch + 1:3d}  loss {loss.item():.4f}  "
-                  f"test acc {torch_accuracy(model, x_test, y_test):.4f}")
+            print(
+                f"  epoch {epoch + 1:3d}  loss {loss.item():.4f}  test acc {torch_accuracy(model, x_test, y_test):.4f}"
+            )
     return model.eval()
 
 
@@ -152,10 +156,17 @@ def export_onnx(model, path: Path, preserve_bn: bool):
     """Legacy TorchScript export; PRESERVE keeps BatchNormalization unfused (eval semantics)."""
     mode = torch.onnx.TrainingMode.PRESERVE if preserve_bn else torch.onnx.TrainingMode.EVAL
     torch.onnx.export(
-        model.eval(), (torch.zeros(1, 1, 32, 32),), str(path), dynamo=False,
-        opset_version=17, input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, training=mode,
-        do_constant_folding=not preserve_bn)  # nothing to fold in the CNN; avoids a warning
+        model.eval(),
+        (torch.zeros(1, 1, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        training=mode,
+        do_constant_folding=not preserve_bn,
+    )  # nothing to fold in the CNN; avoids a warning
     onnx.checker.check_model(onnx.load(str(path)))
 
 
@@ -180,7 +191,7 @@ def write_data(folder: Path, x_train, x_test, y_test):
         (folder / sub).mkdir(parents=True)
         for i, chunk in enumerate(data.split(bs)):
             np.save(folder / sub / f"batch_{i:03d}.npy", chunk.numpy().astype(np.float32))
-    np.save(folder / "eval_labels.npy", y_test[:256].numpy().astype(np.int64))
+    np.save(folder / "eval" / "labels.npy", y_test[:256].numpy().astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- readme
@@ -206,7 +217,7 @@ The script is deterministic (seeds fixed) and overwrites all outputs.
 - Split: shuffle with `numpy.random.RandomState(0).permutation`, first {n_train} train, next {n_test} test.
 - Per model folder: `calib/batch_000..007.npy` float32 [16,1,32,32] (first 128 train samples),
   `eval/batch_000..007.npy` float32 [32,1,32,32] (first 256 test samples),
-  `eval_labels.npy` int64 [256] (labels of the eval batches, in order).
+  `eval/labels.npy` int64 [256] (labels of the eval batches, in order: compare reports top-1/top-5 against them).
 - Models: input `input` [batch,1,32,32] float32 (dynamic batch), output `logits` [batch,10].
 
 ## Models
@@ -226,13 +237,13 @@ SECTION_TEMPLATE = """### `{name}/model.onnx` ({size_kb:.0f} KB)
 
 ARCHS = {
     "cnn": "Conv(1->32,3x3,pad1)+BN+ReLU, Conv(32->32)+BN+ReLU, MaxPool2, Conv(32->64)+BN+ReLU, "
-           "Conv(64->64)+BN+ReLU, MaxPool2, Conv(64->64)+BN+ReLU, GlobalAveragePool, Flatten, "
-           "Gemm(64->10). All convs 3x3 pad 1. BatchNormalization nodes are kept unfused "
-           "(exported with `TrainingMode.PRESERVE` on an eval-mode model).",
+    "Conv(64->64)+BN+ReLU, MaxPool2, Conv(64->64)+BN+ReLU, GlobalAveragePool, Flatten, "
+    "Gemm(64->10). All convs 3x3 pad 1. BatchNormalization nodes are kept unfused "
+    "(exported with `TrainingMode.PRESERVE` on an eval-mode model).",
     "attention": "Patchify 32x32 into 64 patches of 4x4 via Reshape/Transpose -> Linear(16->64) + "
-                 "learned positional embedding; 2 pre-LayerNorm encoder blocks (4-head "
-                 "self-attention with explicit q/k/v/out Linear, MatMul + Softmax; MLP "
-                 "64->128->64 with exact GELU (Erf)); mean over tokens, LayerNorm, Linear(64->10).",
+    "learned positional embedding; 2 pre-LayerNorm encoder blocks (4-head "
+    "self-attention with explicit q/k/v/out Linear, MatMul + Softmax; MLP "
+    "64->128->64 with exact GELU (Erf)); mean over tokens, LayerNorm, Linear(64->10).",
 }
 
 
@@ -240,11 +251,12 @@ def write_readme(results, mean, std):
     sections = []
     for name, r in results.items():
         ops = ", ".join(f"{op} {n}" for op, n in r["ops"].most_common())
-        sections.append(SECTION_TEMPLATE.format(
-            name=name, arch=ARCHS[name], n_test=N_TEST, **{**r, "ops": ops}))
-    (OUT_DIR / "README.md").write_text(README_TEMPLATE.format(
-        pip_line=PIP_LINE, mean=mean, std=std, n_train=N_TRAIN, n_test=N_TEST,
-        sections="\n".join(sections)))
+        sections.append(SECTION_TEMPLATE.format(name=name, arch=ARCHS[name], n_test=N_TEST, **{**r, "ops": ops}))
+    (OUT_DIR / "README.md").write_text(
+        README_TEMPLATE.format(
+            pip_line=PIP_LINE, mean=mean, std=std, n_train=N_TRAIN, n_test=N_TEST, sections="\n".join(sections)
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -271,8 +283,7 @@ def main():
         acc, eval_acc = float(correct.mean()), float(correct[:256].mean())
         assert acc >= target, f"{name}: accuracy {acc:.4f} below target {target}"
         write_data(folder, x_train, x_test, y_test)
-        results[name] = dict(acc=acc, eval_acc=eval_acc, diff=diff, ops=ops,
-                             size_kb=path.stat().st_size / 1024)
+        results[name] = dict(acc=acc, eval_acc=eval_acc, diff=diff, ops=ops, size_kb=path.stat().st_size / 1024)
         print(f"  {name}: onnx acc {acc:.4f}, max diff {diff:.2e}, ops {dict(ops)}")
     write_readme(results, mean, std)
 

@@ -63,12 +63,13 @@ def q(model_path, config=None, **kw):
 # ---------------------------------------------------------------- which files calibrate, which measure
 
 
-def test_calib_limit_uses_exactly_the_first_n_files(model, tmp_path):
-    """File 4 of 6 carries an outlier: with calib_limit=3 it never reaches the ranges (nor x's scale), without
-    the limit it does (file 5 is then held aside to measure the decisions, and added to the final ranges)."""
+def test_calib_limit_uses_exactly_n_files_spread_evenly(model, tmp_path):
+    """calib_limit=3 of 6 files takes files 0, 2 and 5 (evenly spread, in order). File 4 carries an outlier:
+    with the limit it never reaches the ranges (nor x's scale), without the limit it does (file 5 is then held
+    aside to measure the decisions, and added to the final ranges)."""
     c = write_calib(tmp_path / "calib", 6, outlier_at=4)
     limited = q(model, QuantConfig.of(calib_limit=3), calib=c).report
-    first3 = ["b00.npy", "b01.npy", "b02.npy"]
+    first3 = ["b00.npy", "b02.npy", "b05.npy"]
     assert limited.calibration["files"] == first3 and limited.calibration["batches"] == 3
     lo, hi = x_range(c, first3)
     assert (limited.calibration["ranges"]["x"]["min"], limited.calibration["ranges"]["x"]["max"]) == (lo, hi)

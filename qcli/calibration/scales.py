@@ -27,7 +27,7 @@ class FileScales:
             feed = load(item)
             for name, x in feed.items():
                 if x.dtype.kind == "f" and x.size:
-                    self.peaks.setdefault(name, []).append((Path(item).name, float(np.max(np.abs(x)))))
+                    self.peaks.setdefault(name, []).append((item.name, float(np.max(np.abs(x)))))
             yield feed
 
     def outliers(self) -> list[tuple[str, str, float, float]]:

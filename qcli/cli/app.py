@@ -33,6 +33,8 @@ COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latenc
 
     qcli compare model.onnx model.int8.onnx --data eval/
 
+    qcli compare model.onnx model.int8.onnx --data val/ --recipe recipe.toml --max-accuracy-drop 1   # val/<class>/*.jpg
+
     qcli compare model.onnx model.int8.onnx --data eval/ --min-sqnr 25 --max-top1-drop 1 --json
 
     qcli compare model.onnx other_tool.int8.onnx --data eval/ --per-layer     # which layers cost the most
@@ -46,12 +48,19 @@ app.command(help=QUANTIZE_HELP)(quantize)
 def compare(
     reference: Annotated[Path, typer.Argument(help="reference (FP32) model")],
     candidate: Annotated[Path, typer.Argument(help="quantized model")],
-    data: Annotated[Path, typer.Option(help="evaluation data folder (same formats as --calib)")],
+    data: Annotated[Path, typer.Option(help="evaluation data (same formats as quantize --calib)")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="TOML recipe turning raw files into the model's inputs (`qcli recipe`)")
+    ] = None,
     min_sqnr: Annotated[
         float | None, typer.Option(help="gate: fail (exit 1) if any output's SQNR (dB) is lower")
     ] = None,
     max_top1_drop: Annotated[
         float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="gate: fail (exit 1) if top-1 accuracy against the labels drops by more than PCT points"),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
     per_layer: Annotated[
@@ -81,6 +90,8 @@ def compare(
                 ort_config=kv(ort_config),
                 per_layer=per_layer,
                 command=command_line(),
+                recipe=recipe,
+                max_accuracy_drop=max_accuracy_drop,
             )
         except GateFailed as e:
             show(e.report, json_out, top if per_layer else 0)
@@ -120,6 +131,27 @@ def inspect(
     for line in info.lines():
         key, _, rest = line.partition(": ")
         say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
+
+
+RECIPE_HELP = """Print a starting data recipe for a model: its inputs, shapes and dtypes, what was found beside it
+(tokenizer.json, preprocessor_config.json), and a line to set for what could not be inferred.
+
+**Examples**
+
+    qcli recipe model.onnx > recipe.toml
+
+    qcli quantize model.onnx --calib photos/ --recipe recipe.toml
+"""
+
+
+@app.command(help=RECIPE_HELP)
+def recipe(
+    model: Annotated[Path, typer.Argument(help="ONNX model (read only)")],
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    with errors(debug):
+        text = inspection.starting_recipe(model)
+    sys.stdout.write(text)
 
 
 @app.callback(invoke_without_command=True)

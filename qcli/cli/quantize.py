@@ -24,6 +24,10 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 
     qcli quantize model.onnx --calib data/ -o model.int8.onnx
 
+    qcli quantize model.onnx --calib photos/ --recipe recipe.toml     # raw files (qcli recipe)
+
+    qcli quantize encoder/model.onnx --calib sentences.txt     # tokenizer.json beside the model
+
     qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
 
     qcli quantize model.onnx --scheme dynamic -o model.dyn.onnx     # no calibration data
@@ -47,7 +51,16 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (never modified)")],
     calib: Annotated[
-        Path | None, typer.Option(help="calibration data folder (`*.npy`, `*.npz` or `<sample>/<input>.npy`)")
+        Path | None,
+        typer.Option(
+            help="calibration data: a folder of `*.npy`, `*.npz` or `<sample>/<input>.npy` batches, or raw files (images, a .txt/.jsonl file) read through --recipe"
+        ),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML recipe turning raw files into the model's inputs, for --calib and --eval (`qcli recipe MODEL` writes one)"
+        ),
     ] = None,
     output: Annotated[
         Path | None,
@@ -278,6 +291,7 @@ def quantize(
                 ort_config=kv(ort_config),
                 command=command_line(),
                 strict=strict,
+                recipe=recipe,
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)

@@ -51,8 +51,7 @@ class FeedSource:
 
     def __post_init__(self) -> None:
         self.items = _discover(self.folder, self.specs)
-        if self.limit is not None:
-            self.items = self.items[: self.limit]
+        self.items = spread(self.items, self.limit)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -60,6 +59,19 @@ class FeedSource:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for item in self.items:
             yield self.load(item)
+
+    def labels(self) -> np.ndarray | None:
+        """DIR/labels.npy: one integer class per sample of the folder's batches, in order (all of them only)."""
+        path = Path(self.folder) / "labels.npy"
+        if not path.is_file():
+            return None
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"cannot read {path} ({type(e).__name__}: {e})") from e
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InputError(f"{path} must hold one integer class per sample (got {labels.dtype} {list(labels.shape)})")
+        return labels.astype(np.int64)
 
     def load(self, item: Path) -> dict[str, np.ndarray]:
         feed = _read(item, self.specs)
@@ -69,11 +81,20 @@ class FeedSource:
         return feed
 
 
+def spread(items: list, limit: int | None) -> list:
+    """`limit` items evenly spread over the list (all of them when it holds no more), in order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    picks = np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))
+    return [items[i] for i in picks]
+
+
 def _discover(folder: Path, specs: list[InputSpec]) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"data folder not found: {folder}")
-    npy, npz = sorted(folder.glob("*.npy")), sorted(folder.glob("*.npz"))
+    npy = sorted(p for p in folder.glob("*.npy") if p.name != "labels.npy")  # labels.npy: the samples' classes
+    npz = sorted(folder.glob("*.npz"))
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
     kinds = [k for k, v in (("*.npy", npy), ("*.npz", npz), ("sample folders", dirs)) if v]
     if not kinds:
@@ -145,6 +166,12 @@ class FidelityData:
     items: list[Path]
     desc: str
     in_sample: bool = False  # the files the ranges were fitted on (fewer than 5 calibration files, no --eval)
+
+    def labels(self) -> np.ndarray | None:
+        """The samples' classes, where the source has labels and these are all of its files, in order."""
+        if self.src is None or list(self.items) != list(self.src.items):
+            return None
+        return self.src.labels()
 
     def feeds(self, advance: Callable[[], None] = lambda: None) -> Iterator[dict[str, np.ndarray]]:
         for item in self.items:

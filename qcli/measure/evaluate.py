@@ -158,14 +158,21 @@ def fidelity(
     feeds: Iterable[dict[str, np.ndarray]],
     config: Mapping[str, str] | None = None,
     candidate_ours: bool = False,
+    on_batch: Callable[[dict, dict], None] | None = None,
 ) -> list[OutputFidelity]:
     """Fidelity per output of `cand` against `ref` (model paths, sessions open already (see pair()), or for the
-    reference its outputs recorded on these very batches)."""
+    reference its outputs recorded on these very batches). on_batch sees each batch's outputs, by name, of both
+    (accuracy against labels)."""
     with pair(ref, cand, config, candidate_ours) as (ref, cand):
-        return _fidelity(ref, cand, feeds)
+        return _fidelity(ref, cand, feeds, on_batch)
 
 
-def _fidelity(ref: Session | Recorded, cand: Session, feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputFidelity]:
+def _fidelity(
+    ref: Session | Recorded,
+    cand: Session,
+    feeds: Iterable[dict[str, np.ndarray]],
+    on_batch: Callable[[dict, dict], None] | None = None,
+) -> list[OutputFidelity]:
     names = ref.outputs()
     diffs = []
     for kind, r_names, c_names in (("inputs", ref.inputs(), cand.inputs()), ("outputs", names, cand.outputs())):
@@ -180,8 +187,11 @@ def _fidelity(ref: Session | Recorded, cand: Session, feeds: Iterable[dict[str, 
     meters = {n: _OutputMeter(n in scores) for n in names}
     count = 0
     for feed in feeds:
-        for n, r, c in zip(names, ref.run(names, feed), cand.run(names, feed)):
+        r_out, c_out = ref.run(names, feed), cand.run(names, feed)
+        for n, r, c in zip(names, r_out, c_out):
             meters[n].add(r, c)
+        if on_batch is not None:
+            on_batch(dict(zip(names, r_out)), dict(zip(names, c_out)))
         count += 1
     if count == 0:
         raise InputError("no evaluation batches were read")

@@ -124,3 +124,11 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.warnings += seen.warnings
     info.candidates_label = handler.candidates_label
     return info
+
+
+def starting_recipe(model_path: Path) -> str:
+    """`qcli recipe`: a starting data recipe for the model (its graph only; weights are not read)."""
+    from qcli.io.recipes import starting_recipe as write
+
+    model_path = Path(model_path)
+    return write(model_path, input_specs(model_io.load(model_path, weights=False)))

@@ -13,10 +13,11 @@ from qcli.core import hostcpu
 _CHUNK = 1 << 20
 
 
-def data_hash(files: list[Path]) -> str:
-    """sha256 over each file's name and bytes, in order (streamed: no file is held in memory)."""
+def data_hash(files: list) -> str:
+    """sha256 over each file's name and bytes, in order (streamed: no file is held in memory). Raw samples
+    (recipes.RawItem: a file, or a line of one) count their file once."""
     h = hashlib.sha256()
-    for path in files:
+    for path in dict.fromkeys(getattr(f, "path", f) for f in files):
         h.update(Path(path).name.encode() + b"\0")
         targets = sorted(Path(path).rglob("*.npy")) if Path(path).is_dir() else [Path(path)]
         for f in targets:
@@ -33,12 +34,16 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def provenance(data: dict[str, list[Path]], command: str | None = None) -> dict:
+def provenance(data: dict[str, list], command: str | None = None) -> dict:
     cpu = hostcpu.host()
     return {
         "versions": {d: _version(d) for d in ("qcli", "onnx", "onnxruntime", "numpy")}
         | {"python": platform.python_version()},
         "cpu": cpu.to_dict() | {"flags": sorted(f for f in cpu.flags or () if f.startswith(("avx", "amx", "sse4")))},
         "command": command,
-        "data": {k: {"files": len(v), "sha256": data_hash(v)} for k, v in data.items() if v},
+        "data": {k: {"files": _count(v), "sha256": data_hash(v)} for k, v in data.items() if v},
     }
+
+
+def _count(items: list) -> int:
+    return len(dict.fromkeys(getattr(i, "path", i) for i in items))

@@ -71,8 +71,18 @@ def _measured_rows(r: Report) -> list[tuple[str, str]]:
         top1 = f", top-1 agreement {f.top1_agreement * 100:.1f}%" if f.top1_agreement is not None else ""
         sq = "inf" if math.isinf(f.sqnr_db) else f"{f.sqnr_db:.1f} dB"
         rows.append((f"output {f.name}", f"SQNR {sq}, cosine {f.cosine:.5f}, max abs err {f.max_abs:.4g}{top1}"))
+    if r.accuracy:
+        a = r.accuracy
+        tops = ", ".join(
+            f"top-{k} {a[f'top{k}']['reference'] * 100:.1f}% -> {a[f'top{k}']['candidate'] * 100:.1f}% "
+            f"(drop {a[f'top{k}']['drop_pct']:.1f} pt)"
+            for k in (1, 5)
+        )
+        rows.append((f"accuracy vs labels ({a['samples']} samples)", tops))
     if r.fidelity_data:
         rows.append(("fidelity data", r.fidelity_data))
+    if r.recipe:
+        rows.append(("data recipe", r.recipe["origin"]))
     return rows
 
 

@@ -37,6 +37,8 @@ class Report:
     bias_correction: dict | None = None  # W8A8's bias correction: applied or not, measured before and after
     weight_errors: dict | None = None  # weight-only: per weight, relative weight error and output error
     provenance: dict | None = None  # versions, CPU, command line, data hashes (provenance.py)
+    recipe: dict | None = None  # raw data: the recipe it was read through, resolved, with its files' hashes
+    accuracy: dict | None = None  # against labels: top-1/top-5 of both models and the drop (measure/accuracy.py)
 
     def to_dict(self) -> dict:
         return {
@@ -62,6 +64,8 @@ class Report:
             "bias_correction": self.bias_correction,
             "weight_errors": self.weight_errors,
             "provenance": self.provenance,
+            "recipe": self.recipe,
+            "accuracy": self.accuracy,
             "gates": self.gates,
             "float_for_speed": self.float_for_speed,
             "float_for_accuracy": self.float_for_accuracy,

@@ -91,9 +91,9 @@ def test_help_shows_examples():
 BAD = {
     "missing model": (lambda d: ["quantize", d / "nope.onnx", "--calib", d / "calib"], "model file not found"),
     "not onnx": (lambda d: ["quantize", d / "junk.onnx", "--calib", d / "calib"], "cannot read"),
-    "missing calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nodir"], "data folder not found"),
+    "missing calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nodir"], "data not found"),
     "no calib for w8a8": (lambda d: ["quantize", d / "m.onnx"], "needs calibration data"),
-    "empty calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "empty"], "holds no *.npy"),
+    "empty calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "empty"], "holds no .npy/.npz arrays"),
     "wrong shape": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badshape"], "dimension 1 must be 3"),
     "wrong rank": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badrank"], "rank 4"),
     "nan": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nan"], "NaN"),

@@ -1,0 +1,59 @@
+"""Data recipes: raw files (images, text, ...) -> a model's inputs, and the one place that opens a data path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qcli.core.errors import InputError
+from qcli.io.feeds import FeedSource, InputSpec, spread
+from qcli.io.recipes import constant, image, text  # noqa: F401  (register the kinds)
+from qcli.io.recipes.infer import infer_recipe, starting_recipe
+from qcli.io.recipes.recipe import KINDS, Recipe, load_recipe, parse_recipe
+from qcli.io.recipes.source import RawItem, RawSource
+
+__all__ = ["KINDS", "Recipe", "RawItem", "RawSource", "load_recipe", "parse_recipe", "open_source"]
+__all__ += ["infer_recipe", "starting_recipe", "spread", "data_recipe", "is_array_data"]
+
+
+def is_array_data(path: Path) -> bool:
+    """A folder of .npy/.npz batches (or <sample>/<input>.npy folders): read as given, never through a recipe."""
+    if not path.is_dir():
+        return False
+    if any(p.name != "labels.npy" for p in path.glob("*.np[yz]")):
+        return True
+    return any(p.is_dir() and any(p.glob("*.npy")) for p in path.iterdir())
+
+
+def open_source(
+    data: Path,
+    specs: list[InputSpec],
+    model_path: Path,
+    recipe: Path | None = None,
+    limit: int | None = None,
+    also: tuple[tuple[str, list[InputSpec]], ...] = (),
+    metadata: dict[str, str] | None = None,
+) -> FeedSource | RawSource:
+    """The batches at `data` for a model: .npy/.npz as they are; raw files through `recipe`, or through the
+    recipe the files beside the model give (tokenizer.json, preprocessor_config.json)."""
+    data, name = Path(data), Path(model_path).name
+    if not data.exists():
+        raise InputError(f"data not found: {data}")
+    if is_array_data(data):
+        return FeedSource(data, specs, limit, model=name, also=also)
+    r = load_recipe(recipe, specs) if recipe else infer_recipe(model_path, specs, data)
+    if r is None:
+        raise InputError(
+            f"{data} holds no .npy/.npz arrays; to read images, text or audio, pass a recipe: "
+            f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"
+        )
+    return RawSource(data, specs, r, limit, name, also, metadata)
+
+
+def data_recipe(*sources) -> dict | None:
+    """The recipe the raw sources were read through, resolved, for the report (None for .npy/.npz data)."""
+    recipes = [s.recipe for s in sources if isinstance(s, RawSource)]
+    if not recipes:
+        return None
+    out = recipes[0].to_dict()
+    truncated = sum(getattr(t, "truncated", [0])[0] for r in recipes for t in r.tables)
+    return out | ({"truncated_samples": truncated} if truncated else {})

@@ -1,0 +1,123 @@
+"""Raw files read through a recipe, one sample per batch, in a deterministic order: the same interface as
+feeds.FeedSource (items, load), so everything downstream streams raw data as it streams .npy batches.
+
+A folder holds the files of the recipe's reading kind, either directly or in class folders (`DIR/<class>/...`,
+whose labels labels.py maps to output indices); a single .txt/.jsonl file is a folder of its lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qcli.core.errors import InputError
+from qcli.io.feeds import InputSpec, spread, validate
+from qcli.io.recipes.labels import class_index
+from qcli.io.recipes.recipe import Recipe
+
+IGNORED = {"labels.txt", "labels.npy", "recipe.toml"}
+
+
+@dataclass(frozen=True)
+class RawItem:
+    path: Path
+    index: int = 0  # the sample inside the file (a text file's line)
+    label: int | None = None  # the class, from a class folder
+    in_class_folder: bool = False
+
+    @property
+    def name(self) -> str:
+        """How reports name the sample: the file (its class folder too), and the line of a text file."""
+        name = f"{self.path.parent.name}/{self.path.name}" if self.in_class_folder else self.path.name
+        return f"{name}:{self.index + 1}" if self.path.suffix.lower() in (".txt", ".jsonl") else name
+
+
+class RawSource:
+    def __init__(
+        self,
+        folder: Path,
+        specs: list[InputSpec],
+        recipe: Recipe,
+        limit: int | None = None,
+        model: str | None = None,
+        also: tuple[tuple[str, list[InputSpec]], ...] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.folder, self.specs, self.recipe, self.model, self.also = Path(folder), specs, recipe, model, also
+        files, folders = discover(self.folder, recipe.reader.suffixes)
+        self.class_folders = sorted({f.parent.name for f in files}) if folders else []
+        classes, self.labels_from = class_index(self.folder, self.class_folders, metadata or {})
+        self.items = [
+            RawItem(f, i, classes.get(f.parent.name) if folders and classes else None, folders)
+            for f in files
+            for i in range(recipe.reader.count(f))
+        ]
+        if not self.items:
+            raise InputError(f"{self.folder}: no samples (empty files)")
+        self.items = spread(self.items, limit)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for item in self.items:
+            yield self.load(item)
+
+    def load(self, item: RawItem) -> dict[str, np.ndarray]:
+        feed = self.recipe.feed(item.path, item.index)
+        validate(feed, self.specs, item.path, self.model)
+        for name, specs in self.also:
+            validate(feed, specs, item.path, name)
+        return feed
+
+    def labels(self) -> np.ndarray | None:
+        """The class of every sample, in order, where the files sit in mapped class folders."""
+        if not self.items or any(i.label is None for i in self.items):
+            return None
+        return np.array([i.label for i in self.items], np.int64)
+
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(i.path for i in self.items))
+
+
+def discover(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
+    """(the data files in a deterministic order; whether they sit in class folders). A file given directly is
+    its own list."""
+    if path.is_file():
+        if path.suffix.lower() not in suffixes:
+            raise InputError(f"{path}: the recipe reads {', '.join(suffixes)} files, not {path.suffix or 'this'}")
+        return [path], False
+    if not path.is_dir():
+        raise InputError(f"data not found: {path}")
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.name not in IGNORED)
+    dirs, loose = [p for p in entries if p.is_dir()], [p for p in entries if p.is_file()]
+    if dirs and loose:
+        raise InputError(
+            f"{path} mixes files ({loose[0].name}) and folders ({dirs[0].name}); put every file in a class "
+            "folder (DIR/<class>/...), or none"
+        )
+    files = (
+        loose
+        if not dirs
+        else _round_robin([sorted(f for f in d.iterdir() if not f.name.startswith(".")) for d in dirs])
+    )
+    other = [f for f in files if f.suffix.lower() not in suffixes or not f.is_file()]
+    if other:
+        raise InputError(
+            f"{path}: {other[0].relative_to(path)} is not a kind the recipe reads ({', '.join(suffixes)}); "
+            "keep one kind of data per folder"
+        )
+    if not files:
+        raise InputError(f"{path}: no {', '.join(suffixes)} files")
+    return files, bool(dirs)
+
+
+def _round_robin(groups: list[list[Path]]) -> list[Path]:
+    """Class folders' files interleaved (a1, b1, a2, b2, ...), so any evenly spread subset, and the fifth held
+    aside from calibration, spans every class."""
+    out: list[Path] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out

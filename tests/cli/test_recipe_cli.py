@@ -1,0 +1,57 @@
+"""`qcli recipe` prints a starting recipe that loads as it is printed; raw data from the command line."""
+
+from pathlib import Path
+
+import onnx
+import tomllib
+from typer.testing import CliRunner
+
+from qcli.cli.app import app
+from qcli.io.feeds import input_specs
+from qcli.io.recipes import load_recipe
+from tests.io.recipes.texts import SENTENCES, encoder, write_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+CNN = ROOT / "sample_models" / "cnn"
+
+
+def test_the_starting_recipe_of_an_image_model_loads_as_printed(tmp_path):
+    r = CliRunner().invoke(app, ["recipe", str(CNN / "model.onnx")])
+    assert r.exit_code == 0, r.output
+    doc = tomllib.loads(r.stdout)
+    assert doc["inputs"]["input"] | {} == {
+        "kind": "image",
+        "layout": "NCHW",
+        "resize": [32, 32],
+        "color": "L",
+        "mean": 0,
+        "std": 255,
+    }
+    (tmp_path / "r.toml").write_text(r.stdout)
+    load_recipe(tmp_path / "r.toml", input_specs(onnx.load(CNN / "model.onnx")))
+
+
+def test_a_text_model_from_a_text_file_with_no_recipe(tmp_path):
+    m = encoder(tmp_path / "enc")
+    r = CliRunner().invoke(app, ["recipe", str(m)])
+    assert 'kind = "text"' in r.stdout and "NOT found beside the model" in r.stdout
+    write_tokenizer(tmp_path / "enc" / "tokenizer.json")
+    r = CliRunner().invoke(app, ["recipe", str(m)])
+    assert "found beside the model" in r.stdout and "NOT" not in r.stdout
+    (tmp_path / "s.txt").write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(
+        app, ["quantize", str(m), "--calib", str(tmp_path / "s.txt"), "-o", str(out), "--min-macs", "0"]
+    )
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
+def test_raw_data_without_a_recipe_says_how_to_write_one(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    r = CliRunner().invoke(
+        app, ["quantize", str(CNN / "model.onnx"), "--calib", str(tmp_path / "photos"), "-o", str(tmp_path / "q.onnx")]
+    )
+    assert r.exit_code == 2
+    assert "qcli recipe" in r.output and "--recipe recipe.toml" in r.output

@@ -156,3 +156,21 @@ def test_quantize_from_pictures_equals_quantize_from_the_reference_pixels(tmp_pa
         assert got.scale == pytest.approx(a.scale, rel=1e-5) and got.zero_point == a.zero_point
     assert raw.report.fidelity[0].sqnr_db == pytest.approx(arr.report.fidelity[0].sqnr_db, abs=0.05)
     assert raw.report.recipe["inputs"]["x"]["crop"] == [16, 16]
+
+
+def test_quantize_with_labelled_eval_reports_accuracy_too(labelled):
+    t = labelled
+    write_pictures(t / "calib", 12, seed=3)
+    r = quantize(
+        t / "m.onnx",
+        QuantConfig(),
+        calib=t / "calib",
+        eval_dir=t / "val",
+        out=t / "q" / "q.onnx",
+        latency_runs=2,
+        recipe=t / "r.toml",
+    )
+    files = [(p, NAMES.index(p.parent.name)) for p in sorted((t / "val").glob("*/*.png"))]
+    want = direct_accuracy(t / "m.onnx", t / "q" / "q.onnx", files)
+    assert r.report.accuracy["top1"]["candidate"] == want["candidate"][0] / 30
+    assert json.loads((t / "q" / "q.onnx.report.json").read_text())["accuracy"] == r.report.accuracy

@@ -24,9 +24,9 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
 
     qcli quantize model.onnx --calib data/ -o model.int8.onnx
 
-    qcli quantize model.onnx --calib photos/ --recipe recipe.toml     # raw files (qcli recipe)
+    qcli quantize model.onnx --calib photos/ --recipe recipe.toml   # raw files
 
-    qcli quantize encoder/model.onnx --calib sentences.txt     # tokenizer.json beside the model
+    qcli quantize encoder.onnx --calib sentences.txt   # tokenizer.json beside it
 
     qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
 

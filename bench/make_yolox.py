@@ -70,6 +70,11 @@ def spp(net: Net, x: str, name: str) -> str:
     return base(net, net.op("Concat", [y, *pools], f"{name}/Concat", axis=1), net.channels(x), 1, f"{name}/conv2")
 
 
+def fuse(net: Net, a: str, b: str, cout: int, cat: str, name: str) -> str:
+    """One PAFPN step: two levels concatenated along channels, then a CSP block without shortcuts."""
+    return csp(net, net.op("Concat", [a, b], cat, axis=1), cout, 1, False, name)
+
+
 def upsample(net: Net, x: str, name: str) -> str:
     scales = net.const("resize_scales", np.array([1, 1, 2, 2], dtype=np.float32))
     return net.op("Resize", [x, "", scales], name, mode="nearest")
@@ -105,30 +110,14 @@ def build(rng: np.random.Generator, images: np.ndarray) -> Net:
     d5 = csp(net, x, WIDTHS[4], 1, False, "backbone/dark5/2")
     lat0 = base(net, d5, WIDTHS[3], 1, "neck/lateral_conv0")
     net.pin(lat0)
-    x = csp(
-        net,
-        net.op("Concat", [upsample(net, lat0, "neck/up0"), d4], "neck/cat0", axis=1),
-        WIDTHS[3],
-        1,
-        False,
-        "neck/C3_p4",
-    )
+    x = fuse(net, upsample(net, lat0, "neck/up0"), d4, WIDTHS[3], "neck/cat0", "neck/C3_p4")
     red1 = base(net, x, WIDTHS[2], 1, "neck/reduce_conv1")
     net.pin(red1)
-    p3 = csp(
-        net,
-        net.op("Concat", [upsample(net, red1, "neck/up1"), d3], "neck/cat1", axis=1),
-        WIDTHS[2],
-        1,
-        False,
-        "neck/C3_p3",
-    )
+    p3 = fuse(net, upsample(net, red1, "neck/up1"), d3, WIDTHS[2], "neck/cat1", "neck/C3_p3")
     net.pin(p3)
-    x = net.op("Concat", [base(net, p3, WIDTHS[2], 3, "neck/bu_conv2", 2), red1], "neck/cat2", axis=1)
-    p4 = csp(net, x, WIDTHS[3], 1, False, "neck/C3_n3")
+    p4 = fuse(net, base(net, p3, WIDTHS[2], 3, "neck/bu_conv2", 2), red1, WIDTHS[3], "neck/cat2", "neck/C3_n3")
     net.pin(p4)
-    x = net.op("Concat", [base(net, p4, WIDTHS[3], 3, "neck/bu_conv1", 2), lat0], "neck/cat3", axis=1)
-    p5 = csp(net, x, WIDTHS[4], 1, False, "neck/C3_n4")
+    p5 = fuse(net, base(net, p4, WIDTHS[3], 3, "neck/bu_conv1", 2), lat0, WIDTHS[4], "neck/cat3", "neck/C3_n4")
     levels = [head(net, p, i) for i, p in enumerate((p3, p4, p5))]
     y = net.op("Concat", levels, "head/Concat_levels", axis=2)
     net.op("Transpose", [y], "output", perm=[0, 2, 1])

@@ -9,6 +9,7 @@ truncation at `max_length` (counted), or refused with `truncation = false`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,40 +88,36 @@ class TextInput:
         return {"kind": "text", "tokenizer": str(self.tokenizer), "inputs": dict(self.names), **out}
 
 
-_CACHE: dict[tuple, object] = {}
-_LINES: dict[Path, tuple[float, list[str]]] = {}
-
-
 def _lines(path: Path) -> list[str]:
-    """The non-blank lines of a text file (read once per modification time)."""
-    stamp = path.stat().st_mtime
-    if path not in _LINES or _LINES[path][0] != stamp:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: not UTF-8 text ({e})") from e
-        _LINES.clear()
-        _LINES[path] = (stamp, [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()])
-    return _LINES[path][1]
+    """The non-blank lines of a text file (read once per modification time, a few files kept: calibration and
+    evaluation files read in turn are not read again for every sample)."""
+    return _read_lines(path, path.stat().st_mtime_ns)
 
 
+@functools.lru_cache(maxsize=8)
+def _read_lines(path: Path, stamp: int) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e})") from e
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+
+
+@functools.lru_cache(maxsize=4)
 def _load_tokenizer(path: Path, max_length: int, padding: str):
-    key = (path, max_length, padding)
-    if key not in _CACHE:
-        try:
-            from tokenizers import Tokenizer
-        except ModuleNotFoundError as e:
-            raise InputError("text recipes need the `tokenizers` package: pip install tokenizers") from e
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # the library raises plain Exceptions on malformed files
-            raise InputError(f"{path}: cannot read it as a tokenizer.json ({e})") from e
-        tok.no_padding()
-        if padding == "max_length":
-            tok.enable_padding(length=max_length)
-        tok.enable_truncation(max_length)
-        _CACHE[key] = tok
-    return _CACHE[key]
+    try:
+        from tokenizers import Tokenizer
+    except ModuleNotFoundError as e:
+        raise InputError("text recipes need the `tokenizers` package: pip install tokenizers") from e
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises plain Exceptions on malformed files
+        raise InputError(f"{path}: cannot read it as a tokenizer.json ({e})") from e
+    tok.no_padding()
+    if padding == "max_length":
+        tok.enable_padding(length=max_length)
+    tok.enable_truncation(max_length)
+    return tok
 
 
 @KINDS.register("text")

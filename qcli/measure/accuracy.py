@@ -36,9 +36,9 @@ class AccuracyMeter:
         if y.size and (y.min() < 0 or y.max() >= ref.shape[-1]):
             raise InputError(f"a label ({int(y.max())}) is not a class of output {self.output!r} ({ref.shape[-1]})")
         for who, scores in (("reference", ref), ("candidate", cand)):
+            order = np.argsort(-scores.reshape(n, -1), axis=1, kind="stable")[:, : max(TOPS)]
             for k in TOPS:
-                top = np.argsort(-scores.reshape(n, -1), axis=1, kind="stable")[:, :k]
-                self.hits[who][k] += int(np.sum(np.any(top == y[:, None], axis=1)))
+                self.hits[who][k] += int(np.sum(np.any(order[:, :k] == y[:, None], axis=1)))
         self.seen += n
 
     def result(self) -> dict:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from qcli.core.errors import InputError
-from qcli.io.feeds import FeedSource, InputSpec, spread
+from qcli.io.feeds import FeedSource, InputSpec
 from qcli.io.recipes import constant, image, text  # noqa: F401  (register the kinds)
 from qcli.io.recipes.infer import infer_recipe, starting_recipe
 from qcli.io.recipes.recipe import KINDS, Recipe, load_recipe, parse_recipe
 from qcli.io.recipes.source import RawItem, RawSource
 
 __all__ = ["KINDS", "Recipe", "RawItem", "RawSource", "load_recipe", "parse_recipe", "open_source"]
-__all__ += ["infer_recipe", "starting_recipe", "spread", "data_recipe", "is_array_data"]
+__all__ += ["infer_recipe", "starting_recipe", "data_recipe", "is_array_data"]
 
 
 def is_array_data(path: Path) -> bool:
@@ -43,7 +43,7 @@ def open_source(
     r = load_recipe(recipe, specs) if recipe else infer_recipe(model_path, specs, data)
     if r is None:
         raise InputError(
-            f"{data} holds no .npy/.npz arrays; to read images, text or audio, pass a recipe: "
+            f"{data} holds no .npy/.npz arrays; to read images or text, pass a recipe: "
             f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"
         )
     return RawSource(data, specs, r, limit, name, also, metadata)

@@ -140,4 +140,4 @@ def check_complete(recipe: Recipe, specs: list[InputSpec]) -> None:
     readers = [t.kind for t in recipe.tables if t.suffixes]
     if len(readers) != 1:
         what = "no table reads the data files" if not readers else f"{len(readers)} tables read files ({readers})"
-        raise InputError(f"recipe {recipe.origin}: {what}; one image, text or audio table reads each sample")
+        raise InputError(f"recipe {recipe.origin}: {what}; one image or text table reads each sample")

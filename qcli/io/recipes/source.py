@@ -78,9 +78,6 @@ class RawSource:
             return None
         return np.array([i.label for i in self.items], np.int64)
 
-    def files(self) -> list[Path]:
-        return list(dict.fromkeys(i.path for i in self.items))
-
 
 def discover(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
     """(the data files in a deterministic order; whether they sit in class folders). A file given directly is

@@ -38,11 +38,13 @@ def measure(
     with evaluate.pair(ref, cand, ort_config, candidate_ours) as (ref_sess, cand_sess):
         on_batch = meter.add if meter else None
         report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance), on_batch=on_batch)
-        report.accuracy = meter.result() if meter else None
+        report.accuracy = meter.result() | {"labels": data.src.labels_from} if meter else None
         report.fidelity_data = data.desc
         report.fidelity_files = [p.name for p in data.items]
         first = data.src.load(data.items[0])
         report.latency = evaluate.latency(ref_sess, cand_sess, first, runs=runs, on_run=progress("latency runs", runs))
+    if data.src.unlabelled:
+        report.notes.append(f"accuracy against labels not measured: {data.src.unlabelled}")
     if ort_config:
         report.notes.append(
             "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())

@@ -60,6 +60,13 @@ class FeedSource:
         for item in self.items:
             yield self.load(item)
 
+    unlabelled = None  # (raw sources: why class folders gave no labels)
+
+    @property
+    def labels_from(self) -> str | None:
+        path = Path(self.folder) / "labels.npy"
+        return str(path) if path.is_file() else None
+
     def labels(self) -> np.ndarray | None:
         """DIR/labels.npy: one integer class per sample of the folder's batches, in order (all of them only)."""
         path = Path(self.folder) / "labels.npy"

@@ -48,7 +48,10 @@ class RawSource:
         self.folder, self.specs, self.recipe, self.model, self.also = Path(folder), specs, recipe, model, also
         files, folders = discover(self.folder, recipe.reader.suffixes)
         self.class_folders = sorted({f.parent.name for f in files}) if folders else []
-        classes, self.labels_from = class_index(self.folder, self.class_folders, metadata or {})
+        classes, why = class_index(self.folder, self.class_folders, metadata or {})
+        # where the labels come from; or why class folders give none (a note, not silence)
+        self.labels_from = why if classes else None
+        self.unlabelled = why if self.class_folders and not classes else None
         self.items = [
             RawItem(f, i, classes.get(f.parent.name) if folders and classes else None, folders)
             for f in files

@@ -1,6 +1,7 @@
 """kind = "image": the issue's recipe as written, each key against an independent numpy/Pillow reference, and
 the errors a person hits, each one clear line naming the key or the file."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,23 @@ def test_folders_mixing_kinds_or_layouts_are_refused(tmp_path):
     write_pictures(tmp_path / "c", 1)
     with pytest.raises(InputError, match=r"holds no .npy/.npz arrays; to read images or text, pass a recipe"):
         open_source(tmp_path / "c", specs, m)
+
+
+def test_a_preprocessor_config_beside_the_model_gives_the_recipe(tmp_path):
+    """Hugging Face's image processor settings (0-1 mean/std after rescaling, PIL filter codes) become the
+    recipe's 0-255 keys; the pixels equal the reference preprocessing with the same settings."""
+    files = write_pictures(tmp_path / "photos", 3, sizes=((300, 260), (260, 400), (512, 256)))
+    m = model(tmp_path, ["N", 3, 224, 224], name="pixel_values")
+    config = {
+        "do_resize": True, "size": {"shortest_edge": 256}, "resample": 2,
+        "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    }  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    src = open_source(tmp_path / "photos", input_specs(onnx.load(m)), m)
+    assert src.recipe.origin == "preprocessor_config.json beside the model"
+    assert src.recipe.origins["mean"] == "preprocessor_config.json"
+    mean, std = [v * 255 for v in config["image_mean"]], [v * 255 for v in config["image_std"]]
+    for path, item in zip(files, src.items):
+        np.testing.assert_allclose(src.load(item)["pixel_values"], reference(path, 256, 224, mean, std), atol=1e-5)

@@ -67,7 +67,7 @@ def test_compare_reports_accuracy_against_class_folders_and_gates_on_the_drop(la
     want = direct_accuracy(t / "m.onnx", t / "rolled.onnx", files)
     r = compare(t / "m.onnx", t / "rolled.onnx", t / "val", recipe=t / "r.toml", latency_runs=2)
     acc = r.accuracy
-    assert acc["samples"] == 30 and acc["output"] == "logits"
+    assert acc["samples"] == 30 and acc["output"] == "logits" and acc["labels"] == str(t / "val" / "labels.txt")
     for k, i in (("top1", 0), ("top5", 1)):
         assert acc[k]["reference"] == want["reference"][i] / 30 and acc[k]["candidate"] == want["candidate"][i] / 30
     assert acc["top1"]["reference"] == 1.0 and acc["top1"]["drop_pct"] == pytest.approx(
@@ -123,7 +123,10 @@ def test_class_names_from_integer_folders_metadata_or_an_error(labelled):
     (t / "val" / "labels.txt").unlink()
     src = open_source(t / "val", specs, m, t / "r.toml", metadata={"names": repr(dict(enumerate(NAMES)))})
     assert [i.label for i in src.items] == [NAMES.index(i.path.parent.name) for i in src.items]
-    assert "no labels.txt" in open_source(t / "val", specs, m, t / "r.toml").labels_from
+    assert "no labels.txt" in open_source(t / "val", specs, m, t / "r.toml").unlabelled
+    unmapped = compare(m, t / "rolled.onnx", t / "val", recipe=t / "r.toml", latency_runs=2)
+    assert unmapped.accuracy is None
+    assert any(n.startswith("accuracy against labels not measured: class folders, but no") for n in unmapped.notes)
     for d in sorted((t / "val").iterdir()):
         d.rename(t / "val" / d.name.removeprefix("class"))
     src = open_source(t / "val", specs, m, t / "r.toml")

@@ -23,8 +23,8 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p demo_out
-	$(BIN)/qcli quantize sample_models/cnn/model.onnx --calib sample_models/cnn/calib -o demo_out/cnn.int8.onnx
-	$(BIN)/qcli compare sample_models/cnn/model.onnx demo_out/cnn.int8.onnx --data sample_models/cnn/eval --min-sqnr 20 --max-top1-drop 2
+	$(BIN)/qcli quantize sample_models/cnn/model.onnx --calib sample_models/cnn/images/calib --recipe sample_models/cnn/recipe.toml -o demo_out/cnn.int8.onnx
+	$(BIN)/qcli compare sample_models/cnn/model.onnx demo_out/cnn.int8.onnx --data sample_models/cnn/images/eval --recipe sample_models/cnn/recipe.toml --min-sqnr 20 --max-accuracy-drop 1
 	$(BIN)/qcli quantize sample_models/attention/model.onnx --scheme w4a16 --eval sample_models/attention/eval -o demo_out/attention.int4.onnx
 
 bench: $(STAMP)

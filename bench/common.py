@@ -41,10 +41,12 @@ def iter_samples(data_dir: Path, input_names: list[str]):
     """Read a calib/ or eval/ folder one file at a time: a feed dict per file, sorted by file name.
 
     A .npy file is one batch for a single-input model; a .npz file holds one array per model
-    input, named after it.
+    input, named after it. labels.npy holds the samples' classes (as qcli reads it), not a batch.
     """
     found = False
     for path in sorted(Path(data_dir).iterdir()):
+        if path.name == "labels.npy":
+            continue
         if path.suffix == ".npy":
             if len(input_names) != 1:
                 raise ValueError(f"{path}: .npy data needs a single-input model, got {input_names}")

@@ -121,7 +121,8 @@ def eval_dir(model: str, quick: bool) -> Path:
     subset = CACHE / "quick-eval" / model
     shutil.rmtree(subset, ignore_errors=True)
     subset.mkdir(parents=True)
-    for path in sorted(p for p in full.iterdir() if p.suffix in (".npy", ".npz"))[:QUICK_EVAL_FILES]:
+    batches = sorted(p for p in full.iterdir() if p.suffix in (".npy", ".npz") and p.name != "labels.npy")
+    for path in batches[:QUICK_EVAL_FILES]:
         shutil.copy(path, subset / path.name)
     return subset
 

@@ -110,6 +110,7 @@ def compare(
     command: str | None = None,
     recipe: Path | None = None,
     max_accuracy_drop: float | None = None,
+    skip_bad_files: bool = False,
 ) -> Report:
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
     per_layer: also rank the layers by the error each adds (tensors matched by name)."""
@@ -119,7 +120,8 @@ def compare(
     cand_specs = input_specs(model_io.load(cand, weights=False))
     # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
     meta = {p.key: p.value for p in graph.metadata_props}
-    src = open_source(data, ref_specs, ref, recipe, also=((cand.name, cand_specs),), metadata=meta)
+    also = ((cand.name, cand_specs),)
+    src = open_source(data, ref_specs, ref, recipe, also=also, metadata=meta, skip_bad=skip_bad_files)
     report = Report("compare", str(ref), str(cand))
     report.provenance = provenance({"evaluation": list(src.items)}, command)
     report.recipe = data_recipe(src)

@@ -70,6 +70,7 @@ def quantize(
     command: str | None = None,
     strict: bool = False,
     recipe: Path | None = None,
+    skip_bad_files: bool = False,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
     (unless dry_run; write_report=False skips the report files). The report's status is the verdict on the
@@ -77,7 +78,7 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
-    job = _Run(model_path, config, out, progress, ort_config, command, recipe)
+    job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
         try:
@@ -127,6 +128,7 @@ class _Run:
     ort_config: dict[str, str] | None
     command: str | None
     recipe: Path | None = None
+    skip_bad_files: bool = False
 
     @property
     def handler(self) -> SchemeHandler:
@@ -140,11 +142,11 @@ class _Run:
         specs = input_specs(model)
         model, reference, notes = self._prepare(stack, model)
         meta = {p.key: p.value for p in model.metadata_props}
+        args = dict(specs=specs, model_path=self.model_path, recipe=self.recipe, metadata=meta)
+        args |= dict(skip_bad=self.skip_bad_files)
         data = Data(
-            open_source(calib, specs, self.model_path, self.recipe, config.w8a8.calib_limit, metadata=meta)
-            if calib
-            else None,
-            open_source(eval_dir, specs, self.model_path, self.recipe, metadata=meta) if eval_dir else None,
+            open_source(calib, limit=config.w8a8.calib_limit, **args) if calib else None,
+            open_source(eval_dir, **args) if eval_dir else None,
         )
         planned = handler.plan(model, config, data, progress)
         planned.plan.notes += notes

@@ -62,6 +62,10 @@ def compare(
         float | None,
         typer.Option(help="gate: fail (exit 1) if top-1 accuracy against the labels drops by more than PCT points"),
     ] = None,
+    skip_bad_files: Annotated[
+        bool,
+        typer.Option("--skip-bad-files", help="skip raw files that cannot be decoded (counted in the report)"),
+    ] = False,
     runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
     per_layer: Annotated[
         bool,
@@ -92,6 +96,7 @@ def compare(
                 command=command_line(),
                 recipe=recipe,
                 max_accuracy_drop=max_accuracy_drop,
+                skip_bad_files=skip_bad_files,
             )
         except GateFailed as e:
             show(e.report, json_out, top if per_layer else 0)

@@ -62,6 +62,10 @@ def quantize(
             help="TOML recipe turning raw files into the model's inputs, for --calib and --eval (`qcli recipe MODEL` writes one)"
         ),
     ] = None,
+    skip_bad_files: Annotated[
+        bool,
+        typer.Option("--skip-bad-files", help="skip raw files that cannot be decoded (counted in the report)"),
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -292,6 +296,7 @@ def quantize(
                 command=command_line(),
                 strict=strict,
                 recipe=recipe,
+                skip_bad_files=skip_bad_files,
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)

@@ -25,10 +25,11 @@ class InputSpec:
     shape: tuple[int | str | None, ...]  # int: static dim; str/None: dynamic
 
 
-def input_specs(model: ModelProto) -> list[InputSpec]:
+def input_specs(model: ModelProto, outputs: bool = False) -> list[InputSpec]:
+    """The model's inputs (initializers aside), or with outputs=True its outputs, as name, dtype and shape."""
     inits = {i.name for i in model.graph.initializer}
     specs = []
-    for vi in model.graph.input:
+    for vi in model.graph.output if outputs else model.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type

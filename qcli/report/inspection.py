@@ -131,4 +131,5 @@ def starting_recipe(model_path: Path) -> str:
     from qcli.io.recipes import starting_recipe as write
 
     model_path = Path(model_path)
-    return write(model_path, input_specs(model_io.load(model_path, weights=False)))
+    graph = model_io.load(model_path, weights=False)
+    return write(model_path, input_specs(graph), input_specs(graph, outputs=True))

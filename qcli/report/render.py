@@ -82,8 +82,18 @@ def _measured_rows(r: Report) -> list[tuple[str, str]]:
     if r.fidelity_data:
         rows.append(("fidelity data", r.fidelity_data))
     if r.recipe:
-        rows.append(("data recipe", r.recipe["origin"]))
+        rows.append(("data recipe", r.recipe["origin"] + recipe_notes(r.recipe)))
     return rows
+
+
+def recipe_notes(recipe: dict) -> str:
+    """What reading the raw files changed: ", 3 samples truncated, 2 files resampled, 1 file skipped"."""
+    counts = [
+        (recipe.get("truncated_samples", 0), "sample", "truncated"),
+        (recipe.get("resampled_files", 0), "file", "resampled"),
+        (len(recipe.get("skipped_files", ())), "file", "skipped"),
+    ]
+    return "".join(f", {n} {what}{'s' * (n != 1)} {done}" for n, what, done in counts if n)
 
 
 def calibration_method(c: dict) -> str:

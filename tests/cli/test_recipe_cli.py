@@ -55,3 +55,21 @@ def test_raw_data_without_a_recipe_says_how_to_write_one(tmp_path):
     )
     assert r.exit_code == 2
     assert "qcli recipe" in r.output and "--recipe recipe.toml" in r.output
+
+
+def test_a_corrupt_image_is_an_error_naming_it_or_skipped_and_counted(tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "calib"
+    shutil.copytree(CNN / "images" / "calib", data)
+    (data / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    args = ["quantize", str(CNN / "model.onnx"), "--calib", str(data), "--recipe", str(CNN / "recipe.toml")]
+    args += ["--calib-limit", "16", "-o", str(tmp_path / "q.onnx")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "zz_broken.png: cannot read it as an image" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "q.onnx").exists()
+    r = CliRunner().invoke(app, [*args, "--skip-bad-files"])
+    assert r.exit_code == 0 and "recipe.toml, 1 file skipped" in r.output, r.output
+    skipped = json.loads((tmp_path / "q.onnx.report.json").read_text())["recipe"]["skipped_files"]
+    assert len(skipped) == 1 and "zz_broken.png" in skipped[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qcli.core.errors import InputError
 from qcli.io.feeds import FeedSource, InputSpec
-from qcli.io.recipes import constant, image, text  # noqa: F401  (register the kinds)
+from qcli.io.recipes import audio, constant, image, state, text  # noqa: F401  (register the kinds)
 from qcli.io.recipes.infer import infer_recipe, starting_recipe
 from qcli.io.recipes.recipe import KINDS, Recipe, load_recipe, parse_recipe
 from qcli.io.recipes.source import RawItem, RawSource
@@ -32,6 +32,7 @@ def open_source(
     limit: int | None = None,
     also: tuple[tuple[str, list[InputSpec]], ...] = (),
     metadata: dict[str, str] | None = None,
+    skip_bad: bool = False,
 ) -> FeedSource | RawSource:
     """The batches at `data` for a model: .npy/.npz as they are; raw files through `recipe`, or through the
     recipe the files beside the model give (tokenizer.json, preprocessor_config.json)."""
@@ -46,7 +47,7 @@ def open_source(
             f"{data} holds no .npy/.npz arrays; to read images or text, pass a recipe: "
             f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"
         )
-    return RawSource(data, specs, r, limit, name, also, metadata)
+    return RawSource(data, specs, r, limit, name, also, metadata, Path(model_path), skip_bad)
 
 
 def data_recipe(*sources) -> dict | None:
@@ -55,5 +56,10 @@ def data_recipe(*sources) -> dict | None:
     if not recipes:
         return None
     out = recipes[0].to_dict()
-    truncated = sum(getattr(t, "truncated", [0])[0] for r in recipes for t in r.tables)
-    return out | ({"truncated_samples": truncated} if truncated else {})
+    tallies: dict[str, set] = {}
+    for t in (t for r in recipes for t in r.tables):
+        for key, seen in getattr(t, "tallies", {}).items():
+            tallies.setdefault(key, set()).update(seen)
+    skipped = [why for s in sources if isinstance(s, RawSource) for why in s.skipped]
+    counts = {key: len(seen) for key, seen in sorted(tallies.items())}
+    return out | counts | ({"skipped_files": skipped} if skipped else {})

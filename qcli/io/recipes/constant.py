@@ -12,25 +12,14 @@ import numpy as np
 from qcli.core.errors import InputError
 from qcli.io.feeds import InputSpec
 from qcli.io.recipes.keys import Table
-from qcli.io.recipes.recipe import KINDS
+from qcli.io.recipes.recipe import KINDS, ReadsNoFile
 
 
 @dataclass(frozen=True, eq=False)
-class ConstantInput:
+class ConstantInput(ReadsNoFile):
     name: str
     value: np.ndarray
     kind: str = "constant"
-
-    @property
-    def fills(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    @property
-    def suffixes(self) -> tuple[str, ...]:
-        return ()
-
-    def count(self, path: Path) -> int:
-        return 1
 
     def read(self, path: Path | None, index: int) -> dict[str, np.ndarray]:
         return {self.name: self.value.copy()}

@@ -17,7 +17,7 @@ import numpy as np
 from qcli.core.errors import InputError
 from qcli.io.feeds import InputSpec
 from qcli.io.recipes.keys import Table
-from qcli.io.recipes.recipe import KINDS
+from qcli.io.recipes.recipe import KINDS, FillsOne
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 KEYS = {"resize", "letterbox", "multiple_of", "crop", "mean", "std", "scale", "layout", "color", "dtype"}
@@ -26,7 +26,7 @@ RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
 @dataclass(frozen=True)
-class ImageInput:
+class ImageInput(FillsOne):
     name: str
     color: str  # RGB, BGR or L
     layout: str  # NCHW or NHWC
@@ -41,10 +41,6 @@ class ImageInput:
     resample: str
     pad: int
     kind: str = "image"
-
-    @property
-    def fills(self) -> tuple[str, ...]:
-        return (self.name,)
 
     @property
     def suffixes(self) -> tuple[str, ...]:

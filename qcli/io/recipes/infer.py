@@ -25,6 +25,23 @@ def image_input(specs: list[InputSpec]) -> InputSpec | None:
     return next((s for s in specs if s.dtype.kind in "fu" and len(s.shape) == 4), None)
 
 
+def audio_input(specs: list[InputSpec]) -> InputSpec | None:
+    return next((s for s in specs if s.dtype.kind == "f" and 1 <= len(s.shape) <= 3), None)
+
+
+def state_inputs(specs: list[InputSpec], outputs: list[InputSpec]) -> dict[str, str]:
+    """Inputs that look fed back from an output: the same dtype and rank, and a name that starts the output's
+    (state -> stateN, h0 -> hn is not guessed) or contains "state" on both sides."""
+    found = {}
+    for s in specs:
+        for o in outputs:
+            alike = o.dtype == s.dtype and len(o.shape) == len(s.shape) and len(s.shape) >= 2 and o.name != s.name
+            named = o.name.startswith(s.name) or ("state" in s.name.lower() and "state" in o.name.lower())
+            if alike and named and s.name not in found and o.name not in found.values():
+                found[s.name] = o.name
+    return found
+
+
 def infer_recipe(model_path: Path, specs: list[InputSpec], data: Path) -> Recipe | None:
     """The recipe the files beside the model give for this data, or None."""
     folder = Path(model_path).parent
@@ -76,34 +93,54 @@ def image_table(cfg: dict) -> dict:
     return out
 
 
-def starting_recipe(model_path: Path, specs: list[InputSpec]) -> str:
-    """`qcli recipe MODEL`: a TOML recipe with what could be inferred, a commented line for what could not."""
+def starting_recipe(model_path: Path, specs: list[InputSpec], outputs: list[InputSpec] = ()) -> str:
+    """`qcli recipe MODEL`: a TOML recipe with what could be inferred, a commented line for what could not;
+    the tables in the model's input order."""
     folder = Path(model_path).parent
-    lines = [f"# Data recipe for {Path(model_path).name} (qcli recipe). Check every line; see docs/data.md."]
-    filled: set[str] = set()
-    tok, img = token_input(specs), image_input(specs)
+    blocks: dict[str, list[str]] = {}
+    for name, out in state_inputs(specs, outputs).items():
+        blocks[name] = [f"[inputs.{name}]  # fed back from output {out!r} of the same shape", 'kind = "state"']
+        blocks[name] += [f'from = "{out}"']
+    rest = [s for s in specs if s.name not in blocks]
+    tok, img, snd = token_input(rest), image_input(rest), audio_input(rest)
     if tok is not None:
         found = (folder / "tokenizer.json").is_file()
         where = "found beside the model" if found else "NOT found beside the model: set its path"
-        lines += ["", f"[inputs.{tok.name}]  # and the other token inputs", 'kind = "text"']
-        lines += [f'tokenizer = "tokenizer.json"  # {where}']
-        lines += ["# max_length = 128", '# padding = "none"   # or "max_length"', "# truncation = true"]
-        filled |= {tok.name} | {s.name for s in specs if s.name in text.TOKEN_INPUTS}
+        block = [f"[inputs.{tok.name}]  # and the other token inputs", 'kind = "text"']
+        block += [f'tokenizer = "tokenizer.json"  # {where}']
+        blocks[tok.name] = block + [
+            "# max_length = 128",
+            '# padding = "none"   # or "max_length"',
+            "# truncation = true",
+        ]
+        blocks |= {s.name: [] for s in rest if s.name in text.TOKEN_INPUTS and s.name != tok.name}
     elif img is not None:
-        lines += _image_lines(img, folder)
-        filled.add(img.name)
+        blocks[img.name] = _image_lines(img, folder)
+    elif snd is not None:
+        blocks[snd.name] = _audio_lines(snd)
     for s in specs:
-        if s.name not in filled:
-            lines += ["", f"[inputs.{s.name}]  # {s.dtype} {list(s.shape)}: could not infer it", 'kind = "constant"']
-            lines += ["value = 0  # set it"]
+        if s.name not in blocks:
+            blocks[s.name] = [f"[inputs.{s.name}]  # {s.dtype} {list(s.shape)}: could not infer it"]
+            blocks[s.name] += ['kind = "constant"', "value = 0  # set it"]
+    lines = [f"# Data recipe for {Path(model_path).name} (qcli recipe). Check every line; see docs/data.md."]
+    for s in specs:
+        lines += ["", *blocks[s.name]] if blocks[s.name] else []
     return "\n".join(lines) + "\n"
+
+
+def _audio_lines(spec: InputSpec) -> list[str]:
+    last = spec.shape[-1] if isinstance(spec.shape[-1], int) and spec.shape[-1] > 0 else None
+    out = [f"[inputs.{spec.name}]  # {spec.dtype} {list(spec.shape)}: audio samples?", 'kind = "audio"']
+    out += ["sample_rate = 16000  # set the model's"]
+    out += ["frame = 512  # samples per step: set the model's" if last is None else f"# frame = {last}"]
+    return out + ["# hop = 160  # samples between frames (default: the frame)", "# context = 0  # carried over"]
 
 
 def _image_lines(spec: InputSpec, folder: Path) -> list[str]:
     processor = folder / "preprocessor_config.json"
     layout = image._guess_layout(spec.shape)
     hw = spec.shape[2:4] if layout == "NCHW" else spec.shape[1:3]
-    out = ["", f"[inputs.{spec.name}]  # {spec.dtype} {list(spec.shape)}", 'kind = "image"', f'layout = "{layout}"']
+    out = [f"[inputs.{spec.name}]  # {spec.dtype} {list(spec.shape)}", 'kind = "image"', f'layout = "{layout}"']
     if processor.is_file():
         table = image_table(json.loads(processor.read_text(encoding="utf-8")))
         return out + [f"{k} = {json.dumps(v)}  # {processor.name}" for k, v in table.items()]

@@ -47,6 +47,27 @@ class InputKind(Protocol):
     def to_dict(self) -> dict: ...
 
 
+class FillsOne:
+    """A table that fills the one model input named `name`."""
+
+    name: str
+
+    @property
+    def fills(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+class ReadsNoFile(FillsOne):
+    """A table whose value comes from the recipe (or the steps before), not from the data files."""
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return ()
+
+    def count(self, path: Path) -> int:
+        return 1
+
+
 # name, table, the model's inputs by name, the folder relative paths start from -> the parsed table
 Parser = Callable[[str, dict, dict[str, InputSpec], Path], InputKind]
 KINDS: Registry[Parser] = Registry("recipe kind")

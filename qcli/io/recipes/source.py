@@ -16,8 +16,10 @@ from qcli.core.errors import InputError
 from qcli.io.feeds import InputSpec, spread, validate
 from qcli.io.recipes.labels import class_index
 from qcli.io.recipes.recipe import Recipe
+from qcli.io.recipes.stream import StateFeeder
 
 IGNORED = {"labels.txt", "labels.npy", "recipe.toml"}
+MANY_SAMPLES = (".txt", ".jsonl", ".wav", ".flac")  # files that hold a sample per line or per frame
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class RawItem:
     def name(self) -> str:
         """How reports name the sample: the file (its class folder too), and the line of a text file."""
         name = f"{self.path.parent.name}/{self.path.name}" if self.in_class_folder else self.path.name
-        return f"{name}:{self.index + 1}" if self.path.suffix.lower() in (".txt", ".jsonl") else name
+        return f"{name}:{self.index + 1}" if self.path.suffix.lower() in MANY_SAMPLES else name
 
 
 class RawSource:
@@ -44,9 +46,16 @@ class RawSource:
         model: str | None = None,
         also: tuple[tuple[str, list[InputSpec]], ...] = (),
         metadata: dict[str, str] | None = None,
+        model_path: Path | None = None,
+        skip_bad: bool = False,
     ) -> None:
         self.folder, self.specs, self.recipe, self.model, self.also = Path(folder), specs, recipe, model, also
         files, folders = discover(self.folder, recipe.reader.suffixes)
+        self.skipped: list[str] = []  # files that could not be read, with why (--skip-bad-files)
+        if skip_bad:
+            files = self._readable(files)
+        stateful = any(t.kind == "state" for t in recipe.tables)
+        self.stepper = StateFeeder(model_path, recipe) if stateful and model_path else None
         self.class_folders = sorted({f.parent.name for f in files}) if folders else []
         classes, why = class_index(self.folder, self.class_folders, metadata or {})
         # where the labels come from; or why class folders give none (a note, not silence)
@@ -68,8 +77,24 @@ class RawSource:
         for item in self.items:
             yield self.load(item)
 
+    def _readable(self, files: list[Path]) -> list[Path]:
+        """The files whose first sample reads; the others noted in self.skipped."""
+        kept = []
+        for f in files:
+            try:
+                self.recipe.reader.read(f, 0)
+                kept.append(f)
+            except InputError as e:
+                self.skipped.append(str(e))
+        if not kept:
+            raise InputError(f"{self.folder}: no readable files ({len(files)} skipped; the first: {self.skipped[0]})")
+        return kept
+
     def load(self, item: RawItem) -> dict[str, np.ndarray]:
-        feed = self.recipe.feed(item.path, item.index)
+        if self.stepper is not None:
+            feed = self.stepper.feed(item.path, item.index)
+        else:
+            feed = self.recipe.feed(item.path, item.index)
         validate(feed, self.specs, item.path, self.model)
         for name, specs in self.also:
             validate(feed, specs, item.path, name)

@@ -37,7 +37,7 @@ class TextInput:
     field: str
     pair_field: str
     kind: str = "text"
-    truncated: list[int] = field(default_factory=lambda: [0], compare=False)  # samples cut at max_length
+    tallies: dict[str, set] = field(default_factory=dict, compare=False)  # "truncated_samples" -> the samples
 
     @property
     def fills(self) -> tuple[str, ...]:
@@ -63,7 +63,7 @@ class TextInput:
                     f"{path}:{index + 1}: the text is longer than max_length = {self.max_length} tokens and "
                     "truncation = false: shorten it, or raise max_length"
                 )
-            self.truncated[0] += 1
+            self.tallies.setdefault("truncated_samples", set()).add(f"{path.name}:{index + 1}")
         values = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
         return {n: np.asarray([values[r]], self.dtypes[r]) for r, n in self.names.items()}
 

@@ -92,7 +92,7 @@ def test_pairs_renamed_inputs_and_truncation(tmp_path):
         assert feed["input_ids"].tolist() == [e.ids] and feed["token_type_ids"].tolist() == [e.type_ids]
         assert len(e.ids) == 8 and 1 in e.type_ids
     assert src.load(src.items[3])["input_ids"].tolist() == [ref.encode("the cat").ids]
-    assert src.recipe.tables[0].truncated[0] == 3
+    assert len(src.recipe.tables[0].tallies["truncated_samples"]) == 3
     recipe.write_text(recipe.read_text() + "truncation = false\n")
     src = open_source(tmp_path / "d.jsonl", input_specs(onnx.load(m)), m, recipe)
     with pytest.raises(

@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/weight_only_bench.py
+	$(BIN)/python bench/recipe_bench.py
 	$(BIN)/python bench/memory_bench.py --models small,big --json bench/memory_results.json | tee bench/memory_results.md
 
 # Mutation testing (mutmut 3) in a throwaway clone of HEAD: slow (an hour or more on 2 cores), not part of CI.

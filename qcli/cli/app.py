@@ -13,13 +13,16 @@ from typing import Annotated
 import typer
 
 from qcli import pipeline
+from qcli.cli.helpfmt import GroupedCommand, PlainGroup, grouped
+from qcli.cli.helptext import COMPARE_GROUPS, COMPARE_HELP, INSPECT_HELP, QUANTIZE_GROUPS, QUANTIZE_HELP, RECIPE_HELP
 from qcli.cli.output import command_line, errors, kv, progress_bars, say, show
-from qcli.cli.quantize import QUANTIZE_HELP, quantize
+from qcli.cli.quantize import quantize
 from qcli.core.config import DEFAULT, QuantConfig, Scheme
 from qcli.core.errors import GateFailed
 from qcli.report import inspection
 
 app = typer.Typer(
+    cls=PlainGroup,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -27,24 +30,11 @@ app = typer.Typer(
     "1 a compare gate or accuracy target not met, 2 usage or input error, 3 internal error.",
 )
 
-COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latency, size; gate for CI.
 
-**Examples**
-
-    qcli compare model.onnx model.int8.onnx --data eval/
-
-    qcli compare model.onnx model.int8.onnx --data val/ --recipe recipe.toml --max-accuracy-drop 1   # val/<class>/*.jpg
-
-    qcli compare model.onnx model.int8.onnx --data eval/ --min-sqnr 25 --max-top1-drop 1 --json
-
-    qcli compare model.onnx other_tool.int8.onnx --data eval/ --per-layer     # which layers cost the most
-"""
+app.command(help=QUANTIZE_HELP, cls=grouped(QUANTIZE_GROUPS))(quantize)
 
 
-app.command(help=QUANTIZE_HELP)(quantize)
-
-
-@app.command(help=COMPARE_HELP)
+@app.command(help=COMPARE_HELP, cls=grouped(COMPARE_GROUPS))
 def compare(
     reference: Annotated[Path, typer.Argument(help="reference (FP32) model")],
     candidate: Annotated[Path, typer.Argument(help="quantized model")],
@@ -53,30 +43,39 @@ def compare(
         Path | None, typer.Option(help="TOML recipe turning raw files into the model's inputs (`qcli recipe`)")
     ] = None,
     min_sqnr: Annotated[
-        float | None, typer.Option(help="gate: fail (exit 1) if any output's SQNR (dB) is lower")
+        float | None, typer.Option(metavar="DB", help="gate: fail (exit 1) if any output's SQNR (dB) is lower")
     ] = None,
     max_top1_drop: Annotated[
-        float | None, typer.Option(help="gate: fail (exit 1) if more than PCT % of top-1 classes change")
+        float | None,
+        typer.Option(metavar="PCT", help="gate: fail (exit 1) if more than PCT % of top-1 classes change"),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None,
-        typer.Option(help="gate: fail (exit 1) if top-1 accuracy against the labels drops by more than PCT points"),
+        typer.Option(
+            metavar="PCT", help="gate: fail (exit 1) if top-1 accuracy against the labels drops by more than PCT points"
+        ),
     ] = None,
     skip_bad_files: Annotated[
         bool,
         typer.Option("--skip-bad-files", help="skip raw files that cannot be decoded (counted in the report)"),
     ] = False,
-    runs: Annotated[int, typer.Option(min=1, help="latency runs per model (interleaved)")] = 30,
+    runs: Annotated[int, typer.Option(min=1, metavar="N", help="latency runs per model (interleaved)")] = 30,
     per_layer: Annotated[
         bool,
         typer.Option(
             "--per-layer", help="rank layers by the error each adds (tensors matched by name; any tool's model)"
         ),
     ] = False,
-    top: Annotated[int, typer.Option(min=1, help="--per-layer: rows in the ranked table (all in --json)")] = 20,
+    top: Annotated[
+        int, typer.Option(min=1, metavar="N", help="--per-layer: rows in the ranked table (all in --json)")
+    ] = 20,
     ort_config: Annotated[
         list[str] | None,
-        typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
+        typer.Option(
+            "--ort-config",
+            metavar="KEY=VALUE",
+            help="onnxruntime session config KEY=VALUE for the measurements (repeatable)",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
@@ -104,25 +103,15 @@ def compare(
         show(report, json_out, top if per_layer else 0)
 
 
-INSPECT_HELP = """What a model is and what qcli would quantize in it, before any data.
-
-**Examples**
-
-    qcli inspect model.onnx
-
-    qcli inspect model.onnx --scheme w4a16 --json
-
-    qcli inspect model.onnx --exclude '/head/*'
-"""
-
-
-@app.command(help=INSPECT_HELP)
+@app.command(help=INSPECT_HELP, cls=GroupedCommand)
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model (read only)")],
     scheme: Annotated[Scheme, typer.Option(help="the scheme to plan for")] = DEFAULT.scheme,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
+        typer.Option(
+            metavar="NODE", help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"
+        ),
     ] = None,
     block_size: Annotated[int, typer.Option(help="w4a16: weights per scale along K")] = DEFAULT.weight_only.block_size,
     json_out: Annotated[bool, typer.Option("--json", help="print the inspection as JSON on stdout")] = False,
@@ -138,18 +127,7 @@ def inspect(
         say(f"{key}:", rest, "yellow" if key == "warning" else "bold")
 
 
-RECIPE_HELP = """Print a starting data recipe for a model: its inputs, shapes and dtypes, what was found beside it
-(tokenizer.json, preprocessor_config.json), and a line to set for what could not be inferred.
-
-**Examples**
-
-    qcli recipe model.onnx > recipe.toml
-
-    qcli quantize model.onnx --calib photos/ --recipe recipe.toml
-"""
-
-
-@app.command(help=RECIPE_HELP)
+@app.command(help=RECIPE_HELP, cls=GroupedCommand)
 def recipe(
     model: Annotated[Path, typer.Argument(help="ONNX model (read only)")],
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,

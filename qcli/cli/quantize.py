@@ -18,35 +18,6 @@ from qcli.core.overrides import Overrides
 from qcli.report.render import calibration_method, render_rich
 from qcli.report.verdict import Status
 
-QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
-
-**Examples**
-
-    qcli quantize model.onnx --calib data/ -o model.int8.onnx
-
-    qcli quantize model.onnx --calib photos/ --recipe recipe.toml   # raw files
-
-    qcli quantize encoder.onnx --calib sentences.txt   # tokenizer.json beside it
-
-    qcli quantize model.onnx --scheme w4a16 -o model.int4.onnx
-
-    qcli quantize model.onnx --scheme dynamic -o model.dyn.onnx     # no calibration data
-
-    qcli quantize model.onnx --calib data/ --dry-run     # print the plan only
-
-    qcli quantize model.onnx --calib data/ --eval eval/ --min-sqnr 30     # fewest layers float to meet it
-
-    qcli quantize model.onnx --calib data/ --strict     # CI: exit 1 below the fidelity floors
-
-    qcli quantize model.onnx --calib data/ --calibrator minmax   # every range from min/max (default: auto)
-
-    qcli quantize encoder.onnx --calib data/ --smooth-quant 0.5
-
-    qcli quantize detector.onnx --calib data/ --equalize
-
-    qcli quantize model.onnx --calib data/ --overrides overrides.toml
-"""
-
 
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (never modified)")],
@@ -137,7 +108,7 @@ def quantize(
         ),
     ] = None,
     calib_limit: Annotated[
-        int | None, typer.Option(min=1, help="use at most N calibration files")
+        int | None, typer.Option(min=1, metavar="N", help="use at most N calibration files, evenly spread")
     ] = DEFAULT.w8a8.calib_limit,
     weight_algo: Annotated[
         WeightAlgo,
@@ -172,6 +143,7 @@ def quantize(
         list[int] | None,
         typer.Option(
             "--timing-batch",
+            metavar="N",
             help="w4a16/w8a16: batch size to time --format auto and measured placement at (repeatable; the "
             "slowest size decides) [default: " + ", ".join(map(str, DEFAULT.weight_only.timing_batches)) + "]",
         ),
@@ -203,17 +175,20 @@ def quantize(
     min_sqnr: Annotated[
         float | None,
         typer.Option(
+            metavar="DB",
             help="accuracy target: the fewest layers back to float (w4a16: weights to 8-bit blocks) until every "
-            "output's SQNR (dB) reaches it on held-out data; exit 1 if it cannot be met"
+            "output's SQNR (dB) reaches it on held-out data; exit 1 if it cannot be met",
         ),
     ] = DEFAULT.min_sqnr,
     max_top1_drop: Annotated[
         float | None,
-        typer.Option(help="accuracy target: at most PCT % of class-score rows may change their top-1"),
+        typer.Option(metavar="PCT", help="accuracy target: at most PCT % of class-score rows may change their top-1"),
     ] = DEFAULT.max_top1_drop,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"),
+        typer.Option(
+            metavar="NODE", help="node name, op type or node-name glob (`/head/*`) to keep float (repeatable)"
+        ),
     ] = None,
     min_macs: Annotated[
         float, typer.Option(help="keep an int8 op float when it does fewer MACs per element converted at its edges")
@@ -238,7 +213,11 @@ def quantize(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and stop; write nothing")] = False,
     ort_config: Annotated[
         list[str] | None,
-        typer.Option("--ort-config", help="onnxruntime session config KEY=VALUE for the measurements (repeatable)"),
+        typer.Option(
+            "--ort-config",
+            metavar="KEY=VALUE",
+            help="onnxruntime session config KEY=VALUE for the measurements (repeatable)",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
     strict: Annotated[

@@ -355,3 +355,15 @@ def test_auto_offers_every_candidate_range_from_its_one_histogram():
             own.update(b)
         assert got[name] == pytest.approx(own.range(), rel=1e-9, abs=1e-12), name
     assert got["p99.9"][1] < got["p99.99"][1] < got["p99.999"][1] <= got["minmax"][1]
+
+
+def test_a_scalar_tensor_is_counted_like_a_one_element_batch():
+    """A 0-d activation (Silero VAD has some): numpy's ufuncs return scalars for those, not arrays."""
+    from qcli.calibration.observers.histogram import StreamingHistogram
+
+    for dtype in (np.float32, np.float64):
+        a, b = StreamingHistogram(), StreamingHistogram()
+        for v in (0.25, -3.0, 7.5):
+            a.update(np.array(v, dtype))
+            b.update(np.array([v], dtype))
+        assert a.counts.sum() == 3 and np.array_equal(a.counts, b.counts) and (a.rmin, a.rmax) == (-3.0, 7.5)

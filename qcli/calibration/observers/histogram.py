@@ -120,6 +120,7 @@ class StreamingHistogram:
     def _indices(self, x: np.ndarray) -> np.ndarray:
         """Window-relative bin of every element: floor(x / w) - offset, exact (w is a power of two)."""
         e, off = self.exponent, self.offset
+        x = x.reshape(-1)  # a 0-d tensor too (numpy's ufuncs return scalars for those)
         if x.dtype == np.float32 and e <= 0 and abs(off) + self.bins < _F32_EXACT:
             v = np.multiply(x, np.float32(math.ldexp(1.0, -e)), dtype=np.float32)  # exact: scales by 2**-e
             np.floor(v, out=v)
@@ -129,7 +130,7 @@ class StreamingHistogram:
             np.floor(v, out=v)
             np.subtract(v, float(off), out=v)
             np.clip(v, 0, self.bins - 1, out=v)  # guards against underflow of tiny values only
-        return v.astype(np.intp).reshape(-1)
+        return v.astype(np.intp)
 
     def snapshot(self) -> Histogram | None:
         """The occupied bins (None before any data)."""

@@ -156,3 +156,33 @@ def test_qcli_recipe_suggests_audio_and_state_and_loads_as_printed(vad, tmp_path
     (tmp_path / "r.toml").write_text(text)
     r = load_recipe(tmp_path / "r.toml", input_specs(onnx.load(vad)))
     assert [t.kind for t in r.tables] == ["audio", "state", "constant"] and r.tables[1].output == "stateN"
+
+
+def test_compare_from_wavs_feeds_both_models_the_float_models_state(vad, tmp_path):
+    from typer.testing import CliRunner
+
+    from qcli.cli.app import app
+
+    write_sounds(tmp_path / "c", 4), write_sounds(tmp_path / "e", 2, seed=5)
+    q = quantize(vad, QuantConfig.of(min_macs_per_conversion=0.0), calib=tmp_path / "c", out=tmp_path / "q.onnx",
+                 recipe=tmp_path / "vad.toml", latency_runs=2)  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(vad),
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(tmp_path / "e"),
+            "--recipe",
+            str(tmp_path / "vad.toml"),
+            "--runs",
+            "2",
+            "--json",
+        ],  # fmt: skip
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    frames = sum(len(reference_frames(f)) for f in sorted((tmp_path / "e").glob("*.wav")))
+    assert report["recipe"]["inputs"]["state"]["from"] == "stateN" and f"({frames} batches)" in report["fidelity_data"]
+    assert {o["name"] for o in report["outputs"]} == {"output", "stateN"} and q.plan.activations

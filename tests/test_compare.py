@@ -374,7 +374,7 @@ def test_gate_failure_api_and_cli(cnn_pair):
 
     r = cli(*args)
     assert r.exit_code == 1
-    assert "output logits: SQNR" in r.stderr  # the report is printed, then the verdict
+    assert "output logits: SQNR" in r.stdout  # the result on stdout, the verdict on stderr
     assert "gate failed: min-sqnr" in r.stderr.strip().splitlines()[-1]
     assert "Traceback" not in r.output
 

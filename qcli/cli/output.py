@@ -1,5 +1,6 @@
 """The command line's output and error handling: one-line messages, exit codes, progress bars, plan and
-report rendering on stderr. Human output on stderr, machine output (--json) on stdout."""
+report rendering. A command's result goes to stdout (compare's table, or --json); progress, warnings, errors
+and quantize's summary (its result is the model file) go to stderr."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from qcli.report.render import render_layers, render_rich
 from qcli.report.report import Report
 
 err = Console(stderr=True)
+out = Console()
 
 
 def say(label: str, message: str, style: str = "bold red") -> None:
@@ -103,11 +105,14 @@ def print_plan(plan: dict, head: list[str] = (), notes: list[str] = ()) -> None:
 
 
 def show(report: Report, json_out: bool, top: int = 0) -> None:
+    """compare's result: its table on stdout (`compare ... > result.txt`), or with --json the JSON there and
+    the table on stderr."""
     if json_out:
         sys.stdout.write(report.to_json() + "\n")
-    render_rich(report, err)
+    console = err if json_out else out
+    render_rich(report, console)
     if top:
-        render_layers(report, err, top)
+        render_layers(report, console, top)
 
 
 def command_line() -> str:

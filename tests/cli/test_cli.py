@@ -320,3 +320,14 @@ def test_on_a_terminal_brackets_in_messages_and_reports_survive_rich_markup(file
     r = run("quantize", files / "b.onnx", "--calib", files / "calib", "-o", files / "q.onnx", "--min-macs", 1e9)
     text = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())
     assert r.exit_code == 0 and "[bold]conv3[/bold]" in text
+
+
+def test_compare_prints_its_result_on_stdout_and_json_keeps_stdout_for_json(files):
+    """`qcli compare ... > result.txt` holds the result; progress and gate failures stay on stderr."""
+    assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
+    args = ["compare", files / "m.onnx", files / "q.onnx", "--data", files / "eval", "--runs", "2"]
+    r = run(*args, "--min-sqnr", "200")
+    assert r.exit_code == 1 and "qcli compare: q.onnx" in r.stdout and "gate: min-sqnr FAILED" in r.stdout
+    assert "gate failed:" in r.stderr and "gate failed:" not in r.stdout and "qcli: " not in r.stdout
+    r = run(*args, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["kind"] == "compare" and "qcli compare: q.onnx" in r.stderr

@@ -56,6 +56,21 @@ def _check_paths(model_path: Path, out: Path) -> None:
         raise InputError(f"output {out} should end in .onnx")
 
 
+def _check_writable(out: Path) -> None:
+    """The output's folder can take a file (made if missing): checked before any work, not after an hour of it."""
+    folder = out.parent.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"cannot write {out}: {existing} is a file, not a folder; choose another -o path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"cannot write {out}: {existing} does not take new files ({e.strerror}); choose another -o path"
+        ) from None
+
+
 def quantize(
     model_path: Path,
     config: QuantConfig,
@@ -78,6 +93,8 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
+    if not dry_run:
+        _check_writable(out)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
@@ -278,10 +295,24 @@ def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
                 raise full_error
             model_io.check(model, False)
         except onnx.checker.ValidationError as e:
+            reason = " ".join(str(e).split())[:240]
+            if not input_passes and not _passes_basic(source):
+                raise InputError(
+                    f"{source.name} itself fails onnx.checker, and so does the model made from it ({reason}); "
+                    "nothing was written: re-export the model so that onnx.checker.check_model accepts it"
+                ) from e
             raise InternalError(
-                f"internal error: the quantized model fails onnx.checker ({str(e).splitlines()[0]}); "
-                "please report it with the model, or retry with --exclude on the node named"
+                f"internal error: the quantized model fails onnx.checker ({reason}); please report it with the "
+                "model; meanwhile --exclude with the node that message names keeps that node float"
             ) from e
+        return False
+
+
+def _passes_basic(source: Path) -> bool:
+    try:
+        onnx.checker.check_model(str(source))
+        return True
+    except onnx.checker.ValidationError:
         return False
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -331,3 +332,23 @@ def test_compare_prints_its_result_on_stdout_and_json_keeps_stdout_for_json(file
     assert "gate failed:" in r.stderr and "gate failed:" not in r.stdout and "qcli: " not in r.stdout
     r = run(*args, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["kind"] == "compare" and "qcli compare: q.onnx" in r.stderr
+
+
+def test_an_unwritable_output_is_exit_2_before_any_work(files):
+    (files / "afile").write_text("")
+    for out, why in ((files / "afile" / "q.onnx", "is a file, not a folder"), (Path("/proc/qcli/q.onnx"), "")):
+        r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", out)
+        assert r.exit_code == 2 and f"error: cannot write {out}: " in r.stderr and why in r.stderr, r.output
+        assert "qcli: calibrating" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_an_input_the_onnx_checker_rejects_is_the_users_to_fix_exit_2(files):
+    """Unsorted nodes: onnxruntime runs the model, onnx.checker rejects it and so the model written from it."""
+    m = onnx.load(files / "m.onnx")
+    nodes = list(m.graph.node)[::-1]
+    m.graph.ClearField("node")
+    m.graph.node.extend(nodes)
+    onnx.save(m, files / "unsorted.onnx")
+    r = run("quantize", files / "unsorted.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 2 and "unsorted.onnx itself fails onnx.checker" in r.stderr, r.output
+    assert r.stderr.rstrip().endswith("so that onnx.checker.check_model accepts it") and not (files / "q.onnx").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FidelityData, input_specs
+from qcli.io.feeds import FidelityData, conversion_notes, input_specs
 from qcli.io.recipes import data_recipe, open_source
 from qcli.measure import evaluate, layerwise
 from qcli.measure.accuracy import AccuracyMeter
@@ -127,6 +127,7 @@ def compare(
     report.recipe = data_recipe(src)
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
+    report.notes += conversion_notes(src)
     if per_layer:
         advance = progress("per-layer pass", None)
         layers = layerwise.per_layer(ref, cand, lambda: FidelityData(src, src.items, "").feeds(advance))

@@ -19,7 +19,7 @@ from qcli.core.graph import name_nodes
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FidelityData, input_specs
+from qcli.io.feeds import FidelityData, conversion_notes, input_specs
 from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
 from qcli.measure.diagnose import layer_errors
@@ -220,6 +220,7 @@ class _Run:
         used = list(data.calib.items) if data.calib else []
         report.provenance = provenance({"calibration": used, "evaluation": list(ran.fid.items)}, self.command)
         report.recipe = data_recipe(data.calib, data.eval)
+        report.notes += conversion_notes(data.calib, data.eval)
         return report
 
     def _write(self, model, plan: QuantPlan, planned: Planned, report: Report, reference: Path, written) -> dict:

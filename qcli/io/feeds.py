@@ -51,6 +51,7 @@ class FeedSource:
     also: tuple[tuple[str, list[InputSpec]], ...] = ()
 
     def __post_init__(self) -> None:
+        self.converted: set[tuple[str, str, str]] = set()  # (input, the data's dtype, the model's)
         self.items = _discover(self.folder, self.specs)
         self.items = spread(self.items, self.limit)
 
@@ -83,10 +84,16 @@ class FeedSource:
 
     def load(self, item: Path) -> dict[str, np.ndarray]:
         feed = _read(item, self.specs)
-        validate(feed, self.specs, item, self.model)
+        validate(feed, self.specs, item, self.model, self.converted)
         for name, specs in self.also:
-            validate(feed, specs, item, name)
+            validate(feed, specs, item, name, self.converted)
         return feed
+
+
+def conversion_notes(*sources) -> list[str]:
+    """A note per input whose data was converted to the model's dtype (float64 arrays for a float32 input)."""
+    seen = sorted({c for s in sources if s is not None for c in getattr(s, "converted", ())})
+    return [f"input {name!r}: the data is {was}, converted to the model's {to}" for name, was, to in seen]
 
 
 def spread(items: list, limit: int | None) -> list:
@@ -130,8 +137,15 @@ def _read(item: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read {item} as numpy data ({type(e).__name__}: {e})") from e
 
 
-def validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path, model: str | None = None) -> None:
-    """Check one batch against a model's inputs (names, dtype, rank, static dims, finite values)."""
+def validate(
+    feed: dict[str, np.ndarray],
+    specs: list[InputSpec],
+    where: Path,
+    model: str | None = None,
+    converted: set[tuple[str, str, str]] | None = None,
+) -> None:
+    """Check one batch against a model's inputs (names, dtype, rank, static dims, finite values); a dtype of the
+    same kind is converted, and noted in `converted` as (input, from, to)."""
     the_model = model or "the model"
     wanted = {s.name for s in specs}
     missing, extra = wanted - feed.keys(), feed.keys() - wanted
@@ -145,6 +159,8 @@ def validate(feed: dict[str, np.ndarray], specs: list[InputSpec], where: Path, m
         if a.dtype != s.dtype:
             if np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
                 feed[s.name] = a.astype(s.dtype)  # e.g. float64 -> float32, int32 -> int64
+                if converted is not None:
+                    converted.add((s.name, a.dtype.name, s.dtype.name))
             else:
                 raise InputError(f"{where}: input {s.name!r} is {a.dtype}, {the_model} expects {s.dtype}")
         if s.shape and a.ndim != len(s.shape):

@@ -352,3 +352,17 @@ def test_an_input_the_onnx_checker_rejects_is_the_users_to_fix_exit_2(files):
     r = run("quantize", files / "unsorted.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 2 and "unsorted.onnx itself fails onnx.checker" in r.stderr, r.output
     assert r.stderr.rstrip().endswith("so that onnx.checker.check_model accepts it") and not (files / "q.onnx").exists()
+
+
+def test_float64_data_for_a_float32_input_is_converted_and_says_so(files):
+    (files / "f64").mkdir()
+    for f in sorted((files / "calib").glob("*.npy")):
+        np.save(files / "f64" / f.name, np.load(f).astype(np.float64))
+    r = run("quantize", files / "m.onnx", "--calib", files / "f64", "-o", files / "q.onnx")
+    note = "note: input 'x': the data is float64, converted to the model's float32"
+    assert r.exit_code == 0 and note in r.stderr, r.output
+    assert note[6:] in json.loads((files / "q.onnx.report.json").read_text())["notes"]
+    r = run("compare", files / "m.onnx", files / "q.onnx", "--data", files / "f64", "--runs", "2")
+    assert r.exit_code == 0 and note in r.stdout
+    r = run("compare", files / "m.onnx", files / "q.onnx", "--data", files / "calib", "--runs", "2")
+    assert "converted" not in r.stdout

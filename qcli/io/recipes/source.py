@@ -52,6 +52,7 @@ class RawSource:
         self.folder, self.specs, self.recipe, self.model, self.also = Path(folder), specs, recipe, model, also
         files, folders = discover(self.folder, recipe.reader.suffixes)
         self.skipped: list[str] = []  # files that could not be read, with why (--skip-bad-files)
+        self.converted: set[tuple[str, str, str]] = set()  # (input, from, to) dtype conversions
         if skip_bad:
             files = self._readable(files)
         stateful = any(t.kind == "state" for t in recipe.tables)
@@ -95,9 +96,9 @@ class RawSource:
             feed = self.stepper.feed(item.path, item.index)
         else:
             feed = self.recipe.feed(item.path, item.index)
-        validate(feed, self.specs, item.path, self.model)
+        validate(feed, self.specs, item.path, self.model, self.converted)
         for name, specs in self.also:
-            validate(feed, specs, item.path, name)
+            validate(feed, specs, item.path, name, self.converted)
         return feed
 
     def labels(self) -> np.ndarray | None:

@@ -93,7 +93,22 @@ BAD = {
     "missing model": (lambda d: ["quantize", d / "nope.onnx", "--calib", d / "calib"], "model file not found"),
     "not onnx": (lambda d: ["quantize", d / "junk.onnx", "--calib", d / "calib"], "cannot read"),
     "missing calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nodir"], "data not found"),
-    "no calib for w8a8": (lambda d: ["quantize", d / "m.onnx"], "needs calibration data"),
+    "no calib for w8a8": (
+        lambda d: ["quantize", d / "m.onnx"],
+        "needs calibration data: pass --calib DIR (without data: --scheme dynamic",
+    ),
+    "calib is the model": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "m.onnx"],
+        "m.onnx is an ONNX model, not data",
+    ),
+    "calib is one .npy": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib" / "b00.npy"],
+        "b00.npy is a single .npy file: qcli reads a folder of them",
+    ),
+    "calib is a csv": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "x.csv"],
+        "x.csv is a .csv file, which qcli reads only through a recipe",
+    ),
     "empty calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "empty"], "holds no .npy/.npz arrays"),
     "wrong shape": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badshape"], "dimension 1 must be 3"),
     "wrong rank": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badrank"], "rank 4"),
@@ -111,6 +126,7 @@ BAD = {
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))
 def test_bad_input_is_a_clear_error_with_exit_2(files, case):
     (files / "junk.onnx").write_bytes(b"this is not protobuf at all")
+    (files / "x.csv").write_text("1,2,3\n")
     (files / "empty").mkdir()
     write_batches(files / "badshape", [(1, 4, 16, 16)])
     write_batches(files / "badrank", [(3, 16, 16)])

@@ -24,6 +24,18 @@ def is_array_data(path: Path) -> bool:
     return any(p.is_dir() and any(p.glob("*.npy")) for p in path.iterdir())
 
 
+def not_data(path: Path) -> str:
+    """What a data path that qcli cannot read as given is, in words."""
+    if path.is_dir():
+        return f"{path} holds no .npy/.npz arrays"
+    kind = path.suffix.lower()
+    if kind in (".npy", ".npz"):
+        return f"{path} is a single {kind} file: qcli reads a folder of them (put it in a folder, pass the folder)"
+    if kind == ".onnx":
+        return f"{path} is an ONNX model, not data"
+    return f"{path} is a {kind or 'extensionless'} file, which qcli reads only through a recipe"
+
+
 def open_source(
     data: Path,
     specs: list[InputSpec],
@@ -43,10 +55,8 @@ def open_source(
         return FeedSource(data, specs, limit, model=name, also=also)
     r = load_recipe(recipe, specs) if recipe else infer_recipe(model_path, specs, data)
     if r is None:
-        raise InputError(
-            f"{data} holds no .npy/.npz arrays; to read images or text, pass a recipe: "
-            f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"
-        )
+        how = f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"
+        raise InputError(f"{not_data(data)}; to read images, text or audio, pass a recipe: {how}")
     return RawSource(data, specs, r, limit, name, also, metadata, Path(model_path), skip_bad)
 
 

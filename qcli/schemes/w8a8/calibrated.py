@@ -98,7 +98,8 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     if src is None:
         raise InputError(
             "W8A8 static quantization needs calibration data: pass --calib DIR "
-            "(or use --scheme w4a16 for weight-only quantization without data)"
+            "(without data: --scheme dynamic for int8 weights with activations quantized at run time, or "
+            "--scheme w4a16 for weight-only int4)"
         )
     target = bool(config.min_sqnr or config.max_top1_drop)
     items, held = split(src, data.eval if target else None)

@@ -170,7 +170,7 @@ def test_folders_mixing_kinds_or_layouts_are_refused(tmp_path):
         open_source(tmp_path / "b", specs, m, r)
     (tmp_path / "c").mkdir()
     write_pictures(tmp_path / "c", 1)
-    with pytest.raises(InputError, match=r"holds no .npy/.npz arrays; to read images or text, pass a recipe"):
+    with pytest.raises(InputError, match=r"holds no .npy/.npz arrays; to read images, text or audio, pass a recipe"):
         open_source(tmp_path / "c", specs, m)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from contextlib import contextmanager
 
 import typer
@@ -53,16 +54,38 @@ def errors(debug: bool):
         raise typer.Exit(3) from None
 
 
+class PlainProgress:
+    """Progress for logs (no terminal): a line as each phase starts; in a phase that lasts, a line each 10 % of
+    its steps (at most one a second) or each `every` seconds, and one when it completes; a phase over within a
+    second says nothing more. `clock` is injectable for tests."""
+
+    def __init__(self, write=None, clock=time.monotonic, every: float = 10.0) -> None:
+        self.write, self.clock, self.every = write or sys.stderr.write, clock, every
+
+    def __call__(self, desc: str, total: int | None):
+        self.write(f"qcli: {desc}{f' ({total})' if total else ''} ...\n")
+        start = last = self.clock()
+        done, shown = 0, 0
+
+        def advance() -> None:
+            nonlocal done, shown, last
+            done += 1
+            now = self.clock()
+            step = total and done * 10 // total > shown * 10 // total and now - last >= 1.0
+            if (done == total and now - start >= 1.0) or step or now - last >= self.every:
+                pct = f", {done * 100 // total}%" if total else ""
+                end = " done" if done == total else ""
+                self.write(f"qcli: {desc}{end}: {done}{f'/{total}' if total else ''}{pct}, {now - start:.0f} s\n")
+                shown, last = done, now
+
+        return advance
+
+
 @contextmanager
 def progress_bars():
-    """Bars on a terminal; elsewhere (CI logs) one plain line as each phase starts."""
+    """Bars on a terminal; elsewhere (CI logs) plain lines at a steady pace (PlainProgress)."""
     if not err.is_terminal:
-
-        def announce(desc: str, total: int | None):
-            sys.stderr.write(f"qcli: {desc}{f' ({total})' if total else ''} ...\n")
-            return lambda: None
-
-        yield announce
+        yield PlainProgress()
         return
     with Progress(
         TextColumn("{task.description}"),

@@ -122,6 +122,7 @@ def compare(
     meta = {p.key: p.value for p in graph.metadata_props}
     also = ((cand.name, cand_specs),)
     src = open_source(data, ref_specs, ref, recipe, also=also, metadata=meta, skip_bad=skip_bad_files)
+    src.check()
     report = Report("compare", str(ref), str(cand))
     report.provenance = provenance({"evaluation": list(src.items)}, command)
     report.recipe = data_recipe(src)

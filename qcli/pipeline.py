@@ -165,6 +165,9 @@ class _Run:
             open_source(calib, limit=config.w8a8.calib_limit, **args) if calib else None,
             open_source(eval_dir, **args) if eval_dir else None,
         )
+        for source in (data.calib, data.eval):
+            if source is not None:
+                source.check()  # every data folder checked before the first expensive step
         planned = handler.plan(model, config, data, progress)
         planned.plan.notes += notes
         steps = handler.steps(config, planned)

@@ -16,6 +16,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from qcli.core.errors import InputError
+from qcli.io.headers import header_feed
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ class FeedSource:
             raise InputError(f"{path} must hold one integer class per sample (got {labels.dtype} {list(labels.shape)})")
         return labels.astype(np.int64)
 
+    def check(self) -> None:
+        """Every file's arrays against the model(s), from the file headers (before any work; values are checked
+        as each batch is read)."""
+        for item in self.items:
+            feed = header_feed(item, self.specs)
+            for name, specs in ((self.model, self.specs), *self.also):
+                validate(feed, specs, item, name, headers_only=True)
+
     def load(self, item: Path) -> dict[str, np.ndarray]:
         feed = _read(item, self.specs)
         validate(feed, self.specs, item, self.model, self.converted)
@@ -143,9 +152,11 @@ def validate(
     where: Path,
     model: str | None = None,
     converted: set[tuple[str, str, str]] | None = None,
+    headers_only: bool = False,
 ) -> None:
     """Check one batch against a model's inputs (names, dtype, rank, static dims, finite values); a dtype of the
-    same kind is converted, and noted in `converted` as (input, from, to)."""
+    same kind is converted, and noted in `converted` as (input, from, to). headers_only: the arrays are
+    stand-ins (headers.py): no conversion, no look at the values."""
     the_model = model or "the model"
     wanted = {s.name for s in specs}
     missing, extra = wanted - feed.keys(), feed.keys() - wanted
@@ -157,7 +168,9 @@ def validate(
     for s in specs:
         a = feed[s.name]
         if a.dtype != s.dtype:
-            if np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
+            if headers_only and np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
+                pass
+            elif np.can_cast(a.dtype, s.dtype, "same_kind") and a.dtype.kind == s.dtype.kind:
                 feed[s.name] = a.astype(s.dtype)  # e.g. float64 -> float32, int32 -> int64
                 if converted is not None:
                     converted.add((s.name, a.dtype.name, s.dtype.name))
@@ -174,7 +187,7 @@ def validate(
                     f"{where}: input {s.name!r} has shape {list(a.shape)}; dimension {i} must be {want} "
                     f"({the_model} expects {_fmt(s.shape)})"
                 )
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if not headers_only and a.dtype.kind == "f" and not np.isfinite(a).all():
             raise InputError(f"{where}: input {s.name!r} contains NaN or Inf values; clean the data first")
 
 

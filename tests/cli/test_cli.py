@@ -382,3 +382,19 @@ def test_float64_data_for_a_float32_input_is_converted_and_says_so(files):
     assert r.exit_code == 0 and note in r.stdout
     r = run("compare", files / "m.onnx", files / "q.onnx", "--data", files / "calib", "--runs", "2")
     assert "converted" not in r.stdout
+
+
+def test_every_data_folder_is_checked_before_the_first_expensive_step(files):
+    """A bad file at the end of --eval: exit 2 before calibrating, no model left behind."""
+    write_batches(files / "eval2", [(4, 3, 16, 16)] * 3 + [(4, 3, 16, 17)], seed=7)
+    args = ["quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx"]
+    r = run(*args, "--eval", files / "eval2")
+    assert r.exit_code == 2 and "b03.npy: input 'x' has shape [4, 3, 16, 17]; dimension 3 must be 16" in r.stderr
+    assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()
+    (files / "eval3").mkdir()
+    for i in range(3):
+        np.savez(files / "eval3" / f"{i}.npz", x=np.zeros((1, 3, 16, 16), np.float32))
+    np.savez(files / "eval3" / "z.npz", y=np.zeros((1, 3, 16, 16), np.float32))
+    r = run(*args, "--eval", files / "eval3")
+    assert r.exit_code == 2 and "z.npz: inputs do not match m.onnx: missing ['x'], unexpected ['y']" in r.stderr
+    assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()

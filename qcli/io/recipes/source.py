@@ -91,6 +91,11 @@ class RawSource:
             raise InputError(f"{self.folder}: no readable files ({len(files)} skipped; the first: {self.skipped[0]})")
         return kept
 
+    def check(self) -> None:
+        """The first sample against the model(s), before any work (the recipe was checked against the model's
+        inputs when it was read; the other files are read as the work goes)."""
+        self.load(self.items[0])
+
     def load(self, item: RawItem) -> dict[str, np.ndarray]:
         if self.stepper is not None:
             feed = self.stepper.feed(item.path, item.index)

@@ -1,0 +1,21 @@
+"""Stand-ins read from .npy/.npz headers alone: what FeedSource.check() validates before any work."""
+
+import numpy as np
+import pytest
+
+from qcli.core.errors import InputError
+from qcli.io.feeds import InputSpec
+from qcli.io.headers import header_feed
+
+
+def test_header_stand_ins_have_the_files_shapes_and_dtypes(tmp_path):
+    a, b = np.zeros((2, 3), np.float64), np.ones((5,), np.int32)
+    np.save(tmp_path / "a.npy", a)
+    np.savez_compressed(tmp_path / "c.npz", a=a, b=b)
+    spec = [InputSpec("a", np.dtype(np.float32), (2, 3))]
+    assert {k: (v.shape, v.dtype) for k, v in header_feed(tmp_path / "c.npz", spec).items()} == {
+        "a": ((2, 3), np.float64), "b": ((5,), np.int32)}  # fmt: skip
+    assert header_feed(tmp_path / "a.npy", spec)["a"].shape == (2, 3)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InputError, match="cannot read .*bad.npy as numpy data"):
+        header_feed(tmp_path / "bad.npy", spec)

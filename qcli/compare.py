@@ -9,7 +9,7 @@ from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
 from qcli.io.feeds import FidelityData, conversion_notes, input_specs
 from qcli.io.recipes import data_recipe, open_source
-from qcli.measure import evaluate, layerwise
+from qcli.measure import evaluate, layerwise, size
 from qcli.measure.accuracy import AccuracyMeter
 from qcli.report.provenance import provenance
 from qcli.report.report import Report
@@ -28,6 +28,7 @@ def measure(
     """Size, fidelity per output and interleaved latency of `cand` against `ref`, into `report`."""
     ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
     report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
+    report.size["breakdown"] = {"reference": size.breakdown(ref), "candidate": size.breakdown(cand)}
     if data.src is None:
         report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
         return

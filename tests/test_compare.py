@@ -411,11 +411,17 @@ def test_size_counts_external_data(cnn_pair):
     assert data_bytes > 10 * model_bytes  # the weights really are outside
     report = compare(d / "ref.onnx", d / "ext.onnx", d / "data", latency_runs=2)
     ref_bytes = (d / "ref.onnx").stat().st_size
+    parts = report.size.pop("breakdown")
     assert report.size == {
         "reference_bytes": ref_bytes,
         "candidate_bytes": model_bytes + data_bytes,
         "ratio": (model_bytes + data_bytes) / ref_bytes,
     }
+    # the breakdown: every byte counted once, the external weights by kind
+    assert sum(parts["candidate"].values()) == model_bytes + data_bytes
+    assert sum(parts["reference"].values()) == ref_bytes and set(parts["reference"]) == {
+        "float weights", "graph and metadata"}  # fmt: skip
+    assert parts["candidate"]["float weights"] > 0.9 * data_bytes  # a perturbed float copy
     # and the same weights give the same figures as the single-file candidate
     single = compare(d / "ref.onnx", d / "cand.onnx", d / "data", latency_runs=2)
     assert report.fidelity == single.fidelity

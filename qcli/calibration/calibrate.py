@@ -13,6 +13,7 @@ from onnx import ModelProto, TensorProto
 
 from qcli.calibration.observers import OBSERVERS, ObserverSettings, TensorStats
 from qcli.calibration.observers.auto import SearchObserver
+from qcli.calibration.observers.histogram import HistogramObserver, plot_counts
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError, NonFiniteValues
 from qcli.core.overrides import CalibMethod
@@ -128,6 +129,12 @@ def _stats(
             count,
             obs.chosen(),
             obs.candidates() if search and isinstance(obs, SearchObserver) else None,
+            *_picture(obs),
         )
         for name, obs in observers.items()
     }
+
+
+def _picture(obs) -> tuple[tuple[float, float] | None, tuple[float, ...] | None]:
+    h = obs.hist.snapshot() if isinstance(obs, HistogramObserver) else None
+    return ((h.rmin, h.rmax), plot_counts(h)) if h is not None else (None, None)

@@ -40,6 +40,9 @@ class Latency:
     # Spread: 10th and 90th percentiles of each model's runs (ms)
     reference_p10_p90: tuple[float, float] | None = None
     candidate_p10_p90: tuple[float, float] | None = None
+    # Each model's runs as 11 quantiles (min, p10, ..., p90, max; ms): their distribution, for the HTML report
+    reference_quantiles_ms: tuple[float, ...] = ()
+    candidate_quantiles_ms: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -227,7 +230,7 @@ def latency(
                 times.append(time.perf_counter() - t0)
             on_run()
             i += 1
-    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, i, _spread(rt), _spread(ct))
+    return _latency(rt, ct, i)
 
 
 def latency_in_turn(
@@ -247,7 +250,16 @@ def latency_in_turn(
                 times.append(time.perf_counter() - t0)
             series.append(times)
     rt, ct = series
-    return Latency(statistics.median(rt) * 1e3, statistics.median(ct) * 1e3, runs, _spread(rt), _spread(ct))
+    return _latency(rt, ct, runs)
+
+
+def _latency(rt: list[float], ct: list[float], runs: int) -> Latency:
+    med, spread, q = statistics.median, _spread, _quantiles
+    return Latency(med(rt) * 1e3, med(ct) * 1e3, runs, spread(rt), spread(ct), q(rt), q(ct))
+
+
+def _quantiles(seconds: list[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.percentile(np.asarray(seconds) * 1e3, np.arange(0, 101, 10)))
 
 
 def _spread(seconds: list[float]) -> tuple[float, float]:

@@ -367,3 +367,26 @@ def test_a_scalar_tensor_is_counted_like_a_one_element_batch():
             a.update(np.array(v, dtype))
             b.update(np.array([v], dtype))
         assert a.counts.sum() == 3 and np.array_equal(a.counts, b.counts) and (a.rmin, a.rmax) == (-3.0, 7.5)
+
+
+def test_the_report_pictures_the_most_clipped_ranges_first_with_every_value_counted():
+    from qcli.calibration.observers.histogram import PLOT_BINS, plot_counts
+    from qcli.schemes.w8a8.calibrated import pictured
+
+    rng = np.random.default_rng(0)
+    h = StreamingHistogram()
+    x = rng.standard_normal(10_000)
+    h.update(x)
+    counts = plot_counts(h.snapshot())
+    assert len(counts) == PLOT_BINS and sum(counts) == 10_000
+    ref, _ = np.histogram(x, PLOT_BINS, (x.min(), x.max()))
+    assert np.abs(np.array(counts) - ref).sum() < 0.05 * 10_000  # the same shape, up to the 2048-bin grid
+    obs = (float(x.min()), float(x.max()))
+    stats = {
+        "full": TensorStats(*obs, (1,), 1, "minmax", None, obs, counts),
+        "clipped": TensorStats(-1.0, 1.0, (1,), 1, "p99.9", None, obs, counts),
+        "wide": TensorStats(-50.0, 50.0, (1,), 1, "minmax", None, (-50.0, 50.0), counts),
+        "none": TensorStats(0.0, 1.0, (1,), 1, "minmax"),
+    }
+    got = pictured(stats, n=2)
+    assert list(got) == ["clipped", "wide"] and got["clipped"]["kept"] == pytest.approx(2 / (obs[1] - obs[0]), abs=1e-4)

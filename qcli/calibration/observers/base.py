@@ -52,6 +52,10 @@ class TensorStats:
     method: str = "minmax"  # the method that set the range ("least-error": the winner)
     # `auto`: every candidate range by name, for the search at the outputs (not in the report)
     candidates: dict[str, tuple[float, float]] | None = field(default=None, compare=False, repr=False)
+    # histogram observers: the values seen, as PLOT_BINS counts over [observed min, observed max] (for the
+    # HTML report's pictures of the widest and most clipped ranges; not in the report's ranges)
+    observed: tuple[float, float] | None = field(default=None, compare=False, repr=False)
+    histogram: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {

@@ -181,6 +181,18 @@ def expected_error(h: Histogram, lo: np.ndarray, hi: np.ndarray, levels: int) ->
     return (err_lo + err_hi + inside * delta * delta / 12) / total
 
 
+PLOT_BINS = 48
+
+
+def plot_counts(h: Histogram, bins: int = PLOT_BINS) -> tuple[float, ...]:
+    """The histogram merged into `bins` equal bins over [min, max] (each source bin to the bin of its centre)."""
+    edges = h.edges
+    centres = (edges[:-1] + edges[1:]) / 2
+    span = (h.rmax - h.rmin) or 1.0
+    idx = np.clip(((centres - h.rmin) / span * bins).astype(np.int64), 0, bins - 1)
+    return tuple(float(c) for c in np.bincount(idx, weights=h.counts, minlength=bins))
+
+
 class HistogramObserver:
     """An observer that streams into a StreamingHistogram; subclasses turn the histogram into a range."""
 

@@ -181,7 +181,31 @@ class _Record:
             "files": [p.name for p in files],
             "tensors": len(stats),
             "ranges": {k: v.to_dict() for k, v in stats.items()},
+            "histograms": pictured(stats),
         }
+
+
+def pictured(stats: dict[str, TensorStats], n: int = 8) -> dict[str, dict]:
+    """The n most clipped ranges (the least of the observed span kept), then the widest, with their
+    histograms: what the HTML report draws."""
+    seen = {k: s for k, s in stats.items() if s.histogram and s.observed and s.observed[1] > s.observed[0]}
+
+    def kept(s: TensorStats) -> float:
+        return (min(s.rmax, s.observed[1]) - max(s.rmin, s.observed[0])) / (s.observed[1] - s.observed[0])
+
+    clipped = sorted((k for k in seen if kept(seen[k]) < 0.999), key=lambda k: kept(seen[k]))[:n]
+    wide = sorted(seen, key=lambda k: seen[k].observed[0] - seen[k].observed[1])
+    chosen = clipped + [k for k in wide if k not in clipped][: n - len(clipped)]
+    return {
+        k: {
+            "observed": list(seen[k].observed),
+            "range": [seen[k].rmin, seen[k].rmax],
+            "method": seen[k].method,
+            "kept": round(kept(seen[k]), 4),
+            "counts": list(seen[k].histogram),
+        }
+        for k in chosen
+    }
 
 
 def _unmatched(config: QuantConfig, model: ModelProto, stats: dict) -> list[str]:

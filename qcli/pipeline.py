@@ -56,21 +56,6 @@ def _check_paths(model_path: Path, out: Path) -> None:
         raise InputError(f"output {out} should end in .onnx")
 
 
-def _check_writable(out: Path) -> None:
-    """The output's folder can take a file (made if missing): checked before any work, not after an hour of it."""
-    folder = out.parent.absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(f"cannot write {out}: {existing} is a file, not a folder; choose another -o path")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise InputError(
-            f"cannot write {out}: {existing} does not take new files ({e.strerror}); choose another -o path"
-        ) from None
-
-
 def quantize(
     model_path: Path,
     config: QuantConfig,
@@ -86,15 +71,17 @@ def quantize(
     strict: bool = False,
     recipe: Path | None = None,
     skip_bad_files: bool = False,
+    html: bool = True,
 ) -> QuantizeResult:
-    """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json and OUT.report.md
-    (unless dry_run; write_report=False skips the report files). The report's status is the verdict on the
-    model written (report/verdict.py); `strict` makes a low-fidelity or not-quantized verdict a failed gate."""
+    """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json, OUT.report.md and
+    OUT.report.html (unless dry_run; write_report=False skips the report files, html=False the page). The
+    report's status is the verdict on the model written (report/verdict.py); `strict` makes a low-fidelity or
+    not-quantized verdict a failed gate."""
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
     if not dry_run:
-        _check_writable(out)
+        model_io.check_writable(out)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
@@ -113,7 +100,7 @@ def quantize(
                 report.warnings = [w for w in report.warnings if w != "nothing was quantized"]
             report.warnings[:0] = [judged.line] if judged.line else []  # the summary leads with it
             if write_report:
-                written += write_beside(report, out)
+                written += write_beside(report, out, html)
         except KeyboardInterrupt as e:
             raise Interrupted(written) from e
         for promise in made.promises:  # what a step promised of the written model, checked on its figures

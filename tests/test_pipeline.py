@@ -191,8 +191,10 @@ def test_report_files_and_their_permissions(model, tmp_path, umask_027):
     out = tmp_path / "out" / "q.onnx"
     r = q(model, calib=c, out=out)
     j, md = tmp_path / "out" / "q.onnx.report.json", tmp_path / "out" / "q.onnx.report.md"
-    assert r.output == out and r.written == [out, j, md]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.onnx", "q.onnx.report.json", "q.onnx.report.md"]
+    html = tmp_path / "out" / "q.onnx.report.html"
+    assert r.output == out and r.written == [out, j, md, html]
+    names = ["q.onnx", "q.onnx.report.html", "q.onnx.report.json", "q.onnx.report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     on_disk = json.loads(j.read_text())
     assert on_disk == json.loads(r.report.to_json())
     for key in ("kind", "config", "decisions", "calibration", "size", "fidelity_files", "gates", "warnings"):
@@ -204,7 +206,7 @@ def test_report_files_and_their_permissions(model, tmp_path, umask_027):
     with open(ordinary, "w") as f:
         f.write("x")
     assert ordinary.stat().st_mode & 0o777 == umask_027
-    for p in (out, j, md):
+    for p in (out, j, md, html):
         assert p.stat().st_mode & 0o777 == umask_027, p.name
 
 

@@ -95,7 +95,9 @@ def test_quickstart_runs(tmp_path):
                 assert "per-layer error" in output, f"{shown}: no per-layer table:\n{output[-3000:]}"
 
 
-@pytest.mark.parametrize("command", [[], ["quantize"], ["compare"], ["inspect"]], ids=lambda c: " ".join(c) or "qcli")
+@pytest.mark.parametrize(
+    "command", [[], ["quantize"], ["compare"], ["inspect"], ["recipe"], ["report"]], ids=lambda c: " ".join(c) or "qcli"
+)
 def test_cli_reference_names_every_option(command):
     done = run(qcli() + command + ["--help"], ROOT)
     assert done.returncode == 0, done.stderr

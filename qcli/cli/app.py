@@ -14,11 +14,20 @@ import typer
 
 from qcli import pipeline
 from qcli.cli.helpfmt import GroupedCommand, PlainGroup, grouped
-from qcli.cli.helptext import COMPARE_GROUPS, COMPARE_HELP, INSPECT_HELP, QUANTIZE_GROUPS, QUANTIZE_HELP, RECIPE_HELP
+from qcli.cli.helptext import (
+    COMPARE_GROUPS,
+    COMPARE_HELP,
+    INSPECT_HELP,
+    QUANTIZE_GROUPS,
+    QUANTIZE_HELP,
+    RECIPE_HELP,
+    REPORT_HELP,
+)
 from qcli.cli.output import command_line, errors, kv, progress_bars, say, show
 from qcli.cli.quantize import quantize
 from qcli.core.config import DEFAULT, QuantConfig, Scheme
 from qcli.core.errors import GateFailed
+from qcli.io.model_io import check_writable
 from qcli.report import inspection
 
 app = typer.Typer(
@@ -78,9 +87,14 @@ def compare(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
+    html: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="also write the report as a self-contained HTML page")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with errors(debug), progress_bars() as progress:
+        if html is not None:
+            check_writable(html)
         try:
             report = pipeline.compare(
                 reference,
@@ -98,9 +112,9 @@ def compare(
                 skip_bad_files=skip_bad_files,
             )
         except GateFailed as e:
-            show(e.report, json_out, top if per_layer else 0)
+            show(e.report, json_out, top if per_layer else 0, html)
             raise
-        show(report, json_out, top if per_layer else 0)
+        show(report, json_out, top if per_layer else 0, html)
 
 
 @app.command(help=INSPECT_HELP, cls=GroupedCommand)
@@ -135,6 +149,21 @@ def recipe(
     with errors(debug):
         text = inspection.starting_recipe(model)
     sys.stdout.write(text)
+
+
+@app.command(help=REPORT_HELP, cls=GroupedCommand)
+def report(
+    report_json: Annotated[Path, typer.Argument(help="a report qcli wrote (OUT.report.json, compare --json's output)")],
+    html: Annotated[Path, typer.Option(metavar="FILE", help="write the report as a self-contained HTML page")],
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from qcli.report.html import write_html
+    from qcli.report.report import load_report
+
+    with errors(debug):
+        doc = load_report(report_json)
+        check_writable(html)
+        say("wrote", str(write_html(doc, html)), "bold green")
 
 
 @app.callback(invoke_without_command=True)

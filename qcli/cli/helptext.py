@@ -13,7 +13,7 @@ QUANTIZE_GROUPS = {
     "Weight-only (w4a16, w8a16)": [
         *("weight_algo", "block_size", "clip_search", "gptq_damp", "act_order", "weight_format"),
     ],
-    "Output": ["output", "dry_run", "json_out", "ort_config", "debug", "help"],
+    "Output": ["output", "dry_run", "json_out", "html", "ort_config", "debug", "help"],
 }
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
@@ -49,7 +49,7 @@ COMPARE_GROUPS = {
     "Data": ["data", "recipe", "skip_bad_files"],
     "Gates (exit 1 when one fails)": ["min_sqnr", "max_top1_drop", "max_accuracy_drop"],
     "Measurement": ["runs", "per_layer", "top", "ort_config"],
-    "Output": ["json_out", "debug", "help"],
+    "Output": ["json_out", "html", "debug", "help"],
 }
 
 COMPARE_HELP = """Compare a quantized model with its reference: fidelity, latency, size; gate for CI.
@@ -85,4 +85,14 @@ RECIPE_HELP = """Print a starting data recipe for a model: its inputs, shapes an
     qcli recipe model.onnx > recipe.toml
 
     qcli quantize model.onnx --calib photos/ --recipe recipe.toml
+"""
+
+REPORT_HELP = """Draw a saved JSON report again: as a self-contained HTML page (CI can archive the JSON and draw later).
+
+**Examples**
+
+    qcli report model.int8.onnx.report.json --html model.int8.onnx.report.html
+
+    qcli compare model.onnx model.int8.onnx --data eval/ --json > cmp.json
+    qcli report cmp.json --html cmp.html
 """

@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcli.core.errors import InputError, QcliError
+from qcli.report.html import write_html
 from qcli.report.render import render_layers, render_rich
 from qcli.report.report import Report
 
@@ -127,9 +129,11 @@ def print_plan(plan: dict, head: list[str] = (), notes: list[str] = ()) -> None:
     sys.stderr.write("\n".join(lines) + "\n")
 
 
-def show(report: Report, json_out: bool, top: int = 0) -> None:
+def show(report: Report, json_out: bool, top: int = 0, html: Path | None = None) -> None:
     """compare's result: its table on stdout (`compare ... > result.txt`), or with --json the JSON there and
-    the table on stderr."""
+    the table on stderr; with html, the page written too."""
+    if html is not None:
+        write_html(report.to_dict(), html)
     if json_out:
         sys.stdout.write(report.to_json() + "\n")
     console = err if json_out else out

@@ -220,6 +220,9 @@ def quantize(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
+    html: Annotated[
+        bool, typer.Option("--html/--no-html", help="write OUT.report.html beside the JSON and Markdown reports")
+    ] = True,
     strict: Annotated[
         bool,
         typer.Option(
@@ -274,6 +277,7 @@ def quantize(
                 ort_config=kv(ort_config),
                 command=command_line(),
                 strict=strict,
+                html=html,
                 recipe=recipe,
                 skip_bad_files=skip_bad_files,
             )

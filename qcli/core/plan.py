@@ -36,6 +36,10 @@ class Why(str, Enum):
     MEASURED = "measured"  # timed on this CPU: the model ran faster with it float (--placement measured)
 
 
+# The plan JSON's layout (`--dry-run --json`, the report's "plan"; docs/reports.md#schema).
+PLAN_SCHEMA_VERSION = 1
+
+
 @dataclass(frozen=True)
 class Reason:
     kind: Why
@@ -177,6 +181,7 @@ class QuantPlan:
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": PLAN_SCHEMA_VERSION,
             "scheme": self.scheme,
             "summary": self.summary(),
             "notes": list(self.notes),

@@ -188,10 +188,25 @@ def _convert_light(model: ModelProto, target: int) -> ModelProto:
     return model
 
 
+def check_writable(out: Path) -> None:
+    """The output's folder can take a file (made if missing): checked before any work, not after an hour of it."""
+    folder = out.parent.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"cannot write {out}: {existing} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"cannot write {out}: {existing} does not take new files ({e.strerror}); choose another path"
+        ) from None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         _set_mode(Path(tmp))
         os.replace(tmp, path)

@@ -109,6 +109,7 @@ def _blame(reference: ModelProto, plan: QuantPlan, tensors: list[str], meters: d
     producer = {o: n for n in reference.graph.node for o in n.output}
     folded = {d.node for d in plan.nodes if d.action == Action.FOLDED}
     idx = GraphIndex(reference.graph)
+    position = {o: i for i, n in enumerate(reference.graph.node) for o in n.output}
     out = []
     for t in tensors:
         chain = fold.chain(producer[t], lambda n: n.name in folded, idx)  # ops folded into a producer's Q
@@ -116,5 +117,5 @@ def _blame(reference: ModelProto, plan: QuantPlan, tensors: list[str], meters: d
         name = "+".join(n.name for n in [node, *chain])
         op = "+".join(n.op_type for n in [node, *chain])
         nodes = tuple(n.name for n in [node, *chain])
-        out.append(LayerError(t, name, op, meters[t].db, introduced(rel, t, node.input), nodes))
+        out.append(LayerError(t, name, op, meters[t].db, introduced(rel, t, node.input), nodes, position[t]))
     return out

@@ -18,11 +18,14 @@ class LayerError:
     sqnr_db: float
     introduced: float  # relative noise power added by this layer (0: none; 0.01 is -20 dB)
     nodes: tuple[str, ...] = ()  # quantize's own: the producer and the ops folded into its QuantizeLinear
+    position: int | None = None  # the producer's index in the reference graph (graph order, for pictures)
 
     def to_dict(self) -> dict:
         d = dict(vars(self))
         if not self.nodes:
             del d["nodes"]
+        if self.position is None:
+            del d["position"]
         return d
 
 

@@ -107,8 +107,9 @@ def per_layer(
             rel |= {t: m.relative_noise for t, m in meters.items()}
             db |= {t: m.db for t, m in meters.items()}
     producer = {o: n for n in ref.graph.node for o in n.output}
+    position = {o: i for i, n in enumerate(ref.graph.node) for o in n.output}
     out = []
     for t in matched:
-        node = producer[t]
-        out.append(LayerError(t, node.name or node.op_type, node.op_type, db[t], introduced(rel, t, node.input)))
+        node, err = producer[t], introduced(rel, t, producer[t].input)
+        out.append(LayerError(t, node.name or node.op_type, node.op_type, db[t], err, position=position[t]))
     return sorted(out, key=lambda x: (-x.introduced, x.sqnr_db))

@@ -307,11 +307,14 @@ def _markdown_plan(r: Report) -> list[str]:
     return lines
 
 
-def write_beside(r: Report, out: Path) -> tuple[Path, Path]:
+def write_beside(r: Report, out: Path, html: bool = True) -> tuple[Path, ...]:
+    """OUT.report.json, OUT.report.md and (html) OUT.report.html."""
+    from qcli.report.html import write_html
+
     j, md = Path(str(out) + ".report.json"), Path(str(out) + ".report.md")
     write_text_atomic(j, r.to_json())
     write_text_atomic(md, render_markdown(r))
-    return j, md
+    return (j, md, write_html(r.to_dict(), Path(str(out) + ".report.html"))) if html else (j, md)
 
 
 def _kept(timed: dict) -> str:

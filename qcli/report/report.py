@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from qcli.core.errors import InputError
 from qcli.measure.evaluate import Latency, OutputFidelity
+
+# The report JSON's layout (docs/reports.md#schema): raised when a key changes meaning or goes; new keys do not.
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
             "status": self.status,
             "reference": self.reference,
@@ -78,3 +84,22 @@ class Report:
 
 def _clean(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def load_report(path: Path) -> dict:
+    """A report qcli wrote, as its JSON dict; an error (exit 2) for anything else or a newer schema."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"report not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {path} as a JSON report ({e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") not in ("quantize", "compare"):
+        raise InputError(f'{path} is not a qcli report (no "kind": "quantize" or "compare")')
+    version = doc.get("schema_version", 0)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(
+            f"{path} has report schema {version}; this qcli reads up to {SCHEMA_VERSION}: upgrade qcli to draw it"
+        )
+    return doc

@@ -7,7 +7,7 @@ from pathlib import Path
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FidelityData, conversion_notes, input_specs
+from qcli.io.feeds import FidelityData, conversion_notes, input_specs, synthetic_feed
 from qcli.io.recipes import data_recipe, open_source
 from qcli.measure import evaluate, layerwise, size
 from qcli.measure.accuracy import AccuracyMeter
@@ -24,13 +24,26 @@ def measure(
     progress: Progress = no_progress,
     ort_config: dict[str, str] | None = None,
     candidate_ours: bool = False,
+    spec_latency: bool = False,
 ) -> None:
-    """Size, fidelity per output and interleaved latency of `cand` against `ref`, into `report`."""
+    """Size, fidelity per output and interleaved latency of `cand` against `ref`, into `report`; without data,
+    size only, or with spec_latency size and latency on an input made from the input specs."""
     ref_size, cand_size = evaluate.file_size(ref), evaluate.file_size(cand)
     report.size = {"reference_bytes": ref_size, "candidate_bytes": cand_size, "ratio": cand_size / ref_size}
     report.size["breakdown"] = {"reference": size.breakdown(ref), "candidate": size.breakdown(cand)}
     if data.src is None:
-        report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
+        if not spec_latency:
+            report.notes.append("no data given (--calib or --eval): fidelity and latency not measured")
+            return
+        feed = synthetic_feed(input_specs(model_io.load(ref, weights=False)))
+        with evaluate.pair(ref, cand, ort_config, candidate_ours) as (ref_sess, cand_sess):
+            report.latency = evaluate.latency(
+                ref_sess, cand_sess, feed, runs=runs, on_run=progress("latency runs", runs)
+            )
+        report.notes.append(
+            "no --data: fidelity not measured; latency on one input made from the input specs (dynamic dimensions "
+            "1 for the first, 32 for the others)"
+        )
         return
     advance = progress("evaluating", len(data.items))
     # One session pair for fidelity and latency: each model is loaded once.
@@ -41,6 +54,7 @@ def measure(
         report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance), on_batch=on_batch)
         report.accuracy = meter.result() | {"labels": data.src.labels_from} if meter else None
         report.fidelity_data = data.desc
+        report.notes.append(class_score_note(ref, [f.name for f in report.fidelity]))
         report.fidelity_files = [p.name for p in data.items]
         first = data.src.load(data.items[0])
         report.latency = evaluate.latency(ref_sess, cand_sess, first, runs=runs, on_run=progress("latency runs", runs))
@@ -101,7 +115,7 @@ def apply_gates(
 def compare(
     ref: Path,
     cand: Path,
-    data: Path,
+    data: Path | None,
     min_sqnr: float | None = None,
     max_top1_drop: float | None = None,
     latency_runs: int = 30,
@@ -114,8 +128,21 @@ def compare(
     skip_bad_files: bool = False,
 ) -> Report:
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
-    per_layer: also rank the layers by the error each adds (tensors matched by name)."""
+    per_layer: also rank the layers by the error each adds (tensors matched by name). Without data: size, and
+    latency on an input made from the input specs."""
     ref, cand = Path(ref), Path(cand)
+    if data is None:
+        return _without_data(
+            ref,
+            cand,
+            latency_runs,
+            progress,
+            ort_config,
+            command,
+            dict(
+                min_sqnr=min_sqnr, max_top1_drop=max_top1_drop, max_accuracy_drop=max_accuracy_drop, per_layer=per_layer
+            ),
+        )
     graph = model_io.load(ref, weights=False)  # the graphs only: the sessions load the weights
     ref_specs = input_specs(graph)
     cand_specs = input_specs(model_io.load(cand, weights=False))
@@ -142,3 +169,24 @@ def compare(
         g = failed[0]
         raise GateFailed(f"{g['gate']}: {g['value']} against a limit of {g['limit']}", report)
     return report
+
+
+def _without_data(ref: Path, cand: Path, runs: int, progress, ort_config, command, asked: dict) -> Report:
+    wanted = [k.replace("_", "-") for k, v in asked.items() if v]
+    if wanted:
+        raise InputError(f"--{wanted[0]} needs evaluation data: pass --data DIR")
+    model_io.load(cand, weights=False)  # a readable model, or a clear error
+    report = Report("compare", str(ref), str(cand))
+    report.provenance = provenance({"evaluation": []}, command)
+    measure(report, ref, cand, FidelityData(None, [], "none"), runs, progress, ort_config, spec_latency=True)
+    return report
+
+
+def class_score_note(ref: Path, outputs: list[str]) -> str:
+    """Which outputs top-1 agreement (and --max-top1-drop) is measured on, and why."""
+    scores = evaluate.class_scores(ref)
+    if not scores:
+        return "top-1 agreement not measured: no output holds class scores (a [N, C] classifier head or softmax)"
+    others = [o for o in outputs if o not in scores]
+    on = ", ".join(f"{k} ({v})" for k, v in scores.items())
+    return f"top-1 agreement on the class-score output(s) {on}" + (f"; not on {', '.join(others)}" if others else "")

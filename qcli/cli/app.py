@@ -47,7 +47,12 @@ app.command(help=QUANTIZE_HELP, cls=grouped(QUANTIZE_GROUPS))(quantize)
 def compare(
     reference: Annotated[Path, typer.Argument(help="reference (FP32) model")],
     candidate: Annotated[Path, typer.Argument(help="quantized model")],
-    data: Annotated[Path, typer.Option(help="evaluation data (same formats as quantize --calib)")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="evaluation data (same formats as quantize --calib); without it: size, and latency on an input made from the input specs"
+        ),
+    ] = None,
     recipe: Annotated[
         Path | None, typer.Option(help="TOML recipe turning raw files into the model's inputs (`qcli recipe`)")
     ] = None,

@@ -214,3 +214,17 @@ class FidelityData:
         for item in self.items:
             yield self.src.load(item)
             advance()
+
+
+def synthetic_feed(specs) -> dict:
+    """One input per spec for timing: dynamic dimensions 1 (the first) or 32, floats from a fixed normal
+    stream, integers 1 (a valid token id, index or mask value)."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in specs:
+        shape = tuple(d if isinstance(d, int) else (1 if i == 0 else 32) for i, d in enumerate(spec.shape))
+        if spec.dtype.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = np.ones(shape, spec.dtype)
+    return feed

@@ -59,19 +59,46 @@ def file_size(path: Path) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in external_data_files(path) if p.exists())
 
 
+SOFTMAX = ("Softmax", "LogSoftmax")
+HEADS = ("Gemm", "MatMul")  # a classifier's last layer (or an Add of its bias after one)
+# between the head and the output: reshapes, and pooling of per-position scores (logits averaged over tokens)
+PASS = ("Flatten", "Reshape", "Squeeze", "Identity", "ReduceMean", "ReduceMax", "GlobalAveragePool")
+
+
 def class_score_outputs(model_path: Path) -> set[str]:
-    """Outputs whose last axis holds class scores: rank-2 [N, C], or rank-3 [N, T, C] written by a
-    (Log)Softmax (per-position classes, e.g. OCR). Hidden states [N, T, D] are not class scores.
-    Reads the graph only, never the weights."""
+    return set(class_scores(model_path))
+
+
+def class_scores(model_path: Path) -> dict[str, str]:
+    """Outputs whose last axis holds class scores, with why: rank-2 [N, C] (C > 1) written by a (Log)Softmax
+    or a classifier head (Gemm/MatMul, its bias Add, through reshapes or pooling), or rank-3 [N, T, C] written
+    by a (Log)Softmax (per-position classes, e.g. OCR). Hidden states, pooled or normalized embeddings and ids
+    are not class scores. Reads the graph only, never the weights."""
     from qcli.io.structure import read_structure
 
     g = read_structure(model_path).graph
-    producer = {o: n.op_type for n in g.node for o in n.output}
-    out = set()
+    producer = {o: n for n in g.node for o in n.output}
+
+    def head(name: str, depth: int = 0, added: bool = False) -> str | None:
+        n = producer.get(name)
+        if n is None or depth > 4:
+            return None
+        if n.op_type in SOFTMAX + HEADS:
+            return n.op_type
+        if n.op_type in PASS or (n.op_type == "Add" and not added):  # one bias Add
+            more = added or n.op_type == "Add"
+            return next((h for h in (head(i, depth + 1, more) for i in n.input[:2]) if h), None)
+        return None
+
+    out = {}
     for o in g.output:
-        rank = len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else 0
-        if rank == 2 or (rank == 3 and producer.get(o.name) in ("Softmax", "LogSoftmax")):
-            out.add(o.name)
+        t = o.type.tensor_type
+        rank = len(t.shape.dim) if t.HasField("shape") else 0
+        floaty = t.elem_type in (1, 10, 11, 16)  # float, float16, double, bfloat16
+        classes = t.shape.dim[-1].dim_value if rank else 0  # 0: not fixed
+        by = head(o.name) if floaty and classes != 1 else None
+        if by and (rank == 2 or (rank == 3 and by in SOFTMAX)):
+            out[o.name] = f"[{'N, C' if rank == 2 else 'N, T, C'}] from {by}"
     return out
 
 

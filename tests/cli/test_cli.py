@@ -398,3 +398,14 @@ def test_every_data_folder_is_checked_before_the_first_expensive_step(files):
     r = run(*args, "--eval", files / "eval3")
     assert r.exit_code == 2 and "z.npz: inputs do not match m.onnx: missing ['x'], unexpected ['y']" in r.stderr
     assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()
+
+
+def test_compare_without_data_reports_size_and_latency_and_says_fidelity_needs_data(files):
+    assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
+    r = run("compare", files / "m.onnx", files / "q.onnx", "--runs", "3", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["size"]["candidate_bytes"] < doc["size"]["reference_bytes"] and doc["latency"]["runs"] == 3
+    assert doc["outputs"] == [] and any("no --data: fidelity not measured" in n for n in doc["notes"])
+    r = run("compare", files / "m.onnx", files / "q.onnx", "--max-top1-drop", "1")
+    assert r.exit_code == 2 and "--max-top1-drop needs evaluation data: pass --data DIR" in r.stderr

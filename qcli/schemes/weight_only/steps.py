@@ -9,13 +9,11 @@ import math
 from dataclasses import dataclass, replace
 from functools import partial
 
-import numpy as np
-
 from qcli.core.config import WeightFormat
 from qcli.core.errors import QcliError
 from qcli.core.plan import QuantPlan
 from qcli.io import model_io
-from qcli.io.feeds import input_specs
+from qcli.io.feeds import input_specs, synthetic_feed
 from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.nbits import FP32
 from qcli.schemes.weight_only import formats
@@ -168,17 +166,3 @@ def _slower_than_float(choice: formats.FormatChoice, hint: bool) -> list[str]:
         + (f"; faster but less exact: {alt}" if alt else "")
         + ("; --min-sqnr DB accepts a faster form whose outputs meet it against FP32" if alt and hint else "")
     ]
-
-
-def synthetic_feed(specs) -> dict:
-    """One input per spec for timing: dynamic dimensions 1 (the first) or 32, floats from a fixed normal
-    stream, integers 1 (a valid token id, index or mask value)."""
-    rng = np.random.default_rng(0)
-    feed = {}
-    for spec in specs:
-        shape = tuple(d if isinstance(d, int) else (1 if i == 0 else 32) for i, d in enumerate(spec.shape))
-        if spec.dtype.kind == "f":
-            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        else:
-            feed[spec.name] = np.ones(shape, spec.dtype)
-    return feed

@@ -11,6 +11,7 @@ from qcli.io.feeds import FidelityData, conversion_notes, input_specs, synthetic
 from qcli.io.recipes import data_recipe, open_source
 from qcli.measure import evaluate, layerwise, size
 from qcli.measure.accuracy import AccuracyMeter
+from qcli.measure.layers import PER_LAYER_NOTE
 from qcli.report.provenance import provenance
 from qcli.report.report import Report
 
@@ -161,6 +162,8 @@ def compare(
         advance = progress("per-layer pass", None)
         layers = layerwise.per_layer(ref, cand, lambda: FidelityData(src, src.items, "").feeds(advance))
         report.layers = [x.to_dict() for x in layers]
+        if layers:
+            report.notes.append(PER_LAYER_NOTE)
         if not layers:
             report.notes.append("--per-layer: no float tensor of the reference has a float namesake in the candidate")
     apply_gates(report, min_sqnr, max_top1_drop, max_accuracy_drop)

@@ -23,6 +23,7 @@ from qcli.io.feeds import FidelityData, conversion_notes, input_specs
 from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
 from qcli.measure.diagnose import layer_errors
+from qcli.measure.layers import PER_LAYER_NOTE
 from qcli.passes.preprocess import lift_constants, preprocess
 from qcli.report.assemble import add, describe
 from qcli.report.provenance import provenance
@@ -176,6 +177,8 @@ class _Run:
             feeds = FidelityData(ran.fid.src, items, "").feeds(progress("per-layer pass", len(items)))
             layers = layer_errors(model, self.out, ran.plan, qnames, feeds)
             report.layers = [x.to_dict() for x in sorted(layers, key=lambda x: -x.introduced)]
+            if layers:
+                report.notes.append(PER_LAYER_NOTE)
         return _Made(ran.plan, report, reference, ran.fid, ran.promises)
 
     def _prepare(self, stack, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Path, list[str]]:

@@ -37,6 +37,12 @@ PASSTHROUGH = {
     "ReduceMin",
     "Pad",
 }
+# Ops that only move or select values (no arithmetic): they add no error of their own, so per-layer blame
+# measures their tensors (a compute layer's input may be one) but never names them.
+DATA_MOVEMENT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Split"}
+DATA_MOVEMENT |= {"Gather", "GatherElements", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth"}
+DATA_MOVEMENT |= {"MaxPool", "ReduceMax", "ReduceMin"}
+
 # Ops with integer kernels whose worth depends on the CPU and the shapes: the static plan keeps them float,
 # measured placement tries them on int8 (placement.py) and keeps them where the model gets faster. QLinearSoftmax
 # measured 4x slower than float Softmax on an attention model and 3x faster in a YOLOv8 box head; uint8

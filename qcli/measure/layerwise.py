@@ -23,6 +23,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from qcli.core import qparams as qp
+from qcli.core.ops import DATA_MOVEMENT
 from qcli.io import model_io
 from qcli.io.session import Session
 from qcli.measure.layers import LayerError, introduced
@@ -109,7 +110,7 @@ def per_layer(
     producer = {o: n for n in ref.graph.node for o in n.output}
     position = {o: i for i, n in enumerate(ref.graph.node) for o in n.output}
     out = []
-    for t in matched:
+    for t in (t for t in matched if producer[t].op_type not in DATA_MOVEMENT):  # blame compute layers only
         node, err = producer[t], introduced(rel, t, producer[t].input)
         out.append(LayerError(t, node.name or node.op_type, node.op_type, db[t], err, position=position[t]))
     return sorted(out, key=lambda x: (-x.introduced, x.sqnr_db))

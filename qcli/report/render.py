@@ -211,7 +211,7 @@ def render_layers(r: Report, console: Console, top: int) -> None:
         (str(i), f"{x['introduced']:.3g}", f"{x['sqnr_db']:.1f}", x["op_type"], x["node"], x["tensor"])
         for i, x in enumerate(r.layers[:top], 1)
     ]
-    title = f"per-layer error: top {len(rows)} of {len(r.layers)} matched tensors (all in --json)"
+    title = f"per-layer error: top {len(rows)} of {len(r.layers)} compute layers (all in --json)"
     if not console.is_terminal:
         console.file.write("\n".join([title, "\t".join(head)] + ["\t".join(row) for row in rows]) + "\n")
         return

@@ -48,8 +48,10 @@ def test_each_report_opens_offline_without_an_error_or_a_request_and_shows_its_f
         assert '<section id="summary">' in dom and "</html>" in dom, name
         for figure in key_figures(doc):
             assert figure in dom, (name, figure)
-        shot = browse(page, tmp_path / "profile", f"--screenshot={SHOTS / f'{name}.png'}", "--window-size=1280,2400")
-        assert shot.returncode == 0 and (SHOTS / f"{name}.png").stat().st_size > 10_000, name
+        for suffix, size in (("", "1280,2400"), ("-phone", "390,2400")):  # a desktop and a phone's width
+            png = SHOTS / f"{name}{suffix}.png"
+            shot = browse(page, tmp_path / "profile", f"--screenshot={png}", f"--window-size={size}")
+            assert shot.returncode == 0 and png.stat().st_size > 10_000, (name, suffix)
 
 
 def test_the_browser_check_catches_a_fetch_and_a_script_error(pages, tmp_path):

@@ -16,6 +16,7 @@ from qcli.compare import compare, measure
 from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
 from qcli.core.errors import GateFailed, InputError, InternalError, Interrupted
 from qcli.core.graph import name_nodes
+from qcli.core.ops import DATA_MOVEMENT
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
@@ -176,6 +177,7 @@ class _Run:
             items = ran.fid.items[:LAYER_BATCHES]
             feeds = FidelityData(ran.fid.src, items, "").feeds(progress("per-layer pass", len(items)))
             layers = layer_errors(model, self.out, ran.plan, qnames, feeds)
+            layers = [x for x in layers if x.op_type not in DATA_MOVEMENT]  # measured, never blamed
             report.layers = [x.to_dict() for x in sorted(layers, key=lambda x: -x.introduced)]
             if layers:
                 report.notes.append(PER_LAYER_NOTE)

@@ -22,7 +22,6 @@ from onnx import ModelProto, TensorProto
 from qcli.core import fold
 from qcli.core import qparams as qp
 from qcli.core.graph import GraphIndex
-from qcli.core.ops import DATA_MOVEMENT
 from qcli.core.plan import Action, QuantPlan
 from qcli.io import model_io
 from qcli.io.session import Session
@@ -118,7 +117,5 @@ def _blame(reference: ModelProto, plan: QuantPlan, tensors: list[str], meters: d
         name = "+".join(n.name for n in [node, *chain])
         op = "+".join(n.op_type for n in [node, *chain])
         nodes = tuple(n.name for n in [node, *chain])
-        if node.op_type in DATA_MOVEMENT and not chain:  # measured (a compute layer's input), never blamed
-            continue
         out.append(LayerError(t, name, op, meters[t].db, introduced(rel, t, node.input), nodes, position[t]))
     return out

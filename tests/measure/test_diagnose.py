@@ -81,13 +81,12 @@ def test_one_session_at_a_time_and_passes_give_the_numpy_figures(captured, sessi
     r, args = captured
     one = diagnose.layer_errors(*args)
     assert sessions["most"] == 1 and sessions["opened"] == ["cand.onnx", "ref.onnx"]
-    assert {x["tensor"] for x in r.report.layers} == {x.tensor for x in one}
+    assert {x["tensor"] for x in r.report.layers} == {x.tensor for x in one if x.op_type not in ("MaxPool", "Flatten")}
     for x in one:
         assert x.sqnr_db == pytest.approx(_oracle_db(*args, x.tensor), abs=1e-6)
     monkeypatch.setattr(diagnose, "RECORD_BYTES", 1)  # under every tensor: one tensor a pass
     monkeypatch.setattr(diagnose, "file_size", lambda path: 0)
     many = diagnose.layer_errors(*args)
     assert many == one and sessions["most"] == 1
-    measured = len(diagnose.compared(args[0], args[2], args[3]))  # the data-movement tensors too
-    assert measured > len(one) and sessions["opened"].count("cand.onnx") == 1 + measured  # a cand, a ref a pass
-    assert sessions["opened"][2:] == ["cand.onnx", "ref.onnx"] * measured
+    assert sessions["opened"].count("cand.onnx") == 1 + len(one)  # a cand then a ref session per pass
+    assert sessions["opened"][2:] == ["cand.onnx", "ref.onnx"] * len(one)

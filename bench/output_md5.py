@@ -84,7 +84,7 @@ def run_one(qcli: list[str], folder: Path, args: tuple[str, ...]) -> dict:
         except subprocess.TimeoutExpired:
             code, stderr = "timeout", ""
         row = {"returncode": code, "seconds": round(time.perf_counter() - start, 2)}
-        written = sorted(p for p in out.parent.iterdir() if not re.search(r"\.report\.(json|md)$", p.name))
+        written = sorted(p for p in out.parent.iterdir() if not re.search(r"\.report\.(json|md|html)$", p.name))
         row["files"] = {p.name: md5(p) for p in written}
         if code != 0:
             lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 # Why quantize's per-layer figures and compare --per-layer's differ for the same tensor (both reports say it).
 PER_LAYER_NOTE = (
-    "per-layer figures: quantize measures each activation as the int8 model carries it (its QuantizeLinear "
-    "output, dequantized); compare --per-layer measures the float tensor of the same name, before any "
-    "QuantizeLinear, so its figure leaves out that activation's own rounding (it shows in the next layer's) "
-    "and reads higher; data-movement ops (Reshape, Transpose, MaxPool, ...) are measured but never blamed"
+    "per-layer figures: quantize's are each activation after its QuantizeLinear, compare --per-layer's the float "
+    "tensor before it (higher by that rounding); data-movement ops are measured, never blamed (docs/cli.md)"
 )
 
 

@@ -31,6 +31,7 @@ def key_figures(doc: dict) -> list[str]:
     out += [db(o["sqnr_db"]) for o in doc["outputs"]]
     if doc.get("target"):
         out += [db(s["worst_sqnr_db"]) for s in doc["target"]["steps"]]
+        out += [f"{doc['target']['all_int8_latency_ratio']:.2f}x", f"{lat['ratio']:.2f}x (written)"]
     return out
 
 

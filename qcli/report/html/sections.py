@@ -181,12 +181,25 @@ def target(doc: dict) -> str:
     ]
     lines = [(t["min_sqnr"], f"target {t['min_sqnr']} dB")] if t.get("min_sqnr") else []
     chart = svg.columns(values, "the accuracy target's search", max(0.0, min(v for v, _, _ in values) - 5), lines)
-    rows = [[str(s["nodes_float"]), db(s["worst_sqnr_db"]), _verdict(s["met"])] for s in t["steps"]]
+    chosen = len(t.get("returned_to_float") or t.get("raised_to_8_bits") or [])
+    final = (doc.get("latency") or {}).get("ratio")
+
+    def timed(step: dict) -> str:  # only the all-int8 model and the one written are timed
+        if step["nodes_float"] == 0 and t.get("all_int8_latency_ratio"):
+            return f"{t['all_int8_latency_ratio']:.2f}x"
+        return f"{final:.2f}x (written)" if step["met"] and step["nodes_float"] == chosen and final else "not timed"
+
+    rows = [[str(s["nodes_float"]), db(s["worst_sqnr_db"]), _verdict(s["met"]), timed(s)] for s in t["steps"]]
     cost = t.get("all_int8_latency_ratio")
     note = "Each step of the search: nodes back to float against the worst output's SQNR" + (
         f"; the all-int8 model ran at {cost:.2f}x FP32's latency" if cost else ""
     )
-    return _section("target", "Accuracy target", chart + _table(["nodes float", "worst output", "met"], rows), note)
+    return _section(
+        "target",
+        "Accuracy target",
+        chart + _table(["nodes float", "worst output", "met", "latency vs FP32"], rows),
+        note,
+    )
 
 
 def calibration(doc: dict) -> str:

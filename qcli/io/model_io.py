@@ -18,6 +18,7 @@ from qcli.core.errors import InputError
 from qcli.io.detach import Skeleton, as_inputs, copy_fields, replace_fields
 from qcli.io.session import runtime_problem
 from qcli.io.structure import read_structure
+from qcli.io.untrusted import check_external_data
 
 # Protobuf cannot serialize a message over 2 GB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -30,9 +31,16 @@ def load(path: str | Path, weights: bool = True) -> ModelProto:
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=True) if weights else read_structure(path)
-    except Exception as e:  # protobuf's DecodeError, missing external data file, ...
+        model = read_structure(path)
+    except Exception as e:  # a malformed file
         raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
+    check_external_data(model, path.parent)  # before anything follows a location
+    if weights:
+        try:
+            model = onnx.load(str(path), load_external_data=True)
+        except Exception as e:  # protobuf's DecodeError, ...
+            raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
+        check_external_data(model, path.parent)  # the inline tensors' bytes against their dims
     if not model.graph.node:
         raise InputError(f"{path} has an empty graph: is it really an ONNX model?")
     problem = runtime_problem(model.ir_version, onnx_opset(model))

@@ -16,7 +16,7 @@ from qcli.compare import compare, measure
 from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
 from qcli.core.errors import GateFailed, InputError, InternalError, Interrupted
 from qcli.core.graph import name_nodes
-from qcli.core.ops import DATA_MOVEMENT
+from qcli.core.ops import DATA_MOVEMENT, already_quantized
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
@@ -74,6 +74,7 @@ def quantize(
     recipe: Path | None = None,
     skip_bad_files: bool = False,
     html: bool = True,
+    allow_quantized: bool = False,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json, OUT.report.md and
     OUT.report.html (unless dry_run; write_report=False skips the report files, html=False the page). The
@@ -84,7 +85,7 @@ def quantize(
     _check_paths(model_path, out)
     if not dry_run:
         model_io.check_writable(out)
-    job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files)
+    job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
         try:
@@ -135,6 +136,7 @@ class _Run:
     command: str | None
     recipe: Path | None = None
     skip_bad_files: bool = False
+    allow_quantized: bool = False  # quantize what is still float in a model that holds quantized ops
 
     @property
     def handler(self) -> SchemeHandler:
@@ -186,6 +188,12 @@ class _Run:
     def _prepare(self, stack, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Path, list[str]]:
         """Unique node names, preprocessing (one copy in memory, not two), the opset the scheme needs. The model,
         the reference model fidelity is measured against, and notes."""
+        found = already_quantized(model.graph.node)
+        if found and not self.allow_quantized:
+            raise InputError(
+                f"{self.model_path.name} is already quantized ({found}): give qcli the float model, "
+                "or --allow-quantized to quantize what is still float and leave those as they are"
+            )
         reference, renamed = _unique_names(model, self.model_path, stack)
         model, notes = preprocess(model, self.config.fold_batchnorm, inplace=True, keep=self.config.mentions)
         model, opset_note = _upgrade_opset(model, self.handler.opset(self.config))

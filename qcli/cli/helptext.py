@@ -3,7 +3,7 @@
 
 QUANTIZE_GROUPS = {
     "Data": ["calib", "recipe", "eval_dir", "calib_limit", "skip_bad_files"],
-    "Scheme": ["scheme", "per_tensor", "activation_symmetric", "reduce_range", "weight_asymmetric"],
+    "Scheme": ["scheme", "per_tensor", "activation_symmetric", "reduce_range", "weight_asymmetric", "allow_quantized"],
     "Calibration (w8a8)": [
         *("calibrator", "percentile", "moving_average", "smooth_quant", "equalize"),
         *("channel_scaling", "bias_correction", "overrides"),

@@ -223,6 +223,13 @@ def quantize(
     html: Annotated[
         bool, typer.Option("--html/--no-html", help="write OUT.report.html beside the JSON and Markdown reports")
     ] = True,
+    allow_quantized: Annotated[
+        bool,
+        typer.Option(
+            "--allow-quantized",
+            help="a model that already holds quantized ops: quantize what is still float, leave those as they are",
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -278,6 +285,7 @@ def quantize(
                 command=command_line(),
                 strict=strict,
                 html=html,
+                allow_quantized=allow_quantized,
                 recipe=recipe,
                 skip_bad_files=skip_bad_files,
             )

@@ -140,3 +140,19 @@ def data_inputs(node: NodeProto) -> list[int]:
     if node.op_type == "Clip":
         return [0]
     return list(range(len(node.input)))
+
+
+# Ops that only an already-quantized model holds: qcli quantizes float models, and says so when given one.
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+QUANTIZED |= {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid"}
+QUANTIZED |= {"QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax", "QGemm"}
+QUANTIZED |= {"MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulNBits"}
+QUANTIZED |= {"GatherBlockQuantized", "QAttention", "QEmbedLayerNormalization"}
+
+
+def already_quantized(nodes) -> str:
+    """ "QuantizeLinear x9, DequantizeLinear x19" for the quantized ops among `nodes`, or ""."""
+    from collections import Counter
+
+    found = Counter(n.op_type for n in nodes if n.op_type in QUANTIZED)
+    return ", ".join(f"{op} x{k}" for op, k in found.most_common())

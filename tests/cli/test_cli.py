@@ -176,7 +176,8 @@ def test_version():
 
 def test_quantizing_a_quantized_model_changes_nothing_and_says_why(files):
     assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
-    r = run("quantize", files / "q.onnx", "--calib", files / "calib", "-o", files / "qq.onnx", "--json")
+    args = ["quantize", files / "q.onnx", "--calib", files / "calib", "-o", files / "qq.onnx", "--json"]
+    r = run(*args, "--allow-quantized")  # without it: refused (below)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert any("quantized already" in n for n in report["warnings"])
@@ -409,3 +410,19 @@ def test_compare_without_data_reports_size_and_latency_and_says_fidelity_needs_d
     assert doc["outputs"] == [] and any("no --data: fidelity not measured" in n for n in doc["notes"])
     r = run("compare", files / "m.onnx", files / "q.onnx", "--max-top1-drop", "1")
     assert r.exit_code == 2 and "--max-top1-drop needs evaluation data: pass --data DIR" in r.stderr
+
+
+def test_an_already_quantized_model_is_refused_unless_asked(files):
+    import collections
+
+    assert run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx").exit_code == 0
+    r = run("quantize", files / "q.onnx", "--calib", files / "calib", "-o", files / "qq.onnx")
+    assert r.exit_code == 2 and "q.onnx is already quantized (DequantizeLinear x" in r.stderr
+    assert "--allow-quantized" in r.stderr and not (files / "qq.onnx").exists()
+    r = run("quantize", files / "q.onnx", "--calib", files / "calib", "-o", files / "qq.onnx", "--allow-quantized")
+    assert r.exit_code == 0, r.output
+    before = collections.Counter(n.op_type for n in onnx.load(files / "q.onnx").graph.node)
+    after = collections.Counter(n.op_type for n in onnx.load(files / "qq.onnx").graph.node)
+    assert (
+        after["QuantizeLinear"] >= before["QuantizeLinear"] and after["DequantizeLinear"] >= before["DequantizeLinear"]
+    )

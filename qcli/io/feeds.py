@@ -86,8 +86,15 @@ class FeedSource:
     def check(self) -> None:
         """Every file's arrays against the model(s), from the file headers (before any work; values are checked
         as each batch is read)."""
+        memory = physical_memory()
         for item in self.items:
             feed = header_feed(item, self.specs)
+            need = sum(a.nbytes for a in feed.values())  # stand-ins: the declared size, nothing allocated
+            if memory and need > memory:
+                raise InputError(
+                    f"{item}: one batch declares {_size(need)} of arrays, more than this machine's "
+                    f"{_size(memory)} of memory; split it into smaller batches"
+                )
             for name, specs in ((self.model, self.specs), *self.also):
                 validate(feed, specs, item, name, headers_only=True)
 
@@ -97,6 +104,20 @@ class FeedSource:
         for name, specs in self.also:
             validate(feed, specs, item, name, self.converted)
         return feed
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def physical_memory() -> int | None:
+    """The machine's memory in bytes (None where the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def conversion_notes(*sources) -> list[str]:

@@ -95,3 +95,21 @@ def test_an_object_array_is_an_error_never_unpickled(files, tmp_path, monkeypatc
     m = model(files, "w.bin", name="ok.onnx")
     r = CliRunner().invoke(app, ["quantize", str(m), "--calib", str(tmp_path / "evil"), "-o", str(tmp_path / "q.onnx")])
     assert r.exit_code == 2 and "input 'x' is object" in r.output and not called
+
+
+def test_a_batch_declaring_more_memory_than_the_machine_has_fails_early_with_the_figure(files, tmp_path, monkeypatch):
+    """Checked from the headers, before any batch is read (here the machine's memory is made 1 MiB)."""
+    from qcli.io import feeds
+
+    monkeypatch.setattr(feeds, "physical_memory", lambda: 2**20)
+    (tmp_path / "big").mkdir()
+    np.save(tmp_path / "big" / "0.npy", np.zeros((40_000, 16), np.float32))  # 2.4 MiB
+    m = onnx.load(model(files, "w.bin", name="ok.onnx"))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # any batch size
+    onnx.save(m, files / "model" / "dyn.onnx")
+    r = CliRunner().invoke(app, ["quantize", str(files / "model" / "dyn.onnx"), "--calib", str(tmp_path / "big"),
+                                 "-o", str(tmp_path / "q.onnx")])  # fmt: skip
+    assert (
+        r.exit_code == 2
+        and "one batch declares 2.4 MiB of arrays, more than this machine's 1.0 MiB of memory" in r.output
+    )

@@ -145,3 +145,34 @@ def add_initializer(model, name: str, value: np.ndarray) -> TensorProto:
         dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
         model.graph.input.append(helper.make_tensor_value_info(name, dtype, value.shape))
     return model.graph.initializer[-1]
+
+
+def broken(g: GraphProto) -> str | None:
+    """Why the main graph cannot run, naming the node: an input nothing provides, or a cycle; else None.
+    (Nodes out of order are not broken: onnxruntime sorts them.)"""
+    provided = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    provided |= {o for n in g.node for o in n.output}
+    for n in g.node:
+        missing = [i for i in n.input if i not in provided]
+        if missing:
+            who = f"node {n.name or '(unnamed)'!r} ({n.op_type})"
+            return f"{who} reads {missing[0]!r}, which no node, input or initializer provides"
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    waiting = [len({producer[i] for i in n.input if i in producer}) for n in g.node]
+    readers: dict[int, list[int]] = {}
+    for k, n in enumerate(g.node):
+        for p in {producer[i] for i in n.input if i in producer}:
+            readers.setdefault(p, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        k = ready.pop()
+        done += 1
+        for r in readers.get(k, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    if done < len(g.node):
+        stuck = [f"{n.name or '(unnamed)'!r} ({n.op_type})" for n, w in zip(g.node, waiting) if w][:4]
+        return f"the graph has a cycle: node(s) {', '.join(stuck)} never get their inputs"
+    return None

@@ -15,6 +15,7 @@ import onnx
 from onnx import ModelProto, version_converter
 
 from qcli.core.errors import InputError
+from qcli.core.graph import broken
 from qcli.io.detach import Skeleton, as_inputs, copy_fields, replace_fields
 from qcli.io.session import runtime_problem
 from qcli.io.structure import read_structure
@@ -35,6 +36,9 @@ def load(path: str | Path, weights: bool = True) -> ModelProto:
     except Exception as e:  # a malformed file
         raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
     check_external_data(model, path.parent)  # before anything follows a location
+    why = broken(model.graph)
+    if why:
+        raise InputError(f"{path.name} cannot run: {why}")
     if weights:
         try:
             model = onnx.load(str(path), load_external_data=True)

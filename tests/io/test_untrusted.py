@@ -113,3 +113,44 @@ def test_a_batch_declaring_more_memory_than_the_machine_has_fails_early_with_the
         r.exit_code == 2
         and "one batch declares 2.4 MiB of arrays, more than this machine's 1.0 MiB of memory" in r.output
     )
+
+
+def _graph(tmp_path, nodes, name):
+    w = numpy_helper.from_array(W, "w")
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16]) for n in ("x", "y"))
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        (
+            [("MatMul", ["x", "w"], ["a"], "mm"), ("Add", ["a", "c"], ["b"], "add"), ("Relu", ["b"], ["c"], "relu"),
+             ("Identity", ["c"], ["y"], "id")],
+            "the graph has a cycle: node(s) 'add' (Add), 'relu' (Relu)",
+        ),
+        ([("MatMul", ["x", "w"], ["a"], "mm"), ("Add", ["a", "ghost"], ["y"], "add")],
+         "node 'add' (Add) reads 'ghost', which no node, input or initializer provides"),
+    ],
+    ids=["cycle", "dangling input"],
+)  # fmt: skip
+def test_a_broken_graph_is_exit_2_naming_the_node_before_any_work(files, tmp_path, nodes, message):
+    m = _graph(tmp_path, [helper.make_node(op, i, o, name=n) for op, i, o, n in nodes], "broken.onnx")
+    for args in (
+        ["inspect", str(m)],
+        ["quantize", str(m), "--calib", str(files / "calib"), "-o", str(tmp_path / "q.onnx")],
+    ):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and f"broken.onnx cannot run: {message}" in r.output, r.output
+        assert "qcli: calibrating" not in r.output
+
+
+def test_nodes_out_of_order_are_not_broken(tmp_path):
+    from qcli.core.graph import broken
+
+    nodes = [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("MatMul", ["x", "w"], ["a"])]
+    m = onnx.load(_graph(tmp_path, nodes, "unsorted.onnx"))
+    assert broken(m.graph) is None

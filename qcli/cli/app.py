@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a compare gate or quantize accuracy target not met, 2 usage 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -183,4 +184,9 @@ def _root(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)  # how CI cancels a job: handled as Ctrl-C is
     app()
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt

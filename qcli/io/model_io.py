@@ -6,6 +6,7 @@ weights are written one tensor at a time."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -66,8 +67,9 @@ def save_atomic(model: ModelProto, out: str | Path) -> Path:
     it, the data files the previous `out` referenced are removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_strays(out)
     old_data = external_data_files(out) if out.is_file() else set()
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmpdir = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), dir=out.parent))
     moved: Path | None = None
     committed = False
     try:
@@ -91,6 +93,37 @@ def save_atomic(model: ModelProto, out: str | Path) -> Path:
             moved.unlink(missing_ok=True)
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
+
+
+def _temp_prefix(out: Path) -> str:
+    """Temporary names beside `out` carry the writer's process id, so a later run can tell a stray (its writer
+    killed with SIGKILL, which no handler sees) from a file another run is still writing."""
+    return f".{out.name}.qcli-{os.getpid()}."
+
+
+def remove_strays(out: Path) -> list[Path]:
+    """Remove the temporary files and folders earlier runs left beside `out` when killed mid-write, those whose
+    process is gone (CI jobs may write into the same folder side by side)."""
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.qcli-*"):
+        pid = p.name[len(out.name) + 7 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _free_data_name(out: Path) -> str:
@@ -216,7 +249,8 @@ def check_writable(out: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_strays(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -1,5 +1,6 @@
 """Killed at any moment: SIGKILL mid-save leaves the previous file or the complete new one, and the next write
-into the folder removes what the killed run left (only that of processes that are gone); SIGTERM is Ctrl-C."""
+into the folder removes what the killed run left (only that of processes that are gone); SIGTERM is Ctrl-C; and
+two static runs in separate processes (different hash seeds) write the same bytes."""
 
 from __future__ import annotations
 
@@ -99,3 +100,15 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path):
     err = seen + err
     assert p.returncode == 130 and "interrupted:" in err and "Traceback" not in err, err
     assert not [x for x in tmp_path.iterdir() if ".qcli-" in x.name]
+
+
+def test_static_runs_in_separate_processes_write_the_same_bytes(tmp_path):
+    cnn = ROOT / "sample_models" / "cnn"
+    outs = []
+    for name, seed in (("a", "1"), ("b", "2")):
+        args = [sys.executable, "-m", "qcli", "quantize", str(cnn / "model.onnx"), "--calib", str(cnn / "calib"),
+                "--placement", "static", "--no-html", "-o", str(tmp_path / name / "q.onnx")]  # fmt: skip
+        done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=os.environ | {"PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        outs.append((tmp_path / name / "q.onnx").read_bytes())
+    assert outs[0] == outs[1]

@@ -172,7 +172,10 @@ class _Run:
         if dry_run:
             skipped = [s.name for s in steps if not s.dry_run]
             if skipped:
-                report.notes.append(f"--dry-run: the plan before the {' and '.join(skipped)} (it measures models)")
+                report.notes.append(
+                    f"--dry-run: the plan before the {', '.join(skipped)}, which measure models and were not run: "
+                    "the model written may differ from this plan by what they decide"
+                )
             return _Made(ran.plan, report, reference, ran.fid)
         qnames = self._write(model, ran.plan, planned, report, reference, written)
         if qnames and ran.fid.src is not None:  # the per-layer diagnosis: the float graph's session, the output's

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-big bench lint mutation clean
+.PHONY: demo test test-big bench lint mutation fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/weight_only_bench.py
 	$(BIN)/python bench/recipe_bench.py
 	$(BIN)/python bench/memory_bench.py --models small,big --json bench/memory_results.json | tee bench/memory_results.md
+
+# Property-based tests run long: every seed in tests/fuzz_seeds.txt, 8,000 examples a test, 10 minutes at most (about 6).
+fuzz: $(STAMP)
+	timeout 600 sh -c 'for seed in $$(grep -v "^#" tests/fuzz_seeds.txt); do \
+		QCLI_FUZZ_EXAMPLES=8000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-seed=$$seed || exit 1; \
+	done'
 
 # Mutation testing (mutmut 3) in a throwaway clone of HEAD: slow (an hour or more on 2 cores), not part of CI.
 mutation: $(STAMP)

@@ -104,6 +104,13 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     return out
 
 
+def _representable(scale: np.ndarray) -> np.ndarray:
+    """A positive scale that float32 holds as a normal number: a range narrower than that (a denormal span)
+    would round to a zero scale, which QuantizeLinear divides by. A larger scale still covers the range."""
+    tiny = float(np.finfo(np.float32).tiny)
+    return np.where(scale > 0, np.maximum(scale, tiny), scale)
+
+
 def from_range(
     rmin: np.ndarray,
     rmax: np.ndarray,
@@ -123,10 +130,10 @@ def from_range(
         mid = 0 if qtype.signed else (qtype.qmax + 1) // 2
         zp = np.full(scale.shape, mid, np.int64)
     else:
-        scale = (rmax - rmin) / (qtype.qmax - qtype.qmin)
+        scale = _representable((rmax - rmin) / (qtype.qmax - qtype.qmin))
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.rint(qtype.qmin - rmin / safe), qtype.qmin, qtype.qmax).astype(np.int64)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero tensor: any scale is exact
+    scale = np.where(scale > 0, _representable(scale), 1.0).astype(np.float32)  # all zero: any scale is exact
     return QParams(scale, zp.astype(qtype.np_dtype), qtype, axis, block_size)
 
 

@@ -105,10 +105,10 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 def _representable(scale: np.ndarray) -> np.ndarray:
-    """A positive scale that float32 holds as a normal number: a range narrower than that (a denormal span)
-    would round to a zero scale, which QuantizeLinear divides by. A larger scale still covers the range."""
-    tiny = float(np.finfo(np.float32).tiny)
-    return np.where(scale > 0, np.maximum(scale, tiny), scale)
+    """A positive scale that float32 holds: one under its smallest subnormal would round to a zero scale, which
+    QuantizeLinear divides by. A larger scale still covers the range; every scale float32 held before is kept."""
+    least = float(np.finfo(np.float32).smallest_subnormal)
+    return np.where(scale > 0, np.maximum(scale, least), scale)
 
 
 def from_range(

@@ -24,6 +24,7 @@ from qcli.io.feeds import FidelityData, conversion_notes, input_specs
 from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
 from qcli.measure.diagnose import layer_errors
+from qcli.measure.evaluate import file_size
 from qcli.measure.layers import PER_LAYER_NOTE
 from qcli.passes.preprocess import lift_constants, preprocess
 from qcli.report.assemble import add, describe
@@ -84,7 +85,8 @@ def quantize(
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
     if not dry_run:
-        model_io.check_writable(out)
+        size = file_size(model_path) if model_path.is_file() else 0  # the output is at most the input's size
+        model_io.check_writable(out, size)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
     with contextlib.ExitStack() as stack:
         written: list[Path] = []

@@ -233,8 +233,9 @@ def _convert_light(model: ModelProto, target: int) -> ModelProto:
     return model
 
 
-def check_writable(out: Path) -> None:
-    """The output's folder can take a file (made if missing): checked before any work, not after an hour of it."""
+def check_writable(out: Path, need: int = 0) -> None:
+    """The output's folder can take a file (made if missing) and has `need` bytes free: checked before any
+    work, not after an hour of it."""
     folder = out.parent.absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
@@ -246,6 +247,12 @@ def check_writable(out: Path) -> None:
         raise InputError(
             f"cannot write {out}: {existing} does not take new files ({e.strerror}); choose another path"
         ) from None
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise InputError(
+            f"cannot write {out}: it needs up to {need / 1e9:.2f} GB (the input model's size), and {existing} has "
+            f"{free / 1e9:.2f} GB free; free some space or choose another path"
+        )
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -427,3 +427,14 @@ def test_an_already_quantized_model_is_refused_unless_asked(files):
     assert (
         after["QuantizeLinear"] >= before["QuantizeLinear"] and after["DequantizeLinear"] >= before["DequantizeLinear"]
     )
+
+
+def test_too_little_disk_for_the_output_is_exit_2_before_any_work(files, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 2 and "GB (the input model's size)" in r.stderr and "0.00 GB free" in r.stderr, r.output
+    assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 from onnx import ModelProto, version_converter
+from onnx.external_data_helper import load_external_data_for_model
 
 from qcli.core.errors import InputError
 from qcli.core.graph import broken
@@ -32,20 +33,19 @@ def load(path: str | Path, weights: bool = True) -> ModelProto:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
-    try:
-        model = read_structure(path)
-    except Exception as e:  # a malformed file
+    try:  # the file parsed once; external data not followed yet
+        model = onnx.load(str(path), load_external_data=False) if weights else read_structure(path)
+    except Exception as e:  # protobuf's DecodeError, a malformed file
         raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
-    check_external_data(model, path.parent)  # before anything follows a location
+    check_external_data(model, path.parent)  # every location, and the inline tensors' bytes, before any is read
     why = broken(model.graph)
     if why:
         raise InputError(f"{path.name} cannot run: {why}")
     if weights:
         try:
-            model = onnx.load(str(path), load_external_data=True)
-        except Exception as e:  # protobuf's DecodeError, ...
-            raise InputError(f"cannot read {path} as an ONNX model ({type(e).__name__}: {e})") from e
-        check_external_data(model, path.parent)  # the inline tensors' bytes against their dims
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as e:
+            raise InputError(f"cannot read {path}'s external data ({type(e).__name__}: {e})") from e
     if not model.graph.node:
         raise InputError(f"{path} has an empty graph: is it really an ONNX model?")
     problem = runtime_problem(model.ir_version, onnx_opset(model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import statistics
@@ -70,6 +71,13 @@ def class_score_outputs(model_path: Path) -> set[str]:
 
 
 def class_scores(model_path: Path) -> dict[str, str]:
+    """See _class_scores; read once per model file (fidelity and the report's note both ask)."""
+    st = Path(model_path).stat()
+    return dict(_class_scores(str(model_path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _class_scores(model_path: str, stamp: int, size: int) -> dict[str, str]:
     """Outputs whose last axis holds class scores, with why: rank-2 [N, C] (C > 1) written by a (Log)Softmax
     or a classifier head (Gemm/MatMul, its bias Add, through reshapes or pooling), or rank-3 [N, T, C] written
     by a (Log)Softmax (per-position classes, e.g. OCR). Hidden states, pooled or normalized embeddings and ids

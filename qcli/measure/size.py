@@ -3,12 +3,12 @@ other tensors), from the tensor headers alone (no weight is read), and the rest 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from qcli.io import model_io
+from qcli.io.untrusted import expected_bytes
 from qcli.measure.evaluate import file_size
 
 FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -27,7 +27,6 @@ def breakdown(path: Path) -> dict[str, int]:
         ("int8 weights", "4-bit blocks", "8-bit blocks", "int32 biases", "float weights", "other tensors"), 0
     )
     for t in model.graph.initializer:
-        n = math.prod(t.dims)
         if t.name in blocks:
             kind = f"{blocks[t.name]}-bit blocks" if blocks[t.name] in (4, 8) else "other tensors"
         elif t.data_type in (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4):
@@ -38,12 +37,6 @@ def breakdown(path: Path) -> dict[str, int]:
             kind = "float weights"
         else:
             kind = "other tensors"
-        kinds[kind] += _nbytes(t.data_type, n)
+        kinds[kind] += expected_bytes(t) or 0
     out = {k: v for k, v in kinds.items() if v}
     return out | {"graph and metadata": max(0, file_size(path) - sum(out.values()))}
-
-
-def _nbytes(data_type: int, n: int) -> int:
-    if data_type in (TensorProto.INT4, TensorProto.UINT4):
-        return (n + 1) // 2
-    return n * helper.tensor_dtype_to_np_dtype(data_type).itemsize

@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
 from qcli.compare import compare, measure
+from qcli.core import codec, hostcpu
 from qcli.core.config import QuantConfig, Scheme, unmatched_excludes
-from qcli.core.errors import GateFailed, InputError, InternalError, Interrupted
+from qcli.core.errors import GateFailed, InputError, Interrupted
 from qcli.core.graph import name_nodes
 from qcli.core.ops import DATA_MOVEMENT, already_quantized
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
-from qcli.io import model_io
+from qcli.io import model_io, planfile
 from qcli.io.feeds import FidelityData, conversion_notes, input_specs
+from qcli.io.fingerprint import fingerprint
 from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
+from qcli.io.validity import check_output
 from qcli.measure.diagnose import layer_errors
 from qcli.measure.evaluate import file_size
 from qcli.measure.layers import PER_LAYER_NOTE
@@ -32,7 +35,7 @@ from qcli.report.provenance import provenance
 from qcli.report.render import write_beside
 from qcli.report.report import Report
 from qcli.report.verdict import Status, verdict
-from qcli.schemes import handler_for
+from qcli.schemes import handler_for, replay
 from qcli.schemes.base import Data, Planned, SchemeHandler, output_path
 from qcli.steps.base import Context, Ran, run
 from qcli.steps.target import AccuracyTarget
@@ -76,18 +79,29 @@ def quantize(
     skip_bad_files: bool = False,
     html: bool = True,
     allow_quantized: bool = False,
+    plan: Path | None = None,
+    save_plan: Path | None = None,
 ) -> QuantizeResult:
     """Quantize `model_path` into `out` and measure it; writes OUT, OUT.report.json, OUT.report.md and
     OUT.report.html (unless dry_run; write_report=False skips the report files, html=False the page). The
     report's status is the verdict on the model written (report/verdict.py); `strict` makes a low-fidelity or
-    not-quantized verdict a failed gate."""
+    not-quantized verdict a failed gate. `save_plan` also writes the run's plan to that file; `plan` replays a
+    saved one (schemes/replay.py): `config` must be the one it was saved with."""
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     _check_paths(model_path, out)
+    if dry_run and save_plan:
+        raise InputError("--dry-run writes nothing: drop it to save the plan (the plan saved is the model written's)")
     if not dry_run:
         size = file_size(model_path) if model_path.is_file() else 0  # the output is at most the input's size
         model_io.check_writable(out, size)
+        if save_plan:
+            model_io.check_writable(Path(save_plan))
+            refused = handler_for(config.scheme).unsaveable(config)
+            if refused:
+                raise InputError(refused)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
+    job = replace(job, plan_in=plan and Path(plan), plan_out=save_plan and Path(save_plan))
     with contextlib.ExitStack() as stack:
         written: list[Path] = []
         try:
@@ -139,6 +153,8 @@ class _Run:
     recipe: Path | None = None
     skip_bad_files: bool = False
     allow_quantized: bool = False  # quantize what is still float in a model that holds quantized ops
+    plan_in: Path | None = None  # a saved plan to replay
+    plan_out: Path | None = None  # where to save this run's plan
 
     @property
     def handler(self) -> SchemeHandler:
@@ -149,6 +165,10 @@ class _Run:
         saved, and its per-layer diagnosis. Every reference to the float graph ends with this call."""
         config, handler, progress = self.config, self.handler, self.progress
         model = model_io.load(self.model_path)
+        fp = fingerprint(model) if self.plan_in or self.plan_out else ""
+        saved = planfile.read(self.plan_in) if self.plan_in else None
+        if saved is not None:  # refused before any work when it cannot be replayed exactly
+            replayed = replay.check(saved, self.plan_in, self.model_path.name, fp, config, hostcpu.host())
         specs = input_specs(model)
         model, reference, notes = self._prepare(stack, model)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -161,10 +181,16 @@ class _Run:
         for source in (data.calib, data.eval):
             if source is not None:
                 source.check()  # every data folder checked before the first expensive step
-        planned = handler.plan(model, config, data, progress)
-        planned.plan.notes += notes
-        steps = handler.steps(config, planned)
-        if not dry_run and AccuracyTarget(config.min_sqnr, config.max_top1_drop) and planned.fid.src is None:
+        if saved is not None:
+            planned = handler.replay(model, config, codec.load(saved.plan), saved.state, data)
+            planned.plan.notes += replayed
+            steps = handler.replay_steps(config, planned)
+        else:
+            planned = handler.plan(model, config, data, progress)
+            planned.plan.notes += notes
+            steps = handler.steps(config, planned)
+        target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
+        if not dry_run and target and planned.fid.src is None and saved is None:
             raise InputError(
                 "an accuracy target (--min-sqnr, --max-top1-drop) is measured on data: pass --eval DIR (or --calib DIR)"
             )
@@ -180,6 +206,9 @@ class _Run:
                 )
             return _Made(ran.plan, report, reference, ran.fid)
         qnames = self._write(model, ran.plan, planned, report, reference, written)
+        if self.plan_out:
+            mine = replay.saved_plan(handler, config, planned, ran.plan, self.model_path.name, fp, hostcpu.host())
+            written.append(planfile.save(self.plan_out, mine))
         if qnames and ran.fid.src is not None:  # the per-layer diagnosis: the float graph's session, the output's
             items = ran.fid.items[:LAYER_BATCHES]
             feeds = FidelityData(ran.fid.src, items, "").feeds(progress("per-layer pass", len(items)))
@@ -235,7 +264,7 @@ class _Run:
         """The rewrite, checked and saved atomically; the quantized tensors' names (for the diagnosis)."""
         rewritten = self.handler.rewrite(model, plan, planned)
         add(report, rewritten.part)
-        if not _check_valid(rewritten.model, reference):
+        if not check_output(rewritten.model, reference):
             report.notes.append(
                 "the input model does not pass onnx.checker's full check; output checked at "
                 "the basic level the input passes"
@@ -285,44 +314,6 @@ def _upgrade_opset(model: onnx.ModelProto, need: tuple[int, str] | None) -> tupl
             note += f"; IR version {model.ir_version} -> {ir}"
             model.ir_version = ir
     return model, note
-
-
-def _check_valid(model: onnx.ModelProto, source: Path) -> bool:
-    """The output must pass onnx.checker's full check, or, when the input itself does not, the basic one.
-    Returns whether the full check was applied."""
-    try:
-        model_io.check(model, True)
-        return True
-    except onnx.checker.ValidationError as full_error:
-        try:
-            onnx.checker.check_model(str(source), full_check=True)
-            input_passes = True
-        except onnx.checker.ValidationError:
-            input_passes = False
-        try:
-            if input_passes:
-                raise full_error
-            model_io.check(model, False)
-        except onnx.checker.ValidationError as e:
-            reason = " ".join(str(e).split())[:240]
-            if not input_passes and not _passes_basic(source):
-                raise InputError(
-                    f"{source.name} itself fails onnx.checker, and so does the model made from it ({reason}); "
-                    "nothing was written: re-export the model so that onnx.checker.check_model accepts it"
-                ) from e
-            raise InternalError(
-                f"internal error: the quantized model fails onnx.checker ({reason}); please report it with the "
-                "model; meanwhile --exclude with the node that message names keeps that node float"
-            ) from e
-        return False
-
-
-def _passes_basic(source: Path) -> bool:
-    try:
-        onnx.checker.check_model(str(source))
-        return True
-    except onnx.checker.ValidationError:
-        return False
 
 
 __all__ = ["quantize", "compare", "default_output", "QuantizeResult"]

@@ -14,6 +14,7 @@ QUANTIZE_GROUPS = {
         *("weight_algo", "block_size", "clip_search", "gptq_damp", "act_order", "weight_format"),
     ],
     "Output": ["output", "dry_run", "json_out", "html", "ort_config", "debug", "help"],
+    "Saved plans": ["save_plan", "plan"],
 }
 
 QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report beside it.
@@ -43,6 +44,10 @@ QUANTIZE_HELP = """Quantize an FP32 ONNX model; write the model and a report bes
     qcli quantize detector.onnx --calib data/ --equalize
 
     qcli quantize model.onnx --calib data/ --overrides overrides.toml
+
+    qcli quantize model.onnx --calib data/ --save-plan plan.json   # review it
+
+    qcli quantize model.onnx --plan plan.json   # CI: the same model, no data
 """
 
 COMPARE_GROUPS = {

@@ -4,6 +4,7 @@ and quantize's summary (its result is the model file) go to stderr."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -17,8 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qcli.core.errors import InputError, QcliError
 from qcli.report.html import write_html
-from qcli.report.render import render_layers, render_rich
+from qcli.report.render import calibration_method, render_layers, render_rich
 from qcli.report.report import Report
+from qcli.report.verdict import Status
 
 err = Console(stderr=True)
 out = Console()
@@ -145,3 +147,28 @@ def show(report: Report, json_out: bool, top: int = 0, html: Path | None = None)
 def command_line() -> str:
     """The command line as typed, for the report's provenance."""
     return shlex.join(["qcli", *sys.argv[1:]])
+
+
+def show_quantized(result, dry_run: bool, json_out: bool) -> None:
+    """quantize's result (pipeline.QuantizeResult): the plan (--dry-run) or the report on stderr; JSON on
+    stdout with --json."""
+    if dry_run:
+        for w in result.report.warnings:
+            say("warning:", w, "yellow")
+        plan = result.plan.to_dict()
+        c = result.report.calibration
+        if c:  # the ranges the plan shows: which method, and what the search chose (or why it did not run)
+            plan["calibration"] = {"method": c["method"], "batches": c["batches"], "search": c.get("search")}
+        extra = [n for n in result.report.notes if n not in plan["notes"]]
+        if json_out:
+            sys.stdout.write(json.dumps({**plan, "notes": plan["notes"] + extra}, indent=2) + "\n")
+        else:
+            print_plan(plan, [f"calibration: {calibration_method(c)}"] if c else [], extra)
+        return
+    render_rich(result.report, err)
+    # The verdict unwrapped on a terminal (the table may wrap it); elsewhere the report's first row is that line.
+    if err.is_terminal and result.report.status in (Status.LOW_FIDELITY, Status.NOT_QUANTIZED):
+        say("warning:", result.report.warnings[0], "yellow")
+    say("wrote", ", ".join(str(p) for p in result.written), "bold green")
+    if json_out:
+        sys.stdout.write(result.report.to_json() + "\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,15 +10,16 @@ import typer
 
 from qcli import pipeline
 from qcli.calibration.overrides import load as load_overrides
-from qcli.cli.output import command_line, err, errors, kv, print_plan, progress_bars, say
+from qcli.cli.output import command_line, err, errors, kv, progress_bars, show_quantized
+from qcli.cli.planflags import replay_config
 from qcli.core.config import DEFAULT, CalibMethod, Objective, Placement, QuantConfig, Scheme, WeightAlgo, WeightFormat
 from qcli.core.errors import GateFailed
 from qcli.core.overrides import Overrides
-from qcli.report.render import calibration_method, render_rich
-from qcli.report.verdict import Status
+from qcli.report.render import render_rich
 
 
 def quantize(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (never modified)")],
     calib: Annotated[
         Path | None,
@@ -238,6 +238,19 @@ def quantize(
             "agreement 97%) or quantizes nothing; the model and its report are written all the same",
         ),
     ] = False,
+    save_plan: Annotated[
+        Path | None,
+        typer.Option("--save-plan", metavar="FILE", help="also write every decision and range to FILE (for --plan)"),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            metavar="FILE",
+            help="apply a plan saved with --save-plan: no calibration or timing, the same model bytes; options "
+            "left out are the plan's",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     with errors(debug), progress_bars() as progress:
@@ -272,6 +285,8 @@ def quantize(
             min_sqnr=min_sqnr,
             max_top1_drop=max_top1_drop,
         )
+        if plan:
+            config = replay_config(ctx, config, plan)
         try:
             result = pipeline.quantize(
                 model,
@@ -288,34 +303,12 @@ def quantize(
                 allow_quantized=allow_quantized,
                 recipe=recipe,
                 skip_bad_files=skip_bad_files,
+                plan=plan,
+                save_plan=save_plan,
             )
         except GateFailed as e:  # the target was not met: the best model found is written, and reported
             render_rich(e.report, err)
             if json_out:
                 sys.stdout.write(e.report.to_json() + "\n")
             raise
-    _show(result, dry_run, json_out)
-
-
-def _show(result: pipeline.QuantizeResult, dry_run: bool, json_out: bool) -> None:
-    """The plan (--dry-run) or the report on stderr; JSON on stdout with --json."""
-    if dry_run:
-        for w in result.report.warnings:
-            say("warning:", w, "yellow")
-        plan = result.plan.to_dict()
-        c = result.report.calibration
-        if c:  # the ranges the plan shows: which method, and what the search chose (or why it did not run)
-            plan["calibration"] = {"method": c["method"], "batches": c["batches"], "search": c.get("search")}
-        extra = [n for n in result.report.notes if n not in plan["notes"]]
-        if json_out:
-            sys.stdout.write(json.dumps({**plan, "notes": plan["notes"] + extra}, indent=2) + "\n")
-        else:
-            print_plan(plan, [f"calibration: {calibration_method(c)}"] if c else [], extra)
-        return
-    render_rich(result.report, err)
-    # The verdict unwrapped on a terminal (the table may wrap it); elsewhere the report's first row is that line.
-    if err.is_terminal and result.report.status in (Status.LOW_FIDELITY, Status.NOT_QUANTIZED):
-        say("warning:", result.report.warnings[0], "yellow")
-    say("wrote", ", ".join(str(p) for p in result.written), "bold green")
-    if json_out:
-        sys.stdout.write(result.report.to_json() + "\n")
+    show_quantized(result, dry_run, json_out)

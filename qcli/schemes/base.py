@@ -86,6 +86,24 @@ class SchemeHandler(ABC):
     def summary(self, config: dict, decisions: dict) -> str:
         """One line for the report: the scheme as applied (`config`: the effective configuration)."""
 
+    def unsaveable(self, config: QuantConfig) -> str | None:
+        """Why a plan of this configuration cannot be saved (asked before any work), or None."""
+        return None
+
+    def record(self, config: QuantConfig, planned: Planned) -> dict:
+        """What the rewrite needs beyond the final plan that was derived from data (JSON-ready): a saved plan's
+        `state` (io/planfile.py). Called after the steps ran."""
+        return {}
+
+    def replay(self, model: ModelProto, config: QuantConfig, plan: QuantPlan, state: dict, data: Data) -> Planned:
+        """A saved plan made ready to rewrite `model` with no calibration and no timing: the edits its run made to
+        the float model from data, redone from `state`. Fidelity is measured where a plain run would."""
+        return Planned(plan, None, fidelity_only(data))
+
+    def replay_steps(self, config: QuantConfig, planned: Planned) -> list[Step]:
+        """The steps that carry out a replayed plan (none decides anything)."""
+        return []
+
     def data_warnings(self, config: QuantConfig, data: Data) -> list[str]:
         """Data given that this scheme does not use as the user may think."""
         return []

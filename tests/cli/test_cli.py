@@ -309,7 +309,7 @@ def test_a_qcli_model_onnxruntime_cannot_run_is_exit_3(files, monkeypatch):
         return q, names
 
     monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", bad_attr)
-    monkeypatch.setattr(qcli.pipeline, "_check_valid", lambda m, s: True)
+    monkeypatch.setattr(qcli.pipeline, "check_output", lambda m, s: True)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 3, r.output
     assert "internal error" in r.stderr and "Traceback" not in r.output

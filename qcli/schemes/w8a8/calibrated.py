@@ -91,6 +91,7 @@ class W8A8Planned(Planned):
     decide: FidelityData | None = None  # where the guard and measured placement measure: held-aside files
     held: FidelityData | None = None  # every held-aside file (the refit is verified on them); None: none held
     suspects: tuple[tuple[str, ...], ...] = field(default_factory=tuple)  # its first candidates
+    observed: dict = field(default_factory=dict)  # what preparing the float model read from the data (prepare.py)
 
 
 def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> W8A8Planned:
@@ -148,7 +149,7 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     fid = fidelity_after_fit(data, items, held)
     sus = tuple(tuple(s) for s in suspects(model, plan, measured or {}))
     decide, all_held = _decision_data(src, items, held)
-    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, decide, all_held, sus)
+    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, decide, all_held, sus, prepared.observed)
 
 
 def _decision_data(src, items: list, held: list) -> tuple[FidelityData, FidelityData | None]:

@@ -11,12 +11,14 @@ from onnx import ModelProto
 
 from qcli.core.config import Objective, Placement, QuantConfig, Scheme
 from qcli.core.plan import QuantPlan
-from qcli.core.progress import Progress
+from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
+from qcli.io.planfile import decode_array, encode_array
 from qcli.passes.qdq import apply_w8a8
-from qcli.schemes.base import Data, Inspected, SchemeHandler, Written
+from qcli.schemes.base import Data, Inspected, SchemeHandler, Written, fidelity_only
 from qcli.schemes.w8a8.calibrated import W8A8Planned, plan_w8a8
 from qcli.schemes.w8a8.planner import W8A8Planner
+from qcli.schemes.w8a8.prepare import prepare
 from qcli.steps.base import Step
 from qcli.steps.bias import BiasStep
 from qcli.steps.guard import GuardStep
@@ -51,6 +53,15 @@ class W8A8(SchemeHandler):
         if config.w8a8.bias_correction:
             steps.append(BiasStep(planned.fid if target else planned.held or planned.decide))
         return steps
+
+    def record(self, config: QuantConfig, planned: W8A8Planned) -> dict:
+        """The per-channel maxima channel scaling and SmoothQuant read from the calibration files."""
+        return {"observed": {k: {t: encode_array(v) for t, v in m.items()} for k, m in planned.observed.items()}}
+
+    def replay(self, model: ModelProto, config: QuantConfig, plan: QuantPlan, state: dict, data: Data) -> W8A8Planned:
+        observed = {k: {t: decode_array(v) for t, v in m.items()} for k, m in state.get("observed", {}).items()}
+        prepare(model, config, None, [], no_progress, observed)
+        return W8A8Planned(plan, None, fidelity_only(data))
 
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: W8A8Planned) -> Written:
         qmodel, qnames = apply_w8a8(model, plan)

@@ -1,16 +1,21 @@
 """Float-model rewrites that change no output but make activations easier to quantize, run before
 calibration: cross-layer equalization (convnets) and SmoothQuant (MatMul/Gemm readers of outlier channels).
 
-Each is exact in float arithmetic; what it did is returned as data for the report."""
+Each is exact in float arithmetic; what it did is returned as data for the report. What they read from the data
+(per-channel maxima) is returned too, and given back on a replayed plan (`observed`): the same edits without
+the data."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from onnx import ModelProto
 
 from qcli.calibration.calibrate import observe
 from qcli.core.config import QuantConfig
+from qcli.core.errors import InputError
 from qcli.core.plan import Reason, Why, reason
 from qcli.core.progress import Progress
 from qcli.io.feeds import FeedSource
@@ -24,12 +29,41 @@ class Prepared:
     done: dict = field(default_factory=dict)  # for the report: what was equalized/smoothed, and what not
     notes: list[str] = field(default_factory=list)
     pinned: dict[str, Reason] = field(default_factory=dict)  # nodes the planner must keep float
+    # what was read from the data: "channels" and "smooth", each tensor -> its per-channel max |x|
+    observed: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list, progress: Progress) -> Prepared:
-    """Edit `model` in place as the config asks."""
+# One pass over the calibration files with per-channel observers (kind, observers, progress label, error label):
+# tensor -> per-channel max |x|
+Observe = Callable[[str, dict, str, str], dict[str, np.ndarray]]
+
+
+def prepare(
+    model: ModelProto,
+    config: QuantConfig,
+    src: FeedSource | None,
+    items: list,
+    progress: Progress,
+    observed: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Prepared:
+    """Edit `model` in place as the config asks: from the calibration files, or from what a saved plan's run
+    observed in them (`observed`; then no file is read)."""
     out = Prepared()
     done, notes = out.done, out.notes
+
+    def channel_maxima(kind: str, observers: dict, step: str, label: str) -> dict[str, np.ndarray]:
+        if observed is not None:
+            values = {t: observed.get(kind, {}).get(t) for t in observers}
+            lacking = [t for t, v in values.items() if v is None]
+            if lacking:
+                raise InputError(f"the plan lacks the per-channel maxima of {lacking[0]!r} ({label}): save it again")
+        else:
+            batches = (src.load(i) for i in items)
+            observe(model, observers, batches, progress(step, len(items)), label)
+            values = {t: o.value() for t, o in observers.items()}
+        out.observed[kind] = values
+        return values
+
     if config.w8a8.equalize:
         result = equalize(model)
         done["equalized"] = [p.to_dict() for p in result.pairs]
@@ -37,14 +71,12 @@ def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list
         notes += result.notes() or ["--equalize found no Conv -> (Relu) -> Conv pair to equalize"]
     if config.w8a8.equalize or config.w8a8.channel_scaling:
         spread = channel_scale.MIN_SPREAD if config.w8a8.equalize else channel_scale.OUTLIER_SPREAD
-        _scale_channels(model, src, items, progress, out, spread)
+        _scale_channels(model, channel_maxima, out, spread)
     if config.w8a8.smooth_quant is not None:
         targets = smooth_targets(model)
         if targets:
-            observers = {t: ChannelAbsMax() for t in targets}
-            batches = (src.load(i) for i in items)
-            observe(model, observers, batches, progress("smoothing", len(items)), "SmoothQuant")
-            layers = smooth(model, {t: o.value() for t, o in observers.items()}, config.w8a8.smooth_quant)
+            maxima = channel_maxima("smooth", {t: ChannelAbsMax() for t in targets}, "smoothing", "SmoothQuant")
+            layers = smooth(model, maxima, config.w8a8.smooth_quant)
         else:
             layers = []
         done["smoothed"] = [x.to_dict() for x in layers]
@@ -59,7 +91,7 @@ def prepare(model: ModelProto, config: QuantConfig, src: FeedSource, items: list
     return out
 
 
-def _scale_channels(model, src: FeedSource, items: list, progress: Progress, out: Prepared, spread: float) -> None:
+def _scale_channels(model, channel_maxima: Observe, out: Prepared, spread: float) -> None:
     """Per-channel scaling of tensors no scale crosses to (conv_out_scale.py, before a float activation;
     channel_scale.py, after one) where a channel reaches `spread` x the median one, from one pass over the
     calibration files."""
@@ -67,8 +99,7 @@ def _scale_channels(model, src: FeedSource, items: list, progress: Progress, out
     if not before and not after:
         return
     observers = {t: channel_scale.ChannelsFirstAbsMax() for t in [*before, *after]}
-    observe(model, observers, (src.load(i) for i in items), progress("channel ranges", len(items)), "--equalize")
-    ranges = {t: o.value() for t, o in observers.items()}
+    ranges = channel_maxima("channels", observers, "channel ranges", "--equalize")
     outputs = conv_out_scale.scale_outputs(model, {t: ranges[t] for t in before}, spread)
     scaled = channel_scale.scale_channels(model, {t: ranges[t] for t in after}, spread)
     out.done["channel_scaled"] = [x.to_dict() for x in scaled]

@@ -30,6 +30,7 @@ from qcli.schemes.base import (
     final_inspection,
     split,
 )
+from qcli.schemes.weight_only import saved
 from qcli.schemes.weight_only import stats as weight_stats
 from qcli.schemes.weight_only.planner import BITS, plan_w4a16
 from qcli.schemes.weight_only.steps import FormatStep, QuantizeWeights, WeightTargetStep
@@ -94,6 +95,25 @@ class WeightOnly(SchemeHandler):
             place = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             steps.append(FormatStep(weights, config.min_sqnr, batches, place))
         return steps
+
+    def unsaveable(self, config: QuantConfig) -> str | None:
+        if config.weight_only.weight_algo == WeightAlgo.AWQ:
+            return "--save-plan does not record awq's activation scales yet: save a plan of a gptq or rtn run"
+        return None
+
+    def record(self, config: QuantConfig, planned: WeightOnlyPlanned) -> dict:
+        """The data-aware algorithms' quantized weights (rtn's are made again from the model)."""
+        return {"weights": saved.encode(planned.weights.cache)} if _data_aware(config) else {}
+
+    def replay(
+        self, model: ModelProto, config: QuantConfig, plan: QuantPlan, state: dict, data: Data
+    ) -> WeightOnlyPlanned:
+        weights = Quantized(None, WeightOptions.of(config))
+        weights.cache = saved.decode(state.get("weights", []))
+        return WeightOnlyPlanned(plan, None, fidelity_only(data), weights)
+
+    def replay_steps(self, config: QuantConfig, planned: WeightOnlyPlanned) -> list[Step]:
+        return [QuantizeWeights(planned.weights)]
 
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: WeightOnlyPlanned) -> Written:
         quantized = planned.weights.of(model, plan)

@@ -210,3 +210,28 @@ def bn_dwsep(seed: int = 4, size: int = 16) -> onnx.ModelProto:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
+
+
+def crnn(hidden: int = 96, cell: str = "LSTM", steps: int = 20, seed: int = 0):
+    """A CNN+LSTM sequence reader in miniature (a captcha or OCR line reader's shape): conv 3x3 (1 -> 64) ->
+    Relu -> mean over the height -> [T, N, 64] -> LSTM (or GRU) -> per-step MatMul to 11 classes."""
+    r = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3}[cell]
+    inits = {
+        "w1": (r.standard_normal((64, 1, 3, 3)) * 0.3).astype(np.float32),
+        "W": (r.standard_normal((1, gates * hidden, 64)) * 0.1).astype(np.float32),
+        "R": (r.standard_normal((1, gates * hidden, hidden)) * 0.1).astype(np.float32),
+        "B": (r.standard_normal((1, 2 * gates * hidden)) * 0.1).astype(np.float32),
+        "wo": (r.standard_normal((hidden, 11)) * 0.2).astype(np.float32),
+        "ax1": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("ReduceMean", ["r1"], ["m1"], name="pool", axes=[2], keepdims=0),
+        helper.make_node("Transpose", ["m1"], ["seq"], name="tr", perm=[2, 0, 1]),
+        helper.make_node(cell, ["seq", "W", "R", "B"], ["Y", "Yh"], name="rnn", hidden_size=hidden),
+        helper.make_node("Squeeze", ["Y", "ax1"], ["y2"], name="sq"),
+        helper.make_node("MatMul", ["y2", "wo"], ["logits"], name="head"),
+    ]
+    return model_of(nodes, [vi("x", ["N", 1, 16, steps])], [vi("logits", [steps, "N", 11])], inits)

@@ -11,6 +11,7 @@ writes T's, with no Q/DQ around it.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
@@ -19,8 +20,9 @@ from qcli.core import fold
 from qcli.core import qparams as qp
 from qcli.core.graph import GraphIndex, Namer
 from qcli.core.ops import NATIVE_INT8, input_channels
-from qcli.core.plan import Action, ActivationQuant, QuantPlan, WeightQuant
+from qcli.core.plan import Action, ActivationQuant, NodeDecision, QuantPlan, WeightQuant
 from qcli.io import model_io
+from qcli.passes.dynamic import apply_dynamic
 from qcli.passes.preprocess import _drop_unused_initializers
 from qcli.weights.base import quantized_weight
 
@@ -202,7 +204,9 @@ class _Rewriter:
 
 
 def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:
-    """The quantized model, and for each quantized activation the name of its QuantizeLinear output."""
+    """The quantized model, and for each quantized activation the name of its QuantizeLinear output. LSTMs the
+    plan runs on DynamicQuantizeLSTM (schemes/w8a8/recurrent.py) are written by passes/dynamic.py after."""
+    plan, recurrent = _split_recurrent(plan)
     # The float weights the plan replaces are not copied: the rewriter reads them from `model`, and those
     # still referenced afterwards (a weight a float node also reads) are copied back. A trial of the accuracy
     # guard or target then costs the quantized model, not a second float one.
@@ -218,7 +222,21 @@ def apply_w8a8(model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str
     # Where each original activation went (its QuantizeLinear output), for per-layer comparisons later.
     entry = next((p for p in m.metadata_props if p.key == QUANTIZED_TENSORS_KEY), None) or m.metadata_props.add()
     entry.key, entry.value = QUANTIZED_TENSORS_KEY, json.dumps(qnames, separators=(",", ":"))
+    if recurrent.nodes:
+        apply_dynamic(m, recurrent, inplace=True)
     return m, qnames
+
+
+def _split_recurrent(plan: QuantPlan) -> tuple[QuantPlan, QuantPlan]:
+    """The plan the Q/DQ rewrite writes (recurrent nodes float to it) and the recurrent nodes' own."""
+    lstm = {d.node for d in plan.nodes if d.op_type == "LSTM" and d.action == Action.INT8_OUT_FLOAT}
+    if not lstm:
+        return plan, QuantPlan(plan.scheme)
+    nodes = [NodeDecision(d.node, d.op_type, Action.FLOAT) if d.node in lstm else d for d in plan.nodes]
+    qdq = replace(plan, nodes=nodes, weights=[w for w in plan.weights if w.node not in lstm])
+    mine = QuantPlan(plan.scheme, [d for d in plan.nodes if d.node in lstm])
+    mine.weights = [w for w in plan.weights if w.node in lstm]
+    return qdq, mine
 
 
 def _restore(m: ModelProto, originals: dict) -> None:

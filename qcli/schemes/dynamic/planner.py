@@ -61,7 +61,7 @@ def plan_dynamic(
         precision = config.precision_of(node.name, node.op_type)
         if precision is not None:
             plan.overrides[node.name] = precision.value
-        why[node.name] = (pinned or {}).get(node.name) or _problem(node, idx, floats, config)
+        why[node.name] = (pinned or {}).get(node.name) or weight_problem(node, idx, floats, config)
     forced = {n.name for n in nodes if config.precision_of(n.name, n.op_type) in _FORCED}
     why.update(_too_cheap([n for n in nodes if why[n.name] is None and n.op_type != "Gather"], idx, forced))
     per_axis = model_io.onnx_opset(model) >= 13  # DequantizeLinear's axis (per-column Gather tables)
@@ -70,14 +70,14 @@ def plan_dynamic(
         if r is None:
             action = Action.PASSTHROUGH if node.op_type == "Gather" else Action.INT8_OUT_FLOAT
             plan.nodes.append(NodeDecision(node.name, node.op_type, action))
-            plan.weights += _weights(node, idx, config, reduce_range, per_axis)
+            plan.weights += weight_quants(node, idx, config, reduce_range, per_axis)
         else:
             plan.nodes.append(NodeDecision(node.name, node.op_type, Action.FLOAT, r or None))
     _explain(plan, config, cpu, reduce_range, nodes)
     return plan
 
 
-def _problem(node, idx: GraphIndex, floats: set[str], config: QuantConfig) -> Reason | str | None:
+def weight_problem(node, idx: GraphIndex, floats: set[str], config: QuantConfig) -> Reason | str | None:
     """None: quantize it. '': not a weight op. Otherwise why it stays float."""
     pattern = config.excluded_by(node.name, node.op_type)
     if pattern:
@@ -167,7 +167,7 @@ def _too_cheap(candidates: list, idx: GraphIndex, forced: set[str]) -> dict[str,
         dropped.update(more)
 
 
-def _weights(node, idx: GraphIndex, config: QuantConfig, reduce_range: bool, per_axis: bool) -> list[WeightQuant]:
+def weight_quants(node, idx: GraphIndex, config: QuantConfig, reduce_range: bool, per_axis: bool) -> list[WeightQuant]:
     precision = config.precision_of(node.name, node.op_type)
     per_channel = precision == Precision.PER_CHANNEL or (config.int8.per_channel and precision != Precision.PER_TENSOR)
     algo = config.weight_only.weight_algo.value

@@ -43,6 +43,7 @@ from qcli.core.plan import (
     Why,
     reason,
 )
+from qcli.schemes.w8a8 import recurrent
 from qcli.schemes.w8a8.regions import INT8_READERS, RegionBuilder
 
 # Overrides-file precisions that keep a Conv/MatMul/Gemm on int8 whatever the cost model and guard say.
@@ -74,6 +75,7 @@ class W8A8Planner(RegionBuilder):
                 self.anchors.add(node.name)
             elif why:
                 self.fixed[node.name] = NodeDecision(node.name, node.op_type, Action.FLOAT, why)
+        self.recurrent = recurrent.decide(model, config, self.idx, floats, self.reduce_range, pinned or {})
 
     # -- structure ---------------------------------------------------------------------------------
     def _anchor_reason(self, node) -> Reason | None | Literal[""]:
@@ -189,8 +191,10 @@ class W8A8Planner(RegionBuilder):
             elif node.name in dropped:
                 plan.nodes.append(NodeDecision(node.name, node.op_type, Action.FLOAT, dropped[node.name]))
             else:
-                d = self.fixed.get(node.name)
+                d = self.fixed.get(node.name) or self.recurrent.get(node.name, (None,))[0]
                 plan.nodes.append(d or NodeDecision(node.name, node.op_type, Action.FLOAT))
+        plan.weights += [w for _, weights in self.recurrent.values() for w in weights]  # DynamicQuantizeLSTM
+        plan.notes += recurrent.notes(self.recurrent)
         for node in self.nodes:
             a = act.get(node.name)
             if a in INT8_READERS:

@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/weight_only_bench.py
 	$(BIN)/python bench/recipe_bench.py
+	$(BIN)/python bench/silero_bench.py
 	$(BIN)/python bench/memory_bench.py --models small,big --json bench/memory_results.json | tee bench/memory_results.md
 
 # Property-based tests run long: every seed in tests/fuzz_seeds.txt, 8,000 examples a test, 10 minutes at most (about 6).

@@ -29,7 +29,7 @@ from qcli.io.validity import check_output
 from qcli.measure.diagnose import layer_errors
 from qcli.measure.evaluate import file_size
 from qcli.measure.layers import PER_LAYER_NOTE
-from qcli.passes.preprocess import lift_constants, preprocess
+from qcli.passes.preprocess import preprocess, upgrade_opset
 from qcli.report.assemble import add, describe
 from qcli.report.provenance import provenance
 from qcli.report.render import write_beside
@@ -37,6 +37,7 @@ from qcli.report.report import Report
 from qcli.report.verdict import Status, verdict
 from qcli.schemes import handler_for, replay
 from qcli.schemes.base import Data, Planned, SchemeHandler, output_path
+from qcli.schemes.branches import Saved, quantize_branches
 from qcli.steps.base import Context, Ran, run
 from qcli.steps.target import AccuracyTarget
 
@@ -171,16 +172,7 @@ class _Run:
             replayed = replay.check(saved, self.plan_in, self.model_path.name, fp, config, hostcpu.host())
         specs = input_specs(model)
         model, reference, notes = self._prepare(stack, model)
-        meta = {p.key: p.value for p in model.metadata_props}
-        args = dict(specs=specs, model_path=self.model_path, recipe=self.recipe, metadata=meta)
-        args |= dict(skip_bad=self.skip_bad_files)
-        data = Data(
-            open_source(calib, limit=config.w8a8.calib_limit, **args) if calib else None,
-            open_source(eval_dir, **args) if eval_dir else None,
-        )
-        for source in (data.calib, data.eval):
-            if source is not None:
-                source.check()  # every data folder checked before the first expensive step
+        data = self._data(model, specs, calib, eval_dir)
         if saved is not None:
             planned = handler.replay(model, config, codec.load(saved.plan), saved.state, data)
             planned.plan.notes += replayed
@@ -189,6 +181,12 @@ class _Run:
             planned = handler.plan(model, config, data, progress)
             planned.plan.notes += notes
             steps = handler.steps(config, planned)
+        # inside If branches: each branch quantized as a model of its own (schemes/branches.py)
+        items = list(data.calib.items) if data.calib else []
+        again = Saved(planned.plan.branches, saved.state) if saved is not None else None
+        branches = quantize_branches(
+            model, config, handler, data.calib, items, progress, self.ort_config, again, dry_run
+        )
         target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
         if not dry_run and target and planned.fid.src is None and saved is None:
             raise InputError(
@@ -196,6 +194,11 @@ class _Run:
             )
         warnings = _warnings(config, model, planned.plan, handler.data_warnings(config, data))
         ran = run(steps, planned.plan, Context(model, reference, planned.fid, progress, self.ort_config), dry_run)
+        ran.plan.branches = branches.plans()
+        planned.plan.notes += branches.notes()
+        if ran.plan.quantizes() and branches.plans():  # the main graph's "nothing quantized" is not the model's
+            ran.plan.warnings = [w for w in ran.plan.warnings if not w.startswith("nothing was quantized")]
+            warnings = [w for w in warnings if not w.startswith("nothing was quantized")]
         report = self._report(planned, ran, warnings, data)
         if dry_run:
             skipped = [s.name for s in steps if not s.dry_run]
@@ -205,19 +208,38 @@ class _Run:
                     "the model written may differ from this plan by what they decide"
                 )
             return _Made(ran.plan, report, reference, ran.fid)
-        qnames = self._write(model, ran.plan, planned, report, reference, written)
+        qnames = self._write(model, ran.plan, planned, report, reference, written, branches)
         if self.plan_out:
-            mine = replay.saved_plan(handler, config, planned, ran.plan, self.model_path.name, fp, hostcpu.host())
+            name = self.model_path.name
+            mine = replay.saved_plan(handler, config, planned, ran.plan, name, fp, hostcpu.host(), branches.state())
             written.append(planfile.save(self.plan_out, mine))
-        if qnames and ran.fid.src is not None:  # the per-layer diagnosis: the float graph's session, the output's
-            items = ran.fid.items[:LAYER_BATCHES]
-            feeds = FidelityData(ran.fid.src, items, "").feeds(progress("per-layer pass", len(items)))
-            layers = layer_errors(model, self.out, ran.plan, qnames, feeds)
-            layers = [x for x in layers if x.op_type not in DATA_MOVEMENT]  # measured, never blamed
-            report.layers = [x.to_dict() for x in sorted(layers, key=lambda x: -x.introduced)]
-            if layers:
-                report.notes.append(PER_LAYER_NOTE)
+        if qnames and ran.fid.src is not None:
+            self._diagnose(model, ran, qnames, report)
         return _Made(ran.plan, report, reference, ran.fid, ran.promises)
+
+    def _data(self, model: onnx.ModelProto, specs, calib: Path | None, eval_dir: Path | None) -> Data:
+        """The data folders opened, each checked before the first expensive step."""
+        meta = {p.key: p.value for p in model.metadata_props}
+        args = dict(specs=specs, model_path=self.model_path, recipe=self.recipe, metadata=meta)
+        args |= dict(skip_bad=self.skip_bad_files)
+        data = Data(
+            open_source(calib, limit=self.config.w8a8.calib_limit, **args) if calib else None,
+            open_source(eval_dir, **args) if eval_dir else None,
+        )
+        for source in (data.calib, data.eval):
+            if source is not None:
+                source.check()
+        return data
+
+    def _diagnose(self, model: onnx.ModelProto, ran: Ran, qnames: dict, report: Report) -> None:
+        """The per-layer diagnosis: the float graph's session, the output's."""
+        items = ran.fid.items[:LAYER_BATCHES]
+        feeds = FidelityData(ran.fid.src, items, "").feeds(self.progress("per-layer pass", len(items)))
+        layers = layer_errors(model, self.out, ran.plan, qnames, feeds)
+        layers = [x for x in layers if x.op_type not in DATA_MOVEMENT]  # measured, never blamed
+        report.layers = [x.to_dict() for x in sorted(layers, key=lambda x: -x.introduced)]
+        if layers:
+            report.notes.append(PER_LAYER_NOTE)
 
     def _prepare(self, stack, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Path, list[str]]:
         """Unique node names, preprocessing (one copy in memory, not two), the opset the scheme needs. The model,
@@ -230,7 +252,7 @@ class _Run:
             )
         reference, renamed = _unique_names(model, self.model_path, stack)
         model, notes = preprocess(model, self.config.fold_batchnorm, inplace=True, keep=self.config.mentions)
-        model, opset_note = _upgrade_opset(model, self.handler.opset(self.config))
+        model, opset_note = upgrade_opset(model, self.handler.opset(self.config))
         notes += [opset_note] if opset_note else []
         if renamed:
             notes.append(f"named {renamed} unnamed or duplicate-named node(s)")
@@ -260,9 +282,13 @@ class _Run:
         report.notes += conversion_notes(data.calib, data.eval)
         return report
 
-    def _write(self, model, plan: QuantPlan, planned: Planned, report: Report, reference: Path, written) -> dict:
-        """The rewrite, checked and saved atomically; the quantized tensors' names (for the diagnosis)."""
+    def _write(
+        self, model, plan: QuantPlan, planned: Planned, report: Report, reference: Path, written, branches
+    ) -> dict:
+        """The rewrite (the quantized If branches spliced in), checked and saved atomically; the quantized
+        tensors' names (for the diagnosis)."""
         rewritten = self.handler.rewrite(model, plan, planned)
+        branches.splice_into(rewritten.model)
         add(report, rewritten.part)
         if not check_output(rewritten.model, reference):
             report.notes.append(
@@ -296,24 +322,6 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, data
     ]
     out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
     return out + data_warnings + plan.warnings
-
-
-def _upgrade_opset(model: onnx.ModelProto, need: tuple[int, str] | None) -> tuple[onnx.ModelProto, str | None]:
-    """The opset the scheme's operators need (`need`: the version and why; None: no standard opset needed).
-    onnx's converter may add Constant nodes (Clip's min/max from opset 11 on) and unnamed nodes: lifted and
-    named like the input's own."""
-    if need is None:
-        return model, None
-    model, note = model_io.ensure_opset(model, *need)
-    if note:
-        lift_constants(model)
-        name_nodes(model.graph)
-        # An IR version the new opset allows (IR < 4 also wanted every initializer listed as a graph input).
-        ir = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-        if model.ir_version < ir:
-            note += f"; IR version {model.ir_version} -> {ir}"
-            model.ir_version = ir
-    return model, note
 
 
 __all__ = ["quantize", "compare", "default_output", "QuantizeResult"]

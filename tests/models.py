@@ -235,3 +235,47 @@ def crnn(hidden: int = 96, cell: str = "LSTM", steps: int = 20, seed: int = 0):
         helper.make_node("MatMul", ["y2", "wo"], ["logits"], name="head"),
     ]
     return model_of(nodes, [vi("x", ["N", 1, 16, steps])], [vi("logits", [steps, "N", 11])], inits)
+
+
+def branchy(const_weights: bool = True, seed: int = 0):
+    """An If on the sign of the input's mean, a small convnet in each branch (as Silero VAD keeps its whole
+    network in 8k/16k branches): then: conv 3x3 (3 -> 16) -> Relu -> conv 3x3 (16 -> 8) with its weights in
+    Constant nodes inside the branch (const_weights) or in outer initializers; else: another pair of convs whose
+    weights are outer initializers, read through Unsqueeze of a 3-D copy (as Silero's op15 export feeds its
+    LSTM), so constant folding must run inside the branch."""
+    r = np.random.default_rng(seed)
+    w = {
+        k: (r.standard_normal(s) * 0.3).astype(np.float32)
+        for k, s in {"wa": (16, 3, 3, 3), "wb": (8, 16, 3, 3), "wc": (16, 3, 3, 3), "wd": (8, 16, 3, 3)}.items()
+    }
+    then_nodes = []
+    outer = {"wc3": w["wc"].reshape(16, 3, 9), "wd": w["wd"], "ax": np.array([3], np.int64)}
+    if const_weights:
+        then_nodes += [
+            helper.make_node("Constant", [], [k], name=f"const_{k}", value=numpy_helper.from_array(w[k], k))
+            for k in ("wa", "wb")
+        ]
+    else:
+        outer |= {"wa": w["wa"], "wb": w["wb"]}
+    then_nodes += [
+        helper.make_node("Conv", ["x", "wa"], ["ta"], name="then_conv1", pads=[1] * 4),
+        helper.make_node("Relu", ["ta"], ["tr"], name="then_relu"),
+        helper.make_node("Conv", ["tr", "wb"], ["ty"], name="then_conv2", pads=[1] * 4),
+    ]
+    else_nodes = [
+        helper.make_node("Reshape", ["wc3", "wc_shape"], ["wc"], name="else_wc"),
+        helper.make_node("Conv", ["x", "wc"], ["ea"], name="else_conv1", pads=[1] * 4),
+        helper.make_node("Relu", ["ea"], ["er"], name="else_relu"),
+        helper.make_node("Conv", ["er", "wd"], ["ey"], name="else_conv2", pads=[1] * 4),
+    ]
+    outer["wc_shape"] = np.array([16, 3, 3, 3], np.int64)
+    then_g = helper.make_graph(then_nodes, "then", [], [vi("ty", None)])
+    else_g = helper.make_graph(else_nodes, "else", [], [vi("ey", None)])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", keepdims=0),
+        helper.make_node("Greater", ["mean", "zero"], ["cond"], name="positive"),
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g),
+    ]
+    outer["zero"] = np.array(0.0, np.float32)
+    del outer["ax"]
+    return model_of(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 8, 8, 8])], outer)

@@ -16,6 +16,8 @@ from qcli.core.plan import Action, ActivationQuant, NodeDecision, QuantPlan, Rea
 def dump(plan: QuantPlan) -> dict[str, Any]:
     out = plan.to_dict()
     out["macs_per_conversion"] = dict(plan.macs_per_conversion)
+    if plan.branches:
+        out["branches"] = {k: dump(b) for k, b in plan.branches.items()}
     return out
 
 
@@ -33,6 +35,7 @@ def load(d: dict[str, Any]) -> QuantPlan:
             overrides={str(k): str(v) for k, v in d["overrides"].items()},
             macs_per_conversion={str(k): float(v) for k, v in d.get("macs_per_conversion", {}).items()},
             bias_corrections={str(k): tuple(float(x) for x in v) for k, v in d["bias_corrections"].items()},
+            branches={str(k): load(v) for k, v in d.get("branches", {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"the plan is malformed ({type(e).__name__}: {e}); save it again with --save-plan") from e

@@ -163,6 +163,12 @@ class QuantPlan:
     macs_per_conversion: dict[str, float] = field(default_factory=dict)
     # W8A8: per int8 Conv/Gemm, the shift added to its bias per output channel (steps/bias.py)
     bias_corrections: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # The plans of If branches quantized as models of their own (schemes/branches.py), by "<If node>/<branch>"
+    branches: dict[str, QuantPlan] = field(default_factory=dict)
+
+    def quantizes(self) -> bool:
+        """Whether anything is quantized, in the main graph or in a branch."""
+        return bool(self.weights or self.activations) or any(b.quantizes() for b in self.branches.values())
 
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)
@@ -174,9 +180,13 @@ class QuantPlan:
         return [d for d in self.nodes if d.why in kinds]
 
     def summary(self) -> dict[str, dict[str, int]]:
+        """Nodes by action and op type, the branches' included."""
         out: dict[str, Counter] = {}
         for d in self.nodes:
             out.setdefault(d.action.value, Counter())[d.op_type] += 1
+        for b in self.branches.values():
+            for action, ops in b.summary().items():
+                out.setdefault(action, Counter()).update(ops)
         return {k: dict(sorted(v.items())) for k, v in out.items()}
 
     def to_dict(self) -> dict:
@@ -192,6 +202,7 @@ class QuantPlan:
             "activations": {k: asdict(v) for k, v in self.activations.items()},
             "weights": [asdict(w) for w in self.weights],
             "bias_corrections": {k: list(v) for k, v in self.bias_corrections.items()},
+            **({"branches": {k: b.to_dict() for k, b in self.branches.items()}} if self.branches else {}),
         }
 
 

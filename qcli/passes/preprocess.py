@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import ModelProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcli.core.graph import GraphIndex, Namer, add_initializer, attr, subgraphs
+from qcli.core.graph import GraphIndex, Namer, add_initializer, attr, name_nodes, subgraphs
+from qcli.io.model_io import ensure_opset
 from qcli.passes.fuse_gemm import fuse_matmul_add
 from qcli.passes.fuse_pad import fuse_pads
 
@@ -238,3 +240,21 @@ def fold_batchnorm_into_conv(m: ModelProto) -> int:
         m.graph.node.extend(keep)
         _drop_unused_initializers(m)
     return folded
+
+
+def upgrade_opset(model: onnx.ModelProto, need: tuple[int, str] | None) -> tuple[onnx.ModelProto, str | None]:
+    """The opset the scheme's operators need (`need`: the version and why; None: no standard opset needed).
+    onnx's converter may add Constant nodes (Clip's min/max from opset 11 on) and unnamed nodes: lifted and
+    named like the input's own."""
+    if need is None:
+        return model, None
+    model, note = ensure_opset(model, *need)
+    if note:
+        lift_constants(model)
+        name_nodes(model.graph)
+        # An IR version the new opset allows (IR < 4 also wanted every initializer listed as a graph input).
+        ir = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        if model.ir_version < ir:
+            note += f"; IR version {model.ir_version} -> {ir}"
+            model.ir_version = ir
+    return model, note

@@ -45,7 +45,7 @@ class Verdict:
 def verdict(report: Report, plan: QuantPlan, targeted: bool) -> Verdict:
     """`targeted`: the user gave an accuracy target, which then decides what is enough (a target missed is a
     gate of its own)."""
-    if not (plan.weights or plan.activations):
+    if not plan.quantizes():
         if report.target and report.target.get("met"):
             line = "the accuracy target was met only by keeping everything float: the model written computes in float"
         else:  # the plan's warnings say why, where the planner knows

@@ -86,6 +86,11 @@ class SchemeHandler(ABC):
     def summary(self, config: dict, decisions: dict) -> str:
         """One line for the report: the scheme as applied (`config`: the effective configuration)."""
 
+    def without_data(self, config: QuantConfig) -> QuantConfig:
+        """The configuration that quantizes a graph this run has no data for (an If branch the calibration data
+        never takes): this scheme's own where it needs none."""
+        return config
+
     def unsaveable(self, config: QuantConfig) -> str | None:
         """Why a plan of this configuration cannot be saved (asked before any work), or None."""
         return None

@@ -32,9 +32,17 @@ def versions() -> dict[str, str]:
 
 
 def saved_plan(
-    handler: SchemeHandler, config: QuantConfig, planned: Planned, plan: QuantPlan, model: str, fp: str, cpu: CpuInfo
+    handler: SchemeHandler,
+    config: QuantConfig,
+    planned: Planned,
+    plan: QuantPlan,
+    model: str,
+    fp: str,
+    cpu: CpuInfo,
+    more: dict | None = None,
 ) -> SavedPlan:
-    state = handler.record(config, planned)
+    """`more`: state of the run beyond the handler's (the If branches')."""
+    state = handler.record(config, planned) | (more or {})
     mine = versions()
     cpu_record = cpu.to_dict() | {"u8s8_may_saturate": cpu.u8s8_may_saturate}
     return SavedPlan(

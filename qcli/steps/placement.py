@@ -235,7 +235,7 @@ class _Search:
     def against_fp32(self, threshold: float) -> PlacementResult:
         """The best plan timed against FP32; not faster, the light layers float (timed), else no int8 at all."""
         vs_fp32 = self.time(self.reference, self.best_path)
-        if vs_fp32 < 1.0:
+        if vs_fp32 < 1.0 or not any(d.action in INT8 for d in self.best.nodes):  # faster, or nothing int8 to undo
             return self.result(self.best, vs_fp32)
         heavy = groups(self.best, threshold, near=HEAVY)
         light = [n for _, nodes, _ in heavy for n in nodes]

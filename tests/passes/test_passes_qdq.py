@@ -16,7 +16,7 @@ from models import vi as _vi
 from onnx import TensorProto, helper, numpy_helper
 
 from qcli import QuantConfig, quantize
-from qcli.core.plan import Action
+from qcli.core.plan import Action, Why
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -113,9 +113,10 @@ def test_if_subgraphs_pass_through_intact(tmp_path):
     assert _npz_sqnr(tmp_path / "m.onnx", r.output, feeds) > _floor(r.plan, 34, 32.5)
 
 
-def test_compute_inside_subgraphs_is_passed_through_and_the_report_says_why(tmp_path):
-    """The only MatMul is inside an If's branches: nothing is quantized, the output is bit-identical, and
-    a warning names the node holding the subgraphs."""
+def test_compute_inside_if_branches_is_planned_there_and_says_why_it_stays_float(tmp_path):
+    """The only MatMul is inside an If's branches (4x4: too small to pay for its conversions): each branch is
+    planned as a model of its own (schemes/branches.py), the MatMul stays float there for speed with the reason
+    in the branch's plan, the verdict says nothing is quantized, and the output is bit-identical."""
     w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
     branch = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["b"])], "b", [], [_vi("b", [2, 4])], [numpy_helper.from_array(w, "w")]
@@ -128,7 +129,9 @@ def test_compute_inside_subgraphs_is_passed_through_and_the_report_says_why(tmp_
         np.savez(tmp_path / "c" / f"{i}.npz", x=np.ones((2, 4), np.float32) * i, cond=np.array(True))
     r = _quantize(tmp_path, QuantConfig())
     assert {d.action for d in r.plan.nodes} == {Action.FLOAT} and not r.plan.activations
-    assert any("inside the subgraphs of gate" in w for w in r.report.warnings)
+    mm = [d for d in r.plan.branches["gate/then_branch"].nodes if d.op_type == "MatMul"]
+    assert [d.why for d in mm] == [Why.SPEED]
+    assert r.report.status == "not-quantized"
     assert ops(r.output) == {"If": 1}
     x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
     for cond in (True, False):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import simulate_cpu
-from models import write_batches
+from models import branchy, write_batches
 from passes.test_channel_scale import hswish_net
 
 import qcli
@@ -21,7 +21,7 @@ from qcli.io import planfile
 from qcli.io.fingerprint import fingerprint
 
 SAMPLES = Path(__file__).parents[2] / "sample_models"
-CNN, ATTENTION, HSWISH = SAMPLES / "cnn", SAMPLES / "attention", "hswish"
+CNN, ATTENTION, HSWISH, BRANCHY = SAMPLES / "cnn", SAMPLES / "attention", "hswish", "branchy"
 
 CASES = {
     "w8a8": (CNN, {}),
@@ -31,6 +31,7 @@ CASES = {
     "w4a16-gptq": (ATTENTION, {"scheme": "w4a16", "weight_algo": "gptq"}),
     "w8a16-clip-search": (ATTENTION, {"scheme": "w8a16", "clip_search": True}),
     "w4a16-target": (ATTENTION, {"scheme": "w4a16", "min_sqnr": 40.0}),
+    "w8a8-if-branches": (BRANCHY, {}),  # each branch planned on its own, one never taken (dynamic)
 }
 
 
@@ -40,6 +41,10 @@ def _files(tmp_path, folder) -> tuple[Path, Path]:
         onnx.save(hswish_net(), tmp_path / "hswish.onnx")
         write_batches(tmp_path / "c", [(4, 3, 12, 12)] * 6, seed=1)
         return tmp_path / "hswish.onnx", tmp_path / "c"
+    if folder == BRANCHY:  # an If with a convnet in each branch; the data takes only one
+        onnx.save(branchy(), tmp_path / "branchy.onnx")
+        write_batches(tmp_path / "b", [(2, 3, 8, 8)] * 6, seed=1)
+        return tmp_path / "branchy.onnx", tmp_path / "b"
     return folder / "model.onnx", folder / ("calib" if folder == CNN else "eval")
 
 
@@ -62,6 +67,8 @@ def test_a_replayed_plan_writes_the_same_bytes_without_data(tmp_path, case, monk
         assert saved.state["observed"]["smooth"]
     if case in ("w4a16-gptq", "w8a16-clip-search"):
         assert saved.state["weights"]
+    if case == "w8a8-if-branches":
+        assert len(saved.plan["branches"]) == 2 and saved.state["types"]
 
     import qcli.calibration.calibrate as calibrate
     import qcli.schemes.weight_only.stats as stats

@@ -203,6 +203,6 @@ def _explain(plan: QuantPlan, config: QuantConfig, cpu: CpuInfo, reduce_range: b
     if reduce_range and any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
         plan.notes.append(f"MatMul/Gemm/LSTM weights use 7 bits (-63..63) ({why})")
     if not plan.weights:
-        nested = [n.name for n in nodes if subgraphs(n)]
-        where = f"; the compute is inside the subgraphs of {', '.join(nested[:3])}" if nested else ""
+        loops = [n.name for n in nodes if subgraphs(n) and n.op_type != "If"]  # If: schemes/branches.py
+        where = f"; the compute is inside the bodies of {', '.join(loops[:3])}, passed through" if loops else ""
         plan.warnings.append(f"nothing was quantized{where}")

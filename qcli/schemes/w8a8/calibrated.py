@@ -61,7 +61,7 @@ class Replanner:
 
     def refit(self, plan: QuantPlan) -> tuple[QuantPlan, dict] | None:
         """The plan's decisions (what is float and why, what runs on int8) with the ranges from every file."""
-        if self.stats_all is None:
+        if self.stats_all is None or self.calibration_all is None:  # none held, or nothing observed
             return None
         kept = {d.node: d.reason for d in plan.nodes if d.why in (Why.ACCURACY, Why.TARGET, Why.MEASURED)}
         int8 = [d for d in plan.nodes if d.action in (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)]

@@ -7,6 +7,8 @@ write:  Q/DQ pairs, folded activations, quantized weights and biases            
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from onnx import ModelProto
 
 from qcli.core.config import Objective, Placement, QuantConfig, Scheme
@@ -53,6 +55,10 @@ class W8A8(SchemeHandler):
         if config.w8a8.bias_correction:
             steps.append(BiasStep(planned.fid if target else planned.held or planned.decide))
         return steps
+
+    def without_data(self, config: QuantConfig) -> QuantConfig:
+        """Dynamic: int8 weights, activations quantized at run time (MatMul, Gemm, LSTM; convs stay float)."""
+        return replace(config, scheme=Scheme.DYNAMIC)
 
     def record(self, config: QuantConfig, planned: W8A8Planned) -> dict:
         """The per-channel maxima channel scaling and SmoothQuant read from the calibration files."""

@@ -241,11 +241,11 @@ class W8A8Planner(RegionBuilder):
                 + ", ".join(w.node for w in widened)
             )
         if not any(d.action != Action.FLOAT for d in plan.nodes):
-            nested = [n.name for n in self.nodes if subgraphs(n)]
+            loops = [n.name for n in self.nodes if subgraphs(n) and n.op_type != "If"]  # If: schemes/branches.py
             where = (
-                f"; the compute is inside the subgraphs of {', '.join(nested[:3])}, which qcli passes "
-                "through unchanged (quantizing inside If/Loop/Scan is not supported yet)"
-                if nested
+                f"; the compute is inside the bodies of {', '.join(loops[:3])}, which qcli passes "
+                "through unchanged (quantizing inside Loop/Scan is not supported yet)"
+                if loops
                 else ""
             )
             if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.nodes):

@@ -9,7 +9,7 @@ quantized block-wise along the reduction axis; all compute stays float.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onnx import ModelProto
 
@@ -95,6 +95,11 @@ class WeightOnly(SchemeHandler):
             place = config.objective == Objective.LATENCY and config.placement == Placement.MEASURED
             steps.append(FormatStep(weights, config.min_sqnr, batches, place))
         return steps
+
+    def without_data(self, config: QuantConfig) -> QuantConfig:
+        """rtn without the clipping search: the algorithms that read statistics need data."""
+        plain = replace(config.weight_only, weight_algo=WeightAlgo.RTN, clip_search=False)
+        return replace(config, weight_only=plain) if _data_aware(config) else config
 
     def unsaveable(self, config: QuantConfig) -> str | None:
         if config.weight_only.weight_algo == WeightAlgo.AWQ:

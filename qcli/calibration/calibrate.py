@@ -16,9 +16,13 @@ from qcli.calibration.observers.auto import SearchObserver
 from qcli.calibration.observers.histogram import HistogramObserver, plot_counts
 from qcli.core.config import QuantConfig
 from qcli.core.errors import InputError, NonFiniteValues
+from qcli.core.graph import data_driven_loops
 from qcli.core.overrides import CalibMethod
 from qcli.io import model_io
-from qcli.io.session import Session
+from qcli.io.session import Session, TimeLimit
+
+# A calibration batch of a model with a data-driven Loop may run this long (a batch is normally well under a second)
+LOOP_BATCH_SECONDS = 120.0
 
 
 class Streaming(Protocol):
@@ -32,7 +36,9 @@ def observing(model: ModelProto, names: Iterable[str], label: str = "calibration
     with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
         outputs = dict.fromkeys(names, TensorProto.FLOAT)
         path = model_io.save_with_outputs(model, outputs, Path(tmp), "calib.onnx")
-        with Session(path, label=f"the model ({label} run)") as sess:
+        loops = data_driven_loops(model.graph)
+        limit = TimeLimit(LOOP_BATCH_SECONDS, f"the Loop {loops[0]!r} runs as the data says") if loops else None
+        with Session(path, label=f"the model ({label} run)", limit=limit) as sess:
             yield sess
 
 

@@ -176,3 +176,13 @@ def broken(g: GraphProto) -> str | None:
         stuck = [f"{n.name or '(unnamed)'!r} ({n.op_type})" for n, w in zip(g.node, waiting) if w][:4]
         return f"the graph has a cycle: node(s) {', '.join(stuck)} never get their inputs"
     return None
+
+
+def data_driven_loops(g: GraphProto) -> list[str]:
+    """Loop nodes whose trip count is not a constant of the graph (computed, a graph input, or none: the
+    condition alone ends them): how long they run, the data decides."""
+    consts = {t.name for t in g.initializer}
+    consts |= {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
+    return [
+        n.name or n.output[0] for n in g.node if n.op_type == "Loop" and (not n.input[0] or n.input[0] not in consts)
+    ]

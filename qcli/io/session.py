@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,11 +50,18 @@ class Session:
     `with` block) frees its memory at once, for the next session to use."""
 
     def __init__(
-        self, path: Path, threads: int = 0, config: Mapping[str, str] | None = None, ours: bool = False, label=None
+        self,
+        path: Path,
+        threads: int = 0,
+        config: Mapping[str, str] | None = None,
+        ours: bool = False,
+        label=None,
+        limit: TimeLimit | None = None,
     ) -> None:
         self.path = Path(path)
         self.label = label or self.path.name
         self.ours = ours
+        self.limit = limit
         release_memory()  # what earlier sessions and models freed, back to the system before this one loads
         self._copy: tempfile.TemporaryDirectory | None = None
         try:
@@ -87,6 +96,8 @@ class Session:
         return [i.name for i in self.sess.get_inputs()]
 
     def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self.limit is not None:
+            return self.limit.run(self, names, feed)
         try:
             return self.sess.run(names, dict(feed))
         except Exception as e:
@@ -105,6 +116,35 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """At most `seconds` a run (a batch), for models whose running time the data decides (a Loop whose trip
+    count or condition is computed): onnxruntime's terminate flag, set from a timer, stops the run, and the
+    error names `why`."""
+
+    seconds: float
+    why: str
+
+    def run(self, sess: Session, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        options = ort.RunOptions()
+        timer = threading.Timer(self.seconds, lambda: setattr(options, "terminate", True))
+        timer.start()
+        try:
+            return sess.sess.run(names, dict(feed), options)
+        except Exception as e:
+            if options.terminate:
+                raise InputError(
+                    f"{sess.label}: one batch ran longer than {self.seconds:g} s and was stopped ({self.why}): "
+                    "check the data that sets its trip count, or calibrate on shorter inputs"
+                ) from None
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise _error(
+                sess.ours, f"onnxruntime failed to run {sess.label} on inputs {shapes}: {_first_line(e)}"
+            ) from e
+        finally:
+            timer.cancel()
 
 
 class OpenSessions:

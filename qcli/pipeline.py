@@ -98,9 +98,6 @@ def quantize(
         model_io.check_writable(out, size)
         if save_plan:
             model_io.check_writable(Path(save_plan))
-            refused = handler_for(config.scheme).unsaveable(config)
-            if refused:
-                raise InputError(refused)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
     job = replace(job, plan_in=plan and Path(plan), plan_out=save_plan and Path(save_plan))
     with contextlib.ExitStack() as stack:

@@ -11,7 +11,7 @@ reads an earlier activation) then sees the weights it will be quantized with.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from onnx import ModelProto
@@ -46,26 +46,39 @@ class AwqResult:
     stats: dict[str, WeightStats]  # weight -> statistics of its input as the graph now computes it
     layers: tuple[AwqLayer, ...]
     notes: tuple[str, ...]
+    scales: dict = field(default_factory=dict)  # activation -> the per-channel s moved into the graph
 
 
-def awq_prepare(model: ModelProto, plan: QuantPlan, stats: dict[str, WeightStats], grid: int = GRID) -> AwqResult:
+def awq_prepare(
+    model: ModelProto,
+    plan: QuantPlan,
+    stats: dict[str, WeightStats],
+    grid: int = GRID,
+    chosen: dict[str, np.ndarray] | None = None,
+) -> AwqResult:
     """Scale the inputs of the weights planned with algo "awq"; edits `model` and `plan` (a weight copied where
     it was shared) in place. `stats`: schemes/weight_only/stats.collect on the float model. Pass the returned
-    stats on to quantize_plan and weight_errors."""
+    stats on to quantize_plan and weight_errors. `chosen` (a saved plan's `AwqResult.scales`): the same edits
+    without statistics or search."""
     g = model.graph
     planned = {w.node: w for w in plan.weights if w.algo == "awq" and w.role == "weight"}
     groups = targets(g, GraphIndex(g))
     order = {n.name: i for i, n in enumerate(g.node)}
     ed = Editor(model)
     out = dict(stats)
-    layers, shared, muls = [], [], []
+    layers, shared, muls, scales = [], [], [], {}
     for t, readers in sorted(groups.items(), key=lambda kv: -min(order[r.name] for r in kv[1])):
         mine = [r for r in readers if r.name in planned and r.input[1] in stats]
-        if not mine:
+        if (chosen is None and not mine) or (chosen is not None and t not in chosen):
             continue
         uses = Counter(i for n in g.node for i in n.input)
         if any(uses[r.input[1]] != 1 or r.input[1] in ed.pinned for r in readers):
             shared.append(t)  # W diag(s) would change the other readers of a shared weight
+            continue
+        if chosen is not None:
+            where, mul = migrate(ed, t, readers, chosen[t])
+            muls += [mul] if mul is not None else []
+            scales[t] = chosen[t]
             continue
         st = stats[mine[0].input[1]]
         idx = GraphIndex(g)
@@ -81,6 +94,7 @@ def awq_prepare(model: ModelProto, plan: QuantPlan, stats: dict[str, WeightStats
             continue
         where, mul = migrate(ed, t, readers, choice.s)
         muls += [mul] if mul is not None else []
+        scales[t] = choice.s
         scaled = st.scaled(choice.s)
         out.update({r.input[1]: scaled for r in readers if r.input[1] in stats})
         mul_name = mul.name if mul is not None else ""
@@ -88,7 +102,7 @@ def awq_prepare(model: ModelProto, plan: QuantPlan, stats: dict[str, WeightStats
         layers.append(AwqLayer(t, names, choice.alpha, where, rtn_err, err, mul_name))
     place_muls(g, muls)  # at the end: it rebuilds the node list, which would orphan the nodes held in `groups`
     _resync(model, plan, out)
-    return AwqResult(out, tuple(layers), tuple(_notes(layers, shared)))
+    return AwqResult(out, tuple(layers), tuple(_notes(layers, shared)), scales)
 
 
 def _resync(model: ModelProto, plan: QuantPlan, stats: dict[str, WeightStats]) -> None:

@@ -91,10 +91,6 @@ class SchemeHandler(ABC):
         never takes): this scheme's own where it needs none."""
         return config
 
-    def unsaveable(self, config: QuantConfig) -> str | None:
-        """Why a plan of this configuration cannot be saved (asked before any work), or None."""
-        return None
-
     def record(self, config: QuantConfig, planned: Planned) -> dict:
         """What the rewrite needs beyond the final plan that was derived from data (JSON-ready): a saved plan's
         `state` (io/planfile.py). Called after the steps ran."""

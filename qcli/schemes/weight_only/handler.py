@@ -9,7 +9,7 @@ quantized block-wise along the reduction axis; all compute stays float.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from onnx import ModelProto
 
@@ -17,6 +17,7 @@ from qcli.core.config import Objective, Placement, QuantConfig, Scheme, WeightAl
 from qcli.core.errors import InputError
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress
+from qcli.io.planfile import decode_array, encode_array
 from qcli.passes.awq import awq_prepare
 from qcli.passes.blockwise import apply_weight_only
 from qcli.schemes.base import (
@@ -45,6 +46,7 @@ NBITS_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 @dataclass(frozen=True)
 class WeightOnlyPlanned(Planned):
     weights: Quantized | None = None  # every plan's weights, each quantized once (with the statistics)
+    awq: dict = field(default_factory=dict)  # awq: activation -> the per-channel scale moved into the graph
 
 
 class WeightOnly(SchemeHandler):
@@ -76,13 +78,14 @@ class WeightOnly(SchemeHandler):
             "files": [p.name for p in items],
             "tensors": len(stats),
         }
+        scales = {}
         if algo == WeightAlgo.AWQ:
             done = awq_prepare(model, plan, stats)
-            stats = done.stats
+            stats, scales = done.stats, done.scales
             plan.notes += list(done.notes)
             calibration["awq"] = [x.to_dict() for x in done.layers]
         weights = Quantized(stats, WeightOptions.of(config))
-        return WeightOnlyPlanned(plan, calibration, fidelity_after_fit(data, items, held), weights)
+        return WeightOnlyPlanned(plan, calibration, fidelity_after_fit(data, items, held), weights, scales)
 
     def steps(self, config: QuantConfig, planned: WeightOnlyPlanned) -> list[Step]:
         target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
@@ -101,21 +104,22 @@ class WeightOnly(SchemeHandler):
         plain = replace(config.weight_only, weight_algo=WeightAlgo.RTN, clip_search=False)
         return replace(config, weight_only=plain) if _data_aware(config) else config
 
-    def unsaveable(self, config: QuantConfig) -> str | None:
-        if config.weight_only.weight_algo == WeightAlgo.AWQ:
-            return "--save-plan does not record awq's activation scales yet: save a plan of a gptq or rtn run"
-        return None
-
     def record(self, config: QuantConfig, planned: WeightOnlyPlanned) -> dict:
-        """The data-aware algorithms' quantized weights (rtn's are made again from the model)."""
-        return {"weights": saved.encode(planned.weights.cache)} if _data_aware(config) else {}
+        """The data-aware algorithms' quantized weights and awq's scales (rtn's are made again from the model)."""
+        if not _data_aware(config):
+            return {}
+        awq = {t: encode_array(s) for t, s in planned.awq.items()}
+        return {"weights": saved.encode(planned.weights.cache)} | ({"awq": awq} if awq else {})
 
     def replay(
         self, model: ModelProto, config: QuantConfig, plan: QuantPlan, state: dict, data: Data
     ) -> WeightOnlyPlanned:
+        awq = {t: decode_array(s) for t, s in state.get("awq", {}).items()}
+        if awq:  # the graph edits awq made from the data, redone from its scales
+            awq_prepare(model, plan, {}, chosen=awq)
         weights = Quantized(None, WeightOptions.of(config))
         weights.cache = saved.decode(state.get("weights", []))
-        return WeightOnlyPlanned(plan, None, fidelity_only(data), weights)
+        return WeightOnlyPlanned(plan, None, fidelity_only(data), weights, awq)
 
     def replay_steps(self, config: QuantConfig, planned: WeightOnlyPlanned) -> list[Step]:
         return [QuantizeWeights(planned.weights)]

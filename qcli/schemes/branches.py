@@ -44,6 +44,7 @@ class Branch:
     why: str = ""  # how it was quantized, where not on its own calibration batches
     samples: int = 0
     state: dict = field(default_factory=dict)  # what its rewrite needs beyond its plan (a saved plan's state)
+    said: list[str] = field(default_factory=list)  # its steps' notes and warnings (and its own branches')
 
     @property
     def key(self) -> str:
@@ -65,10 +66,14 @@ class Branches:
         return {"branches": {b.key: b.state for b in self.done if b.plan is not None}, "types": self.types}
 
     def notes(self) -> list[str]:
-        return [
-            f"If branch {b.key}: {b.why or f'quantized on the {b.samples} calibration batch(es) that take it'}"
-            for b in self.done
-        ]
+        """What each branch's run found, prefixed with the branch, for the report."""
+        out = []
+        for b in self.done:
+            out.append(
+                f"If branch {b.key}: {b.why or f'quantized on the {b.samples} calibration batch(es) that take it'}"
+            )
+            out += [f"If branch {b.key}: {line}" for line in b.said]
+        return out
 
     def splice_into(self, model: ModelProto) -> None:
         """Put the quantized branches into the written model (its If nodes keep their names)."""
@@ -150,8 +155,10 @@ def quantize_branches(
                 fallback = handler.without_data(config)  # no data for it: what the scheme does without data
                 mine = (fallback, handler_for(fallback.scheme))
                 branch.why = branch.why or f"never taken on the calibration data: quantized as {fallback.scheme.value}"
+            elif calib is None and saved is None:
+                branch.why = f"quantized without data ({config.scheme.value} needs none)"
             folder = tmp / slug if count else None
-            qmodel, branch.plan, branch.state = _quantize(
+            qmodel, branch.plan, branch.state, branch.said = _quantize(
                 ex, *mine, folder, progress, ort_config, tmp / f"{slug}-m", replayed
             )
             branch.graph = splice(g, qmodel, ex, f"{slug}/", model_io.tensor_types(qmodel))
@@ -161,7 +168,8 @@ def quantize_branches(
 
 def _quantize(ex: Extracted, config, handler, folder: Path | None, progress, ort_config, work: Path, replayed=None):
     """The branch's model through the scheme: preprocess, its own branches, plan, steps, rewrite; or, with
-    `replayed` (its saved plan and state), the saved plan applied. Returns the model, its plan and state."""
+    `replayed` (its saved plan and state), the saved plan applied. Returns the model, its plan, its state and
+    what its steps said."""
     model, _ = preprocess(ex.model, config.fold_batchnorm, inplace=True)
     name_nodes(model.graph)  # the plan is keyed by node name (new names get the branch's prefix)
     work.mkdir()
@@ -185,7 +193,8 @@ def _quantize(ex: Extracted, config, handler, folder: Path | None, progress, ort
     state = handler.record(config, planned) | inner.state()
     written = handler.rewrite(model, plan, planned).model
     inner.splice_into(written)
-    return written, plan, state
+    said = [line for part in ran.parts for line in (*part.warnings, *part.notes)] + inner.notes()
+    return written, plan, state, said
 
 
 def _feeds(model, found, parts, calib, items, tmp: Path, progress, types, out: Branches) -> dict:

@@ -279,3 +279,65 @@ def branchy(const_weights: bool = True, seed: int = 0):
     outer["zero"] = np.array(0.0, np.float32)
     del outer["ax"]
     return model_of(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 8, 8, 8])], outer)
+
+
+def looped(trips: int = 4, growing: bool = False, seed: int = 0):
+    """A stem conv, then a Loop refining its output `trips` times: x = Relu(Conv(x, W)) + x, W an outer
+    initializer (an iterative refinement head). growing: the loop also carries a value that doubles in length
+    every iteration (a scan output cannot collect it)."""
+    r = np.random.default_rng(seed)
+    body_nodes = [
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="b_cond"),
+        helper.make_node("Conv", ["x_in", "W"], ["c"], name="b_conv", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["rc"], name="b_relu"),
+        helper.make_node("Add", ["rc", "x_in"], ["x_out"], name="b_add"),
+    ]
+    ins = [vi("i", [], TensorProto.INT64), vi("cond_in", [], TensorProto.BOOL), vi("x_in", ["N", 16, 12, 12])]
+    outs = [vi("cond_out", [], TensorProto.BOOL), vi("x_out", ["N", 16, 12, 12])]
+    loop_in, loop_out = ["trips", "true", "x0"], ["y"]
+    if growing:
+        body_nodes.append(helper.make_node("Concat", ["g_in", "g_in"], ["g_out"], name="b_grow", axis=0))
+        ins.append(vi("g_in", ["L"]))
+        outs.append(vi("g_out", ["L2"]))
+        loop_in.append("g0")
+        loop_out.append("g")
+    body = helper.make_graph(body_nodes, "body", ins, outs)
+    inits = {
+        "w0": (r.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32),
+        "W": (r.standard_normal((16, 16, 3, 3)) * 0.03).astype(np.float32),  # the refinement stays bounded
+        "trips": np.array(trips, np.int64),
+        "true": np.array(True),
+        "g0": np.ones(2, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["img", "w0"], ["x0"], name="stem", pads=[1] * 4),
+        helper.make_node("Loop", loop_in, loop_out, name="refine", body=body),
+    ]
+    outputs = [vi("y", ["N", 16, 12, 12])] + ([vi("g", ["L"])] if growing else [])
+    if not growing:
+        del inits["g0"]
+    return model_of(nodes, [vi("img", ["N", 3, 12, 12])], outputs, inits)
+
+
+def scanned(hidden: int = 64, steps: int = 20, seed: int = 0):
+    """A Scan over [steps, 8, hidden]: s = Tanh(x_t W + s U), every step's s a scan output (a plain RNN)."""
+    r = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x_t", "W"], ["a"], name="b_mx"),
+            helper.make_node("MatMul", ["s_in", "U"], ["b"], name="b_ms"),
+            helper.make_node("Add", ["a", "b"], ["c"], name="b_add"),
+            helper.make_node("Tanh", ["c"], ["s_out"], name="b_tanh"),
+            helper.make_node("Identity", ["s_out"], ["y_t"], name="b_y"),
+        ],
+        "body",
+        [vi("s_in", [8, hidden]), vi("x_t", [8, hidden])],
+        [vi("s_out", [8, hidden]), vi("y_t", [8, hidden])],
+    )
+    inits = {
+        "W": (r.standard_normal((hidden, hidden)) * 0.15).astype(np.float32),
+        "U": (r.standard_normal((hidden, hidden)) * 0.1).astype(np.float32),
+    }
+    nodes = [helper.make_node("Scan", ["s0", "seq"], ["s_final", "ys"], name="rnn", body=body, num_scan_inputs=1)]
+    ins = [vi("s0", [8, hidden]), vi("seq", [steps, 8, hidden])]
+    return model_of(nodes, ins, [vi("s_final", [8, hidden]), vi("ys", [steps, 8, hidden])], inits)

@@ -1,12 +1,15 @@
-"""`If` branches as models of their own, and back (graph edits only; schemes/branches.py decides).
+"""`If` branches and `Loop`/`Scan` bodies as models of their own, and back (graph edits only; schemes/branches.py
+decides).
 
-A branch reads tensors of the graph around it by name (its free names). `extract` makes it a standalone model:
-each free name that is a constant there (an initializer) is copied in as an initializer, and each other one
-becomes a graph input `in<k>` (a plain name, so that calibration files can be named after it) read through an
-Identity that restores the original name for the branch's nodes. `splice` puts the quantized model back as the
-branch: the inputs' readers read the outer names again, the copied constants are dropped where unchanged, and
-every name the quantization made is given the branch's own prefix, so that names stay unique across scopes
-(sibling branches and the graph around them make Q/DQ names of their own)."""
+A branch reads tensors of the graph around it by name (its free names); a loop body also has inputs of its own
+(the iteration number, the condition, the carried values, a scan's slices). `extract` makes it a standalone
+model: each free name that is a constant there (an initializer) is copied in as an initializer, and each body
+input and other free name becomes a graph input `in<k>` (a plain name, so that calibration files can be named
+after it) read through an Identity that restores the original name for the body's nodes. `splice` puts the
+quantized model back as the branch (a body with its own inputs again): the inputs' readers read the outer names
+again, the copied constants are dropped where unchanged, and every name the quantization made is given the
+branch's own prefix, so that names stay unique across scopes (sibling branches and the graph around them make
+Q/DQ names of their own)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, helper
 from qcli.core.graph import all_names, subgraphs
 
 BRANCHES = ("then_branch", "else_branch")
+BODIES = {"If": BRANCHES, "Loop": ("body",), "Scan": ("body",)}
 CONTRIB = "com.microsoft"  # the onnxruntime ops qcli writes there all compute float outputs
 
 
@@ -55,7 +59,15 @@ def extract(model: ModelProto, branch: GraphProto, types: dict[str, int]) -> Ext
     g = GraphProto()
     g.CopyFrom(branch)
     g.name = "branch"
+    del g.input[:]
     inputs, copied, feeders = {}, set(), []
+    for v in branch.input:  # a loop body's own inputs
+        name = f"in{len(inputs)}"
+        inputs[name] = v.name
+        g.input.append(
+            helper.make_tensor_value_info(name, v.type.tensor_type.elem_type or onnx.TensorProto.FLOAT, None)
+        )
+        feeders.append(helper.make_node("Identity", [name], [v.name], name=f"{name}/restore"))
     for t in free_names(branch):
         if t in consts:
             g.initializer.add().CopyFrom(consts[t])
@@ -104,6 +116,7 @@ def splice(
         c = g.initializer.add()
         c.CopyFrom(t)
         c.name = rename.get(t.name, t.name)
+    g.input.extend(branch.input)
     for v in branch.output:
         out = g.output.add()
         out.CopyFrom(v)

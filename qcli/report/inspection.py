@@ -112,12 +112,9 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     name_nodes(model.graph)
     model, notes = preprocess(model, config.fold_batchnorm, inplace=True, keep=config.mentions)
     info.notes += notes
-    ifs = [n.name for n in model.graph.node if n.op_type == "If" and subgraphs(n)]
-    loops = [n.name for n in model.graph.node if n.op_type != "If" and subgraphs(n)]
-    if ifs:
-        info.notes.append(f"the branches of {', '.join(ifs[:5])} are planned as models of their own when quantized")
-    if loops:
-        info.notes.append(f"the bodies of {', '.join(loops[:5])} are passed through unchanged (Loop/Scan)")
+    nested = [n.name for n in model.graph.node if subgraphs(n)]
+    if nested:
+        info.notes.append(f"the branches and bodies of {', '.join(nested[:5])} are planned as models of their own")
     info.warnings += [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]

@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from onnx import GraphProto, ModelProto, helper
 
 from qcli.core.config import QuantConfig
@@ -24,12 +23,12 @@ from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress
 from qcli.io import model_io
 from qcli.io.feeds import FeedSource, input_specs
-from qcli.io.session import Session
-from qcli.passes.branches import BRANCHES, Extracted, extract, hoist_shared, splice
+from qcli.passes.branches import BODIES, BRANCHES, Extracted, extract, hoist_shared, splice
 from qcli.passes.preprocess import _drop_unused_initializers as drop_unused_initializers
 from qcli.passes.preprocess import preprocess
 from qcli.schemes import handler_for
 from qcli.schemes.base import Data, SchemeHandler
+from qcli.schemes.body_feeds import collect, slug
 from qcli.steps.base import Context, run
 
 COMPUTE = ANCHORS | {"LSTM", "GRU", "RNN"}
@@ -37,12 +36,13 @@ COMPUTE = ANCHORS | {"LSTM", "GRU", "RNN"}
 
 @dataclass
 class Branch:
-    node: str  # the If node
-    attr: str  # then_branch | else_branch
+    node: str  # the If, Loop or Scan node
+    attr: str  # then_branch | else_branch | body
     graph: GraphProto | None  # the quantized branch; None: left as it was
     plan: QuantPlan | None = None
     why: str = ""  # how it was quantized, where not on its own calibration batches
     samples: int = 0
+    op: str = "If"
     state: dict = field(default_factory=dict)  # what its rewrite needs beyond its plan (a saved plan's state)
     said: list[str] = field(default_factory=list)  # its steps' notes and warnings (and its own branches')
 
@@ -57,6 +57,7 @@ class Branches:
     # per If node, its outputs' element types as the float model computed them: a quantized body is typed where
     # the original left its outputs untyped, and onnx's check then wants both branches to declare the type
     types: dict[str, list[int]] = field(default_factory=dict)
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)  # loop bodies whose inputs were not collected
 
     def plans(self) -> dict[str, QuantPlan]:
         return {b.key: b.plan for b in self.done if b.plan is not None}
@@ -69,15 +70,15 @@ class Branches:
         """What each branch's run found, prefixed with the branch, for the report."""
         out = []
         for b in self.done:
-            out.append(
-                f"If branch {b.key}: {b.why or f'quantized on the {b.samples} calibration batch(es) that take it'}"
-            )
-            out += [f"If branch {b.key}: {line}" for line in b.said]
+            what = "If branch" if b.op == "If" else f"{b.op} body"
+            took = "calibration batch(es) that take it" if b.op == "If" else "iterations sampled from its runs"
+            out.append(f"{what} {b.key}: {b.why or f'quantized on the {b.samples} {took}'}")
+            out += [f"{what} {b.key}: {line}" for line in b.said]
         return out
 
     def splice_into(self, model: ModelProto) -> None:
         """Put the quantized branches into the written model (its If nodes keep their names)."""
-        nodes = {n.name: n for n in model.graph.node if n.op_type == "If"}
+        nodes = {n.name: n for n in model.graph.node if n.op_type in BODIES}
         extra: set[str] = set()
         for b in self.done:
             if b.graph is None or b.node not in nodes:
@@ -90,7 +91,7 @@ class Branches:
                     if not v.type.tensor_type.elem_type and t:
                         v.type.tensor_type.elem_type = t
         for name in {b.node for b in self.done if b.graph is not None and b.node in nodes}:
-            hoist_shared(model, nodes[name], f"{_slug(name, 'x_')[:-2]}/")
+            hoist_shared(model, nodes[name], f"{slug(name, 'x_')[:-2]}/")
         drop_unused_initializers(model)  # outer weights only the float branches read
         have = {o.domain for o in model.opset_import}
         for domain in sorted(extra - have):
@@ -125,27 +126,29 @@ def quantize_branches(
     found = [
         (n, attr.name, attr.g)
         for n in model.graph.node
-        if n.op_type == "If"
+        if n.op_type in BODIES and n.domain in ("", "ai.onnx")
         for attr in n.attribute
-        if attr.name in BRANCHES and has_compute(attr.g)
+        if attr.name in BODIES[n.op_type] and has_compute(attr.g)
     ]
     out = Branches()
     if not found or dry_run:
         why = "quantized as a model of its own when the model is written (--dry-run plans the main graph only)"
-        out.done = [Branch(n.name, a, None, why=why) for n, a, _ in found]
+        out.done = [Branch(n.name, a, None, why=why, op=n.op_type) for n, a, _ in found]
         return out
     types = model_io.tensor_types(model)
     parts = {(n.name, a): extract(model, g, types) for n, a, g in found}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcli-branch-")))
-        if saved is None:
-            counts = _feeds(model, found, parts, calib, items, tmp, progress, types, out) if calib is not None else {}
-        else:
-            out.types, counts = dict(saved.state.get("types", {})), {}
+        counts, shapes = {}, {}
+        if saved is None and calib is not None:
+            counts, shapes = collect(model, found, parts, calib, items, tmp, progress, types, out)
+            _ranks(parts, shapes)
+        elif saved is not None:
+            out.types = dict(saved.state.get("types", {}))
         for n, a, g in found:
             ex, count = parts[(n.name, a)], counts.get((n.name, a), 0)
-            branch = Branch(n.name, a, None, samples=count)
-            mine, slug, replayed = (config, handler), _slug(n.name, a), None
+            branch = Branch(n.name, a, None, samples=count, op=n.op_type)
+            mine, tag, replayed = (config, handler), slug(n.name, a), None
             if saved is not None:
                 if branch.key not in saved.plans:
                     continue
@@ -154,14 +157,16 @@ def quantize_branches(
             if (calib is not None and count == 0) or (replayed and replayed[0].scheme != config.scheme.value):
                 fallback = handler.without_data(config)  # no data for it: what the scheme does without data
                 mine = (fallback, handler_for(fallback.scheme))
-                branch.why = branch.why or f"never taken on the calibration data: quantized as {fallback.scheme.value}"
+                never = out.failed.get((n.name, a)) or ("never taken" if n.op_type == "If" else "never run")
+                never += " on the calibration data" if (n.name, a) not in out.failed else ""
+                branch.why = branch.why or f"{never}: quantized as {fallback.scheme.value}"
             elif calib is None and saved is None:
                 branch.why = f"quantized without data ({config.scheme.value} needs none)"
-            folder = tmp / slug if count else None
+            folder = tmp / tag if count else None
             qmodel, branch.plan, branch.state, branch.said = _quantize(
-                ex, *mine, folder, progress, ort_config, tmp / f"{slug}-m", replayed
+                ex, *mine, folder, progress, ort_config, tmp / f"{tag}-m", replayed
             )
-            branch.graph = splice(g, qmodel, ex, f"{slug}/", model_io.tensor_types(qmodel))
+            branch.graph = splice(g, qmodel, ex, f"{tag}/", model_io.tensor_types(qmodel))
             out.done.append(branch)
     return out
 
@@ -197,49 +202,16 @@ def _quantize(ex: Extracted, config, handler, folder: Path | None, progress, ort
     return written, plan, state, said
 
 
-def _feeds(model, found, parts, calib, items, tmp: Path, progress, types, out: Branches) -> dict:
-    """Run the float model on the calibration batches and write each branch's inputs for the batches whose
-    condition takes it: tmp/<branch>/<k>/in<i>.npy. Returns the batches written per branch; records the If
-    nodes' output types in `out`."""
-    wanted = {n.input[0] for n, _, _ in found} | {t for ex in parts.values() for t in ex.inputs.values()}
-    wanted |= {o for n, _, _ in found for o in n.output}
-    path = model_io.save_with_outputs(model, {t: types.get(t, 1) for t in wanted}, tmp, "observe.onnx")
-    counts: dict[tuple[str, str], int] = {}
-    shapes: dict[str, set[tuple]] = {}
-    advance = progress("If branches: their inputs", len(items))
-    with Session(path, ours=True, label="the model (If branches' inputs)") as sess:
-        names = list(wanted)
-        for item in items:
-            values = dict(zip(names, sess.run(names, calib.load(item))))
-            for n, _, _ in found:
-                out.types[n.name] = [helper.np_dtype_to_tensor_dtype(np.asarray(values[o]).dtype) for o in n.output]
-            for n, a, _ in found:
-                taken = bool(np.asarray(values[n.input[0]]).reshape(-1)[0])
-                if taken != (a == "then_branch"):
-                    continue
-                k = counts.get((n.name, a), 0)
-                sample = tmp / _slug(n.name, a) / f"{k:06d}"
-                sample.mkdir(parents=True)
-                for name, outer in parts[(n.name, a)].inputs.items():
-                    np.save(sample / f"{name}.npy", values[outer], allow_pickle=False)
-                    shapes.setdefault(outer, set()).add(tuple(np.shape(values[outer])))
-                counts[(n.name, a)] = k + 1
-            advance()
-    # The inputs' ranks as seen, every dimension symbolic: onnxruntime optimizes a model of unknown rank less
-    # (a branch measured 1.11x FP32 at int8, 0.82x with ranks), and fixed dimensions let its constant folding
-    # fold shape arithmetic that feeds nested Ifs, which crashed onnxruntime 1.32 (an assertion, the process)
+def _ranks(parts: dict, shapes: dict[str, set]) -> None:
+    """The inputs' ranks as seen, every dimension symbolic: onnxruntime optimizes a model of unknown rank less
+    (a branch measured 1.11x FP32 at int8, 0.82x with ranks), and fixed dimensions let its constant folding
+    fold shape arithmetic that feeds nested Ifs, which crashed onnxruntime 1.32 (an assertion, the process)."""
     for ex in parts.values():
         for v in ex.model.graph.input:
             ranks = {len(x) for x in shapes.get(ex.inputs[v.name], ())}
             if len(ranks) == 1:
                 dims = [f"{v.name}_{i}" for i in range(ranks.pop())]
                 v.CopyFrom(helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, dims))
-    return counts
-
-
-def _slug(node: str, attr: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node)
-    return f"{safe}.{attr.split('_')[0]}"
 
 
 def _all_nodes(g: GraphProto):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import simulate_cpu
-from models import branchy, write_batches
+from models import branchy, looped, write_batches
 from passes.test_channel_scale import hswish_net
 
 import qcli
@@ -21,7 +21,7 @@ from qcli.io import planfile
 from qcli.io.fingerprint import fingerprint
 
 SAMPLES = Path(__file__).parents[2] / "sample_models"
-CNN, ATTENTION, HSWISH, BRANCHY = SAMPLES / "cnn", SAMPLES / "attention", "hswish", "branchy"
+CNN, ATTENTION, HSWISH, BRANCHY, LOOPED = SAMPLES / "cnn", SAMPLES / "attention", "hswish", "branchy", "looped"
 
 CASES = {
     "w8a8": (CNN, {}),
@@ -33,6 +33,7 @@ CASES = {
     "w8a16-clip-search": (ATTENTION, {"scheme": "w8a16", "clip_search": True}),
     "w4a16-target": (ATTENTION, {"scheme": "w4a16", "min_sqnr": 40.0}),
     "w8a8-if-branches": (BRANCHY, {}),  # each branch planned on its own, one never taken (dynamic)
+    "w8a8-loop-body": (LOOPED, {}),  # the body planned on its iterations
 }
 
 
@@ -46,6 +47,10 @@ def _files(tmp_path, folder) -> tuple[Path, Path]:
         onnx.save(branchy(), tmp_path / "branchy.onnx")
         write_batches(tmp_path / "b", [(2, 3, 8, 8)] * 6, seed=1)
         return tmp_path / "branchy.onnx", tmp_path / "b"
+    if folder == LOOPED:
+        onnx.save(looped(), tmp_path / "looped.onnx")
+        write_batches(tmp_path / "l", [(2, 3, 12, 12)] * 6, seed=1)
+        return tmp_path / "looped.onnx", tmp_path / "l"
     return folder / "model.onnx", folder / ("calib" if folder == CNN else "eval")
 
 

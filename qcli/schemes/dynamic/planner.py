@@ -25,7 +25,7 @@ from onnx import ModelProto
 from qcli.core import hostcpu
 from qcli.core import qparams as qp
 from qcli.core.config import QuantConfig
-from qcli.core.graph import GraphIndex, attr, subgraphs
+from qcli.core.graph import GraphIndex, attr
 from qcli.core.hostcpu import CpuInfo
 from qcli.core.ops import weight_axis
 from qcli.core.overrides import Precision
@@ -203,6 +203,4 @@ def _explain(plan: QuantPlan, config: QuantConfig, cpu: CpuInfo, reduce_range: b
     if reduce_range and any(w.qtype == qp.INT8_7BIT.name for w in plan.weights):
         plan.notes.append(f"MatMul/Gemm/LSTM weights use 7 bits (-63..63) ({why})")
     if not plan.weights:
-        loops = [n.name for n in nodes if subgraphs(n) and n.op_type != "If"]  # If: schemes/branches.py
-        where = f"; the compute is inside the bodies of {', '.join(loops[:3])}, passed through" if loops else ""
-        plan.warnings.append(f"nothing was quantized{where}")
+        plan.warnings.append("nothing was quantized")  # inside If/Loop/Scan bodies: schemes/branches.py

@@ -16,7 +16,6 @@ from qcli.calibration.observers import TensorStats
 from qcli.core import fold, hostcpu
 from qcli.core import qparams as qp
 from qcli.core.config import QuantConfig
-from qcli.core.graph import subgraphs
 from qcli.core.hostcpu import CpuInfo
 from qcli.core.ops import (
     ANCHORS,
@@ -241,13 +240,7 @@ class W8A8Planner(RegionBuilder):
                 + ", ".join(w.node for w in widened)
             )
         if not any(d.action != Action.FLOAT for d in plan.nodes):
-            loops = [n.name for n in self.nodes if subgraphs(n) and n.op_type != "If"]  # If: schemes/branches.py
-            where = (
-                f"; the compute is inside the bodies of {', '.join(loops[:3])}, which qcli passes "
-                "through unchanged (quantizing inside Loop/Scan is not supported yet)"
-                if loops
-                else ""
-            )
+            where = ""  # compute inside If/Loop/Scan bodies: schemes/branches.py quantizes it and says so
             if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.nodes):
                 where += "; the model already contains QuantizeLinear/DequantizeLinear: is it quantized already?"
             plan.warnings.append(f"nothing was quantized{where}")

@@ -114,7 +114,10 @@ def inspect(path: Path, config: QuantConfig) -> Inspection:
     info.notes += notes
     nested = [n.name for n in model.graph.node if subgraphs(n)]
     if nested:
-        info.notes.append(f"the branches and bodies of {', '.join(nested[:5])} are planned as models of their own")
+        info.notes.append(
+            f"the branches and bodies of {', '.join(nested[:5])} are planned as models of their own when "
+            "quantized (with the data that reaches them): their candidates are not listed here"
+        )
     info.warnings += [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]

@@ -97,7 +97,7 @@ def quantize(
         size = file_size(model_path) if model_path.is_file() else 0  # the output is at most the input's size
         model_io.check_writable(out, size)
         if save_plan:
-            model_io.check_writable(Path(save_plan))
+            replay.check_save_path(Path(save_plan), model_path, out)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
     job = replace(job, plan_in=plan and Path(plan), plan_out=save_plan and Path(save_plan))
     with contextlib.ExitStack() as stack:
@@ -193,7 +193,7 @@ class _Run:
         ran = run(steps, planned.plan, Context(model, reference, planned.fid, progress, self.ort_config), dry_run)
         ran.plan.branches = branches.plans()
         planned.plan.notes += branches.notes()
-        if ran.plan.quantizes() and branches.plans():  # the main graph's "nothing quantized" is not the model's
+        if branches.done:  # the main graph's "nothing quantized" is not the model's (the verdict judges the model)
             ran.plan.warnings = [w for w in ran.plan.warnings if not w.startswith("nothing was quantized")]
             warnings = [w for w in warnings if not w.startswith("nothing was quantized")]
         report = self._report(planned, ran, warnings, data)
@@ -284,8 +284,13 @@ class _Run:
     ) -> dict:
         """The rewrite (the quantized If branches spliced in), checked and saved atomically; the quantized
         tensors' names (for the diagnosis)."""
-        rewritten = self.handler.rewrite(model, plan, planned)
-        branches.splice_into(rewritten.model)
+        try:
+            rewritten = self.handler.rewrite(model, plan, planned)
+            branches.splice_into(rewritten.model)
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:
+            if self.plan_in is None:
+                raise
+            raise InputError(f"the plan {self.plan_in.name} does not fit this model ({type(e).__name__}: {e})") from e
         add(report, rewritten.part)
         if not check_output(rewritten.model, reference):
             report.notes.append(

@@ -221,6 +221,7 @@ def test_a_mutated_saved_plan_is_read_or_refused_with_an_input_error(path, value
         node[str(last)] = value
     elif isinstance(node, list) and node:
         node[0] = value
+    d["sha256"] = planfile.digest({k: d[k] for k in planfile.SavedPlan.__dataclass_fields__ if k in d})  # re-signed
     f = tmp_path_factory.mktemp("plan") / "p.json"
     f.write_text(json.dumps(d))
     try:

@@ -295,3 +295,8 @@ def unmatched_excludes(config: QuantConfig, nodes) -> list[str]:
     """--exclude patterns that match no node (name, op type or glob) of `nodes`."""
     pairs = [(n.name, n.op_type) for n in nodes]
     return [p for p in config.exclude if not any(matches(p, *pair) for pair in pairs)]
+
+
+def option_fields() -> list[Field]:
+    """Every option's field (with its CLI flag in metadata["flag"] where it has one), the groups' included."""
+    return [f for f in fields(QuantConfig) if f.name not in GROUPS] + [f for g in GROUPS.values() for f in fields(g)]

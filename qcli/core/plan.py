@@ -170,6 +170,12 @@ class QuantPlan:
         """Whether anything is quantized, in the main graph or in a branch."""
         return bool(self.weights or self.activations) or any(b.quantizes() for b in self.branches.values())
 
+    def every(self, prefix: str = ""):
+        """(name, decision) for every node, the branches' and bodies' included as "<node>/<branch>/<name>"."""
+        yield from ((prefix + d.node, d) for d in self.nodes)
+        for key, b in self.branches.items():
+            yield from b.every(f"{prefix}{key}/")
+
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.nodes if d.node == node), None)
 

@@ -7,11 +7,13 @@ made for (its fingerprint), the qcli version and the configuration.
      "state": what the scheme's rewrite needs beyond the plan (the handler's `record`)}
 
 Arrays (channel maxima, quantized weight blocks) are stored as base64 .npy bytes, read back with pickling off.
-A plan file is untrusted input like a model: JSON only, its size bounded, every key checked."""
+A plan file is untrusted input like a model: JSON only, its size bounded, every key checked, and its content
+under a sha256 it carries, so that a plan edited after it was saved is refused, not applied half-checked."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -40,18 +42,22 @@ class SavedPlan:
     made: str = ""  # when (UTC, ISO 8601)
 
     def to_json(self) -> str:
-        return json.dumps({"kind": KIND, "file_version": FILE_VERSION, **asdict(self)}, indent=1) + "\n"
+        body = asdict(self)
+        return json.dumps({"kind": KIND, "file_version": FILE_VERSION, **body, "sha256": digest(body)}, indent=1) + "\n"
 
 
 def save(path: Path, saved: SavedPlan) -> Path:
     if not saved.made:
         saved = SavedPlan(**{**asdict(saved), "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    path.parent.mkdir(parents=True, exist_ok=True)  # as the output model's folder is
     write_text_atomic(path, saved.to_json())
     return path
 
 
 def read(path: Path) -> SavedPlan:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a plan file (give the file --save-plan wrote)")
     if not path.is_file():
         raise InputError(f"plan file not found: {path}")
     if path.stat().st_size > MAX_BYTES:
@@ -71,7 +77,19 @@ def read(path: Path) -> SavedPlan:
     wrong = [k for k in ("model", "config", "cpu", "plan", "state") if k in d and not isinstance(d[k], dict)]
     if missing or wrong:
         raise InputError(f"{path} is a malformed qcli plan: {', '.join(missing + wrong)} missing or not a table")
-    return SavedPlan(**{k: d[k] for k in fields if k in d})
+    body = {k: d[k] for k in fields if k in d}
+    if d.get("sha256") != digest(body):
+        raise InputError(
+            f"{path} was edited after it was saved (its sha256 does not match): a plan is applied exactly as "
+            "measured; save it again with --save-plan"
+        )
+    return SavedPlan(**body)
+
+
+def digest(body: dict) -> str:
+    """sha256 of the plan's content, as JSON reads it back (tuples as lists, floats as their repr)."""
+    text = json.dumps(json.loads(json.dumps(body)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def encode_array(a: np.ndarray) -> str:

@@ -23,5 +23,8 @@ def describe(report: Report, config: QuantConfig, plan: QuantPlan) -> None:
     report.plan = plan.to_dict()
     report.decisions = plan.decisions
     report.config = effective(config, plan.decisions)
-    report.float_for_speed = [d.node for d in plan.by_reason(Why.SPEED, Why.MEASURED)]
-    report.float_for_accuracy = [d.node for d in plan.by_reason(Why.ACCURACY, Why.TARGET) if d.action == Action.FLOAT]
+    every = list(plan.every())  # the If branches' and loop bodies' nodes by "<node>/<branch>/<name>"
+    report.float_for_speed = [n for n, d in every if d.why in (Why.SPEED, Why.MEASURED)]
+    report.float_for_accuracy = [
+        n for n, d in every if d.why in (Why.ACCURACY, Why.TARGET) and d.action == Action.FLOAT
+    ]

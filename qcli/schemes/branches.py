@@ -72,7 +72,10 @@ class Branches:
         for b in self.done:
             what = "If branch" if b.op == "If" else f"{b.op} body"
             took = "calibration batch(es) that take it" if b.op == "If" else "iterations sampled from its runs"
-            out.append(f"{what} {b.key}: {b.why or f'quantized on the {b.samples} {took}'}")
+            line = b.why or f"quantized on the {b.samples} {took}"
+            if b.plan is not None and not b.plan.quantizes():
+                line += " (nothing in it was quantized: it computes in float, its plan says why)"
+            out.append(f"{what} {b.key}: {line}")
             out += [f"{what} {b.key}: {line}" for line in b.said]
         return out
 

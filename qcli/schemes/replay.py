@@ -7,14 +7,16 @@ calibration, search, timing or measured decision runs."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
 from qcli.core import codec
-from qcli.core.config import QuantConfig
+from qcli.core.config import QuantConfig, effective, option_fields
 from qcli.core.errors import InputError
 from qcli.core.hostcpu import CpuInfo
 from qcli.core.plan import QuantPlan
+from qcli.io import model_io
 from qcli.io.planfile import SavedPlan
 from qcli.schemes.base import Planned, SchemeHandler
 
@@ -43,6 +45,8 @@ def saved_plan(
 ) -> SavedPlan:
     """`more`: state of the run beyond the handler's (the If branches')."""
     state = handler.record(config, planned) | (more or {})
+    replayed = ("replayed the plan", "replayed from the saved plan")  # a replay's own notes are not the plan's
+    plan = replace(plan, notes=[n for n in plan.notes if not any(r in n for r in replayed)])
     mine = versions()
     cpu_record = cpu.to_dict() | {"u8s8_may_saturate": cpu.u8s8_may_saturate}
     return SavedPlan(
@@ -55,13 +59,27 @@ def saved_plan(
     )
 
 
+def check_save_path(path: Path, model: Path, out: Path) -> None:
+    """Where --save-plan writes: never over the input, the output model or its reports, nor a folder; its
+    folder must take a file. Checked before any work."""
+    taken = {model: "the input model", out: "the output model"}
+    taken |= {out.with_name(out.name + ext): "the report" for ext in (".report.json", ".report.md", ".report.html")}
+    for other, what in taken.items():
+        if path.absolute() == other.absolute() or (path.exists() and other.exists() and path.samefile(other)):
+            raise InputError(f"--save-plan {path} is {what}'s path: choose another file for the plan")
+    if path.is_dir():
+        raise InputError(f"--save-plan {path} is a folder: give the plan a file name, e.g. {path / 'plan.json'}")
+    model_io.check_writable(path)
+
+
 def check(saved: SavedPlan, path: Path, model: str, fp: str, config: QuantConfig, cpu: CpuInfo) -> list[str]:
     """Refuse a plan this run cannot replay exactly (InputError, the reason); the notes for the report."""
     where = f"the plan {path.name}"
     if saved.model.get("fingerprint") != fp:
+        theirs = str(saved.model.get("fingerprint", ""))[:12]
         raise InputError(
-            f"{where} was made for another model ({saved.model.get('name')!r}, a different graph or weights "
-            f"than {model}): save a plan for this model with --save-plan"
+            f"{where} was made for another model (its {saved.model.get('name')!r} has fingerprint {theirs}; "
+            f"{model} has {fp[:12]}: a different graph or weights): save a plan for this model with --save-plan"
         )
     mine = versions()
     if saved.qcli_version != mine["qcli"]:
@@ -100,11 +118,14 @@ def _check_cpu(saved: SavedPlan, where: str, cpu: CpuInfo) -> None:
     if not rr or not str(rr.get("why", "")).startswith("auto") or rr.get("value") == cpu.u8s8_may_saturate:
         return
     made = saved.cpu.get("text", "another CPU")
-    bits = "7-bit" if rr.get("value") else "8-bit"
+    if rr.get("value"):
+        why = "7-bit weights on a CPU that cannot saturate uint8 x int8 products (8-bit would be more accurate)"
+    else:
+        why = "8-bit weights, which may saturate uint8 x int8 products on this CPU (no VNNI)"
     raise InputError(
-        f"{where} chose {bits} weights for {made}; this CPU ({cpu.describe()}) needs the other choice (8-bit "
-        "weights may saturate uint8 x int8 products without VNNI): save the plan on this kind of CPU, or with "
-        "--reduce-range / --no-reduce-range to fix the choice for every CPU"
+        f"{where} left the weights' range to qcli and was made on {made}; here it would apply {why} "
+        f"({cpu.describe()}): save the plan on this kind of CPU, or with --reduce-range / --no-reduce-range to fix "
+        "the choice for every CPU"
     )
 
 
@@ -117,8 +138,13 @@ def _comparable(config: QuantConfig) -> dict:
 
 
 def _differences(saved: dict, mine: dict) -> list[str]:
+    """The options that differ, by flag, among those the plan's scheme reads (all, where the scheme differs)."""
+    if saved.get("scheme") != mine.get("scheme"):
+        return [f"--scheme: plan {saved.get('scheme')!r}, this run {mine.get('scheme')!r}"]
+    read = set(effective(codec.config_from_dict(saved), {}))
+    flags = {f.name: f.metadata.get("flag", f"--{f.name.replace('_', '-')}") for f in option_fields()}
     return [
-        f"{k}: plan {saved.get(k)!r}, this run {mine.get(k)!r}"
-        for k in sorted(set(saved) | set(mine))
+        f"{flags.get(k, k)}: plan {saved.get(k)!r}, this run {mine.get(k)!r}"
+        for k in sorted(read)
         if saved.get(k) != mine.get(k)
     ]

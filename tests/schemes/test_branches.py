@@ -151,3 +151,11 @@ def test_free_names_are_what_a_graph_reads_from_outside():
         [onnx.helper.make_tensor_value_info("d", 1, None)],
     )
     assert free_names(g) == ["outer1", "c", "outer2"]
+
+
+def test_dry_run_names_the_branches_and_does_not_say_nothing_is_quantized(tmp_path):
+    onnx.save(branchy(), tmp_path / "m.onnx")
+    calib = _batches(tmp_path / "c", [1, -1] * 3, seed=1)
+    r = quantize(tmp_path / "m.onnx", STATIC, calib, dry_run=True)
+    assert not any(w.startswith("nothing was quantized") for w in r.report.warnings)
+    assert sum("quantized as a model of its own when the model is written" in n for n in r.report.notes) == 2

@@ -4,6 +4,7 @@ cannot be replayed exactly (another model, qcli version, configuration or kind o
 import base64
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_a_plan_for_another_model_version_options_or_cpu_is_refused(tmp_path, mo
     d = json.loads(plan.read_text())
     d["qcli_version"] = "0.0.1"
     old = tmp_path / "old.json"
-    old.write_text(json.dumps(d))
+    old.write_text(json.dumps(_signed(d)))
     with pytest.raises(InputError, match="made by qcli 0.0.1"):
         qcli.quantize(CNN / "model.onnx", config, None, tmp_path / "b.onnx", plan=old)
     assert not (tmp_path / "b.onnx").exists()
@@ -129,11 +130,46 @@ def test_a_plan_replayed_on_a_cpu_that_would_choose_other_weights_is_refused(tmp
     config, plan = _save(tmp_path, CNN, {"reduce_range": False} if fixed else {})
     simulate_cpu(monkeypatch, tmp_path, "avx2")
     if not fixed:
-        with pytest.raises(InputError, match="chose 8-bit weights for .*needs the other choice"):
+        with pytest.raises(InputError, match="here it would apply 8-bit weights, which may saturate"):
             qcli.quantize(CNN / "model.onnx", config, None, tmp_path / "b.onnx", plan=plan)
         return
     qcli.quantize(CNN / "model.onnx", config, None, tmp_path / "b.onnx", plan=plan)  # fixed by a flag: replayed
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def _signed(d: dict) -> dict:
+    """A hand-edited plan given the checksum of its new content (a plan edited but not re-signed is refused)."""
+    d["sha256"] = planfile.digest({k: d[k] for k in planfile.SavedPlan.__dataclass_fields__ if k in d})
+    return d
+
+
+def test_a_plan_edited_after_it_was_saved_is_refused(tmp_path):
+    config, plan = _save(tmp_path, CNN, {})
+    d = json.loads(plan.read_text())
+    d["plan"]["activations"][next(iter(d["plan"]["activations"]))]["scale"] = 1e308
+    plan.write_text(json.dumps(d))
+    with pytest.raises(InputError, match="edited after it was saved"):
+        qcli.quantize(CNN / "model.onnx", config, None, tmp_path / "b.onnx", plan=plan)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+@pytest.mark.parametrize("where", ["model", "output", "report", "folder"])
+def test_save_plan_never_writes_over_the_model_its_output_or_reports(tmp_path, where):
+    shutil.copy(CNN / "model.onnx", tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    out = tmp_path / "q.onnx"
+    target = {"model": tmp_path / "m.onnx", "output": out, "report": tmp_path / "q.onnx.report.json"}.get(
+        where, tmp_path
+    )
+    with pytest.raises(InputError, match="--save-plan"):
+        qcli.quantize(tmp_path / "m.onnx", QuantConfig(), CNN / "calib", out, save_plan=target)
+    assert (tmp_path / "m.onnx").read_bytes() == before and not out.exists()
+
+
+def test_save_plan_makes_its_folder(tmp_path):
+    plan = tmp_path / "new" / "dir" / "plan.json"
+    qcli.quantize(CNN / "model.onnx", QuantConfig(), CNN / "calib", tmp_path / "q.onnx", latency_runs=1, save_plan=plan)
+    assert planfile.read(plan).plan["nodes"]
 
 
 def _object_array() -> str:
@@ -166,7 +202,7 @@ def test_a_pickled_array_in_a_plan_is_refused_not_loaded(tmp_path):
     kind = next(iter(d["state"]["observed"]))
     tensor = next(iter(d["state"]["observed"][kind]))
     d["state"]["observed"][kind][tensor] = _object_array()
-    plan.write_text(json.dumps(d))
+    plan.write_text(json.dumps(_signed(d)))
     config = QuantConfig.of(equalize=True)
     with pytest.raises(InputError, match="cannot be read"):
         qcli.quantize(tmp_path / "hswish.onnx", config, None, tmp_path / "b.onnx", plan=plan)

@@ -65,3 +65,10 @@ def test_a_recurrent_layer_left_float_says_why(tmp_path, model, options, why):
     assert d.action.value == "float" and d.why == why, d
     q = onnx.load(tmp_path / "q.onnx")
     assert not any(n.op_type == "DynamicQuantizeLSTM" for n in q.graph.node)
+
+
+def test_inspect_lists_the_lstm_among_the_int8_candidates():
+    from qcli.schemes import handler_for
+
+    inspected = handler_for("w8a8").inspect(crnn(), QuantConfig())
+    assert {"node": "rnn", "op_type": "LSTM", "action": "int8-float-out"} in inspected.candidates

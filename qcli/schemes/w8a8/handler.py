@@ -85,6 +85,11 @@ class W8A8(SchemeHandler):
             for n in planner.nodes
             if n.name in planner.anchors
         ]
+        candidates += [  # LSTMs on DynamicQuantizeLSTM (recurrent.py): decided without data
+            {"node": d.node, "op_type": d.op_type, "action": d.action.value}
+            for d, _ in planner.recurrent.values()
+            if d.action.value != "float"
+        ]
         note = (
             "w8a8: the candidates are final only after calibration (--calib): the cost model keeps float those "
             "too small to pay for their conversions, the accuracy guard those whose inputs quantize badly"

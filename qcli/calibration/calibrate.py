@@ -36,10 +36,14 @@ def observing(model: ModelProto, names: Iterable[str], label: str = "calibration
     with tempfile.TemporaryDirectory(prefix="qcli-calib-") as tmp:
         outputs = dict.fromkeys(names, TensorProto.FLOAT)
         path = model_io.save_with_outputs(model, outputs, Path(tmp), "calib.onnx")
-        loops = data_driven_loops(model.graph)
-        limit = TimeLimit(LOOP_BATCH_SECONDS, f"the Loop {loops[0]!r} runs as the data says") if loops else None
-        with Session(path, label=f"the model ({label} run)", limit=limit) as sess:
+        with Session(path, label=f"the model ({label} run)", limit=loop_limit(model)) as sess:
             yield sess
+
+
+def loop_limit(model: ModelProto) -> TimeLimit | None:
+    """The time a batch of `model` may run where a Loop's trip count comes from the data, else no limit."""
+    loops = data_driven_loops(model.graph)
+    return TimeLimit(LOOP_BATCH_SECONDS, f"the Loop {loops[0]!r} runs as the data says") if loops else None
 
 
 def observe(

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 from onnx import GraphProto, NodeProto, helper
 
+from qcli.calibration.calibrate import loop_limit
 from qcli.core.errors import QcliError
-from qcli.core.graph import data_driven_loops
 from qcli.io import model_io
-from qcli.io.session import Session, TimeLimit
+from qcli.io.session import Session
 
 MAX_ITERATIONS = 8  # samples a batch gives a loop body
-LOOP_SECONDS = 120.0  # a batch of a model with a data-driven Loop runs at most this long (as calibration's)
 
 
 def collect(model, found, parts, calib, items, tmp: Path, progress, types, out) -> tuple[dict, dict[str, set]]:
@@ -55,13 +54,11 @@ def _run(model, found, loops, parts, calib, items, tmp: Path, progress, types, o
     finally:
         for _, undo in exposed.values():
             undo()
-    loops_left = data_driven_loops(model.graph)
-    limit = TimeLimit(LOOP_SECONDS, f"the Loop {loops_left[0]!r} runs as the data says") if loops_left else None
     counts: dict[tuple[str, str], int] = {}
     shapes: dict[str, set[tuple]] = {}
     names = list(extra)
     advance = progress("If branches and loop bodies: their inputs", len(items))
-    with Session(path, ours=True, label="the model (its bodies' inputs)", limit=limit) as sess:
+    with Session(path, ours=True, label="the model (its bodies' inputs)", limit=loop_limit(model)) as sess:
         for item in items:
             values = dict(zip(names, sess.run(names, calib.load(item))))
             for n, _, _ in ifs:
@@ -125,6 +122,10 @@ def _expose(node: NodeProto, body: GraphProto, j: int) -> tuple[dict[str, int], 
     return outer, undo
 
 
+def safe(name: str) -> str:
+    """`name` as a file and tensor-name prefix: letters, digits and ._- only."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
 def slug(node: str, attr: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node)
-    return f"{safe}.{attr.split('_')[0]}"
+    return f"{safe(node)}.{attr.split('_')[0]}"

@@ -1,11 +1,11 @@
-"""Quantizing inside `If` branches. Each branch that holds compute (a Conv, MatMul, Gemm or LSTM, at any depth) is
-quantized as a model of its own (passes/branches.py: its outer tensors become inputs, outer constants copied in)
-by the same scheme handler, plan, steps and rewrite as the main graph, on calibration data made for it: the main
-graph's float model run on the calibration files with the If's condition and the branch's outer tensors as
-extra outputs, each batch written (as .npy) for the branch the condition takes. A branch never taken on the
-calibration data stays float, with that reason; nested Ifs are handled the same way inside the branch's model.
-The quantized branch is spliced back into the written model, its Q/DQ inside the body that uses them (where
-onnxruntime's fusions, which recurse into subgraphs, find them). Loop and Scan bodies are passed through."""
+"""Quantizing inside `If` branches and `Loop`/`Scan` bodies. Each branch or body that holds compute (a Conv, MatMul,
+Gemm or recurrent layer, at any depth) is quantized as a model of its own (passes/branches.py: its own inputs and
+outer tensors become inputs, outer constants copied in) by the same scheme handler, plan, steps and rewrite as the
+main graph, on calibration samples made for it (body_feeds.py: the batches an If branch takes, a loop body's
+inputs at its iterations). One that gets no samples is quantized as the scheme does without data
+(`SchemeHandler.without_data`), with the reason; nested bodies are handled the same way inside the body's model.
+The quantized body is spliced back into the written model, its Q/DQ inside the body that uses them (where
+onnxruntime's fusions, which recurse into subgraphs, find them)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from qcli.passes.preprocess import _drop_unused_initializers as drop_unused_init
 from qcli.passes.preprocess import preprocess
 from qcli.schemes import handler_for
 from qcli.schemes.base import Data, SchemeHandler
-from qcli.schemes.body_feeds import collect, slug
+from qcli.schemes.body_feeds import collect, safe, slug
 from qcli.steps.base import Context, run
 
 COMPUTE = ANCHORS | {"LSTM", "GRU", "RNN"}
@@ -94,7 +94,7 @@ class Branches:
                     if not v.type.tensor_type.elem_type and t:
                         v.type.tensor_type.elem_type = t
         for name in {b.node for b in self.done if b.graph is not None and b.node in nodes}:
-            hoist_shared(model, nodes[name], f"{slug(name, 'x_')[:-2]}/")
+            hoist_shared(model, nodes[name], f"{safe(name)}/")
         drop_unused_initializers(model)  # outer weights only the float branches read
         have = {o.domain for o in model.opset_import}
         for domain in sorted(extra - have):

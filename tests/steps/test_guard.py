@@ -100,26 +100,18 @@ def test_heavy_layer_under_the_old_threshold_that_barely_moves_the_output_stays_
     assert new.report.size["ratio"] < 0.5 * old.report.size["ratio"]
 
 
-def test_guard_tries_suspects_then_top_ranked_layers_and_keeps_those_that_cause_a_large_share(tmp_path, monkeypatch):
-    """The decision rule alone, on a stand-in: layer n{i} returned to float alone gains gains[i] dB."""
+def _stand_in(monkeypatch, sqnr_of, ranked, measured=None):
+    """guard()'s trials replaced by a stand-in: a plan measures sqnr_of(the nodes it keeps float) dB, and the
+    layers rank as `ranked`; each measured plan's float nodes are appended to `measured`."""
     import qcli.steps.guard as G
-    from qcli.core.plan import NodeDecision, QuantPlan, WeightQuant
-    from qcli.io.feeds import FidelityData
     from qcli.measure.evaluate import OutputFidelity
 
-    edge = gain_for(SHARE)
-    gains = [6.0, 0.5, edge + 0.01, edge - 0.01, 0.0, 0.0, 0.0, 9.0, 9.0, 2.0]
-    ranked = [[f"n{i}"] for i in range(len(gains) - 1)]
-    suspects = [["n9"], ["n0"]]  # readers of badly quantizing activations go first; n0 is not tried twice
-    measured = []
-
     class FakeTrials:
-        tmp = tmp_path
-
         def measure(self, plan, name="c.onnx"):
             floats = [d.node for d in plan.nodes]
-            measured.append(floats)
-            return [OutputFidelity("y", 10.0 + sum(gains[int(n[1:])] for n in floats), 1.0, 0.0, None)]
+            if measured is not None:
+                measured.append(floats)
+            return [OutputFidelity("y", sqnr_of(floats), 1.0, 0.0, None)]
 
         def rank_units(self, plan):
             return ranked
@@ -132,13 +124,35 @@ def test_guard_tries_suspects_then_top_ranked_layers_and_keeps_those_that_cause_
             return False
 
     monkeypatch.setattr(G, "trials", lambda *a: Ctx())
+    return G
 
-    def replan(more):  # the other layers stay int8 (one weight stands for them)
-        nodes = [NodeDecision(n, "MatMul", Action.FLOAT, r) for n, r in more.items()]
-        return QuantPlan("w8a8", nodes=nodes, weights=[WeightQuant("other", 1, "w", "int8", "weight")])
 
+def _replan(int8_left=lambda more: True):
+    """Plans with the nodes in `more` float; the other layers stay int8 (one weight stands for them) unless
+    int8_left(more) says nothing is left."""
+    from qcli.core.plan import NodeDecision, QuantPlan, WeightQuant
+
+    def replan(more):
+        nodes = [NodeDecision(n, "Conv", Action.FLOAT, r) for n, r in more.items()]
+        weights = [WeightQuant("other", 1, "w", "int8", "weight")] if int8_left(more) else []
+        return QuantPlan("w8a8", nodes=nodes, weights=weights)
+
+    return replan
+
+
+def test_guard_tries_suspects_then_top_ranked_layers_and_keeps_those_that_cause_a_large_share(tmp_path, monkeypatch):
+    """The decision rule alone, on a stand-in: layer n{i} returned to float alone gains gains[i] dB."""
+    from qcli.core.plan import QuantPlan
+    from qcli.io.feeds import FidelityData
+
+    edge = gain_for(SHARE)
+    gains = [6.0, 0.5, edge + 0.01, edge - 0.01, 0.0, 0.0, 0.0, 9.0, 9.0, 2.0]
+    ranked = [[f"n{i}"] for i in range(len(gains) - 1)]
+    suspects = [["n9"], ["n0"]]  # readers of badly quantizing activations go first; n0 is not tried twice
+    measured = []
+    G = _stand_in(monkeypatch, lambda floats: 10.0 + sum(gains[int(n[1:])] for n in floats), ranked, measured)
     fid = FidelityData(None, [], "")
-    r = G.guard(None, tmp_path / "ref.onnx", QuantPlan("w8a8"), replan, fid, suspects)
+    r = G.guard(None, tmp_path / "ref.onnx", QuantPlan("w8a8"), _replan(), fid, suspects)
     # all-int8, each candidate alone, the kept ones together; then (still under QUIET_DB) the 5 candidates left,
     # each beside the kept ones: none gains enough there, so the round ends and nothing more is measured
     assert len(measured) == 1 + CANDIDATES + 1 + (CANDIDATES - 3)
@@ -152,35 +166,14 @@ def test_guard_tries_suspects_then_top_ranked_layers_and_keeps_those_that_cause_
 def test_a_second_round_finds_a_layer_a_louder_one_hid(tmp_path, monkeypatch):
     """Noise sources add: n5 alone gains 0.1 dB while n0 is int8, 5 dB once n0 is float (Silero VAD's first
     encoder conv behind its STFT conv). Round 1 keeps n0; round 2 tries the rest beside it and keeps n5."""
-    import qcli.steps.guard as G
-    from qcli.core.plan import NodeDecision, QuantPlan, WeightQuant
+    from qcli.core.plan import QuantPlan
     from qcli.io.feeds import FidelityData
-    from qcli.measure.evaluate import OutputFidelity
 
     def sqnr(floats):
         return 10.0 + (6.0 if "n0" in floats else 0.0) + ((5.0 if "n0" in floats else 0.1) if "n5" in floats else 0.0)
 
-    class FakeTrials:
-        def measure(self, plan, name="c.onnx"):
-            return [OutputFidelity("y", sqnr({d.node for d in plan.nodes}), 1.0, 0.0, None)]
-
-        def rank_units(self, plan):
-            return [[f"n{i}"] for i in range(7)]
-
-    class Ctx:
-        def __enter__(self):
-            return FakeTrials()
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(G, "trials", lambda *a: Ctx())
-
-    def replan(more):  # the other layers stay int8 (one weight stands for them)
-        nodes = [NodeDecision(n, "Conv", Action.FLOAT, r) for n, r in more.items()]
-        return QuantPlan("w8a8", nodes=nodes, weights=[WeightQuant("other", 1, "w", "int8", "weight")])
-
-    r = G.guard(None, tmp_path / "ref.onnx", QuantPlan("w8a8"), replan, FidelityData(None, [], ""))
+    G = _stand_in(monkeypatch, sqnr, [[f"n{i}"] for i in range(7)])
+    r = G.guard(None, tmp_path / "ref.onnx", QuantPlan("w8a8"), _replan(), FidelityData(None, [], ""))
     assert r.kept_float == ["n0", "n5"] and r.final_db == pytest.approx(21.0)
     second = [c for c in r.checked if c.round == 2 and c.nodes == ["n5"]]
     assert second and second[0].float_sqnr_db - second[0].base_db == pytest.approx(5.0)
@@ -188,35 +181,14 @@ def test_a_second_round_finds_a_layer_a_louder_one_hid(tmp_path, monkeypatch):
 
 def test_a_later_round_never_gives_up_the_int8_model(tmp_path, monkeypatch):
     """Round 2 skips a layer whose plan would leave nothing on int8 (the rest dropped with it by the cost rule)."""
-    import qcli.steps.guard as G
-    from qcli.core.plan import NodeDecision, QuantPlan, WeightQuant
+    from qcli.core.plan import QuantPlan, WeightQuant
     from qcli.io.feeds import FidelityData
-    from qcli.measure.evaluate import OutputFidelity
 
-    class FakeTrials:
-        def measure(self, plan, name="c.onnx"):
-            floats = {d.node for d in plan.nodes}
-            gain = 6.0 * ("n0" in floats) + (90.0 if "n0" in floats else 0.1) * ("n1" in floats)
-            return [OutputFidelity("y", 10.0 + gain, 1.0, 0.0, None)]
+    def sqnr(floats):
+        return 10.0 + 6.0 * ("n0" in floats) + (90.0 if "n0" in floats else 0.1) * ("n1" in floats)
 
-        def rank_units(self, plan):
-            return [["n0"], ["n1"]]
-
-    class Ctx:
-        def __enter__(self):
-            return FakeTrials()
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(G, "trials", lambda *a: Ctx())
-
-    def replan(more):  # n1 float: nothing left on int8
-        nodes = [NodeDecision(n, "Conv", Action.FLOAT, r) for n, r in more.items()]
-        return QuantPlan(
-            "w8a8", nodes=nodes, weights=[] if "n1" in more else [WeightQuant("o", 1, "w", "int8", "weight")]
-        )
-
+    G = _stand_in(monkeypatch, sqnr, [["n0"], ["n1"]])
     first = QuantPlan("w8a8", weights=[WeightQuant("o", 1, "w", "int8", "weight")])
-    r = G.guard(None, tmp_path / "ref.onnx", first, lambda m: replan(m), FidelityData(None, [], ""))
+    replan = _replan(int8_left=lambda more: "n1" not in more)  # n1 float: nothing left on int8
+    r = G.guard(None, tmp_path / "ref.onnx", first, replan, FidelityData(None, [], ""))
     assert r.kept_float == ["n0"] and r.plan.quantizes()

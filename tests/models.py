@@ -7,6 +7,8 @@ import onnx
 from checks import run
 from onnx import TensorProto, helper, numpy_helper
 
+from qcli.passes.channel_scale import ChannelsFirstAbsMax
+
 _rng = np.random.default_rng(0)
 
 
@@ -341,3 +343,39 @@ def scanned(hidden: int = 64, steps: int = 20, seed: int = 0):
     nodes = [helper.make_node("Scan", ["s0", "seq"], ["s_final", "ys"], name="rnn", body=body, num_scan_inputs=1)]
     ins = [vi("s0", [8, hidden]), vi("seq", [steps, 8, hidden])]
     return model_of(nodes, ins, [vi("s_final", [8, hidden]), vi("ys", [steps, 8, hidden])], inits)
+
+
+def hswish_net(seed: int = 0) -> onnx.ModelProto:
+    """conv 3x3 (3 -> 16) -> HardSwish -> depthwise 3x3 -> HardSwish -> pointwise (16 -> 8): the first conv's
+    channel 5 carries a 40x gain (a folded BatchNorm), so HardSwish's output has one channel far wider than
+    the others, read by a depthwise conv, and the depthwise's output by a dense one."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    w1[5] *= 40
+    w2 = (rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32)
+    w2[7] *= 30
+    w3 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(16) * 0.5).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
+        helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+        helper.make_node("Conv", ["h1", "w2"], ["c2"], name="dw", pads=[1] * 4, group=16),
+        helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
+        helper.make_node("Conv", ["h2", "w3"], ["y"], name="pw"),
+    ]
+    return model_of(
+        nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "b1": b1, "w2": w2, "w3": w3}
+    )
+
+
+def channel_absmax(m: onnx.ModelProto, x: np.ndarray, names) -> dict[str, np.ndarray]:
+    """Per-channel max|t| of each tensor named, on x."""
+    out = {}
+    for t in names:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.append(vi(t, None))
+        obs = ChannelsFirstAbsMax()
+        obs.update(run(probe, {"x": x})[-1])
+        out[t] = obs.value()
+    return out

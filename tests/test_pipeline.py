@@ -388,7 +388,7 @@ def test_interrupt_after_the_save_keeps_the_model(model, tmp_path, monkeypatch):
 
 def test_interrupt_before_the_save_leaves_nothing(model, tmp_path, monkeypatch):
     c = write_calib(tmp_path / "calib", 5)
-    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", interrupt)
+    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_unscaled", interrupt)
     out = tmp_path / "out" / "q.onnx"
     with pytest.raises(KeyboardInterrupt) as e:
         q(model, calib=c, out=out)

@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, numpy_helper
+from onnx import ModelProto, NodeProto
 
 from qcli.core.graph import GraphIndex, attr
 from qcli.passes.smooth import ChannelAbsMax, Editor, insert_mul, place_muls
+from qcli.passes.unscale import ScalingEdit
 
 ACTIVATIONS = {"HardSwish", "Clip", "HardSigmoid", "Mul", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "Softplus"}
 ALPHA = 0.5  # dense readers: the share of an activation channel's range moved into the weights
@@ -76,13 +77,17 @@ def _conv_reader(node: NodeProto, t: str, idx: GraphIndex) -> bool:
     return group == 1 or (dims[1] == 1 and group == dims[0])
 
 
-def scale_channels(model: ModelProto, absmax: dict[str, np.ndarray], spread: float = MIN_SPREAD) -> list[Scaled]:
+def scale_channels(
+    model: ModelProto, absmax: dict[str, np.ndarray], spread: float = MIN_SPREAD, edits: list | None = None
+) -> list[Scaled]:
     """Insert the scaling Mul for every target with per-channel max|x| in `absmax` (axis 1) whose spread is
-    at least `spread`; edits `model` in place. The float model computes the same up to rounding."""
+    at least `spread`; edits `model` in place. The float model computes the same up to rounding. `edits`, if
+    given, gets each edit's ScalingEdit (unscale.py can take it back)."""
     found = targets(model)
     ed = Editor(model)
     done, muls = [], []
     for t, act in outlying(absmax, found, spread):
+        logged = len(ed.log)
         readers = found[t]
         s = _scales(act, readers, ed)
         for r in readers:
@@ -91,6 +96,8 @@ def scale_channels(model: ModelProto, absmax: dict[str, np.ndarray], spread: flo
         inv = (1.0 / s).astype(np.float32).reshape(-1, *[1] * spatial)
         mul = insert_mul(model.graph, ed, t, readers, inv)
         muls.append(mul)
+        if edits is not None:
+            edits.append(ScalingEdit(mul.name, t, mul.output[0], tuple(ed.log[logged:])))
         after = act / s
         done.append(Scaled(t, tuple(r.name for r in readers), mul.name, channel_spread(act), channel_spread(after)))
     place_muls(model.graph, muls)
@@ -135,13 +142,7 @@ def _scale_weight(ed: Editor, node: NodeProto, s: np.ndarray) -> None:
 
 def scale_init(ed: Editor, node: NodeProto, i: int, factor: np.ndarray, axis: int) -> None:
     """node.input[i] (a constant) times `factor` along `axis`; a copy where another node reads it too."""
-    name = node.input[i]
-    v = ed.value(name).astype(np.float64)
+    v = ed.value(node.input[i]).astype(np.float64)
     shape = [1] * v.ndim
     shape[axis] = factor.size
-    v = (v * factor.reshape(shape)).astype(np.float32)
-    uses = sum(list(n.input).count(name) for n in ed.g.node)
-    if uses == 1 and name not in ed.pinned:
-        ed.inits[name].CopyFrom(numpy_helper.from_array(v, name))
-    else:
-        node.input[i] = ed.add(f"{name}_scaled", v)
+    ed.put(node, i, (v * factor.reshape(shape)).astype(np.float32), f"{node.input[i]}_scaled")

@@ -17,6 +17,7 @@ from onnx import ModelProto, NodeProto, helper
 from qcli.core.graph import GraphIndex
 from qcli.passes.channel_scale import MIN_SPREAD, channel_spread, outlying, scale_init
 from qcli.passes.smooth import Editor, place_muls
+from qcli.passes.unscale import ScalingEdit
 
 FLOAT_ACTIVATIONS = {"HardSwish", "HardSigmoid", "Sigmoid", "Mul", "Tanh", "Gelu", "Softplus", "Elu", "Selu"}
 
@@ -46,13 +47,16 @@ def targets(model: ModelProto) -> dict[str, NodeProto]:
     return out
 
 
-def scale_outputs(model: ModelProto, absmax: dict[str, np.ndarray], spread: float = MIN_SPREAD) -> list[ScaledOutput]:
+def scale_outputs(
+    model: ModelProto, absmax: dict[str, np.ndarray], spread: float = MIN_SPREAD, edits: list | None = None
+) -> list[ScaledOutput]:
     """For each target in `absmax` (per-channel max|y|, axis 1) spread at least `spread`: rows and bias
-    divided by s, a Mul by s after. Edits `model` in place."""
+    divided by s, a Mul by s after. Edits `model` in place; `edits`, if given, gets each edit's ScalingEdit."""
     found = targets(model)
     ed = Editor(model)
     done, muls = [], []
     for t, act in outlying(absmax, found, spread):
+        logged = len(ed.log)
         conv = found[t]
         s = np.where(act > 0, np.clip(act / np.median(act[act > 0]), 1 / 256, 256), 1.0).astype(np.float32)
         inv = (1.0 / s.astype(np.float64)).astype(np.float32)
@@ -64,6 +68,8 @@ def scale_outputs(model: ModelProto, absmax: dict[str, np.ndarray], spread: floa
         spatial = ed.value(conv.input[1]).ndim - 2
         name = ed.add(f"{t}_scale", s.reshape(-1, *[1] * spatial))
         muls.append(helper.make_node("Mul", [y, name], [t], name=ed.namer.fresh(f"{conv.name}_out_scale")))
+        if edits is not None:
+            edits.append(ScalingEdit(muls[-1].name, t, y, tuple(ed.log[logged:])))
         done.append(ScaledOutput(conv.name, t, muls[-1].name, channel_spread(act), channel_spread(act / s)))
     place_muls(model.graph, muls)
     return done

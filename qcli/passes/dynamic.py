@@ -22,7 +22,7 @@ from qcli.core.errors import InternalError
 from qcli.core.graph import GraphIndex, Namer, attr
 from qcli.core.plan import Action, QuantPlan, WeightQuant
 from qcli.io.model_io import onnx_opset
-from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.passes.preprocess import drop_unused_initializers
 from qcli.weights import WEIGHT_ALGOS
 
 MS = "com.microsoft"
@@ -88,7 +88,7 @@ class _Rewriter:
         g.node.extend(self.out)
         if any(n.domain == MS for n in g.node) and not any(o.domain == MS for o in self.m.opset_import):
             self.m.opset_import.append(helper.make_opsetid(MS, 1))
-        _drop_unused_initializers(self.m)
+        drop_unused_initializers(self.m)
 
     # -- weights ----------------------------------------------------------------------------------------
     def _quantize(self, w: WeightQuant, value: np.ndarray) -> tuple[np.ndarray, qp.QParams]:

@@ -60,7 +60,7 @@ def fold_pads(m: ModelProto) -> list[str]:
     done = fuse_pads(m)
     notes = list(done.kept)
     if done.folded:
-        _drop_unused_initializers(m)
+        drop_unused_initializers(m)
         notes.insert(
             0,
             f"fold pads: {len(done.folded)} zero Pad(s) folded into the pads of the Conv/pool reading them, as "
@@ -165,7 +165,7 @@ def fold_constants(m: ModelProto) -> int:
     del m.graph.node[:]
     m.graph.node.extend(keep)
     if folded:
-        _drop_unused_initializers(m)
+        drop_unused_initializers(m)
     return folded
 
 
@@ -193,7 +193,7 @@ def _evaluate(node, feeds: dict[str, np.ndarray], opsets: dict[str, int]) -> lis
     return out
 
 
-def _drop_unused_initializers(m: ModelProto) -> None:
+def drop_unused_initializers(m: ModelProto) -> None:
     idx = GraphIndex(m.graph)
     used = set(idx.consumers) | idx.graph_outputs | idx.subgraph_refs
     # Deleted by index, from the end: extend() would serialize every kept tensor (a copy of each weight, and
@@ -238,7 +238,7 @@ def fold_batchnorm_into_conv(m: ModelProto) -> int:
         keep = [n for n in m.graph.node if id(n) not in remove]
         del m.graph.node[:]
         m.graph.node.extend(keep)
-        _drop_unused_initializers(m)
+        drop_unused_initializers(m)
     return folded
 
 

@@ -23,7 +23,7 @@ from qcli.core.ops import NATIVE_INT8, input_channels
 from qcli.core.plan import Action, ActivationQuant, NodeDecision, QuantPlan, WeightQuant
 from qcli.io import model_io
 from qcli.passes.dynamic import apply_dynamic
-from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.passes.preprocess import drop_unused_initializers
 from qcli.weights.base import quantized_weight
 
 QUANTIZED_TENSORS_KEY = "qcli.quantized_tensors"  # metadata: {float tensor: its QuantizeLinear output}
@@ -152,7 +152,7 @@ class _Rewriter:
             self._after(node, a)
         del g.node[:]
         g.node.extend(self.out)
-        _drop_unused_initializers(self.m)
+        drop_unused_initializers(self.m)
         # Shape annotations of tensors that no longer exist (folded, renamed) would only mislead.
         alive = {o for n in g.node for o in n.output}
         keep = [v for v in g.value_info if v.name in alive]

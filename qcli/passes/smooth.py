@@ -15,7 +15,7 @@ import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from qcli.core.errors import InputError, NonFiniteValues
 from qcli.core.graph import FLOAT, GraphIndex, Namer, add_initializer, attr
@@ -241,6 +241,7 @@ class Editor:
         self.inits = {t.name: t for t in g.initializer}
         idx = GraphIndex(g)
         self.pinned = idx.subgraph_refs | idx.graph_outputs | {v.name for v in g.input}  # readers beyond nodes
+        self.log: list[tuple[str, int, str, TensorProto | None]] = []  # what put() changed, in order
 
     def value(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name])
@@ -252,15 +253,23 @@ class Editor:
 
     def scale(self, node: NodeProto, i: int, factor: np.ndarray, axis: int) -> None:
         """node.input[i] times `factor` along `axis` (-1: the last axis, size-1 or missing axes broadcast)."""
-        name = node.input[i]
-        v = self.value(name).astype(np.float64)
+        v = self.value(node.input[i]).astype(np.float64)
         if axis == -1:
             v = np.broadcast_to(v, v.shape[:-1] + factor.shape) * factor
         else:
             v = v * np.expand_dims(factor, 1 - axis)
-        v = v.astype(np.float32)
+        self.put(node, i, v.astype(np.float32), f"{node.input[i]}_smooth")
+
+    def put(self, node: NodeProto, i: int, v: np.ndarray, stem: str) -> None:
+        """node.input[i] := v, in place when that use is the only reader, else as a fresh copy (the other readers
+        keep the original). Logged in `log` as (node, i, the name it read, the tensor before if in place)."""
+        name = node.input[i]
         uses = sum(list(n.input).count(name) for n in self.g.node)
         if uses == 1 and name not in self.pinned:
+            before = TensorProto()
+            before.CopyFrom(self.inits[name])
+            self.log.append((node.name, i, name, before))
             self.inits[name].CopyFrom(numpy_helper.from_array(v, name))
-        else:  # shared: the other readers keep the original
-            node.input[i] = self.add(f"{name}_smooth", v)
+        else:
+            self.log.append((node.name, i, name, None))
+            node.input[i] = self.add(stem, v)

@@ -14,7 +14,7 @@ from qcli.core import qparams as qp
 from qcli.core.errors import InternalError
 from qcli.core.graph import GraphIndex, Namer, attr
 from qcli.core.plan import QuantPlan, WeightQuant
-from qcli.passes.preprocess import _drop_unused_initializers
+from qcli.passes.preprocess import drop_unused_initializers
 from qcli.weights import (
     DEFAULT_OPTIONS,
     BlockWeight,
@@ -156,7 +156,7 @@ def rewrite(
             _gemm(rw, idx, node, form, w, key)
     del m.graph.node[:]
     m.graph.node.extend(rw.nodes)
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     form.finish(m)
     return m
 

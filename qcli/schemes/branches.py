@@ -24,8 +24,7 @@ from qcli.core.progress import Progress
 from qcli.io import model_io
 from qcli.io.feeds import FeedSource, input_specs
 from qcli.passes.branches import BODIES, BRANCHES, Extracted, extract, hoist_shared, splice
-from qcli.passes.preprocess import _drop_unused_initializers as drop_unused_initializers
-from qcli.passes.preprocess import preprocess
+from qcli.passes.preprocess import drop_unused_initializers, preprocess
 from qcli.schemes import handler_for
 from qcli.schemes.base import Data, SchemeHandler
 from qcli.schemes.body_feeds import collect, safe, slug

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from qcli.core.plan import QuantPlan
 from qcli.io.feeds import FidelityData
 from qcli.steps.base import Context, Outcome, Part
-from qcli.steps.trials import trials, typical_sqnr, worst_sqnr
+from qcli.steps.trials import Apply, trials, typical_sqnr, w8a8, worst_sqnr
 
 TOL_DB = 0.1
 
@@ -22,6 +22,7 @@ class BiasStep:
     """`check`: the held-aside files, or the data an accuracy target is measured on."""
 
     check: FidelityData | None
+    apply: Apply = w8a8
     name: str = "bias correction"
     dry_run: bool = False
 
@@ -29,7 +30,8 @@ class BiasStep:
         if not plan.bias_corrections or self.check is None or self.check.src is None:
             return Outcome(plan)
         plain = replace(plan, bias_corrections={})
-        with trials(ctx.model, ctx.reference, self.check, ctx.progress("bias correction (verified)", 2)) as t:
+        advance = ctx.progress("bias correction (verified)", 2)
+        with trials(ctx.model, ctx.reference, self.check, advance, self.apply) as t:
             before, after = t.measure(plain), t.measure(plan)
         gain, pooled = typical_sqnr(after) - typical_sqnr(before), worst_sqnr(after) - worst_sqnr(before)
         kept = gain >= 0 and pooled >= -TOL_DB

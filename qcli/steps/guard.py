@@ -36,7 +36,7 @@ from onnx import ModelProto
 from qcli.core.plan import QuantPlan, Reason, Why, reason
 from qcli.io.feeds import FidelityData
 from qcli.steps.base import Context, Outcome, Part, Replanner
-from qcli.steps.trials import trials, worst_sqnr
+from qcli.steps.trials import Apply, trials, w8a8, worst_sqnr
 
 QUIET_DB = 30.0  # worst output SQNR at which int8 noise is no longer worth any speed
 CANDIDATES = 8  # layers tried alone
@@ -89,9 +89,11 @@ def guard(
     data: FidelityData,
     suspects: list[list[str]] = (),
     advance: Callable[[], None] = lambda: None,
+    apply: Apply = w8a8,
 ) -> GuardResult:
-    """The plan with the layers that dominate the output noise kept float (each model measured calls advance)."""
-    with trials(model, reference, data, advance) as t:
+    """The plan with the layers that dominate the output noise kept float (each model measured calls advance;
+    `apply` writes a plan's model)."""
+    with trials(model, reference, data, advance, apply) as t:
         base = worst_sqnr(t.measure(first))
         if base >= QUIET_DB:
             return GuardResult(first, base, base, note=f"all-int8 output at {base:.1f} dB (>= {QUIET_DB:g})")
@@ -150,12 +152,13 @@ class GuardStep:
     planner: Replanner
     data: FidelityData
     suspects: tuple[tuple[str, ...], ...] = ()
+    apply: Apply = w8a8
     name: str = "accuracy guard"
     dry_run: bool = False
 
     def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
         advance = ctx.progress("accuracy guard (models tried)", None)
         suspects = [list(s) for s in self.suspects]
-        result = guard(ctx.model, ctx.reference, plan, self.planner.replan, self.data, suspects, advance)
+        result = guard(ctx.model, ctx.reference, plan, self.planner.replan, self.data, suspects, advance, self.apply)
         notes = (f"accuracy guard: {result.note}; nothing kept float for accuracy",) if result.note else ()
         return Outcome(result.plan, Part({"guard": result.to_dict()}, notes))

@@ -39,7 +39,7 @@ from qcli.steps.base import Context, Outcome, Part, Replanner
 from qcli.steps.guard import QUIET_DB, SHARE, gain_for
 from qcli.steps.target import AccuracyTarget
 from qcli.steps.timing import CLEAR, MARGIN, fits_together, ratio_of
-from qcli.steps.trials import Trials, trials, worst_sqnr
+from qcli.steps.trials import Apply, Trials, trials, w8a8, worst_sqnr
 
 NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MAX_GROUPS = 5
@@ -131,12 +131,13 @@ def place(
     data: FidelityData,
     advance: Callable[[], None] = lambda: None,
     target: AccuracyTarget | None = None,
+    apply: Apply = w8a8,
 ) -> PlacementResult:
     """The fastest of the plans tried (each timing calls advance()). `replan(float_nodes, promotion)`: the plan
     again with these nodes float and this promotion; `target`: an accuracy target an int8 move must still meet."""
     # The best plan's session stays open from one timing to the next (a candidate kept becomes the best with
     # its session open already): one model loaded per timing, not two.
-    with trials(model, reference, data, advance) as t, OpenSessions(theirs=frozenset([reference])) as sessions:
+    with trials(model, reference, data, advance, apply) as t, OpenSessions(theirs=frozenset([reference])) as sessions:
         s = _Search(model, reference, first, replan, data.src.load(data.items[0]), advance, t, sessions)
         s.to_float(threshold)
         s.to_int8(target)
@@ -295,6 +296,7 @@ class PlacementStep:
     threshold: float  # the cost rule's MACs per conversion
     target: AccuracyTarget | None
     data: FidelityData | None = None
+    apply: Apply = w8a8
     name: str = "measured placement"
     dry_run: bool = False
 
@@ -303,7 +305,8 @@ class PlacementStep:
         if data is None or data.src is None:
             return Outcome(plan)
         advance = ctx.progress("measured placement (timings)", None)
-        result = place(ctx.model, ctx.reference, plan, self.planner.replan, self.threshold, data, advance, self.target)
+        replan, target = self.planner.replan, self.target
+        result = place(ctx.model, ctx.reference, plan, replan, self.threshold, data, advance, target, self.apply)
         moved = next((t for t in result.timed if t.to == "int8" and t.kept), None)
         notes = ()
         if moved:

@@ -18,7 +18,7 @@ from qcli.core.plan import QuantPlan
 from qcli.io.feeds import FidelityData
 from qcli.measure.evaluate import OutputFidelity
 from qcli.steps.base import Context, Outcome, Part
-from qcli.steps.trials import trials, typical_sqnr, worst_sqnr
+from qcli.steps.trials import Apply, trials, typical_sqnr, w8a8, worst_sqnr
 
 TOL_DB = 0.1  # the refit is kept unless the held files' worst output (mean dB) loses more
 WARN_DB = 3.0  # a loss this large is a warning (a held file unlike the others), a smaller one a note
@@ -41,6 +41,7 @@ def _figures(fidelity: list[OutputFidelity]) -> dict:
 class RefitStep:
     refitter: Refitter
     held: FidelityData | None = None  # every held-aside file: the refit is verified on them (None: it is not)
+    apply: Apply = w8a8
     name: str = "range refit"
     dry_run: bool = True  # under --dry-run it refits without measuring: the plan shown is the refitted one
 
@@ -60,7 +61,8 @@ class RefitStep:
             joined = replace(ctx.fid, desc=f"{ctx.fid.desc}, then added to the ranges (pass --eval for unseen data)")
         if ctx.dry_run or self.held is None or self.held.src is None:
             return Outcome(new, Part({"calibration": calibration}, (note,)), fid=joined)
-        with trials(ctx.model, ctx.reference, self.held, ctx.progress("range refit (verified)", 2)) as t:
+        advance = ctx.progress("range refit (verified)", 2)
+        with trials(ctx.model, ctx.reference, self.held, advance, self.apply) as t:
             decided, refit = t.measure(plan), t.measure(new)
         kept = typical_sqnr(refit) >= typical_sqnr(decided) - TOL_DB
         verified = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from qcli.measure import evaluate
 from qcli.measure.diagnose import layer_errors, quantized_outputs
 from qcli.measure.evaluate import OutputFidelity
 from qcli.measure.layerwise import per_layer
-from qcli.passes.qdq import apply_w8a8
+from qcli.passes.unscale import apply_unscaled
 
 RANK_BATCHES = 4  # batches used to rank the layers
 INT8_ACTIONS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
@@ -32,8 +33,21 @@ INT8_ACTIONS = (Action.INT8, Action.INT8_OUT_FLOAT, Action.PASSTHROUGH)
 Apply = Callable[[ModelProto, QuantPlan], ModelProto]
 
 
-def w8a8(model: ModelProto, plan: QuantPlan) -> ModelProto:
-    return apply_w8a8(model, plan)[0]
+@dataclass(frozen=True)
+class QdqWriter:
+    """W8A8's rewrite as every candidate is written: Q/DQ (quantized tensors get new names, which `write` returns
+    for the per-layer ranking), with the channel scaling the plan leaves idle taken back (passes/unscale.py)."""
+
+    scaling: tuple = ()  # the model's channel-scaling edits (passes/unscale.ScalingEdit)
+
+    def __call__(self, model: ModelProto, plan: QuantPlan) -> ModelProto:
+        return self.write(model, plan)[0]
+
+    def write(self, model: ModelProto, plan: QuantPlan) -> tuple[ModelProto, dict[str, str]]:
+        return apply_unscaled(model, plan, self.scaling)
+
+
+w8a8 = QdqWriter()
 
 
 class Trials:
@@ -73,7 +87,7 @@ class Trials:
 
     def rank_units(self, plan: QuantPlan) -> list[list[str]]:
         """Int8 node groups, the one whose tensor gains the most noise first."""
-        if self.apply is not w8a8:
+        if not isinstance(self.apply, QdqWriter):
             return self._rank_by_name(plan)
         path, qnames = self._write_ranked(plan)  # only the float model stays in memory meanwhile
         int8 = {d.node for d in plan.nodes if d.action in INT8_ACTIONS}
@@ -96,7 +110,7 @@ class Trials:
     def _write_ranked(self, plan: QuantPlan) -> tuple[Path, dict[str, str]]:
         """The all-int8 model written with the outputs the per-layer comparison reads, and its quantized
         tensor names; the model itself is not kept."""
-        qmodel, qnames = apply_w8a8(self.model, plan)
+        qmodel, qnames = self.apply.write(self.model, plan)
         outputs = quantized_outputs(self.model, plan, qnames)
         return model_io.save_with_outputs(qmodel, outputs, self.tmp, "ranked.onnx"), qnames
 

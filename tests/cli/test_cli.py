@@ -282,14 +282,14 @@ def test_a_broken_model_of_qcli_s_own_making_is_exit_3_not_the_users_fault(files
     import qcli.pipeline
     import qcli.schemes.w8a8.handler
 
-    real = qcli.schemes.w8a8.handler.apply_w8a8
+    real = qcli.schemes.w8a8.handler.apply_unscaled
 
-    def broken(model, plan):
-        q, names = real(model, plan)
+    def broken(model, plan, scaling):
+        q, names = real(model, plan, scaling)
         del q.graph.node[0]  # a tensor is read that nothing produces now
         return q, names
 
-    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", broken)
+    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_unscaled", broken)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 3 and "internal error" in r.stderr and "Traceback" not in r.output
     assert not (files / "q.onnx").exists()
@@ -300,15 +300,15 @@ def test_a_qcli_model_onnxruntime_cannot_run_is_exit_3(files, monkeypatch):
     import qcli.pipeline
     import qcli.schemes.w8a8.handler
 
-    real = qcli.schemes.w8a8.handler.apply_w8a8
+    real = qcli.schemes.w8a8.handler.apply_unscaled
 
-    def bad_attr(model, plan):
-        q, names = real(model, plan)
+    def bad_attr(model, plan, scaling):
+        q, names = real(model, plan, scaling)
         conv = next(n for n in q.graph.node if n.op_type == "Conv")
         conv.attribute.append(onnx.helper.make_attribute("group", 7))  # wrong group count for the weights
         return q, names
 
-    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_w8a8", bad_attr)
+    monkeypatch.setattr(qcli.schemes.w8a8.handler, "apply_unscaled", bad_attr)
     monkeypatch.setattr(qcli.pipeline, "check_output", lambda m, s: True)
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 3, r.output

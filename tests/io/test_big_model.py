@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcli.io import model_io
 
 ROWS, DIM, HIDDEN, OUT = 1_075_000, 256, 256, 16  # each table: 1.1 GB of float32
-TABLES = 2  # each under 2 GB: one tensor over 2 GB fails in passes/preprocess._drop_unused_initializers (extend)
+TABLES = 2  # each under 2 GB: one tensor over 2 GB fails in passes/preprocess.drop_unused_initializers (extend)
 CHUNK = 8192  # table rows generated and written at a time (8 MB)
 TABLE_BYTES = ROWS * DIM * 4
 BATCH, CALIB_FILES = 64, 6

@@ -5,47 +5,11 @@ import numpy as np
 import onnx
 import pytest
 from checks import batches_of, run, sqnr_on
-from models import model_of, vi, write_batches
+from models import channel_absmax, hswish_net, model_of, vi, write_batches
 from onnx import helper
 
 from qcli import QuantConfig, quantize
 from qcli.passes import channel_scale, conv_out_scale
-
-
-def hswish_net(seed: int = 0) -> onnx.ModelProto:
-    """conv 3x3 (3 -> 16) -> HardSwish -> depthwise 3x3 -> HardSwish -> pointwise (16 -> 8): the first conv's
-    channel 5 carries a 40x gain (a folded BatchNorm), so HardSwish's output has one channel far wider than
-    the others, read by a depthwise conv, and the depthwise's output by a dense one."""
-    rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
-    w1[5] *= 40
-    w2 = (rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32)
-    w2[7] *= 30
-    w3 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
-    b1 = (rng.standard_normal(16) * 0.5).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
-        helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
-        helper.make_node("Conv", ["h1", "w2"], ["c2"], name="dw", pads=[1] * 4, group=16),
-        helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
-        helper.make_node("Conv", ["h2", "w3"], ["y"], name="pw"),
-    ]
-    return model_of(
-        nodes, [vi("x", ["N", 3, 12, 12])], [vi("y", ["N", 8, 12, 12])], {"w1": w1, "b1": b1, "w2": w2, "w3": w3}
-    )
-
-
-def _absmax(m: onnx.ModelProto, x: np.ndarray, names) -> dict[str, np.ndarray]:
-    """Per-channel max|t| of each tensor named, on x."""
-    out = {}
-    for t in names:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(m)
-        probe.graph.output.append(vi(t, None))
-        obs = channel_scale.ChannelsFirstAbsMax()
-        obs.update(run(probe, {"x": x})[-1])
-        out[t] = obs.value()
-    return out
 
 
 def test_conv_outputs_scaled_before_the_activation_compute_the_same():
@@ -53,7 +17,7 @@ def test_conv_outputs_scaled_before_the_activation_compute_the_same():
     x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
     before = run(m, {"x": x})[0]
     assert sorted(conv_out_scale.targets(m)) == ["c1", "c2"]  # pw's output is the graph's: not a target
-    absmax = _absmax(m, x, ("c1", "c2"))
+    absmax = channel_absmax(m, x, ("c1", "c2"))
     done = conv_out_scale.scale_outputs(m, absmax)
     assert [d.conv for d in done] == ["conv1", "dw"] and all(d.spread_after == pytest.approx(1, abs=0.01) for d in done)
     np.testing.assert_allclose(run(m, {"x": x})[0], before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
@@ -64,7 +28,7 @@ def test_the_float_model_computes_the_same_and_the_channels_come_together():
     x = np.random.default_rng(1).standard_normal((4, 3, 12, 12)).astype(np.float32)
     before = run(m, {"x": x})[0]
     assert sorted(channel_scale.targets(m)) == ["h1", "h2"]
-    absmax = _absmax(m, x, ("h1", "h2"))
+    absmax = channel_absmax(m, x, ("h1", "h2"))
     done = channel_scale.scale_channels(m, absmax)
     assert [d.tensor for d in done] == ["h1", "h2"] and all(d.spread_after < d.spread_before / 4 for d in done)
     assert [n.op_type for n in m.graph.node].count("Mul") == 2
@@ -127,7 +91,7 @@ def test_a_dead_channel_keeps_scale_1_and_the_widest_is_clamped_at_256x():
     m = model_of(nodes, [vi("x", ["N", 3, 5, 5])], [vi("y", ["N", 4, 5, 5])], {"w": w})
     x = rng.uniform(0.5, 1.5, (2, 3, 5, 5)).astype(np.float32)
     before = run(m, {"x": x})[0]
-    absmax = _absmax(m, x, ("c",))
+    absmax = channel_absmax(m, x, ("c",))
     (done,) = conv_out_scale.scale_outputs(m, absmax)
     scale = next(t for t in m.graph.initializer if t.name.startswith("c_scale"))
     s = onnx.numpy_helper.to_array(scale).reshape(-1)

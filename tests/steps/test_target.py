@@ -114,7 +114,7 @@ def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
     units = [[f"n{i}"] for i in range(10)]
     current = {}
     monkeypatch.setattr(TR.Trials, "rank_units", lambda *a: units)
-    monkeypatch.setattr(TR, "apply_w8a8", lambda model, plan: (plan, {}))
+    monkeypatch.setattr(TR, "apply_unscaled", lambda model, plan, scaling: (plan, {}))
 
     def save(plan, folder, name):
         current["plan"] = plan

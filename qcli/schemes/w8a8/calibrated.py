@@ -11,7 +11,7 @@ verified on, on files its ranges never saw (--eval, else the held files).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from onnx import ModelProto
 
@@ -92,6 +92,7 @@ class W8A8Planned(Planned):
     held: FidelityData | None = None  # every held-aside file (the refit is verified on them); None: none held
     suspects: tuple[tuple[str, ...], ...] = field(default_factory=tuple)  # its first candidates
     observed: dict = field(default_factory=dict)  # what preparing the float model read from the data (prepare.py)
+    scaling: tuple = ()  # channel scaling's edits (passes/unscale.ScalingEdit), taken back where idle
 
 
 def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> W8A8Planned:
@@ -149,7 +150,8 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     fid = fidelity_after_fit(data, items, held)
     sus = tuple(tuple(s) for s in suspects(model, plan, measured or {}))
     decide, all_held = _decision_data(src, items, held)
-    return W8A8Planned(replanner.finish(plan), calibration, fid, replanner, decide, all_held, sus, prepared.observed)
+    planned = W8A8Planned(replanner.finish(plan), calibration, fid, replanner, decide, all_held, sus, prepared.observed)
+    return replace(planned, scaling=tuple(prepared.scaling))
 
 
 def _decision_data(src, items: list, held: list) -> tuple[FidelityData, FidelityData | None]:

@@ -16,7 +16,7 @@ from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
 from qcli.io.planfile import decode_array, encode_array
-from qcli.passes.qdq import apply_w8a8
+from qcli.passes.unscale import apply_unscaled
 from qcli.schemes.base import Data, Inspected, SchemeHandler, Written, fidelity_only
 from qcli.schemes.w8a8.calibrated import W8A8Planned, plan_w8a8
 from qcli.schemes.w8a8.planner import W8A8Planner
@@ -27,6 +27,8 @@ from qcli.steps.guard import GuardStep
 from qcli.steps.placement import PlacementStep
 from qcli.steps.refit import RefitStep
 from qcli.steps.target import AccuracyTarget, TargetStep
+from qcli.steps.trials import QdqWriter
+from qcli.steps.unscale import UnscaleStep
 
 
 class W8A8(SchemeHandler):
@@ -43,17 +45,20 @@ class W8A8(SchemeHandler):
     def steps(self, config: QuantConfig, planned: W8A8Planned) -> list[Step]:
         target = AccuracyTarget(config.min_sqnr, config.max_top1_drop)
         replanner = planned.replanner
+        # every candidate written as the model will be: idle channel scaling taken back (passes/unscale.py)
+        write = QdqWriter(planned.scaling)
         steps: list[Step] = []
         if target:
-            steps.append(TargetStep(replanner, target))
+            steps.append(TargetStep(replanner, target, write))
         elif config.w8a8.accuracy_guard:
-            steps.append(GuardStep(replanner, planned.decide, planned.suspects))
+            steps.append(GuardStep(replanner, planned.decide, planned.suspects, write))
         if config.objective == Objective.LATENCY and config.placement == Placement.MEASURED:
             on = planned.fid if target else planned.decide  # a target holds where it is measured
-            steps.append(PlacementStep(replanner, config.macs_threshold, target or None, on))
-        steps.append(RefitStep(replanner, planned.held))
+            steps.append(PlacementStep(replanner, config.macs_threshold, target or None, on, write))
+        steps.append(RefitStep(replanner, planned.held, write))
         if config.w8a8.bias_correction:
-            steps.append(BiasStep(planned.fid if target else planned.held or planned.decide))
+            steps.append(BiasStep(planned.fid if target else planned.held or planned.decide, write))
+        steps.append(UnscaleStep(planned.scaling))
         return steps
 
     def without_data(self, config: QuantConfig) -> QuantConfig:
@@ -66,11 +71,11 @@ class W8A8(SchemeHandler):
 
     def replay(self, model: ModelProto, config: QuantConfig, plan: QuantPlan, state: dict, data: Data) -> W8A8Planned:
         observed = {k: {t: decode_array(v) for t, v in m.items()} for k, m in state.get("observed", {}).items()}
-        prepare(model, config, None, [], no_progress, observed)
-        return W8A8Planned(plan, None, fidelity_only(data))
+        prepared = prepare(model, config, None, [], no_progress, observed)
+        return W8A8Planned(plan, None, fidelity_only(data), scaling=tuple(prepared.scaling))
 
     def rewrite(self, model: ModelProto, plan: QuantPlan, planned: W8A8Planned) -> Written:
-        qmodel, qnames = apply_w8a8(model, plan)
+        qmodel, qnames = apply_unscaled(model, plan, planned.scaling)
         return Written(qmodel, qnames)
 
     def summary(self, config: dict, decisions: dict) -> str:

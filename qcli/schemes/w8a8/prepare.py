@@ -22,6 +22,7 @@ from qcli.io.feeds import FeedSource
 from qcli.passes import channel_scale, conv_out_scale
 from qcli.passes.equalize import equalize
 from qcli.passes.smooth import ChannelAbsMax, smooth, smooth_targets
+from qcli.passes.unscale import ScalingEdit
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Prepared:
     pinned: dict[str, Reason] = field(default_factory=dict)  # nodes the planner must keep float
     # what was read from the data: "channels" and "smooth", each tensor -> its per-channel max |x|
     observed: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    scaling: list[ScalingEdit] = field(default_factory=list)  # channel scaling's edits, to take back if idle
 
 
 # One pass over the calibration files with per-channel observers (kind, observers, progress label, error label):
@@ -100,8 +102,8 @@ def _scale_channels(model, channel_maxima: Observe, out: Prepared, spread: float
         return
     observers = {t: channel_scale.ChannelsFirstAbsMax() for t in [*before, *after]}
     ranges = channel_maxima("channels", observers, "channel ranges", "--equalize")
-    outputs = conv_out_scale.scale_outputs(model, {t: ranges[t] for t in before}, spread)
-    scaled = channel_scale.scale_channels(model, {t: ranges[t] for t in after}, spread)
+    outputs = conv_out_scale.scale_outputs(model, {t: ranges[t] for t in before}, spread, out.scaling)
+    scaled = channel_scale.scale_channels(model, {t: ranges[t] for t in after}, spread, out.scaling)
     out.done["channel_scaled"] = [x.to_dict() for x in scaled]
     out.done["conv_outputs_scaled"] = [x.__dict__ for x in outputs]
     why = reason(Why.UNSUPPORTED, problem="applies a per-channel scale (channel scaling): it runs in float")

@@ -99,7 +99,7 @@ def test_held_aside_files_measure_the_decisions_then_join_the_ranges_where_that_
     assert rep.fidelity_files == ["b05.npy"] and v["on"] == "1 calibration file(s) held aside"
     assert v["refit"]["mean_file_worst_sqnr_db"] > v["decided"]["mean_file_worst_sqnr_db"] + 1
     assert v["written"] == "refit"
-    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"]}
+    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"], "and_fitted": []}
     assert rep.calibration["files"] == everything
     assert (rep.calibration["ranges"]["x"]["min"], rep.calibration["ranges"]["x"]["max"]) == x_range(c, everything)
     assert "then added to the ranges" in rep.fidelity_data
@@ -167,7 +167,7 @@ def test_eval_dir_measures_fidelity_and_the_decisions_are_measured_on_held_calib
     assert rep.calibration["files"] == [f"b{i:02d}.npy" for i in range(6)] and rep.calibration["batches"] == 6
     # The last file is held aside to measure the decisions on (never --eval's files), then joins the ranges: with
     # its outlier in them it measures better
-    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"]}
+    assert rep.calibration["decided_with"] == {"batches": 5, "measured_on": ["b05.npy"], "and_fitted": []}
     assert rep.verified["on"].startswith("1 calibration file(s) held aside") and rep.verified["written"] == "refit"
     assert rep.calibration["ranges"]["x"]["max"] == OUTLIER
     assert rep.fidelity_files == ["e00.npy", "e01.npy", "e02.npy"]

@@ -39,7 +39,7 @@ from qcli.steps.base import Context, Outcome, Part, Replanner
 from qcli.steps.guard import QUIET_DB, SHARE, gain_for
 from qcli.steps.target import AccuracyTarget
 from qcli.steps.timing import CLEAR, MARGIN, fits_together, ratio_of
-from qcli.steps.trials import Apply, Trials, trials, w8a8, worst_sqnr
+from qcli.steps.trials import Apply, Trials, trials, typical_sqnr, w8a8, worst_sqnr
 
 NEAR, HEAVY = 4.0, 16.0  # multiples of the --min-macs threshold
 MAX_GROUPS = 5
@@ -277,13 +277,15 @@ def converted_inputs(model: ModelProto, plan: QuantPlan, anchors: frozenset[str]
 
 def _accurate_enough(t: Trials, before: Path | Session, after: Path | Session, target: AccuracyTarget | None):
     """Whether a model with more on int8 keeps the accuracy as the accuracy guard sees it: its worst output stays at
-    or above QUIET_DB or loses less than the guard lets one layer cost (gain_for(SHARE) dB); and it still meets
-    the target. (kept, (worst before, after))."""
-    was = worst_sqnr(t.measure_model(before))
-    now = t.measure_model(after)
-    worst = worst_sqnr(now)
-    ok = (worst >= QUIET_DB or worst > was - gain_for(SHARE)) and not (target and target.shortfall(now))
-    return ok, (was, worst)
+    or above QUIET_DB, or loses less than the guard lets one layer cost (gain_for(SHARE) dB), pooled over the
+    files and each file's averaged (a file at another scale sets the pooled figure alone, and hides the loss:
+    PP-OCR rec's 8 more layers measured -0.5 dB pooled, -2.7 dB averaged, -2.4 dB on its eval files); and it
+    still meets the target. (kept, (worst before, after))."""
+    was, now = t.measure_model(before), t.measure_model(after)
+    figures = [(worst_sqnr(was), worst_sqnr(now)), (typical_sqnr(was), typical_sqnr(now))]
+    quiet = all(b >= QUIET_DB for _, b in figures)
+    ok = (quiet or all(b > a - gain_for(SHARE) for a, b in figures)) and not (target and target.shortfall(now))
+    return ok, figures[0]
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,12 @@ class RefitStep:
             return Outcome(plan)
         new, calibration = refitted
         new = replace(new, notes=plan.notes, warnings=plan.warnings)
-        held = len(calibration["decided_with"]["measured_on"])
+        held, fitted = (len(calibration["decided_with"].get(k, [])) for k in ("measured_on", "and_fitted"))
+        other = calibration["decided_with"]["batches"]
+        beside = f" and {fitted} of the other {other}" if fitted else ""
         note = (
             f"ranges from all {calibration['batches']} calibration files; the decisions were measured on the "
-            f"{held} held aside, with ranges from the other {calibration['decided_with']['batches']}"
+            f"{held} held aside{beside}, with ranges from {'those' if fitted else 'the other'} {other}"
         )
         joined = ctx.fid  # fidelity measured on the held files (no --eval): they joined the ranges
         if self.held is None or ctx.fid.items == self.held.items:

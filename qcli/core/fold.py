@@ -38,11 +38,8 @@ def scalar_operand(node: NodeProto, idx: GraphIndex) -> tuple[str, float] | None
 
 
 def _scalar(c: str, x: str, idx: GraphIndex) -> tuple[str, float] | None:
-    if idx.is_float_const(c) and not idx.is_const(x):
-        v = idx.const(c)
-        if v.size == 1 and np.isfinite(v).all():
-            return x, float(v.reshape(()))
-    return None
+    value = None if idx.is_const(x) else idx.scalar(c)
+    return None if value is None else (x, value)
 
 
 def data_input(node: NodeProto, idx: GraphIndex) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -30,10 +31,22 @@ class GraphIndex:
         self.graph_outputs = {o.name for o in g.output}
         self.graph_inputs = {i.name for i in g.input if i.name not in self.inits}
         self.subgraph_refs = _outer_scope_refs(g)
+        self._scalars: dict[str, float | None] = {}
 
     def const(self, name: str) -> np.ndarray | None:
         t = self.inits.get(name)
         return None if t is None else numpy_helper.to_array(t)
+
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-element, finite float initializer, else None (memoized: the planner asks for
+        each Mul/Add operand once per candidate plan)."""
+        if name not in self._scalars:
+            t, value = self.inits.get(name), None
+            if t is not None and t.data_type == FLOAT and math.prod(t.dims) == 1:
+                v = numpy_helper.to_array(t)
+                value = float(v.reshape(())) if np.isfinite(v).all() else None
+            self._scalars[name] = value
+        return self._scalars[name]
 
     def is_const(self, name: str) -> bool:
         return name in self.inits

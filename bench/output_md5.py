@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("cnn", "attention", "det", "rec", "cls", "dwsep", "effnet", "yolo", "minilm")
+MODELS = ("cnn", "attention", "det", "rec", "cls", "dwsep", "effnet", "yolo", "yolox", "picodet", "minilm")
 STATIC = ("--placement", "static")
 WEIGHT_ONLY = {
     "w4a16-qdq": ("--scheme", "w4a16", "--format", "qdq"),

@@ -70,3 +70,15 @@ def test_a_model_written_float_is_the_float_model(tmp_path):
     assert any(n.startswith("channel scaling taken back at 4 of 4") for n in r.report.notes)
     x = np.random.default_rng(3).standard_normal((2, 3, 12, 12)).astype(np.float32)
     assert np.array_equal(run(written, {"x": x})[0], run(hswish_net(), {"x": x})[0])
+
+
+def test_the_steps_candidates_are_written_as_the_model_will_be():
+    """trials.QdqWriter (what the guard, placement, refit and bias correction measure and time) takes the idle
+    edits back too: a candidate with every scaled tensor float carries no scaling Mul."""
+    from qcli.steps.trials import QdqWriter
+
+    m = hswish_net()
+    edits = _scaled(m)
+    written = QdqWriter(tuple(edits))(m, _plan())
+    assert [n.op_type for n in written.graph.node] == ["Conv", "HardSwish", "Conv", "HardSwish", "Conv"]
+    assert sum(n.op_type == "Mul" for n in m.graph.node) == 4  # the float model itself is not edited

@@ -60,8 +60,12 @@ def test_decisions_are_measured_on_held_files_and_some_the_ranges_came_from(dete
         "measured_on": [f"img{i}.npy" for i in range(16, 20)],
         "and_fitted": [f"img{i:02d}.npy" for i in range(8)],
     }
-    assert (
-        "ranges from all 20 calibration files; the decisions were measured on the 4 held aside and 8 of the "
-        "other 16, with ranges from those 16"
-    ) in r.report.notes
-    assert r.report.verified["on"] == "4 calibration file(s) held aside"
+    v = r.report.verified
+    assert v["on"] == "4 calibration file(s) held aside"
+    if v["written"] == "refit":  # the note says where the decisions were measured
+        assert (
+            "ranges from all 20 calibration files; the decisions were measured on the 4 held aside and 8 of the "
+            "other 16, with ranges from those 16"
+        ) in r.report.notes
+    else:  # the refit undone (7-bit weights on a CPU without VNNI): its note names the held files' figures
+        assert any(n.startswith("range refit undone: with the 4 held-aside file(s)") for n in r.report.notes)

@@ -22,6 +22,7 @@ from qcli.report.report import Report
 
 FLOOR_DB = 20.0  # worst output SQNR against FP32
 FLOOR_AGREEMENT = 0.97  # top-1 agreement of a class-score output
+SPREAD_DB = 1.0  # no layer back to float alone gained this much: the output's noise comes from many layers
 
 
 class Status(str, Enum):
@@ -69,4 +70,19 @@ def verdict(report: Report, plan: QuantPlan, targeted: bool) -> Verdict:
     else:
         return Verdict(Status.OK)
     remedy = f"try --min-sqnr {FLOOR_DB:g} (the fewest layers made more precise until every output reaches it)"
-    return Verdict(Status.LOW_FIDELITY, f"{found}; {remedy}")
+    return Verdict(Status.LOW_FIDELITY, f"{found}; {remedy}{_guard_measured(report.guard)}")
+
+
+def _guard_measured(guard: dict | None) -> str:
+    """What the accuracy guard already measured of that remedy, where it ran: the most one more layer back to
+    float gained (each layer that gains a large share is float already), so the user knows whether a few
+    layers or many stand between the model and the floor."""
+    tried = (guard or {}).get("checked") or []
+    if not tried:
+        return ""
+    best = max(tried, key=lambda c: c["gain_db"])
+    spread = ": the loss is spread over many layers" if best["gain_db"] < SPREAD_DB else ""
+    return (
+        f"; the accuracy guard measured at most {best['gain_db']:+.1f} dB from one more layer back to float "
+        f"({len(tried)} tried, {', '.join(best['nodes'])} the best){spread}"
+    )

@@ -88,6 +88,21 @@ def test_quantize_reports_a_collapsed_output_first_and_strict_fails_on_it(tmp_pa
     assert guarded.report.status == "ok" and not any("floor" in w for w in guarded.report.warnings)
 
 
+def test_the_line_says_what_the_guard_measured_of_the_remedy():
+    """The guard's trials, where it ran, tell how far one more layer back to float goes (PicoDet-style: 0.3 dB)."""
+    r = _report(sqnr_db=5.5)
+    r.guard = {"checked": [{"nodes": ["conv3"], "gain_db": 0.31, "round": 1}, {"nodes": ["conv7"], "gain_db": -0.1}]}
+    line = verdict(r, QUANTIZED, targeted=False).line
+    assert line.endswith(
+        "; the accuracy guard measured at most +0.3 dB from one more layer back to float (2 tried, conv3 the best): "
+        "the loss is spread over many layers"
+    )
+    r.guard["checked"][1]["gain_db"] = 1.2  # one layer that gains 1 dB or more: no claim that the loss is spread
+    assert verdict(r, QUANTIZED, targeted=False).line.endswith("(2 tried, conv7 the best)")
+    r.guard = None  # --no-guard: nothing measured, nothing said
+    assert verdict(r, QUANTIZED, targeted=False).line.endswith("until every output reaches it)")
+
+
 def test_the_cli_prints_the_verdict_unwrapped_and_strict_exits_1(tmp_path):
     m = _collapsing(tmp_path)
     base = ["quantize", str(m), "--calib", str(tmp_path / "c"), "--no-guard", "--placement", "static"]

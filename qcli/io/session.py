@@ -96,15 +96,20 @@ class Session:
         return [i.name for i in self.sess.get_inputs()]
 
     def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        if self.limit is not None:
-            return self.limit.run(self, names, feed)
+        options = ort.RunOptions() if self.limit is not None else None
+        timer = self.limit.start(options) if self.limit is not None else None
         try:
-            return self.sess.run(names, dict(feed))
+            return self.sess.run(names, dict(feed), options)
         except Exception as e:
+            if options is not None and options.terminate:
+                raise InputError(self.limit.stopped(self.label)) from None
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
             raise _error(
                 self.ours, f"onnxruntime failed to run {self.label} on inputs {shapes}: {_first_line(e)}"
             ) from e
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         self.sess = None
@@ -127,24 +132,17 @@ class TimeLimit:
     seconds: float
     why: str
 
-    def run(self, sess: Session, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        options = ort.RunOptions()
+    def start(self, options: ort.RunOptions) -> threading.Timer:
+        """A timer that sets `options`' terminate flag after `seconds` (cancel it when the run ends)."""
         timer = threading.Timer(self.seconds, lambda: setattr(options, "terminate", True))
         timer.start()
-        try:
-            return sess.sess.run(names, dict(feed), options)
-        except Exception as e:
-            if options.terminate:
-                raise InputError(
-                    f"{sess.label}: one batch ran longer than {self.seconds:g} s and was stopped ({self.why}): "
-                    "check the data that sets its trip count, or calibrate on shorter inputs"
-                ) from None
-            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
-            raise _error(
-                sess.ours, f"onnxruntime failed to run {sess.label} on inputs {shapes}: {_first_line(e)}"
-            ) from e
-        finally:
-            timer.cancel()
+        return timer
+
+    def stopped(self, label: str) -> str:
+        return (
+            f"{label}: one batch ran longer than {self.seconds:g} s and was stopped ({self.why}): "
+            "check the data that sets its trip count, or calibrate on shorter inputs"
+        )
 
 
 class OpenSessions:

@@ -240,9 +240,10 @@ class W8A8Planner(RegionBuilder):
                 + ", ".join(w.node for w in widened)
             )
         if not any(d.action != Action.FLOAT for d in plan.nodes):
-            where = ""  # compute inside If/Loop/Scan bodies: schemes/branches.py quantizes it and says so
+            # (compute inside If/Loop/Scan bodies: schemes/branches.py quantizes it and says so)
+            where = ""
             if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.nodes):
-                where += "; the model already contains QuantizeLinear/DequantizeLinear: is it quantized already?"
+                where = "; the model already contains QuantizeLinear/DequantizeLinear: is it quantized already?"
             plan.warnings.append(f"nothing was quantized{where}")
 
     def _add_act(self, plan: QuantPlan, t: str, stats, share: str | None = None, q: tuple | None = None) -> None:

@@ -77,7 +77,8 @@ def _guard_measured(guard: dict | None) -> str:
     """What the accuracy guard already measured of that remedy, where it ran: the most one more layer back to
     float gained (each layer that gains a large share is float already), so the user knows whether a few
     layers or many stand between the model and the floor."""
-    tried = (guard or {}).get("checked") or []
+    kept = set((guard or {}).get("kept_float") or [])  # float already: not one more
+    tried = [c for c in (guard or {}).get("checked") or [] if not kept & set(c["nodes"])]
     if not tried:
         return ""
     best = max(tried, key=lambda c: c["gain_db"])

@@ -99,6 +99,10 @@ def test_the_line_says_what_the_guard_measured_of_the_remedy():
     )
     r.guard["checked"][1]["gain_db"] = 1.2  # one layer that gains 1 dB or more: no claim that the loss is spread
     assert verdict(r, QUANTIZED, targeted=False).line.endswith("(2 tried, conv7 the best)")
+    r.guard["kept_float"] = ["conv7"]  # a layer the guard kept float is not "one more"
+    assert verdict(r, QUANTIZED, targeted=False).line.endswith(
+        "(1 tried, conv3 the best): the loss is spread over many layers"
+    )
     r.guard = None  # --no-guard: nothing measured, nothing said
     assert verdict(r, QUANTIZED, targeted=False).line.endswith("until every output reaches it)")
 

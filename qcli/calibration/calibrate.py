@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +25,8 @@ from qcli.io.session import Session, TimeLimit
 
 # A calibration batch of a model with a data-driven Loop may run this long (a batch is normally well under a second)
 LOOP_BATCH_SECONDS = 120.0
+UPDATE_THREADS = min(4, os.cpu_count() or 1)  # threads streaming one batch's tensors into their observers
+THREADED_SIZE = 1 << 16  # tensors of this many elements and more are streamed on those threads
 
 
 class Streaming(Protocol):
@@ -63,21 +67,43 @@ def observe(
     watch = list(observers)
     shapes: dict[str, tuple[int, ...]] = {}
     count = 0
-    for feed in batches:
-        results = model.run(watch, feed)
-        for name, value in zip(watch, results):
-            try:
-                observers[name].update(value)
-            except NonFiniteValues as e:
-                raise InputError(f"{label} batch {count + 1}: tensor {name!r} {e}") from None
-            shapes.setdefault(name, tuple(value.shape))
-        del results
-        count += 1
-        if on_batch:
-            on_batch()
+    with ThreadPoolExecutor(UPDATE_THREADS) as pool:
+        for feed in batches:
+            results = model.run(watch, feed)
+            failed = _update(pool, [(observers[n], v) for n, v in zip(watch, results)])
+            if failed is not None:
+                raise InputError(f"{label} batch {count + 1}: tensor {watch[failed[0]]!r} {failed[1]}") from None
+            for name, value in zip(watch, results):
+                shapes.setdefault(name, tuple(value.shape))
+            del results
+            count += 1
+            if on_batch:
+                on_batch()
     if count == 0:
         raise InputError(f"no {label} batches were read")
     return count, shapes
+
+
+def _update(pool: ThreadPoolExecutor, work: list[tuple[Streaming, np.ndarray]]) -> tuple[int, Exception] | None:
+    """Every observer updated with its tensor: the large tensors on the pool's threads (numpy's passes run
+    without the interpreter lock), the small ones here meanwhile. Each observer is updated by one thread, in
+    batch order, so the result is the same as one thread's. Returns the first tensor (its index in `work`)
+    that holds NaN or infinities, and the error."""
+    big = {i: pool.submit(obs.update, x) for i, (obs, x) in enumerate(work) if x.size >= THREADED_SIZE}
+    errors: dict[int, Exception] = {}
+    for i, (obs, x) in enumerate(work):
+        if i not in big:
+            try:
+                obs.update(x)
+            except NonFiniteValues as e:
+                errors[i] = e
+    for i, done in big.items():
+        e = done.exception()
+        if isinstance(e, NonFiniteValues):
+            errors[i] = e
+        elif e is not None:
+            raise e
+    return (min(errors), errors[min(errors)]) if errors else None
 
 
 def calibrate(

@@ -155,10 +155,16 @@ class Recorded:
     accuracy guard) are compared without the reference model loaded again, nor held in memory meanwhile."""
 
     def __init__(self, ref: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None):
-        with Session(ref, config=config) as sess:
+        self.config = config
+        self._by_feed: dict[tuple, list[np.ndarray]] = {}
+        self.add(feeds, ref)
+
+    def add(self, feeds: Iterable[dict[str, np.ndarray]], ref: Path | None = None) -> None:
+        """The outputs on more batches (the reference loaded once for all of them, then closed again)."""
+        with Session(ref or self.path, config=self.config) as sess:
             self.path, self.label = sess.path, sess.label
             self._inputs, self._outputs = sess.inputs(), sess.outputs()
-            self._by_feed = {_key(f): sess.run(self._outputs, f) for f in feeds}
+            self._by_feed.update({_key(f): sess.run(self._outputs, f) for f in feeds})
 
     def inputs(self) -> list[str]:
         return self._inputs

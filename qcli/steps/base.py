@@ -22,6 +22,7 @@ from onnx import ModelProto
 from qcli.core.plan import NO_PROMOTION, Promotion, QuantPlan, Reason
 from qcli.core.progress import Progress
 from qcli.io.feeds import FidelityData
+from qcli.steps.trials import share_reference_outputs
 
 # A check on the written model's measured report (report.Report, which sits above this layer): None when it
 # holds, else what is wrong (the quantize gate's message).
@@ -86,13 +87,14 @@ def run(steps: Sequence[Step], plan: QuantPlan, ctx: Context, dry_run: bool = Fa
     parts: list[Part] = []
     promises: list[Promise] = []
     ctx = replace(ctx, dry_run=dry_run)
-    for step in steps:
-        if dry_run and not step.dry_run:
-            continue
-        out = step.run(plan, ctx)
-        plan = out.plan
-        parts.append(out.part)
-        promises += out.promises
-        if out.fid is not None:
-            ctx = replace(ctx, fid=out.fid)
+    with share_reference_outputs():  # each file the steps measure on runs through the float model once
+        for step in steps:
+            if dry_run and not step.dry_run:
+                continue
+            out = step.run(plan, ctx)
+            plan = out.plan
+            parts.append(out.part)
+            promises += out.promises
+            if out.fid is not None:
+                ctx = replace(ctx, fid=out.fid)
     return Ran(plan, tuple(parts), ctx.fid, tuple(promises))

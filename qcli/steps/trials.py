@@ -10,7 +10,8 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ class Trials:
     ):
         self.model, self.reference, self.data, self.tmp, self.advance = model, reference, data, tmp, advance
         self.apply, self.units, self.cost = apply, units, cost
-        self.recorded: evaluate.Recorded | None = None
+        self.recordings: dict = {}  # the reference's outputs, where no share_reference_outputs scope holds them
 
     def write(self, plan: QuantPlan, name: str = "candidate.onnx") -> Path:
         """The plan's model on disk; not kept in memory (its sessions load it from the file)."""
@@ -79,9 +80,8 @@ class Trials:
 
     def measure_model(self, model: Path | evaluate.Session) -> list[OutputFidelity]:
         """As measure(), for a candidate written already (its file, or a session open over it)."""
-        if self.recorded is None:
-            self.recorded = evaluate.Recorded(self.reference, self.data.feeds())
-        result = evaluate.fidelity(self.recorded, model, self.data.feeds(), candidate_ours=True)
+        recorded = _recording(self.reference, self.data, self.recordings)
+        result = evaluate.fidelity(recorded, model, self.data.feeds(), candidate_ours=True)
         self.advance()
         return result
 
@@ -133,6 +133,45 @@ def _rest(plan: QuantPlan, seen: set[str], units: tuple[Action, ...] = INT8_ACTI
     noise is within its input's): last, one by one, so the ranking can end at all-float."""
     compute = set(units) - {Action.PASSTHROUGH}  # an op that only moves int8 data adds no noise of its own
     return [[d.node] for d in plan.nodes if d.action in compute and d.node not in seen]
+
+
+# The reference outputs recorded in this scope (share_reference_outputs), by reference file and data source.
+_SHARED: ContextVar[dict | None] = ContextVar("qcli_reference_outputs", default=None)
+
+
+@dataclass
+class _Recording:
+    recorded: evaluate.Recorded
+    src: object  # the data source, alive while its id is part of the key
+    items: set = field(default_factory=set)  # the batches recorded
+
+
+@contextmanager
+def share_reference_outputs() -> Iterator[None]:
+    """Within: trials on the same reference file and data source share its recorded outputs, each batch run
+    once (a quantize's steps: guard, placement, refit and bias correction measure on the same files)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _recording(reference: Path, data: FidelityData, own: dict) -> evaluate.Recorded:
+    """The reference's outputs on data's batches: recorded now, or before in this share_reference_outputs
+    scope (else in `own`); only the batches not recorded yet are run."""
+    st = Path(reference).stat()
+    key = (str(reference), st.st_mtime_ns, st.st_size, id(data.src))
+    shared = _SHARED.get()
+    store = shared if shared is not None else own
+    held = store.get(key)
+    if held is None:
+        held = store[key] = _Recording(evaluate.Recorded(reference, data.feeds()), data.src, set(data.items))
+    missing = [i for i in data.items if i not in held.items]
+    if missing:
+        held.recorded.add(FidelityData(data.src, missing, "").feeds())
+        held.items.update(missing)
+    return held.recorded
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from onnx import helper
 from typer.testing import CliRunner
 
 from qcli import QuantConfig, quantize
+from qcli.calibration import calibrate
 from qcli.cli.app import app
 from qcli.core.errors import InputError
 from qcli.core.overrides import CalibMethod, Overrides, TensorOverride
@@ -130,9 +131,12 @@ def test_cli_reads_an_overrides_file(cnn_files):
     assert res.exit_code == 2 and "unknown calibrator 'kl'" in res.output
 
 
+@pytest.mark.parametrize("threaded", [0, 1 << 30])
 @pytest.mark.parametrize("bad, word", [(-1.0, "NaN"), (np.float32(3e38), "infinite")])
-def test_non_finite_activation_names_the_tensor_and_batch(tmp_path, bad, word):
-    """Finite inputs, but an activation inside the model goes NaN (Sqrt of a negative) or inf (Exp)."""
+def test_non_finite_activation_names_the_tensor_and_batch(tmp_path, monkeypatch, bad, word, threaded):
+    """Finite inputs, but an activation inside the model goes NaN (Sqrt of a negative) or inf (Exp). Its
+    reader's output is NaN too: the first in the graph is named, whichever thread streamed it."""
+    monkeypatch.setattr(calibrate, "THREADED_SIZE", threaded)
     op = "Sqrt" if word == "NaN" else "Exp"
     w = np.ones((8, 4), np.float32)
     nodes = [helper.make_node(op, ["x"], ["s"], name="f"), helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
@@ -148,6 +152,17 @@ def test_non_finite_activation_names_the_tensor_and_batch(tmp_path, bad, word):
     res = CliRunner().invoke(app, ["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c")])
     assert res.exit_code == 2 and "tensor 's'" in res.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_observers_streamed_on_threads_give_the_ranges_of_one_thread(cnn_files, monkeypatch):
+    """Every tensor on the pool's threads, or none: the same ranges and candidates, bit for bit."""
+    tmp_path, _ = cnn_files
+    got = {}
+    for threaded in (0, 1 << 30):
+        monkeypatch.setattr(calibrate, "THREADED_SIZE", threaded)
+        plan = _q(tmp_path, calibrator="auto").plan
+        got[threaded] = {t: (a.range, a.method) for t, a in plan.activations.items()}
+    assert got[0] == got[1 << 30] and len(got[0]) > 3
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy", "mse", "least-error", "auto"])

@@ -125,7 +125,7 @@ def test_search_doubles_then_bisects_to_the_fewest_units(monkeypatch, tmp_path):
 
     monkeypatch.setattr(TR.model_io, "save_for_session", save)
     monkeypatch.setattr(T.evaluate, "fidelity", fidelity)
-    monkeypatch.setattr(T.evaluate, "Recorded", lambda ref, feeds: ref)
+    monkeypatch.setattr(TR, "_recording", lambda ref, data, own: ref)
     monkeypatch.setattr(T.evaluate, "latency", lambda *a, **k: Latency(1.0, 0.5, 1))
     monkeypatch.setattr(T.evaluate, "file_size", lambda p: 100)
 

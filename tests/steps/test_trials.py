@@ -1,15 +1,20 @@
 """Trials (trials.py): the ranking pass keeps one model in memory and one session open at a time; the figures
 decisions are taken on."""
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from models import outlier_chain, write_batches
+from models import cnn, outlier_chain, write_batches
+from onnx import numpy_helper
 
 from qcli import QuantConfig, quantize
+from qcli.core.plan import QuantPlan
+from qcli.io.feeds import FidelityData
 from qcli.io.structure import read_structure
-from qcli.measure import diagnose
+from qcli.measure import diagnose, evaluate
 from qcli.measure.evaluate import OutputFidelity
 from qcli.steps import trials
 from qcli.steps.trials import typical_sqnr, worst_sqnr
@@ -48,3 +53,47 @@ def test_the_files_worst_outputs_averaged_in_db_are_not_led_by_a_batch_at_anothe
     exact = OutputFidelity("c", 1.0, 1.0, 0.0, None, (1.0, float("inf")))
     assert typical_sqnr([exact]) == pytest.approx(100.5)  # an exact batch counts as 200 dB
     assert typical_sqnr([OutputFidelity("d", 9.0, 1.0, 0.0, None)]) == 9.0  # no batch figures: the pooled one
+
+
+def test_trials_in_one_scope_run_each_file_through_the_reference_once(tmp_path, monkeypatch):
+    """The steps of one quantize share the reference's recorded outputs: a trial on the same files records
+    nothing more, one on more files records only those; the figures are those of unshared trials."""
+    model = cnn(channels=8)
+    onnx.save(model, tmp_path / "ref.onnx")
+    folder = write_batches(tmp_path / "d", [(2, 3, 16, 16)] * 4)
+    ref_runs = []
+    real_run = evaluate.Session.run
+
+    def counted(self, names, feed):
+        ref_runs.extend([self.path.name] if self.path.name == "ref.onnx" else [])
+        return real_run(self, names, feed)
+
+    monkeypatch.setattr(evaluate.Session, "run", counted)
+
+    class Src:
+        def load(self, item):
+            return {"x": np.load(item)}
+
+    src, items = Src(), sorted(folder.glob("*.npy"))
+    held, more = FidelityData(src, items[:2], "held"), FidelityData(src, items, "held and fitted")
+
+    def perturbed(m, plan):
+        out = copy.deepcopy(m)
+        w = out.graph.initializer[0]
+        w.raw_data = (numpy_helper.to_array(w) * 1.01).tobytes()
+        return out
+
+    def steps():
+        figures = []
+        for data in (held, more, held):
+            with trials.trials(model, tmp_path / "ref.onnx", data, lambda: None, perturbed) as t:
+                figures += [t.measure(QuantPlan("w8a8")), t.measure(QuantPlan("w8a8"))]
+        return figures
+
+    alone = steps()
+    assert len(ref_runs) == 2 + 4 + 2  # each trial recorded its files once
+    ref_runs.clear()
+    with trials.share_reference_outputs():
+        shared = steps()
+    assert len(ref_runs) == 4  # the held files once, the other two once
+    assert shared == alone and 20 < alone[0][0].sqnr_db < 80

@@ -75,8 +75,8 @@ class Session:
     def _loadable(self) -> Path:
         """The file onnxruntime loads: a model with large inline weights goes through an external-data copy
         (mapped.py), which it maps instead of holding the file, the parsed model and the weights at once."""
-        try:
-            if mapped.inline_bytes(self.path) < mapped.MIN_BYTES:
+        try:  # a file smaller than MIN_BYTES holds less inline: not parsed to count
+            if self.path.stat().st_size < mapped.MIN_BYTES or mapped.inline_bytes(self.path) < mapped.MIN_BYTES:
                 return self.path
             self._copy = tempfile.TemporaryDirectory(prefix="qcli-map-")
             return mapped.external_copy(self.path, Path(self._copy.name))

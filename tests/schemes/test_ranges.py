@@ -37,7 +37,12 @@ def _q(d, out, **kw):
 def test_the_ranges_written_are_the_candidates_measured_best_at_the_outputs(dwsep, monkeypatch):
     measured, searching = [], []
     real, real_search = trials.Trials.measure, ranges.search
-    monkeypatch.setattr(trials.Trials, "measure", lambda self, *a, **k: measured.append(bool(searching)) or real(self, *a, **k))
+
+    def measure(self, *a, **k):
+        measured.append(bool(searching))  # True: by the range search
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(trials.Trials, "measure", measure)
 
     def search(*a, **k):
         searching.append(1)

@@ -86,7 +86,8 @@ def search(
             choice, best = dict.fromkeys(searched, base), bases[base]
             tried = []
             for tensor in _weakest(model, plan(_chosen(stats, choice)), data, searched, session):
-                for alt in [a for a in ALTERNATIVES if a != choice[tensor]]:  # fixed here: a win does not bring back the range it had
+                # listed now: a win does not bring back the range it replaced
+                for alt in [a for a in ALTERNATIVES if a != choice[tensor]]:
                     figure = measure({**choice, tensor: alt})
                     tried.append({"tensor": tensor, "range": alt, "score_db": round(figure, 2)})
                     if figure >= best + MIN_GAIN_DB:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from qcli.io.session import Session, TimeLimit
 LOOP_BATCH_SECONDS = 120.0
 UPDATE_THREADS = min(4, os.cpu_count() or 1)  # threads streaming one batch's tensors into their observers
 THREADED_SIZE = 1 << 16  # tensors of this many elements and more are streamed on those threads
+THREADED_BYTES = 64 << 20  # tensor bytes those threads stream at once
 
 
 class Streaming(Protocol):
@@ -86,23 +88,36 @@ def observe(
 
 def _update(pool: ThreadPoolExecutor, work: list[tuple[Streaming, np.ndarray]]) -> tuple[int, Exception] | None:
     """Every observer updated with its tensor: the large tensors on the pool's threads (numpy's passes run
-    without the interpreter lock), the small ones here meanwhile. Each observer is updated by one thread, in
-    batch order, so the result is the same as one thread's. Returns the first tensor (its index in `work`)
-    that holds NaN or infinities, and the error."""
-    big = {i: pool.submit(obs.update, x) for i, (obs, x) in enumerate(work) if x.size >= THREADED_SIZE}
+    without the interpreter lock), at most THREADED_BYTES of them at once (an update's temporaries are a few
+    times its tensor), the small ones here meanwhile. Each observer is updated by one thread, in batch order,
+    so the result is the same as one thread's. Returns the first tensor (its index in `work`) that holds NaN
+    or infinities, and the error."""
     errors: dict[int, Exception] = {}
+    queue = deque(i for i, (_, x) in enumerate(work) if x.size >= THREADED_SIZE)
+    running: dict[Future, int] = {}
+
+    def fill() -> None:
+        held = sum(work[i][1].nbytes for i in running.values())
+        while queue and (not running or held + work[queue[0]][1].nbytes <= THREADED_BYTES):
+            i = queue.popleft()
+            running[pool.submit(work[i][0].update, work[i][1])] = i
+            held += work[i][1].nbytes
+
+    fill()
     for i, (obs, x) in enumerate(work):
-        if i not in big:
+        if x.size < THREADED_SIZE:
             try:
                 obs.update(x)
             except NonFiniteValues as e:
                 errors[i] = e
-    for i, done in big.items():
-        e = done.exception()
-        if isinstance(e, NonFiniteValues):
-            errors[i] = e
-        elif e is not None:
-            raise e
+    while running:
+        for done in wait(running, return_when=FIRST_COMPLETED).done:
+            i, e = running.pop(done), done.exception()
+            if isinstance(e, NonFiniteValues):
+                errors[i] = e
+            elif e is not None:
+                raise e
+        fill()
     return (min(errors), errors[min(errors)]) if errors else None
 
 

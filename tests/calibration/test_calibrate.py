@@ -2,6 +2,10 @@
 overrides in the plan, bad data refused with the tensor named, and the float rewrites (--equalize,
 --smooth-quant) by their effect on the plan and on the quantized output."""
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnx
 import pytest
@@ -207,3 +211,28 @@ def test_smooth_quant_flag_smooths_keeps_its_mul_float_and_recovers_accuracy(tmp
         d = sm.plan.decision(name)
         assert d.action == Action.FLOAT and d.why == Why.UNSUPPORTED
     assert plain_db < 11 and sm_db > 27, (plain_db, sm_db)  # measured 9.1 -> 29.5 dB
+
+
+def test_the_pool_streams_at_most_its_byte_budget_at_once(monkeypatch):
+    """Large tensors go to the threads while the ones in flight stay within THREADED_BYTES (one larger than
+    the budget runs alone); small ones are streamed by the caller; each observer is updated once."""
+    monkeypatch.setattr(calibrate, "THREADED_SIZE", 10)
+    monkeypatch.setattr(calibrate, "THREADED_BYTES", 100)
+    lock, live, peak, seen = threading.Lock(), [0], [0], []
+
+    class Slow:
+        def update(self, x):
+            threaded = threading.current_thread() is not threading.main_thread()
+            with lock:
+                live[0] += x.nbytes if threaded else 0
+                peak[0] = max(peak[0], live[0])
+            time.sleep(0.02)
+            with lock:
+                live[0] -= x.nbytes if threaded else 0
+                seen.append((x.size, threaded))
+
+    sizes = [20, 20, 5, 30, 20, 20]  # 80, 80, 20 (small: the caller's), 120 (over the budget: alone), 80, 80 bytes
+    with ThreadPoolExecutor(4) as pool:
+        assert calibrate._update(pool, [(Slow(), np.zeros(n, np.float32)) for n in sizes]) is None
+    assert sorted(seen) == sorted((n, n >= 10) for n in sizes)
+    assert peak[0] == 120  # never two threaded updates over 100 bytes together, the 120-byte one alone

@@ -155,14 +155,14 @@ class Recorded:
     accuracy guard) are compared without the reference model loaded again, nor held in memory meanwhile."""
 
     def __init__(self, ref: Path, feeds: Iterable[dict[str, np.ndarray]], config: Mapping[str, str] | None = None):
-        self.config = config
+        self.path, self.config = Path(ref), config
         self._by_feed: dict[tuple, list[np.ndarray]] = {}
-        self.add(feeds, ref)
+        self.add(feeds)
 
-    def add(self, feeds: Iterable[dict[str, np.ndarray]], ref: Path | None = None) -> None:
+    def add(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
         """The outputs on more batches (the reference loaded once for all of them, then closed again)."""
-        with Session(ref or self.path, config=self.config) as sess:
-            self.path, self.label = sess.path, sess.label
+        with Session(self.path, config=self.config) as sess:
+            self.label = sess.label
             self._inputs, self._outputs = sess.inputs(), sess.outputs()
             self._by_feed.update({_key(f): sess.run(self._outputs, f) for f in feeds})
 

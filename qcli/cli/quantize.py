@@ -112,7 +112,7 @@ def quantize(
     ] = DEFAULT.w8a8.calib_limit,
     weight_algo: Annotated[
         WeightAlgo,
-        typer.Option("--weight-algo", "--algo", help="w4a16/w8a16: rtn (no data), gptq or awq (both read --calib)"),
+        typer.Option("--weight-algo", "--algo", help="w4a16/w8a16: rtn (no data); gptq, awq, adaround (read --calib)"),
     ] = DEFAULT.weight_only.weight_algo,
     block_size: Annotated[
         int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")

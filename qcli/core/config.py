@@ -39,6 +39,7 @@ class WeightAlgo(str, Enum):
     RTN = "rtn"  # round to nearest (optionally with a per-block clipping search: --clip-search)
     GPTQ = "gptq"  # Hessian-based error feedback from calibration activations (Frantar et al. 2022)
     AWQ = "awq"  # activation-aware per-input-channel scales searched on calibration data (Lin et al. 2023)
+    ADAROUND = "adaround"  # learned up-or-down rounding per weight on the statistics GPTQ reads (Nagel et al. 2020)
 
 
 MIN_BLOCK, MAX_BLOCK = 16, 256

@@ -1,7 +1,7 @@
 """Weight quantization algorithms, one file each, in a registry: rtn (with an optional clipping search), gptq,
-awq (whose channel scales passes/awq.py moves into the graph first)."""
+awq (whose channel scales passes/awq.py moves into the graph first), adaround."""
 
-from qcli.weights import awq, gptq, rtn  # noqa: F401  (register "awq", "gptq", "rtn")
+from qcli.weights import adaround, awq, gptq, rtn  # noqa: F401  (register "adaround", "awq", "gptq", "rtn")
 from qcli.weights.base import (
     DEFAULT_OPTIONS,
     WEIGHT_ALGOS,

@@ -40,7 +40,8 @@ def test_quantize_help_is_shorter_than_the_rich_tables_were():
     text = help_text("quantize")
     assert len(text.splitlines()) < 200  # rich's boxed tables: 352 lines at 80 columns
     assert " quantize MODEL [OPTIONS]\n" in text  # CliRunner names the program "root"
-    assert "  --reduce-range / --no-reduce-range\n" in text and "  --weight-algo, --algo <rtn|gptq|awq>\n" in text
+    assert "  --reduce-range / --no-reduce-range\n" in text
+    assert "  --weight-algo, --algo <rtn|gptq|awq|adaround>\n" in text
     examples = text[text.index("Examples:\n\n") + 11 : text.index("Arguments:")].strip("\n").split("\n")
     assert len(examples) > 5 and all(ln.startswith("  qcli ") for ln in examples)  # one block, no blank lines
 

@@ -105,7 +105,7 @@ def test_weight_algorithms_registry_rtn_matches_reference_math():
     np.testing.assert_array_equal(
         q.astype(np.int8), qp.quantize(w, qp.weight_qparams(w, qp.INT4, True, 0, 32)).astype(np.int8)
     )
-    assert WEIGHT_ALGOS.names() == ["awq", "gptq", "rtn"]
+    assert WEIGHT_ALGOS.names() == ["adaround", "awq", "gptq", "rtn"]
 
 
 def test_widen_scale_keeps_int32_bias_in_range():

@@ -31,6 +31,7 @@ CASES = {
     "dynamic": (ATTENTION, {"scheme": "dynamic"}),
     "w4a16-gptq": (ATTENTION, {"scheme": "w4a16", "weight_algo": "gptq"}),
     "w4a16-awq": (ATTENTION, {"scheme": "w4a16", "weight_algo": "awq"}),  # scales moved into the graph
+    "w4a16-adaround": (ATTENTION, {"scheme": "w4a16", "weight_algo": "adaround"}),  # learned roundings
     "w8a16-clip-search": (ATTENTION, {"scheme": "w8a16", "clip_search": True}),
     "w4a16-target": (ATTENTION, {"scheme": "w4a16", "min_sqnr": 40.0}),
     "w8a8-if-branches": (BRANCHY, {}),  # each branch planned on its own, one never taken (dynamic)

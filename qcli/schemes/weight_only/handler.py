@@ -60,7 +60,7 @@ class WeightOnly(SchemeHandler):
         return 21, "block-wise DequantizeLinear"
 
     def plan(self, model: ModelProto, config: QuantConfig, data: Data, progress: Progress) -> WeightOnlyPlanned:
-        """rtn needs no data; gptq, awq and --clip-search read statistics of each weight's input (X^T X, mean
+        """rtn needs no data; gptq, awq, adaround and --clip-search read statistics of each weight's input (X^T X, mean
         |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval); awq also
         rescales the graph (folded where exact, else an explicit Mul)."""
         plan, algo = plan_w4a16(model, config), config.weight_only.weight_algo

@@ -5,6 +5,8 @@ that reads it, so that no single channel sets the 8-bit range of a whole tensor.
 For a pair Conv1 -> [f] -> Conv2, where f commutes with a positive per-channel scale (f(x / s) == f(x) / s:
 Relu, LeakyRelu, PRelu, or nothing), channel i is divided by s_i on Conv1's side (weight rows and bias) and
 multiplied by s_i on Conv2's side (the weight column that reads channel i). The float model computes the same.
+A classifier head Conv1 -> [f] -> GlobalAveragePool -> Flatten/Squeeze -> Gemm/MatMul is a pair too: the
+average and the reshape to [N, C] are linear per channel, and the Gemm's input column i takes s_i.
 With r1_i the range (max |w|) of Conv1's output channel i and r2_i that of Conv2's input channel i,
 s_i = sqrt(r1_i * r2_i) / r2_i makes both ranges sqrt(r1_i * r2_i). Chains (Conv1 -> Conv2 -> Conv3) change
 Conv2 from both sides, so the pairs are swept repeatedly until the scales settle.
@@ -51,7 +53,7 @@ TOL = 1e-4  # stop sweeping when no scale of a sweep differs from 1 by more than
 class EqualizedPair:
     first: str  # node name of the producing Conv
     second: str  # node name of the consuming Conv
-    through: str | None  # op type of the activation between them, None if direct
+    through: str | None  # op types between them ("Relu -> GlobalAveragePool -> Flatten"), None if direct
     channels: int
     spread_before: float  # max/median of the per-channel weight ranges of `first`'s output channels, before
     spread_after: float  # the same after equalization
@@ -66,7 +68,7 @@ class EqualizedPair:
 @dataclass(frozen=True)
 class EqualizeResult:
     pairs: list[EqualizedPair]
-    skipped: list[tuple[str, str, str]]  # (first, second, reason), for Conv -> [activation] -> Conv candidates
+    skipped: list[tuple[str, str, str]]  # (first, second, reason) of the candidates left as they are
 
     def notes(self) -> list[str]:
         out = []
@@ -83,11 +85,17 @@ class EqualizeResult:
 class _Pair:
     first: NodeProto
     second: NodeProto
-    through: NodeProto | None
+    through: tuple[NodeProto, ...]  # what lies between: an activation, then GlobalAveragePool and its reshape
+
+
+SPATIAL = {"GlobalAveragePool"}  # linear per channel: GAP(x / s) == GAP(x) / s
+TO_ROWS = {"Flatten", "Squeeze"}  # [N, C, 1, 1] -> [N, C], channel order kept (checked in _problem)
+HEADS = {"Gemm", "MatMul"}  # read the [N, C] rows: input channel i is row i of B (column i with transB)
 
 
 def equalize(model: ModelProto, iterations: int = 10) -> EqualizeResult:
-    """Equalize every eligible Conv -> [Relu/LeakyRelu/PRelu] -> Conv pair of the main graph, in place.
+    """Equalize every eligible Conv -> [Relu/LeakyRelu/PRelu] -> Conv pair (and Conv -> [...] -> average ->
+    Gemm/MatMul head) of the main graph, in place.
     Expects a preprocessed float model (weights as initializers, BatchNormalization folded into Conv)."""
     if iterations < 1:
         raise InputError(f"equalization needs at least 1 iteration (got {iterations})")
@@ -106,7 +114,7 @@ def equalize(model: ModelProto, iterations: int = 10) -> EqualizeResult:
         EqualizedPair(
             _name(p.first),
             _name(p.second),
-            p.through.op_type if p.through is not None else None,
+            " -> ".join(n.op_type for n in p.through) or None,
             int(arrays[p.first.input[1]].shape[0]),
             b,
             spread(arrays[p.first.input[1]]),
@@ -145,8 +153,7 @@ def scale_inputs(w: np.ndarray, s: np.ndarray, group: int) -> np.ndarray:
 def _equalize_pair(p: _Pair, arrays: dict[str, np.ndarray]) -> float:
     """One rescaling of the pair; returns the largest relative change of a scale (0 when settled)."""
     w1, w2 = arrays[p.first.input[1]], arrays[p.second.input[1]]
-    group = attr(p.second, "group", 1)
-    r1, r2 = out_ranges(w1), in_ranges(w2, group)
+    r1, r2 = out_ranges(w1), _second_in_ranges(p.second, w2)
     live = (r1 > 0) & (r2 > 0)  # a dead channel on either side keeps s = 1
     s = np.ones_like(r1)
     s[live] = np.sqrt(r1[live] * r2[live]) / r2[live]
@@ -155,8 +162,25 @@ def _equalize_pair(p: _Pair, arrays: dict[str, np.ndarray]) -> float:
     arrays[p.first.input[1]] = w1 / s.reshape(shape)
     if _bias(p.first):
         arrays[_bias(p.first)] = arrays[_bias(p.first)] / s
-    arrays[p.second.input[1]] = scale_inputs(w2, s, group)
+    arrays[p.second.input[1]] = _second_scaled(p.second, w2, s)
     return float(np.max(np.abs(s - 1.0), initial=0.0))
+
+
+def _rows_first(node: NodeProto) -> bool:
+    """Whether the head's B holds input channel i in row i ([C, N']: MatMul, Gemm without transB)."""
+    return not (node.op_type == "Gemm" and attr(node, "transB", 0))
+
+
+def _second_in_ranges(second: NodeProto, w: np.ndarray) -> np.ndarray:
+    if second.op_type == "Conv":
+        return in_ranges(w, attr(second, "group", 1))
+    return np.abs(w).max(axis=1 if _rows_first(second) else 0)
+
+
+def _second_scaled(second: NodeProto, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    if second.op_type == "Conv":
+        return scale_inputs(w, s, attr(second, "group", 1))
+    return w * (s[:, None] if _rows_first(second) else s[None, :])
 
 
 def _bias(conv: NodeProto) -> str:
@@ -181,18 +205,29 @@ def _once(nodes: list[NodeProto]) -> list[NodeProto]:
 
 
 def _candidates(idx: GraphIndex):
-    """Every Conv -> Conv and Conv -> activation -> Conv chain, whatever its eligibility, in graph order."""
+    """Every Conv -> [activation] -> Conv and Conv -> [activation] -> GlobalAveragePool -> Flatten/Squeeze ->
+    Gemm/MatMul chain, whatever its eligibility, in graph order."""
     for first in idx.graph.node:
         if first.op_type != "Conv" or first.domain not in ("", "ai.onnx"):
             continue
-        out = first.output[0]
-        for reader in _once(idx.consumers[out]):
-            if _is_conv_on(reader, out):
-                yield _Pair(first, reader, None)
-            elif reader.op_type in EQUIVARIANT | NOT_EQUIVARIANT and reader.input[0] == out:
-                for second in _once(idx.consumers[reader.output[0]]):
-                    if _is_conv_on(second, reader.output[0]):
-                        yield _Pair(first, second, reader)
+        yield from _reached(idx, first, first.output[0], ())
+        for act in _readers(idx, first.output[0], EQUIVARIANT | NOT_EQUIVARIANT):
+            yield from _reached(idx, first, act.output[0], (act,))
+
+
+def _reached(idx: GraphIndex, first: NodeProto, t: str, through: tuple[NodeProto, ...]):
+    """The pairs of `first` whose second side reads tensor t: a Conv, or a head through the average."""
+    yield from (_Pair(first, c, through) for c in _readers(idx, t, {"Conv"}))
+    for gap in _readers(idx, t, SPATIAL):
+        for rows in _readers(idx, gap.output[0], TO_ROWS):
+            for head in _readers(idx, rows.output[0], HEADS):
+                yield _Pair(first, head, (*through, gap, rows))
+
+
+def _readers(idx: GraphIndex, t: str, ops: set[str]) -> list[NodeProto]:
+    """The standard-domain nodes of these op types that read t as their first input."""
+    nodes = _once(idx.consumers[t])
+    return [n for n in nodes if n.op_type in ops and n.domain in ("", "ai.onnx") and n.input[0] == t]
 
 
 def _find_pairs(idx: GraphIndex) -> tuple[list[_Pair], list[tuple[str, str, str]]]:
@@ -208,15 +243,16 @@ def _find_pairs(idx: GraphIndex) -> tuple[list[_Pair], list[tuple[str, str, str]
 
 def _problem(p: _Pair, idx: GraphIndex) -> str | None:
     """Why the pair cannot be equalized exactly, or None."""
-    links = [(p.first, p.first.output[0])] + ([(p.through, p.through.output[0])] if p.through is not None else [])
+    links = [(n, n.output[0]) for n in (p.first, *p.through)]
     for node, t in links:
         readers = len(idx.consumers[t])
         if readers != 1:
             return f"output of {_name(node)} has {readers} readers"
         if idx.escapes(t):
             return f"output of {_name(node)} is a graph output"
-    if p.through is not None and p.through.op_type not in EQUIVARIANT:
-        return f"{p.through.op_type} between: not scale-equivariant"
+    act = [n for n in p.through if n.op_type not in SPATIAL | TO_ROWS]
+    if act and act[0].op_type not in EQUIVARIANT:
+        return f"{act[0].op_type} between: not scale-equivariant"
     for conv, role, t in ((p.first, "weight", p.first.input[1]), (p.first, "bias", _bias(p.first))) + (
         (p.second, "weight", p.second.input[1]),
     ):
@@ -227,9 +263,27 @@ def _problem(p: _Pair, idx: GraphIndex) -> str | None:
         if len(idx.consumers[t]) != 1 or idx.escapes(t):
             return f"{role} {t} of {_name(conv)} is shared with another node or output"
     w1, w2 = idx.inits[p.first.input[1]].dims, idx.inits[p.second.input[1]].dims
+    if p.second.op_type in HEADS:
+        return _head_problem(p, idx, w1, w2)
     group = attr(p.second, "group", 1)
     if len(w1) < 3 or len(w2) < 3 or group < 1 or w2[0] % group:
         return "weights are not Conv kernels with a valid group count"
     if w1[0] != w2[1] * group:
         return f"{_name(p.first)} has {w1[0]} output channels, {_name(p.second)} reads {w2[1] * group}"
+    return None
+
+
+def _head_problem(p: _Pair, idx: GraphIndex, w1, w2) -> str | None:
+    """Why a Conv -> ... -> GlobalAveragePool -> Flatten/Squeeze -> Gemm/MatMul pair is not exact, or None."""
+    rows, head = p.through[-1], p.second
+    if rows.op_type == "Flatten" and attr(rows, "axis", 1) != 1:
+        return "Flatten not at axis 1"
+    if rows.op_type == "Squeeze":
+        axes = attr(rows, "axes", None) if len(rows.input) < 2 else idx.const(rows.input[1])
+        if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+            return "Squeeze does not remove exactly the two spatial axes"
+    if len(w1) != 4 or len(w2) != 2 or (head.op_type == "Gemm" and attr(head, "transA", 0)):
+        return "not a 2-D Conv feeding a Gemm/MatMul that reads [N, C] rows"
+    if w1[0] != w2[0 if _rows_first(head) else 1]:
+        return f"{_name(p.first)} has {w1[0]} output channels, {_name(head)} reads {w2[0 if _rows_first(head) else 1]}"
     return None

@@ -70,7 +70,9 @@ def prepare(
         result = equalize(model)
         done["equalized"] = [p.to_dict() for p in result.pairs]
         done["not_equalized"] = [{"first": a, "second": b, "reason": why} for a, b, why in result.skipped]
-        notes += result.notes() or ["--equalize found no Conv -> (Relu) -> Conv pair to equalize"]
+        notes += result.notes() or [
+            "--equalize found no Conv -> (Relu) -> Conv or Conv -> GlobalAveragePool -> Gemm pair to equalize"
+        ]
     if config.w8a8.equalize or config.w8a8.channel_scaling:
         spread = channel_scale.MIN_SPREAD if config.w8a8.equalize else channel_scale.OUTLIER_SPREAD
         _scale_channels(model, channel_maxima, out, spread)

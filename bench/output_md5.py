@@ -37,6 +37,7 @@ WEIGHT_ONLY = {
     "w8a16-qdq": ("--scheme", "w8a16", "--format", "qdq"),
     "w4a16-gptq": ("--scheme", "w4a16", "--format", "qdq", "--weight-algo", "gptq", "--calib", "CALIB"),
     "w4a16-awq": ("--scheme", "w4a16", "--format", "qdq", "--weight-algo", "awq", "--calib", "CALIB"),
+    "w4a16-adaround": ("--scheme", "w4a16", "--format", "qdq", "--weight-algo", "adaround", "--calib", "CALIB"),
     "w4a16-clip": ("--scheme", "w4a16", "--format", "qdq", "--clip-search", "--calib", "CALIB"),
 }
 VARIANTS = {

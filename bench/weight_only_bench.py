@@ -2,7 +2,7 @@
 
     python bench/weight_only_bench.py [--models minilm,attention] [--rounds 60]
 
-For each model: qcli w4a16 (the default --format auto; and qdq, ort forced; rtn, gptq, awq, clip search),
+For each model: qcli w4a16 (the default --format auto; and qdq, ort forced; rtn, gptq, awq, adaround, clip search),
 qcli w8a16 (auto) and onnxruntime's MatMulNBitsQuantizer (RTN, and its GPTQ and HQQ, block 32) are written by
 their own processes (quantize time and peak memory measured there; a failure is a row with its error). Then
 all of them and the FP32 model are loaded in this process and run round-robin on the same input (thread
@@ -35,6 +35,10 @@ VARIANTS = {
     "qcli w4a16 gptq (auto)": ["--scheme", "w4a16", "--weight-algo", "gptq", "--calib", "CALIB"],
     "qcli w4a16 awq (auto)": ["--scheme", "w4a16", "--weight-algo", "awq", "--calib", "CALIB"],
     "qcli w4a16 clip-search (auto)": ["--scheme", "w4a16", "--clip-search", "--calib", "CALIB"],
+    "qcli w4a16 adaround (auto)": ["--scheme", "w4a16", "--weight-algo", "adaround", "--calib", "CALIB"],
+    "qcli w4a16 adaround asym (auto)": [
+        *("--scheme", "w4a16", "--weight-algo", "adaround", "--weight-asymmetric", "--calib", "CALIB")
+    ],
     "qcli w4a16 gptq act-order asym (auto)": [
         *("--scheme", "w4a16", "--weight-algo", "gptq", "--act-order", "--weight-asymmetric", "--calib", "CALIB")
     ],

@@ -42,6 +42,7 @@ BETA = (20.0, 2.0)
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (the paper's)
 THREADS = max(1, min(4, os.cpu_count() or 1))  # row slices learned at once (numpy drops the GIL)
 THREADED_SIZE = 1 << 16  # elements: smaller weights learn in one piece
+SLICE_SIZE = 1 << 18  # elements of a slice at most (larger weights: more slices, THREADS at a time)
 DAMP = 0.01  # of the mean of diag(H), added to its diagonal: channels the few calibration rows miss still count
 
 
@@ -67,46 +68,61 @@ def adaround(
     return codes.astype(qtype.np_dtype), p
 
 
-def _expand(a: np.ndarray, block_size: int, k: int) -> np.ndarray:
-    return np.repeat(a, block_size, axis=1)[:, :k]
-
-
 def learned_codes(w: np.ndarray, h: np.ndarray, p: qp.QParams, iterations: int = ITERATIONS) -> np.ndarray:
     """Codes [N, K] (int64) of rows w [N, K] under QParams p (blocks along K), learned on H [K, K]."""
     n, k = w.shape
-    s = _expand(p.scale, p.block_size, k).astype(np.float64)
-    z = _expand(p.zero_point.astype(np.int64), p.block_size, k)
-    w64 = w.astype(np.float64)
     factor = _factor(np.asarray(h, np.float64))  # L [K, r], L L^T = H
     delta = DAMP * float(np.mean(np.diag(h))) + 1e-30
-
-    def error(codes: np.ndarray) -> np.ndarray:
-        """Per row: tr(E (H + delta I) E^T)."""
-        e = w64 - s * (codes - z)
-        el = e @ factor
-        return np.einsum("nr,nr->n", el, el) + delta * np.einsum("nk,nk->n", e, e)
-
-    nearest = qp.quantize(w, p).astype(np.int64)
-    e0 = error(nearest)
-    fl = np.floor(w64 / s)
-    fixed = np.where(fl + 1 > p.qtype.qmax - z, 0, np.where(fl < p.qtype.qmin - z, 1, -1))  # one neighbour a code
+    rows = _Rows(w, p, factor, delta)
     # the gradient's product: E (H + delta I), or E L L^T + delta E where L has fewer than K / 2 columns
     gram = (
         (factor.astype(np.float32), np.float32(delta))
         if 2 * factor.shape[1] < k
         else ((np.asarray(h, np.float64) + delta * np.eye(k)).astype(np.float32), None)
     )
-    learn = _Learner(gram, -2.0 / (float(e0.sum()) or 1.0), np.float32(LAMBDA / (n * k)), iterations)
-    step = max(1, -(-n // THREADS)) if n * k >= THREADED_SIZE else n
+    count = 1 if n * k < THREADED_SIZE else -(-max(THREADS, -(-n * k // SLICE_SIZE)) // THREADS) * THREADS
+    step = -(-n // count)
+    slices = [slice(a, a + step) for a in range(0, n, step)]
+    norm = sum(float(rows.error(r, rows.nearest(r)).sum()) for r in slices)
+    learn = _Learner(gram, -2.0 / (norm or 1.0), np.float32(LAMBDA / (n * k)), iterations)
     # Rows are independent: slices learn at once, each product on one BLAS thread (two threads' products each
-    # on all cores slow both down); numpy's elementwise passes drop the GIL.
+    # on all cores slow both down); numpy's elementwise passes drop the GIL. Memory: a few copies of a slice.
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(THREADS) as pool:
-        rows = [slice(a, a + step) for a in range(0, n, step)]
-        parts = list(pool.map(lambda r: learn(w64[r], s[r], fl[r], fixed[r]), rows))
-    up = np.where(fixed >= 0, fixed, np.concatenate(parts))
-    learned = np.clip(fl.astype(np.int64) + up + z, p.qtype.qmin, p.qtype.qmax)
-    better = error(learned) < e0
-    return np.where(better[:, None], learned, nearest)
+        return np.concatenate(list(pool.map(lambda r: rows.codes(r, learn), slices)))
+
+
+class _Rows:
+    """The weight's rows, slice by slice: the float values, their steps and zero points spread along K."""
+
+    def __init__(self, w: np.ndarray, p: qp.QParams, factor: np.ndarray, delta: float) -> None:
+        self.w, self.p, self.factor, self.delta = w, p, factor, delta
+
+    def _spread(self, a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, self.p.block_size, axis=1)[:, : self.w.shape[1]]
+
+    def nearest(self, r: slice) -> np.ndarray:
+        part = qp.QParams(self.p.scale[r], self.p.zero_point[r], self.p.qtype, 1, self.p.block_size)
+        return qp.quantize(self.w[r], part).astype(np.int64)
+
+    def error(self, r: slice, codes: np.ndarray) -> np.ndarray:
+        """Per row: tr(E (H + delta I) E^T)."""
+        s, z = self._spread(self.p.scale[r]).astype(np.float64), self._spread(self.p.zero_point[r].astype(np.int64))
+        e = self.w[r].astype(np.float64) - s * (codes - z)
+        el = e @ self.factor
+        return np.einsum("nr,nr->n", el, el) + self.delta * np.einsum("nk,nk->n", e, e)
+
+    def codes(self, r: slice, learn: _Learner) -> np.ndarray:
+        """The learned codes of rows r, or nearest rounding's on the rows where learning did no better."""
+        qtype = self.p.qtype
+        s, z = self._spread(self.p.scale[r]).astype(np.float64), self._spread(self.p.zero_point[r].astype(np.int64))
+        w = self.w[r].astype(np.float64)
+        fl = np.floor(w / s)
+        fixed = np.where(fl + 1 > qtype.qmax - z, 0, np.where(fl < qtype.qmin - z, 1, -1))  # one neighbour a code
+        up = np.where(fixed >= 0, fixed, learn(w, s, fl, fixed))
+        learned = np.clip(fl.astype(np.int64) + up + z, qtype.qmin, qtype.qmax)
+        nearest = self.nearest(r)
+        better = self.error(r, learned) < self.error(r, nearest)
+        return np.where(better[:, None], learned, nearest)
 
 
 class _Learner:

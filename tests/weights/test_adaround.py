@@ -65,15 +65,22 @@ def test_with_the_clipping_search_it_keeps_the_searched_scales():
     assert row_objective(W, learned, ST.h).sum() < row_objective(W, clipped, ST.h).sum()
 
 
-def test_row_slices_on_threads_give_the_codes_of_one_piece(monkeypatch):
-    """Rows are independent: slicing them over threads changes nothing (1024 x 300 is over the threaded size)."""
+def test_row_slices_on_threads_give_the_codes_of_one_piece_and_bound_the_memory(monkeypatch):
+    """Rows are independent: slicing them (over threads, or to bound a large weight's temporaries) changes
+    nothing; every slice stays within SLICE_SIZE elements (1024 x 300 is over the threaded size)."""
     w = np.random.default_rng(4).standard_normal((1024, 300)).astype(np.float32) * 0.1
     monkeypatch.setattr(adaround, "ITERATIONS", 60)
     monkeypatch.setattr(adaround, "THREADS", 1)
+    monkeypatch.setattr(adaround, "SLICE_SIZE", 1 << 30)
     one = quantize_rows(w, qp.INT4, True, 32, "adaround", ST)
+    seen = []
+    learn = adaround._Learner.__call__
+    monkeypatch.setattr(adaround._Learner, "__call__", lambda self, w, *a: seen.append(w.size) or learn(self, w, *a))
     monkeypatch.setattr(adaround, "THREADS", 3)
-    three = quantize_rows(w, qp.INT4, True, 32, "adaround", ST)
-    np.testing.assert_array_equal(one.codes, three.codes)
+    monkeypatch.setattr(adaround, "SLICE_SIZE", 40_000)
+    sliced = quantize_rows(w, qp.INT4, True, 32, "adaround", ST)
+    np.testing.assert_array_equal(one.codes, sliced.codes)
+    assert len(seen) == 9 and max(seen) <= 40_000 and sum(seen) == w.size  # 8 slices rounded up to 3 threads
 
 
 def test_without_statistics_or_with_silent_inputs_it_is_no_worse_than_rtn():

@@ -322,8 +322,7 @@ def _warnings(config: QuantConfig, model: onnx.ModelProto, plan: QuantPlan, data
     out = [
         f"--exclude {p!r} matches no node name, op type or glob" for p in unmatched_excludes(config, model.graph.node)
     ]
-    out += [f"{flag} does not apply to --scheme {config.scheme.value}; ignored" for flag in config.ignored_options()]
-    return out + data_warnings + plan.warnings
+    return out + config.unread_warnings() + data_warnings + plan.warnings
 
 
 __all__ = ["quantize", "compare", "default_output", "QuantizeResult"]

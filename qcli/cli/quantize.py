@@ -90,8 +90,8 @@ def quantize(
         bool,
         typer.Option(
             "--equalize",
-            help="cross-layer equalization of Conv -> (Relu) -> Conv pairs first, and channel scaling around "
-            "HardSwish/SiLU wherever a channel reaches 4x the median one",
+            help="cross-layer equalization of Conv -> (Relu) -> Conv pairs (and Conv -> GlobalAveragePool -> Gemm "
+            "heads) first, and channel scaling around HardSwish/SiLU wherever a channel reaches 4x the median one",
         ),
     ] = DEFAULT.w8a8.equalize,
     channel_scaling: Annotated[
@@ -112,7 +112,7 @@ def quantize(
     ] = DEFAULT.w8a8.calib_limit,
     weight_algo: Annotated[
         WeightAlgo,
-        typer.Option("--weight-algo", "--algo", help="w4a16/w8a16: rtn (no data); gptq, awq, adaround (read --calib)"),
+        typer.Option("--weight-algo", "--algo", help="w4a16/w8a16: rtn (no data); gptq, awq, adaround (need --calib)"),
     ] = DEFAULT.weight_only.weight_algo,
     block_size: Annotated[
         int, typer.Option(help="w4a16: weights per scale along the reduction axis (power of two, 16 to 256)")
@@ -121,7 +121,7 @@ def quantize(
         bool,
         typer.Option(
             "--clip-search",
-            help="w4a16/w8a16 rtn: per block, the clipping with the least error (uses --calib if given)",
+            help="w4a16/w8a16, every algorithm: per block, the clipping with the least error (uses --calib if given)",
         ),
     ] = DEFAULT.weight_only.clip_search,
     gptq_damp: Annotated[

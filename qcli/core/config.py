@@ -253,6 +253,24 @@ class QuantConfig:
             if "flag" in f.metadata and getattr(mine, f.name) != getattr(default, f.name)
         ]
 
+    def unread_warnings(self) -> list[str]:
+        """One warning per flag set that nothing reads: the scheme's, or gptq's under another algorithm."""
+        scheme, algo = self.scheme.value, self.weight_only.weight_algo.value
+        return [f"{flag} does not apply to --scheme {scheme}; ignored" for flag in self.ignored_options()] + [
+            f"{flag} only applies to --weight-algo gptq, not {algo}; ignored" for flag in self.unread_by_algo()
+        ]
+
+    def unread_by_algo(self) -> list[str]:
+        """gptq's own flags set away from their default while another weight algorithm runs (silent otherwise)."""
+        w = self.weight_only
+        if "weight_only" not in READS[self.scheme] or w.weight_algo == WeightAlgo.GPTQ:
+            return []
+        return [
+            f.metadata["flag"]
+            for f in fields(w)
+            if f.name.startswith("gptq_") and getattr(w, f.name) != getattr(DEFAULT.weight_only, f.name)
+        ]
+
     def to_dict(self) -> dict:
         """Flat: every option by name (as the report has always shown it), the groups' included."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in GROUPS}

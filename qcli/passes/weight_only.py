@@ -5,6 +5,7 @@ writes the nodes that read the quantized weight."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -52,27 +53,38 @@ def quantize_plan(
     skip: set[Key] | None = None,
     stats: dict[str, WeightStats] | None = None,
     options: WeightOptions = DEFAULT_OPTIONS,
+    advance: Callable[[], None] = lambda: None,
 ) -> dict[Key, BlockWeight]:
     """Every planned weight quantized, once per key (a weight read twice the same way is quantized once);
     keys in `skip` (quantized already) are left out. `stats` (schemes/weight_only/stats.collect: weight name ->
-    statistics of its input) feed the data-aware algorithms and the clipping search; tables (Gather) have none."""
+    statistics of its input) feed the data-aware algorithms and the clipping search; tables (Gather) have none.
+    `advance` is called after each key (pending_keys counts them beforehand)."""
     idx = GraphIndex(model.graph)
-    nodes = {n.name: n for n in model.graph.node}
     out: dict[Key, BlockWeight] = {}
-    skip = skip or set()
     stats = stats or {}
-    for w in plan.weights:
-        if w.node not in nodes:
-            continue
-        key = key_of(nodes[w.node], w)
-        if key in out or key in skip:
-            continue
+    for key, w in _pending(model, plan, skip).items():
         if requires_statistics(w.algo) and w.role == "weight" and w.tensor not in stats:
             raise InternalError(f"internal error: {w.algo} needs the input statistics of weight {w.tensor!r}")
         rows, qtype = rows_of(idx, key), qp.QTYPES[w.qtype]
         s = _matching(stats, key, rows)
         out[key] = quantize_rows(rows, qtype, w.symmetric, w.block_size, w.algo, s, options)
+        advance()
     return out
+
+
+def pending_keys(model: ModelProto, plan: QuantPlan, skip: set[Key] | None = None) -> int:
+    """How many keys quantize_plan would quantize (for a progress bar's total)."""
+    return len(_pending(model, plan, skip))
+
+
+def _pending(model: ModelProto, plan: QuantPlan, skip: set[Key] | None) -> dict[Key, WeightQuant]:
+    """The plan's weights by key, the first of each key in plan order, those in `skip` left out."""
+    nodes = {n.name: n for n in model.graph.node}
+    out: dict[Key, WeightQuant] = {}
+    for w in plan.weights:
+        if w.node in nodes:
+            out.setdefault(key_of(nodes[w.node], w), w)
+    return {k: w for k, w in out.items() if k not in (skip or set())}
 
 
 def _matching(stats: dict[str, WeightStats], key: Key, rows: np.ndarray) -> WeightStats | None:

@@ -43,3 +43,20 @@ def test_options_the_scheme_does_not_read_are_named_and_left_out_of_the_effectiv
     assert ("block_size" in shown) == (config.scheme.value in ("w4a16", "w8a16"))
     assert bool(read_by_w8a8 & set(shown)) == (config.scheme.value == "w8a8")
     assert ("per_channel" in shown) == (config.scheme.value in ("w8a8", "dynamic"))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"scheme": "w4a16", "weight_algo": "adaround", "gptq_act_order": True}, ["--act-order"]),
+        (
+            {"scheme": "w8a16", "weight_algo": "rtn", "gptq_damp": 0.2, "gptq_act_order": True},
+            ["--gptq-damp", "--act-order"],
+        ),
+        ({"scheme": "w4a16", "weight_algo": "gptq", "gptq_damp": 0.2, "gptq_act_order": True}, []),  # gptq reads them
+        ({"scheme": "w4a16", "weight_algo": "awq"}, []),  # at their defaults: nothing to say
+        ({"scheme": "w8a8", "gptq_act_order": True}, []),  # the scheme's own warning names it (ignored_options)
+    ],
+)
+def test_gptqs_own_options_under_another_algorithm_are_named(options, named):
+    assert QuantConfig.of(**options).unread_by_algo() == named

@@ -144,6 +144,23 @@ def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tm
     assert sqnr["adaround"] > sqnr["rtn"] + 0.3, sqnr
 
 
+def test_weight_quantization_reports_progress_per_weight_and_gptqs_options_are_flagged_elsewhere(tmp_path):
+    """A data-aware algorithm can take a while per weight: one progress step per weight quantized, its total
+    given up front. gptq's own options with another algorithm are named in a warning, not silently ignored."""
+    m = _files(tmp_path)
+    write_batches(tmp_path / "c", [(4, 8, 64)] * 6, seed=3)
+    bars: dict[str, list] = {}
+
+    def progress(desc, total):
+        bars[desc] = [total, 0]
+        return lambda: bars[desc].__setitem__(1, bars[desc][1] + 1)
+
+    config = QuantConfig.of(scheme="w4a16", weight_format="qdq", weight_algo="adaround", gptq_act_order=True)
+    r = quantize(m, config, tmp_path / "c", tmp_path / "q.onnx", progress=progress, latency_runs=1)
+    assert bars["weights quantized (adaround)"] == [2, 2]  # the MLP's two weights
+    assert "--act-order only applies to --weight-algo gptq, not adaround; ignored" in r.report.warnings
+
+
 def test_auto_without_data_times_the_forms_on_inputs_made_from_the_input_specs(tmp_path, monkeypatch):
     speed = {"float": 10.0, "qdq": 6.0, "ort-fp32": 9.0, "ort-int8": 8.0}
     seen = []

@@ -16,6 +16,7 @@ from qcli.io import model_io
 from qcli.io.feeds import input_specs, synthetic_feed
 from qcli.passes.blockwise import apply_weight_only
 from qcli.passes.nbits import FP32
+from qcli.passes.weight_only import pending_keys
 from qcli.schemes.weight_only import formats
 from qcli.schemes.weight_only.batches import at_sizes
 from qcli.schemes.weight_only.placement import place_weights
@@ -73,7 +74,9 @@ class QuantizeWeights:
     dry_run: bool = False
 
     def run(self, plan: QuantPlan, ctx: Context) -> Outcome:
-        self.weights.settle(ctx.model, plan)
+        todo = pending_keys(ctx.model, plan, set(self.weights.cache))
+        algo = plan.weights[0].algo if plan.weights else "rtn"
+        self.weights.settle(ctx.model, plan, ctx.progress(f"weights quantized ({algo})", todo))
         return Outcome(plan)
 
 

@@ -62,10 +62,10 @@ class Quantized:
         self.cache: dict[Key, BlockWeight] = {}
         self.measured: dict[Key, WeightError] = {}
 
-    def settle(self, model: ModelProto, plan: QuantPlan) -> None:
+    def settle(self, model: ModelProto, plan: QuantPlan, advance: Callable[[], None] = lambda: None) -> None:
         """`plan`'s weights quantized and their errors measured (with the statistics of their inputs), then
         everything else let go: the other keys the search tried, and the statistics."""
-        quantized = self.of(model, plan)
+        quantized = self.of(model, plan, advance)
         self.measured = weight_errors(model, quantized, self.stats)
         self.cache, self.stats = quantized, None
 
@@ -74,9 +74,11 @@ class Quantized:
         kept = {w.tensor for w in plan.weights}
         return {key[0]: e.to_dict() for key, e in self.measured.items() if key[0] in kept}
 
-    def of(self, model: ModelProto, plan: QuantPlan) -> dict[Key, BlockWeight]:
-        """The quantized weights `plan` writes (those not yet in the cache quantized now)."""
-        self.cache.update(quantize_plan(model, plan, set(self.cache), self.stats, self.options))
+    def of(
+        self, model: ModelProto, plan: QuantPlan, advance: Callable[[], None] = lambda: None
+    ) -> dict[Key, BlockWeight]:
+        """The quantized weights `plan` writes (those not yet in the cache quantized now, `advance` after each)."""
+        self.cache.update(quantize_plan(model, plan, set(self.cache), self.stats, self.options, advance))
         nodes = {n.name: n for n in model.graph.node}
         keys = {key_of(nodes[w.node], w) for w in plan.weights if w.node in nodes}
         return {k: self.cache[k] for k in keys}

@@ -195,10 +195,6 @@ def _name(node: NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _is_conv_on(node: NodeProto, tensor: str) -> bool:
-    return node.op_type == "Conv" and node.domain in ("", "ai.onnx") and node.input[0] == tensor
-
-
 def _once(nodes: list[NodeProto]) -> list[NodeProto]:
     """The nodes without repeats (a node reading a tensor twice is listed twice by GraphIndex.consumers)."""
     return list({id(n): n for n in nodes}.values())

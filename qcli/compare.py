@@ -7,7 +7,7 @@ from pathlib import Path
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
-from qcli.io.feeds import FidelityData, conversion_notes, input_specs, synthetic_feed
+from qcli.io.feeds import FidelityData, conversion_notes, input_specs, source_warnings, synthetic_feed
 from qcli.io.recipes import data_recipe, open_source
 from qcli.measure import evaluate, layerwise, size
 from qcli.measure.accuracy import AccuracyMeter
@@ -158,6 +158,7 @@ def compare(
     fid = FidelityData(src, src.items, f"{data} ({len(src.items)} batches)")
     measure(report, ref, cand, fid, latency_runs, progress, ort_config)
     report.notes += conversion_notes(src)
+    report.warnings += source_warnings(src)
     if per_layer:
         advance = progress("per-layer pass", None)
         layers = layerwise.per_layer(ref, cand, lambda: FidelityData(src, src.items, "").feeds(advance))

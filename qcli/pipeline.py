@@ -21,8 +21,9 @@ from qcli.core.ops import DATA_MOVEMENT, already_quantized
 from qcli.core.plan import QuantPlan
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io, planfile
-from qcli.io.feeds import FidelityData, conversion_notes, input_specs
+from qcli.io.feeds import FidelityData, conversion_notes, input_specs, source_warnings
 from qcli.io.fingerprint import fingerprint
+from qcli.io.outpaths import check_outputs
 from qcli.io.recipes import data_recipe, open_source
 from qcli.io.session import release_memory
 from qcli.io.validity import check_output
@@ -56,13 +57,6 @@ def default_output(model: Path, scheme: Scheme) -> Path:
     return output_path(model, handler_for(scheme).suffix)
 
 
-def _check_paths(model_path: Path, out: Path) -> None:
-    if out.resolve() == model_path.resolve() or (out.exists() and out.samefile(model_path)):
-        raise InputError(f"output {out} is the input model; choose another -o path (the input is never overwritten)")
-    if out.suffix != ".onnx":
-        raise InputError(f"output {out} should end in .onnx")
-
-
 def quantize(
     model_path: Path,
     config: QuantConfig,
@@ -90,7 +84,8 @@ def quantize(
     saved one (schemes/replay.py): `config` must be the one it was saved with."""
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
-    _check_paths(model_path, out)
+    reads = {"the calibration data": calib, "the evaluation data": eval_dir, "the recipe": recipe, "the plan": plan}
+    check_outputs(model_path, out, reads, save_plan and Path(save_plan))
     if dry_run and save_plan:
         raise InputError("--dry-run writes nothing: drop it to save the plan (the plan saved is the model written's)")
     if not dry_run:
@@ -277,6 +272,7 @@ class _Run:
         report.provenance = provenance({"calibration": used, "evaluation": list(ran.fid.items)}, self.command)
         report.recipe = data_recipe(data.calib, data.eval)
         report.notes += conversion_notes(data.calib, data.eval)
+        report.warnings += source_warnings(data.calib, data.eval)
         return report
 
     def _write(

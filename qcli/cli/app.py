@@ -29,6 +29,7 @@ from qcli.cli.quantize import quantize
 from qcli.core.config import DEFAULT, QuantConfig, Scheme
 from qcli.core.errors import GateFailed
 from qcli.io.model_io import check_writable
+from qcli.io.outpaths import refuse_inputs
 from qcli.report import inspection
 
 app = typer.Typer(
@@ -100,6 +101,8 @@ def compare(
 ) -> None:
     with errors(debug), progress_bars() as progress:
         if html is not None:
+            reads = {"the reference model": reference, "the candidate model": candidate, "the data": data}
+            refuse_inputs(html, "--html", reads | {"the recipe": recipe})
             check_writable(html)
         try:
             report = pipeline.compare(
@@ -168,6 +171,7 @@ def report(
 
     with errors(debug):
         doc = load_report(report_json)
+        refuse_inputs(html, "--html", {"the report read": report_json})
         check_writable(html)
         say("wrote", str(write_html(doc, html)), "bold green")
 

@@ -64,6 +64,7 @@ class FeedSource:
             yield self.load(item)
 
     unlabelled = None  # (raw sources: why class folders gave no labels)
+    unused_recipe = None  # a recipe given with this (array) data: the warning that says so
 
     @property
     def labels_from(self) -> str | None:
@@ -124,6 +125,12 @@ def conversion_notes(*sources) -> list[str]:
     """A note per input whose data was converted to the model's dtype (float64 arrays for a float32 input)."""
     seen = sorted({c for s in sources if s is not None for c in getattr(s, "converted", ())})
     return [f"input {name!r}: the data is {was}, converted to the model's {to}" for name, was, to in seen]
+
+
+def source_warnings(*sources) -> list[str]:
+    """What the user gave that the data did not use (a recipe beside arrays), once per message."""
+    found = [getattr(s, "unused_recipe", None) for s in sources if s is not None]
+    return list(dict.fromkeys(w for w in found if w))
 
 
 def spread(items: list, limit: int | None) -> list:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qcli.io.model_io import write_text_atomic
+from qcli.io.outpaths import report_paths
 from qcli.report.report import Report
 from qcli.schemes import handler_for
 
@@ -311,7 +312,7 @@ def write_beside(r: Report, out: Path, html: bool = True) -> tuple[Path, ...]:
     """OUT.report.json, OUT.report.md and (html) OUT.report.html."""
     from qcli.report.html import write_html
 
-    j, md = Path(str(out) + ".report.json"), Path(str(out) + ".report.md")
+    j, md, _ = report_paths(out)
     write_text_atomic(j, r.to_json())
     write_text_atomic(md, render_markdown(r))
     return (j, md, write_html(r.to_dict(), Path(str(out) + ".report.html"))) if html else (j, md)

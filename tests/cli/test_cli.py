@@ -144,6 +144,48 @@ def test_bad_input_is_a_clear_error_with_exit_2(files, case):
     assert digest(files / "m.onnx") == before
 
 
+OVER_INPUTS = {  # an output named over something the run reads: refused before any work, every input intact
+    "compare --html over the reference": (lambda d: ["compare", d / "m.onnx", d / "q.onnx", "--html", d / "m.onnx"]),
+    "compare --html over the candidate": (lambda d: ["compare", d / "m.onnx", d / "q.onnx", "--html", d / "q.onnx"]),
+    "compare --html over a data file": (
+        lambda d: ["compare", d / "m.onnx", d / "q.onnx", "--data", d / "eval", "--html", d / "eval" / "b00.npy"]
+    ),
+    "report --html over the report": (
+        lambda d: ["report", d / "q.onnx.report.json", "--html", d / "q.onnx.report.json"]
+    ),
+    "--save-plan over a calibration file": (
+        lambda d: [
+            "quantize",
+            d / "m.onnx",
+            "--calib",
+            d / "calib",
+            "-o",
+            d / "o.onnx",
+            "--save-plan",
+            d / "calib" / "b01.npy",
+        ]
+    ),
+    "-o over a calibration file": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "calib" / "x.onnx"]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OVER_INPUTS, ids=list(OVER_INPUTS))
+def test_an_output_never_replaces_an_input(files, case):
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 0, r.output
+    (files / "calib" / "x.onnx").write_bytes(b"a file that sits in the data folder")
+    reads = [p for p in files.rglob("*") if p.is_file()]
+    before = {p: digest(p) for p in reads}
+    r = run(*OVER_INPUTS[case](files))
+    assert r.exit_code == 2, r.output
+    assert "never writes over what it reads" in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+    assert {p: digest(p) for p in reads} == before
+    assert sorted(p for p in files.rglob("*") if p.is_file()) == sorted(reads)  # and nothing else written
+
+
 def test_npz_and_sample_folder_layouts(files, tmp_path):
     rng = np.random.default_rng(3)
     (tmp_path / "npz").mkdir()
@@ -438,3 +480,21 @@ def test_too_little_disk_for_the_output_is_exit_2_before_any_work(files, monkeyp
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 2 and "GB (the input model's size)" in r.stderr and "0.00 GB free" in r.stderr, r.output
     assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()
+
+
+def test_a_recipe_given_with_array_data_is_checked_then_named_unused(files, tmp_path):
+    (tmp_path / "broken.toml").write_text("[x")
+    (tmp_path / "ok.toml").write_text('[inputs.x]\nkind = "image"\nresize = [16, 16]\n')
+    q = ["quantize", files / "m.onnx", "--calib", files / "calib", "-o", tmp_path / "q.onnx"]
+    for recipe, says in ((tmp_path / "nope.toml", "recipe not found"), (tmp_path / "broken.toml", "not valid TOML")):
+        r = run(*q, "--recipe", recipe)
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "q.onnx").exists()
+    r = run(*q, "--recipe", tmp_path / "ok.toml", "--json")
+    assert r.exit_code == 0, r.output
+    unused = f"--recipe {tmp_path / 'ok.toml'} not used for {files / 'calib'}: it holds .npy/.npz arrays"
+    assert any(w.startswith(unused) for w in json.loads(r.stdout)["warnings"]), r.stdout
+    r = run(
+        "compare", files / "m.onnx", tmp_path / "q.onnx", "--data", files / "eval", "--recipe", tmp_path / "ok.toml"
+    )
+    assert r.exit_code == 0 and "not used for" in " ".join(r.output.split()), r.output

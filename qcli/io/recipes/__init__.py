@@ -52,7 +52,11 @@ def open_source(
     if not data.exists():
         raise InputError(f"data not found: {data}")
     if is_array_data(data):
-        return FeedSource(data, specs, limit, model=name, also=also)
+        source = FeedSource(data, specs, limit, model=name, also=also)
+        if recipe:  # checked all the same (a broken recipe is an error wherever it is given), then unused
+            load_recipe(recipe, specs)
+            source.unused_recipe = f"--recipe {recipe} not used for {data}: it holds .npy/.npz arrays, read as they are"
+        return source
     r = load_recipe(recipe, specs) if recipe else infer_recipe(model_path, specs, data)
     if r is None:
         how = f"`qcli recipe {model_path} > recipe.toml`, edit it, then --recipe recipe.toml (docs/data.md)"

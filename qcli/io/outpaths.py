@@ -1,0 +1,62 @@
+"""Where a command writes, checked against what it reads before any work: an output never replaces an input
+(a model, a report, a recipe, a data file), so a slip in a flag never costs the user a file.
+
+    refuse_inputs(out, "--html", {"the reference model": ref, "the evaluation data": data})
+
+A data folder may take new files (a run's outputs beside its data are fine); a file already in it is data
+the run reads, and is not written over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from qcli.core.errors import InputError
+
+
+def refuse_inputs(out: Path, flag: str, inputs: Mapping[str, Path | str | None]) -> None:
+    """InputError where `out` (what `flag` names) is one of `inputs` (a description -> its path, None: not
+    given) or an existing file inside an input folder."""
+    out = Path(out)
+    for what, src in inputs.items():
+        if src is None:
+            continue
+        src = Path(src)
+        if same_path(out, src):
+            raise InputError(f"{flag} {out} is {what}: choose another path (qcli never writes over what it reads)")
+        if src.is_dir() and out.is_file() and out.resolve().is_relative_to(src.resolve()):
+            raise InputError(
+                f"{flag} {out} is a file in {what} ({src}): choose a path outside it (qcli never writes over "
+                "what it reads)"
+            )
+
+
+def same_path(a: Path, b: Path) -> bool:
+    """The same file or folder: by path, or, where both exist, by identity (links, case-folding systems)."""
+    a, b = Path(a), Path(b)
+    if a.absolute() == b.absolute() or a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def report_paths(out: Path) -> tuple[Path, Path, Path]:
+    """Where a model's reports go: OUT.report.json, OUT.report.md, OUT.report.html."""
+    return tuple(Path(f"{out}.report.{ext}") for ext in ("json", "md", "html"))
+
+
+def check_outputs(model: Path, out: Path, reads: Mapping[str, Path | str | None], save_plan: Path | None) -> None:
+    """quantize's outputs (the model, its reports, the saved plan) against what it reads: the input model
+    and `reads` (the data, the recipe, a replayed plan)."""
+    if same_path(out, model):
+        raise InputError(f"output {out} is the input model; choose another -o path (the input is never overwritten)")
+    if out.suffix != ".onnx":
+        raise InputError(f"output {out} should end in .onnx")
+    reads = {"the input model": model, **reads}
+    for path in (out, *report_paths(out)):
+        refuse_inputs(path, "-o" if path == out else "the report", reads)
+    if save_plan is not None:
+        refuse_inputs(save_plan, "--save-plan", reads)

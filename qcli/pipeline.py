@@ -43,6 +43,7 @@ from qcli.steps.base import Context, Ran, run
 from qcli.steps.target import AccuracyTarget
 
 LAYER_BATCHES = 4  # evaluation batches used for the per-layer error table
+REPORTS_BYTES = 4_000_000  # room for the reports beside the model (YOLOv8n-shaped, 64 convs: 0.6 MB)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def quantize(
         raise InputError("--dry-run writes nothing: drop it to save the plan (the plan saved is the model written's)")
     if not dry_run:
         size = file_size(model_path) if model_path.is_file() else 0  # the output is at most the input's size
-        model_io.check_writable(out, size)
+        model_io.check_writable(out, size + REPORTS_BYTES)
         if save_plan:
             replay.check_save_path(Path(save_plan), model_path, out)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)

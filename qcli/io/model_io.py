@@ -6,6 +6,7 @@ weights are written one tensor at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -66,6 +67,11 @@ def save_atomic(model: ModelProto, out: str | Path) -> Path:
     it was (a previous `out` keeps its own data file, since new data never takes a name in use); after
     it, the data files the previous `out` referenced are removed."""
     out = Path(out)
+    with unwritable(out):
+        return _save_atomic(model, out)
+
+
+def _save_atomic(model: ModelProto, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_strays(out)
     old_data = external_data_files(out) if out.is_file() else set()
@@ -250,22 +256,38 @@ def check_writable(out: Path, need: int = 0) -> None:
     free = shutil.disk_usage(existing).free
     if free < need:
         raise InputError(
-            f"cannot write {out}: it needs up to {need / 1e9:.2f} GB (the input model's size), and {existing} has "
-            f"{free / 1e9:.2f} GB free; free some space or choose another path"
+            f"cannot write {out}: it needs up to {_size(need)} (the input model's size and the reports), and "
+            f"{existing} has {_size(free)} free; free some space or choose another path"
         )
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    remove_strays(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+    with unwritable(path):
+        remove_strays(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            _set_mode(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """A write the system refuses (a full disk, a folder removed or made read-only under a running job) is
+    the environment's failure, exit 2, not qcli's: the error names the file and the system's reason."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        _set_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise InputError(f"cannot write {path}: {reason}; free some space or choose another path") from e
 
 
 def float_tensors(model: ModelProto) -> set[str]:

@@ -478,8 +478,33 @@ def test_too_little_disk_for_the_output_is_exit_2_before_any_work(files, monkeyp
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
-    assert r.exit_code == 2 and "GB (the input model's size)" in r.stderr and "0.00 GB free" in r.stderr, r.output
+    says = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "MB (the input model's size and the reports)" in says and "0.0 MB free" in says, says
     assert "qcli: calibrating" not in r.stderr and not (files / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("fails", ["the model", "a report"])
+def test_a_write_the_system_refuses_mid_run_is_exit_2_naming_the_file(files, monkeypatch, fails):
+    """A disk filling up (or a folder removed) after the checks: the environment's failure, not a bug."""
+    import errno
+    import os
+
+    from qcli.io import model_io
+
+    real = os.replace
+
+    def full(src, dst):
+        if (fails == "the model") == str(dst).endswith(".onnx"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", full)
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    says = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "cannot write" in says and "No space left on device" in says, r.output
+    assert "internal error" not in says and "Traceback" not in r.output
+    assert (files / "q.onnx").exists() == (fails == "a report")  # the model is complete or absent
+    assert not [p for p in files.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
 def test_a_recipe_given_with_array_data_is_checked_then_named_unused(files, tmp_path):

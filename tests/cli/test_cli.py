@@ -523,3 +523,15 @@ def test_a_recipe_given_with_array_data_is_checked_then_named_unused(files, tmp_
         "compare", files / "m.onnx", tmp_path / "q.onnx", "--data", files / "eval", "--recipe", tmp_path / "ok.toml"
     )
     assert r.exit_code == 0 and "not used for" in " ".join(r.output.split()), r.output
+
+
+def test_calibration_data_of_one_value_is_named_in_a_warning(files, tmp_path):
+    (tmp_path / "zeros").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "zeros" / f"b{i}.npy", np.zeros((2, 3, 16, 16), np.float32))
+    for data, warned in ((tmp_path / "zeros", True), (files / "calib", False)):
+        r = run("quantize", files / "m.onnx", "--calib", data, "-o", tmp_path / "q.onnx", "--json")
+        assert r.exit_code == 0, r.output
+        said = [w for w in json.loads(r.stdout)["warnings"] if "holds the one value" in w]
+        assert len(said) == warned, said
+        assert all(w.startswith("calibration data: input 'x' holds the one value 0 in every file") for w in said)

@@ -145,7 +145,8 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
     if held and not target:
         calibration["decided_with"] = decided_with
     every = {**calibration, **record(stats_all, items + held), "decided_with": decided_with} if stats_all else None
-    notes, unmatched = tuple(prepared.notes), tuple(_unmatched(config, model, stats) + scales.warnings())
+    found = _unmatched(config, model, stats) + scales.warnings() + _constant_inputs(model, stats_all or stats)
+    notes, unmatched = tuple(prepared.notes), tuple(found)
     replanner = Replanner(
         model, config, planner.cpu, prepared.pinned, stats, act_sqnr, notes, unmatched, stats_all, every, corrections
     )
@@ -211,6 +212,21 @@ def pictured(stats: dict[str, TensorStats], n: int = 8) -> dict[str, dict]:
         }
         for k in chosen
     }
+
+
+def _constant_inputs(model: ModelProto, stats: dict[str, TensorStats]) -> list[str]:
+    """A model input holding one value in every calibration file (a folder of zeros, a recipe that blanks its
+    images): the ranges fitted to it, and fidelity measured on such files, say nothing of real inputs."""
+    out = []
+    for i in model.graph.input:
+        s = stats.get(i.name)
+        if s is not None and s.observed and s.observed[0] == s.observed[1]:
+            out.append(
+                f"calibration data: input {i.name!r} holds the one value {s.observed[0]:g} in every file: the "
+                "ranges fitted to it (and fidelity measured on such files) say nothing of real inputs; check the "
+                "files or the recipe"
+            )
+    return out
 
 
 def _unmatched(config: QuantConfig, model: ModelProto, stats: dict) -> list[str]:

@@ -123,6 +123,22 @@ def test_auto_on_a_model_too_large_to_time_every_form_writes_matmulnbits_untimed
     assert r.plan.decisions["accuracy_level"]["value"] == 0 and ops(tmp_path / "q.onnx").get("MatMulNBits") == 2
 
 
+def test_the_clipping_search_without_data_lowers_every_weight_error(tmp_path):
+    """--clip-search with no --calib weighs every input channel alike (clip.py): never worse than rtn on each
+    weight's own error, lower on some, and said in a note."""
+    m = _files(tmp_path)
+    errors = {}
+    for clip in (False, True):
+        config = QuantConfig.of(scheme="w4a16", weight_format="qdq", clip_search=clip, block_size=16)
+        r = quantize(m, config, None, tmp_path / f"{clip}.onnx", tmp_path / "e", latency_runs=1)
+        errors[clip] = {k: v["weight"] for k, v in r.report.weight_errors.items()}
+        said = [n for n in r.plan.notes if n.startswith("--clip-search without --calib")]
+        assert len(said) == clip, r.plan.notes
+    assert errors[True].keys() == errors[False].keys() and errors[True]
+    assert all(errors[True][k] <= errors[False][k] + 1e-9 for k in errors[True])
+    assert sum(errors[True].values()) < 0.97 * sum(errors[False].values()), errors
+
+
 def test_data_aware_algorithms_need_calibration_data_and_report_weight_errors(tmp_path):
     """gptq without --calib is the user's error (exit 2); with it, every weight's relative weight and output
     errors are in the report, and the output is closer to float than rtn's on held-out data (measured 21.05 -> 21.78 dB

@@ -64,11 +64,13 @@ class WeightOnly(SchemeHandler):
         |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval); awq also
         rescales the graph (folded where exact, else an explicit Mul)."""
         plan, algo = plan_w4a16(model, config), config.weight_only.weight_algo
-        if not _data_aware(config):
+        alone = algo == WeightAlgo.RTN  # rtn's clipping search weighs each input channel by its energy, or by 1
+        if not _data_aware(config) or (alone and data.calib is None):
+            if _data_aware(config):
+                plan.notes.append("--clip-search without --calib: each block's clipping chosen on its own error")
             return WeightOnlyPlanned(plan, None, fidelity_only(data), Quantized(None, WeightOptions.of(config)))
         if data.calib is None:
-            what = "--clip-search" if algo == WeightAlgo.RTN else f"--weight-algo {algo.value}"
-            raise InputError(f"{what} needs calibration data: pass --calib DIR")
+            raise InputError(f"--weight-algo {algo.value} needs calibration data: pass --calib DIR")
         items, held = split(data.calib, data.eval)
         advance = progress("weight statistics (X^T X per input)", len(items))
         stats = weight_stats.collect(model, plan, (data.calib.load(i) for i in items), advance)

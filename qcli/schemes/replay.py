@@ -142,9 +142,17 @@ def _differences(saved: dict, mine: dict) -> list[str]:
     if saved.get("scheme") != mine.get("scheme"):
         return [f"--scheme: plan {saved.get('scheme')!r}, this run {mine.get('scheme')!r}"]
     read = set(effective(codec.config_from_dict(saved), {}))
-    flags = {f.name: f.metadata.get("flag", f"--{f.name.replace('_', '-')}") for f in option_fields()}
+    by_name = {f.name: f for f in option_fields()}
     return [
-        f"{flags.get(k, k)}: plan {saved.get(k)!r}, this run {mine.get(k)!r}"
-        for k in sorted(read)
-        if saved.get(k) != mine.get(k)
+        _difference(by_name.get(k), k, saved.get(k), mine.get(k)) for k in sorted(read) if saved.get(k) != mine.get(k)
     ]
+
+
+def _difference(f, name: str, saved, mine) -> str:
+    """One option told by its flag: a switch (one flag, no value: given where the value is not the default,
+    whatever the field's own sense) as with or without it, any other by its values."""
+    flag = f.metadata.get("flag", f"--{name.replace('_', '-')}") if f is not None else name
+    if f is not None and isinstance(f.default, bool) and "/" not in flag:
+        given = {True: "with it", False: "without it"}
+        return f"{flag}: plan made {given[saved != f.default]}, this run {given[mine != f.default]}"
+    return f"{flag}: plan {saved!r}, this run {mine!r}"

@@ -115,6 +115,14 @@ def test_a_plan_for_another_model_version_options_or_cpu_is_refused(tmp_path, mo
 
     with pytest.raises(InputError, match=r"other options \(.*scheme: plan 'w8a8', this run 'dynamic'"):
         qcli.quantize(CNN / "model.onnx", QuantConfig.of(scheme="dynamic"), None, tmp_path / "b.onnx", plan=plan)
+    for option, value, flag in (
+        ("per_channel", False, "--per-tensor"),
+        ("activation_symmetric", True, "--activation-symmetric"),
+    ):
+        other = QuantConfig.of(**{option: value})  # the plan was saved with the defaults
+        said = rf"other options \({flag}: plan made without it, this run with it\)"  # a switch's sense, either way
+        with pytest.raises(InputError, match=said):
+            qcli.quantize(CNN / "model.onnx", other, None, tmp_path / "b.onnx", plan=plan)
 
     d = json.loads(plan.read_text())
     d["qcli_version"] = "0.0.1"

@@ -27,7 +27,7 @@ from qcli.cli.helptext import (
 from qcli.cli.output import command_line, errors, kv, progress_bars, say, show
 from qcli.cli.quantize import quantize
 from qcli.core.config import DEFAULT, QuantConfig, Scheme
-from qcli.core.errors import GateFailed
+from qcli.core.errors import GateFailed, InputError
 from qcli.io.model_io import check_writable
 from qcli.io.outpaths import refuse_inputs
 from qcli.report import inspection
@@ -166,14 +166,18 @@ def report(
     html: Annotated[Path, typer.Option(metavar="FILE", help="write the report as a self-contained HTML page")],
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    from qcli.report.html import write_html
+    from qcli.report.html import render_html, write_html
     from qcli.report.report import load_report
 
     with errors(debug):
         doc = load_report(report_json)
         refuse_inputs(html, "--html", {"the report read": report_json})
         check_writable(html)
-        say("wrote", str(write_html(doc, html)), "bold green")
+        try:
+            page = render_html(doc)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:  # deeper than load_report checks
+            raise InputError(f"{report_json} is not a report as qcli writes it ({type(e).__name__}: {e})") from None
+        say("wrote", str(write_html(doc, html, page)), "bold green")
 
 
 @app.callback(invoke_without_command=True)

@@ -102,4 +102,8 @@ def load_report(path: Path) -> dict:
         raise InputError(
             f"{path} has report schema {version}; this qcli reads up to {SCHEMA_VERSION}: upgrade qcli to draw it"
         )
+    for key, value in Report(doc["kind"], "", "").to_dict().items():  # the file is untrusted: its layout checked
+        if isinstance(value, (list, dict)) and doc.get(key) is not None and not isinstance(doc[key], type(value)):
+            shape = "a list" if isinstance(value, list) else "an object"
+            raise InputError(f'{path} is not a report as qcli writes it: "{key}" should be {shape} (edited by hand?)')
     return doc

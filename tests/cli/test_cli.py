@@ -535,3 +535,18 @@ def test_calibration_data_of_one_value_is_named_in_a_warning(files, tmp_path):
         said = [w for w in json.loads(r.stdout)["warnings"] if "holds the one value" in w]
         assert len(said) == warned, said
         assert all(w.startswith("calibration data: input 'x' holds the one value 0 in every file") for w in said)
+
+
+@pytest.mark.parametrize("edit", [{"size": "big"}, {"layers": 7}, {"outputs": [1, 2]}, {"latency": {"x": 1}}])
+def test_a_report_edited_out_of_shape_is_the_users_error(files, edit):
+    """Report files are untrusted input: `qcli report` on one that no longer reads as qcli's is exit 2."""
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx", "--no-html")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((files / "q.onnx.report.json").read_text())
+    r = run("report", files / "q.onnx.report.json", "--html", files / "good.html")
+    assert r.exit_code == 0 and (files / "good.html").is_file(), r.output
+    (files / "edited.json").write_text(json.dumps(doc | edit))
+    r = run("report", files / "edited.json", "--html", files / "edited.html")
+    says = " ".join(r.output.split())
+    assert r.exit_code == 2 and "is not a report as qcli writes it" in says and "internal error" not in says, says
+    assert not (files / "edited.html").exists()

@@ -84,9 +84,10 @@ def render_html(doc: dict) -> str:
     )
 
 
-def write_html(doc: dict, path: Path) -> Path:
-    """Write the page atomically (a temp file beside it, then a rename), with the umask's permissions."""
+def write_html(doc: dict, path: Path, page: str | None = None) -> Path:
+    """Write the page (`page`: already drawn from `doc`) atomically (a temp file beside it, then a rename),
+    with the umask's permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, render_html(doc))
+    write_text_atomic(path, render_html(doc) if page is None else page)
     return path

@@ -193,7 +193,29 @@ def _root(
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)  # how CI cancels a job: handled as Ctrl-C is
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except CLICK_ERROR as e:  # a usage error: one plain line (CI logs), as every other error is
+        if type(e).__name__ == "NoArgsIsHelpError":  # `qcli` alone: the help
+            e.show()
+        else:
+            sys.stderr.write(usage_error(e) + "\n")
+        sys.exit(e.exit_code)
+    except typer.Abort:  # interrupted before a command ran
+        sys.stderr.write("interrupted: nothing was written\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# click's exception base, whether typer vendors click (0.2x) or uses it: the one BadParameter derives from
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def usage_error(e) -> str:
+    """`error: <what>` and where help is, on one line (click's own box wraps it over several)."""
+    what = " ".join(e.format_message().replace("Value error, ", "").split())
+    ctx = getattr(e, "ctx", None)
+    return f"error: {what}" + (f" (see '{ctx.command_path} --help')" if ctx is not None else "")
 
 
 def _terminated(signum, frame) -> None:

@@ -550,3 +550,36 @@ def test_a_report_edited_out_of_shape_is_the_users_error(files, edit):
     says = " ".join(r.output.split())
     assert r.exit_code == 2 and "is not a report as qcli writes it" in says and "internal error" not in says, says
     assert not (files / "edited.html").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["quantize", "m.onnx", "--calib-limit", "abc"], "error: Invalid value for '--calib-limit':"),
+        (["quantize"], "error: Missing argument 'model'."),
+        (["quantize", "m.onnx", "--bogus"], "error: No such option: --bogus"),
+        (["quantize", "m.onnx", "--scheme", "w3a3"], "error: Invalid value for '--scheme': 'w3a3' is not one of"),
+        (["bogus"], "error: No such command 'bogus'."),
+    ],
+)
+def test_a_usage_error_is_one_plain_line_and_exit_2(monkeypatch, capsys, argv, says):
+    """As qcli runs from a shell (main(), not the test runner's app()): click's boxed, wrapped message would
+    be several lines in a CI log."""
+    from qcli.cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["qcli", *argv])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(says) and err.count("\n") == 1, err
+    assert "--help')" in err and "Value error" not in err and "╭" not in err
+
+
+def test_main_passes_on_exit_codes(monkeypatch, capsys, files):
+    from qcli.cli.app import main
+
+    for argv, code in ((["--version"], 0), (["quantize", "--help"], 0), (["quantize", str(files / "nope.onnx")], 2)):
+        monkeypatch.setattr("sys.argv", ["qcli", *argv])
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == code, (argv, capsys.readouterr())

@@ -24,7 +24,8 @@ from qcli.io import mapped
 
 def session_options(threads: int = 0, config: Mapping[str, str] | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # Fatal only: a failed run comes back as the exception qcli words, not also as a coloured log line.
+    so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
     # Idle spinning threads of one session steal cores from another one running in the same process.

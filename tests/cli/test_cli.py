@@ -583,3 +583,27 @@ def test_main_passes_on_exit_codes(monkeypatch, capsys, files):
         with pytest.raises(SystemExit) as e:
             main()
         assert e.value.code == code, (argv, capsys.readouterr())
+
+
+def test_a_model_onnxruntime_cannot_run_on_the_data_is_one_line_without_its_log(tmp_path, monkeypatch, capfd):
+    """onnxruntime logs a failed run in colour on the process's stderr before raising: only qcli's line shows."""
+    from models import model_of, vi
+
+    from qcli.cli.app import main
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    fixed = np.zeros((1, 4, 16, 16), np.float32)  # fits 18x18 inputs only
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        onnx.helper.make_node("Add", ["c", "fixed"], ["y"], name="add"),
+    ]
+    m = model_of(nodes, [vi("x", ["N", 3, "H", "W"])], [vi("y", ["N", 4, "H2", "W2"])], {"w": w, "fixed": fixed})
+    onnx.save(m, tmp_path / "m.onnx")
+    write_batches(tmp_path / "calib", [(1, 3, 20, 20)] * 2)
+    monkeypatch.setattr("sys.argv", ["qcli", "quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if not x.startswith("qcli: ")]  # progress lines aside
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: onnxruntime failed to run"), err
+    assert "\x1b[" not in err and "[E:onnxruntime" not in err

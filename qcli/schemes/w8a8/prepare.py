@@ -103,7 +103,7 @@ def _scale_channels(model, channel_maxima: Observe, out: Prepared, spread: float
     if not before and not after:
         return
     observers = {t: channel_scale.ChannelsFirstAbsMax() for t in [*before, *after]}
-    ranges = channel_maxima("channels", observers, "channel ranges", "--equalize")
+    ranges = channel_maxima("channels", observers, "channel ranges", "channel scaling")
     outputs = conv_out_scale.scale_outputs(model, {t: ranges[t] for t in before}, spread, out.scaling)
     scaled = channel_scale.scale_channels(model, {t: ranges[t] for t in after}, spread, out.scaling)
     out.done["channel_scaled"] = [x.to_dict() for x in scaled]

@@ -32,6 +32,10 @@ def load(path: str | Path, weights: bool = True) -> ModelProto:
     """The model in `path`, checked to be one onnxruntime can load. weights=False: its structure only (graph,
     inputs, outputs, tensor headers), for reading; the large initializers have no data, so never save it."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.onnx"))[:3]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise InputError(f"{path} is a folder, not an ONNX model file{hint}")
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:  # the file parsed once; external data not followed yet

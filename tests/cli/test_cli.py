@@ -92,6 +92,10 @@ def test_help_shows_examples():
 
 BAD = {
     "missing model": (lambda d: ["quantize", d / "nope.onnx", "--calib", d / "calib"], "model file not found"),
+    "model is a folder": (
+        lambda d: ["quantize", d, "--calib", d / "calib"],
+        "is a folder, not an ONNX model file (it holds junk.onnx, m.onnx)",
+    ),
     "not onnx": (lambda d: ["quantize", d / "junk.onnx", "--calib", d / "calib"], "cannot read"),
     "missing calib": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nodir"], "data not found"),
     "no calib for w8a8": (

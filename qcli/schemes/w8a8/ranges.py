@@ -69,6 +69,8 @@ def search(
     if len(data.items) < MIN_FILES or data.in_sample:
         held = len(data.items)
         why = f"{held} calibration file(s) held aside; the search needs {MIN_FILES} ({5 * MIN_FILES} calibration files)"
+        if not held:  # under an accuracy target measured on --eval, every calibration file goes into the ranges
+            why += "; none is held aside where an accuracy target is measured on --eval"
         record = {"skipped": why, "base": "minmax"}
         return Searched(_chosen(stats, dict.fromkeys(searched, "minmax")), dict.fromkeys(searched, "minmax"), record)
     advance = progress("range search (models tried)", None)

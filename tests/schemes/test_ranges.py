@@ -85,3 +85,12 @@ def test_with_fewer_than_three_held_files_every_range_is_minmax_and_the_report_s
     assert f"auto (minmax: {SKIPPED}): 8 batches" in render_markdown(r.report)
     assert {v["method"] for v in r.report.calibration["ranges"].values()} == {"minmax"}
     assert r.plan.activations == minmax.plan.activations
+
+
+def test_under_an_accuracy_target_measured_on_eval_the_skip_says_why_no_file_was_held(dwsep, tmp_path):
+    config = QuantConfig.of(**{**BASE, "min_sqnr": 10.0})
+    r = quantize(dwsep / "m.onnx", config, dwsep / "c", tmp_path / "t.onnx", dwsep / "e", latency_runs=1)
+    said = r.report.calibration["search"]["skipped"]
+    assert said.startswith("0 calibration file(s) held aside; the search needs 3") and said.endswith(
+        "; none is held aside where an accuracy target is measured on --eval"
+    ), said

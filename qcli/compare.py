@@ -149,8 +149,9 @@ def compare(
     cand_specs = input_specs(model_io.load(cand, weights=False))
     # Data that fits the reference but not the candidate is the user's to fix: checked on every batch.
     meta = {p.key: p.value for p in graph.metadata_props}
-    also = ((cand.name, cand_specs),)
-    src = open_source(data, ref_specs, ref, recipe, also=also, metadata=meta, skip_bad=skip_bad_files)
+    named = (ref.name, cand.name) if ref.name != cand.name else (str(ref), str(cand))  # a/model.onnx, b/model.onnx
+    also = ((named[1], cand_specs),)
+    src = open_source(data, ref_specs, ref, recipe, also=also, metadata=meta, skip_bad=skip_bad_files, name=named[0])
     src.check()
     report = Report("compare", str(ref), str(cand))
     report.provenance = provenance({"evaluation": list(src.items)}, command)

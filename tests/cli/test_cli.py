@@ -611,3 +611,16 @@ def test_a_model_onnxruntime_cannot_run_on_the_data_is_one_line_without_its_log(
     lines = [x for x in err.splitlines() if not x.startswith("qcli: ")]  # progress lines aside
     assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: onnxruntime failed to run"), err
     assert "\x1b[" not in err and "[E:onnxruntime" not in err
+
+
+def test_two_models_of_one_file_name_are_told_apart_by_path(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    onnx.save(cnn(), tmp_path / "a" / "model.onnx")
+    other = cnn()
+    other.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 4  # the candidate reads 4 channels
+    onnx.save(other, tmp_path / "b" / "model.onnx")
+    write_batches(tmp_path / "d", [(1, 3, 16, 16)])
+    r = run("compare", tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx", "--data", tmp_path / "d")
+    says = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"({tmp_path / 'b' / 'model.onnx'} expects [N, 4, 16, 16])" in says, says

@@ -45,10 +45,11 @@ def open_source(
     also: tuple[tuple[str, list[InputSpec]], ...] = (),
     metadata: dict[str, str] | None = None,
     skip_bad: bool = False,
+    name: str | None = None,
 ) -> FeedSource | RawSource:
     """The batches at `data` for a model: .npy/.npz as they are; raw files through `recipe`, or through the
     recipe the files beside the model give (tokenizer.json, preprocessor_config.json)."""
-    data, name = Path(data), Path(model_path).name
+    data, name = Path(data), name or Path(model_path).name  # `name`: the model's, in messages
     if not data.exists():
         raise InputError(f"data not found: {data}")
     if is_array_data(data):

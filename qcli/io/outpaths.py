@@ -3,8 +3,8 @@
 
     refuse_inputs(out, "--html", {"the reference model": ref, "the evaluation data": data})
 
-A data folder may take new files (a run's outputs beside its data are fine); a file already in it is data
-the run reads, and is not written over.
+A data folder may take new files and hold qcli's own outputs (a run's model and reports beside its data);
+a file in it of a kind qcli reads as data (arrays, images, text, audio) is not written over.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from qcli.core.errors import InputError
+from qcli.io.recipes import audio, image, infer
+
+# What a data folder's readers take: arrays (feeds.py) and each recipe kind's raw files.
+DATA_SUFFIXES = frozenset((".npy", ".npz", *image.SUFFIXES, *infer.TEXT_SUFFIXES, *audio.SUFFIXES))
 
 
 def refuse_inputs(out: Path, flag: str, inputs: Mapping[str, Path | str | None]) -> None:
     """InputError where `out` (what `flag` names) is one of `inputs` (a description -> its path, None: not
-    given) or an existing file inside an input folder."""
+    given) or an existing data file inside an input folder."""
     out = Path(out)
     for what, src in inputs.items():
         if src is None:
@@ -25,7 +29,8 @@ def refuse_inputs(out: Path, flag: str, inputs: Mapping[str, Path | str | None])
         src = Path(src)
         if same_path(out, src):
             raise InputError(f"{flag} {out} is {what}: choose another path (qcli never writes over what it reads)")
-        if src.is_dir() and out.is_file() and out.resolve().is_relative_to(src.resolve()):
+        data = out.suffix.lower() in DATA_SUFFIXES and out.is_file()
+        if src.is_dir() and data and out.resolve().is_relative_to(src.resolve()):
             raise InputError(
                 f"{flag} {out} is a file in {what} ({src}): choose a path outside it (qcli never writes over "
                 "what it reads)"

@@ -169,8 +169,8 @@ OVER_INPUTS = {  # an output named over something the run reads: refused before 
             d / "calib" / "b01.npy",
         ]
     ),
-    "-o over a calibration file": (
-        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "calib" / "x.onnx"]
+    "--html over an image in the data": (
+        lambda d: ["compare", d / "m.onnx", d / "q.onnx", "--data", d / "calib", "--html", d / "calib" / "p.png"]
     ),
 }
 
@@ -179,7 +179,7 @@ OVER_INPUTS = {  # an output named over something the run reads: refused before 
 def test_an_output_never_replaces_an_input(files, case):
     r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
     assert r.exit_code == 0, r.output
-    (files / "calib" / "x.onnx").write_bytes(b"a file that sits in the data folder")
+    (files / "calib" / "p.png").write_bytes(b"an image beside the arrays: data of another kind")
     reads = [p for p in files.rglob("*") if p.is_file()]
     before = {p: digest(p) for p in reads}
     r = run(*OVER_INPUTS[case](files))
@@ -188,6 +188,16 @@ def test_an_output_never_replaces_an_input(files, case):
     assert "Traceback" not in r.output
     assert {p: digest(p) for p in reads} == before
     assert sorted(p for p in files.rglob("*") if p.is_file()) == sorted(reads)  # and nothing else written
+
+
+def test_a_run_may_write_beside_its_data_and_again(files):
+    """A data folder holding the run's own model and reports (not data) takes them again on a second run."""
+    for _ in range(2):
+        r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "calib" / "q.onnx")
+        assert r.exit_code == 0, r.output
+    html = files / "calib" / "c.html"
+    r = run("compare", files / "m.onnx", files / "calib" / "q.onnx", "--data", files / "calib", "--html", html)
+    assert r.exit_code == 0 and html.is_file(), r.output
 
 
 def test_npz_and_sample_folder_layouts(files, tmp_path):

@@ -24,6 +24,8 @@ from qcli.io.feeds import InputSpec
 from qcli.io.recipes.keys import Table
 from qcli.io.recipes.recipe import KINDS, FillsOne
 
+SUFFIXES = (".wav", ".flac")
+
 KEYS = {"sample_rate", "frame", "hop", "context"}
 EXTRA = "pip install 'qcli[audio]'"
 
@@ -42,7 +44,7 @@ class AudioInput(FillsOne):
 
     @property
     def suffixes(self) -> tuple[str, ...]:
-        return (".wav", ".flac")
+        return SUFFIXES
 
     def count(self, path: Path) -> int:
         n = len(self._samples(path))

@@ -99,31 +99,34 @@ def compare(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    with errors(debug), progress_bars() as progress:
+    with errors(debug):
         if html is not None:
             reads = {"the reference model": reference, "the candidate model": candidate, "the data": data}
             refuse_inputs(html, "--html", reads | {"the recipe": recipe})
             check_writable(html)
-        try:
-            report = pipeline.compare(
-                reference,
-                candidate,
-                data,
-                min_sqnr,
-                max_top1_drop,
-                runs,
-                progress,
-                ort_config=kv(ort_config),
-                per_layer=per_layer,
-                command=command_line(),
-                recipe=recipe,
-                max_accuracy_drop=max_accuracy_drop,
-                skip_bad_files=skip_bad_files,
-            )
-        except GateFailed as e:
-            show(e.report, json_out, top if per_layer else 0, html)
-            raise
+        failed = None
+        with progress_bars() as progress:  # closed before the result is printed: a live bar captures stdout
+            try:
+                report = pipeline.compare(
+                    reference,
+                    candidate,
+                    data,
+                    min_sqnr,
+                    max_top1_drop,
+                    runs,
+                    progress,
+                    ort_config=kv(ort_config),
+                    per_layer=per_layer,
+                    command=command_line(),
+                    recipe=recipe,
+                    max_accuracy_drop=max_accuracy_drop,
+                    skip_bad_files=skip_bad_files,
+                )
+            except GateFailed as e:
+                failed, report = e, e.report
         show(report, json_out, top if per_layer else 0, html)
+        if failed is not None:
+            raise failed
 
 
 @app.command(help=INSPECT_HELP, cls=GroupedCommand)

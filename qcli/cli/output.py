@@ -99,6 +99,7 @@ def progress_bars():
         console=err,
         transient=True,
         disable=not err.is_terminal,
+        redirect_stdout=False,  # stdout carries results (--json > file), never the bar's console
     ) as bar:
 
         def start(desc: str, total: int):

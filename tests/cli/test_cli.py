@@ -634,3 +634,26 @@ def test_two_models_of_one_file_name_are_told_apart_by_path(tmp_path):
     r = run("compare", tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx", "--data", tmp_path / "d")
     says = " ".join(r.output.split())
     assert r.exit_code == 2 and f"({tmp_path / 'b' / 'model.onnx'} expects [N, 4, 16, 16])" in says, says
+
+
+def test_compare_json_reaches_stdout_while_progress_bars_run_on_a_terminal(files, monkeypatch):
+    """On a terminal the bars are live while compare measures; a live bar redirects stdout to its console, so
+    `compare --json > r.json` once got an empty file (a failed gate too)."""
+    import io
+
+    from rich.console import Console
+
+    from qcli.cli import output
+
+    monkeypatch.setattr(output, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 0, r.output
+    for gate, code in (([], 0), (["--min-sqnr", "200"], 1)):
+        r = runner.invoke(
+            app,
+            [
+                str(a)
+                for a in ["compare", files / "m.onnx", files / "q.onnx", "--data", files / "eval", "--json", *gate]
+            ],
+        )
+        assert r.exit_code == code and json.loads(r.stdout)["kind"] == "compare", (r.exit_code, r.stdout[:200])

@@ -7,6 +7,7 @@ weights are written one tensor at a time."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -33,7 +34,7 @@ def load(path: str | Path, weights: bool = True) -> ModelProto:
     inputs, outputs, tensor headers), for reading; the large initializers have no data, so never save it."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.onnx"))[:3]
+        found = sorted(p.name for p in path.glob("*.onnx") if p.is_file())[:3]
         hint = f" (it holds {', '.join(found)})" if found else ""
         raise InputError(f"{path} is a folder, not an ONNX model file{hint}")
     if not path.is_file():
@@ -290,8 +291,11 @@ def unwritable(path: Path):
     try:
         yield
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise InputError(f"cannot write {path}: {reason}; free some space or choose another path") from e
+        remedy = "free some space or choose another path" if e.errno in FULL else "choose another path"
+        raise InputError(f"cannot write {path}: {e.strerror or e}; {remedy}") from e
+
+
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the disk (or quota) is full
 
 
 def float_tensors(model: ModelProto) -> set[str]:

@@ -62,6 +62,9 @@ def check_outputs(model: Path, out: Path, reads: Mapping[str, Path | str | None]
         raise InputError(f"output {out} should end in .onnx")
     reads = {"the input model": model, **reads}
     for path in (out, *report_paths(out)):
-        refuse_inputs(path, "-o" if path == out else "the report", reads)
+        what = "-o" if path == out else "the report"
+        if path.is_dir():
+            raise InputError(f"{what} {path} is a folder: choose another -o path (the model and its reports are files)")
+        refuse_inputs(path, what, reads)
     if save_plan is not None:
         refuse_inputs(save_plan, "--save-plan", reads)

@@ -119,6 +119,14 @@ BAD = {
     "wrong rank": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badrank"], "rank 4"),
     "nan": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "nan"], "NaN"),
     "wrong names": (lambda d: ["quantize", d / "m.onnx", "--calib", d / "badnpz"], "missing ['x']"),
+    "output is a folder": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "dir.onnx"],
+        "dir.onnx is a folder: choose another -o path",
+    ),
+    "a report path is a folder": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "r.onnx"],
+        "r.onnx.report.json is a folder: choose another -o path",
+    ),
     "output is input": (
         lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "-o", d / "m.onnx"],
         "is the input model",
@@ -133,6 +141,8 @@ def test_bad_input_is_a_clear_error_with_exit_2(files, case):
     (files / "junk.onnx").write_bytes(b"this is not protobuf at all")
     (files / "x.csv").write_text("1,2,3\n")
     (files / "empty").mkdir()
+    (files / "dir.onnx").mkdir()
+    (files / "r.onnx.report.json").mkdir()
     write_batches(files / "badshape", [(1, 4, 16, 16)])
     write_batches(files / "badrank", [(3, 16, 16)])
     (files / "nan").mkdir()

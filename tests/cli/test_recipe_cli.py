@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import onnx
+import pytest
 import tomllib
 from typer.testing import CliRunner
 
@@ -73,3 +74,43 @@ def test_a_corrupt_image_is_an_error_naming_it_or_skipped_and_counted(tmp_path):
     assert r.exit_code == 0 and "recipe.toml, 1 file skipped" in r.output, r.output
     skipped = json.loads((tmp_path / "q.onnx.report.json").read_text())["recipe"]["skipped_files"]
     assert len(skipped) == 1 and "zz_broken.png" in skipped[0]
+
+
+def test_a_model_given_by_a_relative_path_finds_its_tokenizer_and_its_starting_recipe_works(tmp_path, monkeypatch):
+    """From the model's parent folder: the tokenizer beside the model is read once relative to it, and the
+    recipe `qcli recipe enc/model.onnx > r.toml` prints names it as seen from here."""
+    m = encoder(tmp_path / "enc")
+    write_tokenizer(tmp_path / "enc" / "tokenizer.json")
+    (tmp_path / "s.txt").write_text("\n".join(SENTENCES) + "\n")
+    monkeypatch.chdir(tmp_path)
+    rel = str(m.relative_to(tmp_path))
+    r = CliRunner().invoke(app, ["quantize", rel, "--calib", "s.txt", "-o", "q.onnx", "--min-macs", "0"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recipe", rel])
+    assert 'tokenizer = "enc/tokenizer.json"' in r.stdout, r.stdout
+    Path("r.toml").write_text(r.stdout)
+    r = CliRunner().invoke(app, ["quantize", rel, "--calib", "s.txt", "--recipe", "r.toml", "-o", "q2.onnx"])
+    assert r.exit_code == 0, r.output
+    Path("elsewhere").mkdir()
+    Path("elsewhere/r.toml").write_text(Path("r.toml").read_text())  # relative to the recipe's folder: not there
+    r = CliRunner().invoke(app, ["quantize", rel, "--calib", "s.txt", "--recipe", "elsewhere/r.toml", "-o", "q3.onnx"])
+    says = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"no such file: {tmp_path / 'elsewhere' / 'enc' / 'tokenizer.json'}" in says, says
+    assert "(relative to the recipe's folder)" in says
+
+
+@pytest.mark.parametrize("text", ['{"size": 32,', "[1, 2]", '{"do_center_crop": true, "crop_size": {"h": 1}}'])
+def test_a_malformed_preprocessor_config_beside_the_model_is_the_users_error(tmp_path, text):
+    import shutil
+
+    shutil.copy(CNN / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "preprocessor_config.json").write_text(text)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(next((CNN / "images" / "calib").rglob("*.png")), tmp_path / "photos" / "a.png")
+    for args in (
+        ["recipe", str(tmp_path / "model.onnx")],
+        ["quantize", str(tmp_path / "model.onnx"), "--calib", str(tmp_path / "photos")],
+    ):
+        r = CliRunner().invoke(app, args)
+        says = " ".join(r.output.split())
+        assert r.exit_code == 2 and "preprocessor_config.json: cannot read it as an image processor's" in says, says

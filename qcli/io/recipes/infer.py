@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qcli.core.errors import InputError
 from qcli.io.feeds import InputSpec
 from qcli.io.recipes import image, text
 from qcli.io.recipes.recipe import Recipe, parse_recipe
@@ -48,11 +49,11 @@ def infer_recipe(model_path: Path, specs: list[InputSpec], data: Path) -> Recipe
     tokenizer, processor = folder / "tokenizer.json", folder / "preprocessor_config.json"
     is_text = data.suffix.lower() in TEXT_SUFFIXES or (data.is_dir() and _holds(data, TEXT_SUFFIXES))
     if is_text and tokenizer.is_file() and (spec := token_input(specs)) is not None:
-        doc = {"inputs": {spec.name: {"kind": "text", "tokenizer": str(tokenizer)}}}
+        doc = {"inputs": {spec.name: {"kind": "text", "tokenizer": tokenizer.name}}}  # beside the model: `folder`
         origins = {"tokenizer": str(tokenizer), "max_length": "the model's sequence axis or tokenizer.json"}
         return _parsed(doc, specs, folder, f"{tokenizer.name} beside the model", origins)
     if not is_text and processor.is_file() and (spec := image_input(specs)) is not None:
-        table = image_table(json.loads(processor.read_text(encoding="utf-8")))
+        table = processor_table(processor)
         doc = {"inputs": {spec.name: {"kind": "image", **table}}}
         return _parsed(doc, specs, folder, f"{processor.name} beside the model", dict.fromkeys(table, processor.name))
     return None
@@ -65,6 +66,24 @@ def _parsed(doc: dict, specs: list[InputSpec], folder: Path, origin: str, origin
 
 def _holds(folder: Path, suffixes: tuple[str, ...]) -> bool:
     return any(p.suffix.lower() in suffixes for p in folder.rglob("*") if p.is_file())
+
+
+def processor_table(path: Path) -> dict:
+    """The recipe keys of a preprocessor_config.json, an untrusted file: malformed, an error naming it (exit 2)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict):
+            raise TypeError(f"it holds a JSON {type(cfg).__name__}, not an object")
+        return image_table(cfg)
+    except (
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+    ) as e:  # JSONDecodeError: a ValueError
+        raise InputError(f"{path}: cannot read it as an image processor's preprocessor_config.json ({e})") from None
 
 
 def image_table(cfg: dict) -> dict:
@@ -107,7 +126,8 @@ def starting_recipe(model_path: Path, specs: list[InputSpec], outputs: list[Inpu
         found = (folder / "tokenizer.json").is_file()
         where = "found beside the model" if found else "NOT found beside the model: set its path"
         block = [f"[inputs.{tok.name}]  # and the other token inputs", 'kind = "text"']
-        block += [f'tokenizer = "tokenizer.json"  # {where}']
+        # relative to the folder the recipe is saved in: here, where `qcli recipe MODEL > recipe.toml` runs
+        block += [f"tokenizer = {json.dumps((folder / 'tokenizer.json').as_posix())}  # {where}"]
         blocks[tok.name] = block + [
             "# max_length = 128",
             '# padding = "none"   # or "max_length"',
@@ -142,7 +162,7 @@ def _image_lines(spec: InputSpec, folder: Path) -> list[str]:
     hw = spec.shape[2:4] if layout == "NCHW" else spec.shape[1:3]
     out = [f"[inputs.{spec.name}]  # {spec.dtype} {list(spec.shape)}", 'kind = "image"', f'layout = "{layout}"']
     if processor.is_file():
-        table = image_table(json.loads(processor.read_text(encoding="utf-8")))
+        table = processor_table(processor)
         return out + [f"{k} = {json.dumps(v)}  # {processor.name}" for k, v in table.items()]
     static = all(isinstance(d, int) and d > 0 for d in hw)
     out += [f"resize = {json.dumps(list(hw))}" if static else "resize = 640  # the shorter side; or [H, W]"]

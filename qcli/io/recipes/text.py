@@ -133,7 +133,8 @@ def parse(name: str, values: dict, specs: dict[str, InputSpec], base: Path) -> T
     tokenizer = Path(t.str("tokenizer", "tokenizer.json"))
     tokenizer = tokenizer if tokenizer.is_absolute() else base / tokenizer
     if not tokenizer.is_file():
-        raise t.error("tokenizer", f"no such file: {tokenizer}")
+        where = "" if Path(t.str("tokenizer", "tokenizer.json")).is_absolute() else " (relative to the recipe's folder)"
+        raise t.error("tokenizer", f"no such file: {tokenizer.absolute()}{where}")
     seq = specs[name].shape[-1] if specs[name].shape else None
     static = seq if isinstance(seq, int) and seq > 0 else None
     max_length = t.int("max_length", static or _tokenizer_max_length(tokenizer) or DEFAULT_MAX_LENGTH)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qcli.core.config import check_limits
 from qcli.core.errors import GateFailed, InputError
 from qcli.core.progress import Progress, no_progress
 from qcli.io import model_io
@@ -131,6 +132,7 @@ def compare(
     """Measure `cand` against `ref` on `data`. Raises GateFailed (with the report) when a gate fails.
     per_layer: also rank the layers by the error each adds (tensors matched by name). Without data: size, and
     latency on an input made from the input specs."""
+    check_limits(min_sqnr, max_top1_drop, max_accuracy_drop)
     ref, cand = Path(ref), Path(cand)
     if data is None:
         return _without_data(

@@ -3,6 +3,7 @@ the API and the CLI accept and refuse the same things."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from enum import Enum
 
@@ -49,6 +50,18 @@ MAX_TIMING_BATCH, MAX_TIMING_SIZES = 4096, 4
 def _flag(flag: str, default=MISSING, *, default_factory=MISSING):
     """A field with the CLI flag that sets it (named when the chosen scheme does not read it)."""
     return field(default=default, default_factory=default_factory, metadata={"flag": flag})
+
+
+def check_limits(
+    min_sqnr: float | None = None, max_top1_drop: float | None = None, max_accuracy_drop: float | None = None
+) -> None:
+    """Accuracy targets and compare's gates: a finite dB figure, percentages from 0 to 100 (a NaN limit
+    compares false with everything: every gate would fail, every target pass)."""
+    if min_sqnr is not None and not math.isfinite(min_sqnr):
+        raise InputError(f"--min-sqnr must be a number of dB (got {min_sqnr:g})")
+    for flag, pct in (("--max-top1-drop", max_top1_drop), ("--max-accuracy-drop", max_accuracy_drop)):
+        if pct is not None and not (0 <= pct <= 100):
+            raise InputError(f"{flag} must be a percentage from 0 to 100 (got {pct:g})")
 
 
 def _coerce(obj, **enums) -> None:
@@ -192,8 +205,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         _coerce(self, scheme=Scheme, objective=Objective, placement=Placement)
-        if self.max_top1_drop is not None and not (0 <= self.max_top1_drop <= 100):
-            raise InputError(f"--max-top1-drop must be a percentage from 0 to 100 (got {self.max_top1_drop:g})")
+        check_limits(min_sqnr=self.min_sqnr, max_top1_drop=self.max_top1_drop)
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if any(not p for p in self.exclude):
             raise InputError("--exclude needs a node name, an op type or a glob, not an empty string")

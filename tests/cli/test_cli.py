@@ -132,6 +132,22 @@ BAD = {
         "is the input model",
     ),
     "bad scheme": (lambda d: ["quantize", d / "m.onnx", "--scheme", "w3a3"], "w3a3"),
+    "target of nan dB": (
+        lambda d: ["quantize", d / "m.onnx", "--calib", d / "calib", "--min-sqnr", "nan"],
+        "--min-sqnr must be a number of dB (got nan)",
+    ),
+    "gate of nan dB": (
+        lambda d: ["compare", d / "m.onnx", d / "m.onnx", "--min-sqnr", "nan"],
+        "--min-sqnr must be a number of dB",
+    ),
+    "negative top-1 gate": (
+        lambda d: ["compare", d / "m.onnx", d / "m.onnx", "--max-top1-drop", "-5"],
+        "--max-top1-drop must be a percentage from 0 to 100 (got -5)",
+    ),
+    "negative accuracy gate": (
+        lambda d: ["compare", d / "m.onnx", d / "m.onnx", "--max-accuracy-drop", "-1"],
+        "--max-accuracy-drop must be a percentage from 0 to 100 (got -1)",
+    ),
     "block size": (lambda d: ["quantize", d / "m.onnx", "--scheme", "w4a16", "--block-size", "48"], "power of two"),
 }
 

@@ -9,6 +9,7 @@ with `pad` around it, centred at floor offsets), `multiple_of` (each side rounde
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from qcli.io.recipes.keys import Table
 from qcli.io.recipes.recipe import KINDS, FillsOne
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# PIL's wide grayscale modes and their full scale: 16-bit PNGs decode as I;16 (or I, holding 0-65535)
+WIDE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
 KEYS = {"resize", "letterbox", "multiple_of", "crop", "mean", "std", "scale", "layout", "color", "dtype"}
 KEYS |= {"resample", "pad"}
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
@@ -68,6 +71,10 @@ def preprocess(im, cfg: ImageInput) -> np.ndarray:
     """One decoded PIL image -> [1, C, H, W] (or [1, H, W, C]) in the recipe's dtype."""
     from PIL import Image
 
+    if im.mode in WIDE:  # 16- and 32-bit grayscale: scaled to 0-255 (convert() would clip at 255)
+        im = Image.fromarray(
+            (np.asarray(im, np.float64) * (255.0 / WIDE[im.mode])).round().clip(0, 255).astype(np.uint8)
+        )
     im = im.convert("L" if cfg.color == "L" else "RGB")
     method = getattr(Image.Resampling, cfg.resample.upper())
     w, h = im.size
@@ -146,6 +153,10 @@ def parse(name: str, values: dict, specs: dict[str, InputSpec], base: Path) -> I
         resample=t.str("resample", "bilinear", RESAMPLE),
         pad=t.int("pad", 114, minimum=0),
     )
+    if cfg.std is not None and not all(math.isfinite(v) and v != 0 for v in cfg.std):
+        raise t.error("std", f"divides the pixels: every value must be a non-zero number (got {list(cfg.std)})")
+    if cfg.scale is not None and not (math.isfinite(cfg.scale) and cfg.scale != 0):
+        raise t.error("scale", f"multiplies the pixels: a non-zero number (got {cfg.scale:g})")
     _check_dtype(t, cfg, spec)
     _check_size(t, cfg, spec)
     return cfg

@@ -118,6 +118,8 @@ def test_multiple_of_for_dynamic_size_inputs(tmp_path):
         ('[inputs.input]\nkind = "image"\ncrop = "224"\n', "crop = '224': takes a side length"),
         ('[inputs.input]\nkind = "image"\ncrop = 224\nmean = [1, 2]\n', "mean = [1, 2]: takes 3 values"),
         ('[inputs.input]\nkind = "image"\ncrop = 224\nstd = 2\nscale = 0.5\n', "scale = 0.5: is an alternative to std"),
+        ('[inputs.input]\nkind = "image"\ncrop = 224\nstd = [1, 0, 1]\n', "std = [1, 0, 1]: divides the pixels"),
+        ('[inputs.input]\nkind = "image"\ncrop = 224\nscale = 0\n', "scale = 0: multiplies the pixels"),
         ("inputs = 3\n", "no [inputs.NAME] table"),
         ("[inputs.input\n", "is not valid TOML"),
     ],
@@ -192,3 +194,18 @@ def test_a_preprocessor_config_beside_the_model_gives_the_recipe(tmp_path):
     mean, std = [v * 255 for v in config["image_mean"]], [v * 255 for v in config["image_std"]]
     for path, item in zip(files, src.items):
         np.testing.assert_allclose(src.load(item)["pixel_values"], reference(path, 256, 224, mean, std), atol=1e-5)
+
+
+def test_a_16_bit_grayscale_png_reads_as_its_8_bit_version(tmp_path):
+    """PIL's convert() clips 16-bit values at 255 (a photo came out near-white): scaled to 0-255 first."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (20, 24), dtype=np.uint16)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "n").mkdir()
+    Image.fromarray(wide).save(tmp_path / "w" / "a.png")
+    assert Image.open(tmp_path / "w" / "a.png").mode.startswith("I")
+    Image.fromarray(np.round(wide / 257.0).astype(np.uint8)).save(tmp_path / "n" / "a.png")
+    text = '[inputs.input]\nkind = "image"\nresize = [20, 24]\n'
+    _, (w,) = feeds(tmp_path, [1, 1, 20, 24], text, tmp_path / "w")
+    _, (n,) = feeds(tmp_path, [1, 1, 20, 24], text, tmp_path / "n")
+    assert np.array_equal(w["input"], n["input"])

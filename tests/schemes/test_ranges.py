@@ -94,3 +94,13 @@ def test_under_an_accuracy_target_measured_on_eval_the_skip_says_why_no_file_was
     assert said.startswith("0 calibration file(s) held aside; the search needs 3") and said.endswith(
         "; none is held aside where an accuracy target is measured on --eval"
     ), said
+
+
+def test_with_too_few_files_to_hold_any_aside_the_skip_gives_no_other_reason(dwsep, tmp_path):
+    shutil.copy(dwsep / "m.onnx", tmp_path / "m.onnx")
+    shutil.copytree(dwsep / "c", tmp_path / "c", ignore=lambda _, names: sorted(names)[4:])
+    r = _q(tmp_path, "few.onnx")
+    assert (
+        r.report.calibration["search"]["skipped"]
+        == "0 calibration file(s) held aside; the search needs 3 (15 calibration files)"
+    )

@@ -118,7 +118,9 @@ def plan_w8a8(model: ModelProto, config: QuantConfig, data: Data, progress: Prog
         stats, stats_all = calibrate_then_more(sess, watch, batches, more, config, levels, advance)
         searched = None
         if any(s.candidates for s in stats.values()):  # --calibrator auto: ranges chosen at the outputs
-            searched = ranges.search(model, planner.plan, stats, ranges.search_data(src, items, held), progress, sess)
+            why = "none is held aside where an accuracy target is measured on --eval" if target and data.eval else ""
+            found = ranges.search_data(src, items, held)
+            searched = ranges.search(model, planner.plan, stats, found, progress, sess, why_none=why)
             stats, stats_all = searched.stats, searched.apply(stats_all)
         plan = planner.plan(stats)
         corrections = {}

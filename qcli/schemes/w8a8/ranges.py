@@ -61,16 +61,23 @@ class Searched:
 
 
 def search(
-    model: ModelProto, plan: Plan, stats: dict[str, TensorStats], data: FidelityData, progress, session=None
+    model: ModelProto,
+    plan: Plan,
+    stats: dict[str, TensorStats],
+    data: FidelityData,
+    progress,
+    session=None,
+    why_none: str = "",
 ) -> Searched:
     """The candidate per tensor that measures best at the outputs on `data`. `session`: one over `model` that
-    outputs every activation (calibration's), else one is opened."""
+    outputs every activation (calibration's), else one is opened. `why_none`: why no file was held aside,
+    where the caller knows a reason beyond their number."""
     searched = {t for t, s in stats.items() if s.candidates}
     if len(data.items) < MIN_FILES or data.in_sample:
         held = len(data.items)
         why = f"{held} calibration file(s) held aside; the search needs {MIN_FILES} ({5 * MIN_FILES} calibration files)"
-        if not held:  # under an accuracy target measured on --eval, every calibration file goes into the ranges
-            why += "; none is held aside where an accuracy target is measured on --eval"
+        if not held and why_none:
+            why += f"; {why_none}"
         record = {"skipped": why, "base": "minmax"}
         return Searched(_chosen(stats, dict.fromkeys(searched, "minmax")), dict.fromkeys(searched, "minmax"), record)
     advance = progress("range search (models tried)", None)

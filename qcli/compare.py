@@ -54,14 +54,16 @@ def measure(
     with evaluate.pair(ref, cand, ort_config, candidate_ours) as (ref_sess, cand_sess):
         on_batch = meter.add if meter else None
         report.fidelity = evaluate.fidelity(ref_sess, cand_sess, data.feeds(advance), on_batch=on_batch)
-        report.accuracy = meter.result() | {"labels": data.src.labels_from} if meter else None
+        scored = meter.result() if meter else None
+        report.accuracy = scored | {"labels": data.src.labels_from} if scored else None
         report.fidelity_data = data.desc
         report.notes.append(class_score_note(ref, [f.name for f in report.fidelity]))
         report.fidelity_files = [p.name for p in data.items]
         first = data.src.load(data.items[0])
         report.latency = evaluate.latency(ref_sess, cand_sess, first, runs=runs, on_run=progress("latency runs", runs))
-    if data.src.unlabelled:
-        report.notes.append(f"accuracy against labels not measured: {data.src.unlabelled}")
+    unmeasured = data.src.unlabelled or (meter.unscorable if meter else None)
+    if unmeasured:
+        report.notes.append(f"{UNMEASURED}: {unmeasured}")
     if ort_config:
         report.notes.append(
             "measured with onnxruntime session config " + ", ".join(f"{k}={v}" for k, v in ort_config.items())
@@ -72,11 +74,17 @@ def measure(
         )
 
 
+UNMEASURED = "accuracy against labels not measured"
+
+
 def apply_gates(
     report: Report, min_sqnr: float | None, max_top1_drop: float | None, max_accuracy_drop: float | None = None
 ) -> None:
     """Add each requested gate's verdict to the report; the worst output decides."""
     if max_accuracy_drop is not None:
+        why = next((n for n in report.notes if n.startswith(UNMEASURED)), None)
+        if report.accuracy is None and why:  # labels given, but not usable: say why
+            raise InputError(f"--max-accuracy-drop: {why}")
         if report.accuracy is None:
             raise InputError(
                 "--max-accuracy-drop needs labels: class folders (DIR/<class>/...) read through a recipe, "

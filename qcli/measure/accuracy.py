@@ -16,15 +16,19 @@ class AccuracyMeter:
     def __init__(self, labels: np.ndarray) -> None:
         self.labels, self.output, self.seen = labels, None, 0
         self.hits = {m: {k: 0 for k in TOPS} for m in ("reference", "candidate")}
+        self.unscorable: str | None = None  # why the labels score nothing (the model has no class scores)
 
     def add(self, ref_outputs: dict[str, np.ndarray], cand_outputs: dict[str, np.ndarray]) -> None:
+        if self.unscorable:
+            return
         if self.output is None:
             self.output = scores_output(ref_outputs)
-            if self.output is None:
-                raise InputError(
+            if self.output is None:  # a model's outputs, not a data error: measured without accuracy, and said
+                self.unscorable = (
                     "labels were given (labels.npy or class folders), but no output holds class scores [N, C]: "
                     f"the outputs are {', '.join(f'{n} {list(a.shape)}' for n, a in ref_outputs.items())}"
                 )
+                return
         self._add(ref_outputs[self.output], cand_outputs[self.output])
 
     def _add(self, ref: np.ndarray, cand: np.ndarray) -> None:
@@ -41,7 +45,10 @@ class AccuracyMeter:
                 self.hits[who][k] += int(np.sum(np.any(order[:, :k] == y[:, None], axis=1)))
         self.seen += n
 
-    def result(self) -> dict:
+    def result(self) -> dict | None:
+        """Top-1/top-5 of both models and the drop; None where no output holds class scores."""
+        if self.unscorable:
+            return None
         if self.seen != self.labels.size:
             raise InputError(f"{self.labels.size} labels for {self.seen} samples: one label per sample, in order")
         out: dict = {"output": self.output, "samples": self.seen}

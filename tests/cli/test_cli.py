@@ -683,3 +683,43 @@ def test_compare_json_reaches_stdout_while_progress_bars_run_on_a_terminal(files
             ],
         )
         assert r.exit_code == code and json.loads(r.stdout)["kind"] == "compare", (r.exit_code, r.stdout[:200])
+
+
+def test_labels_for_a_model_without_class_scores_are_a_note_then_a_clear_gate_error(tmp_path):
+    """Labels beside the data of a model with no [N, C] output: quantize measures and writes everything, saying
+    accuracy was not measured (it once failed after writing the model, leaving it without its reports);
+    compare's --max-accuracy-drop says why it cannot run."""
+    from models import model_of, vi
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    m = model_of(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [vi("x", ["N", 3, 16, 16])],
+        [vi("y", ["N", 4, 14, 14])],
+        {"w": w},
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    write_batches(tmp_path / "calib", [(2, 3, 16, 16)] * 5)
+    write_batches(tmp_path / "eval", [(2, 3, 16, 16)] * 2, seed=5)
+    np.save(tmp_path / "eval" / "labels.npy", np.array([0, 1, 2, 3]))
+    r = run(
+        "quantize",
+        tmp_path / "m.onnx",
+        "--calib",
+        tmp_path / "calib",
+        "--eval",
+        tmp_path / "eval",
+        "-o",
+        tmp_path / "q.onnx",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    said = "accuracy against labels not measured: labels were given (labels.npy or class folders), but no output"
+    assert doc["accuracy"] is None and any(n.startswith(said) for n in doc["notes"]), doc["notes"]
+    assert (tmp_path / "q.onnx.report.json").is_file()
+    r = run(
+        "compare", tmp_path / "m.onnx", tmp_path / "q.onnx", "--data", tmp_path / "eval", "--max-accuracy-drop", "1"
+    )
+    says = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"--max-accuracy-drop: {said}" in says, says

@@ -26,7 +26,9 @@ def breakdown(path: Path) -> dict[str, int]:
     kinds = dict.fromkeys(
         ("int8 weights", "4-bit blocks", "8-bit blocks", "int32 biases", "float weights", "other tensors"), 0
     )
-    for t in model.graph.initializer:
+    # Weights held in Constant nodes (as Paddle and some exporters write them) weigh the same as initializers.
+    constants = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for t in [*model.graph.initializer, *constants]:
         if t.name in blocks:
             kind = f"{blocks[t.name]}-bit blocks" if blocks[t.name] in (4, 8) else "other tensors"
         elif t.data_type in (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4):

@@ -28,3 +28,15 @@ def test_the_breakdown_counts_each_initializer_by_kind_and_sums_to_the_file(tmp_
     assert parts["int8 weights"] == 64 * 32 and parts["int32 biases"] == 32 * 4 and parts["float weights"] == 400
     assert parts["4-bit blocks"] == 16 * 2 * 16 and parts["other tensors"] == 16
     assert sum(parts.values()) == file_size(tmp_path / "m.onnx") and list(parts)[-1] == "graph and metadata"
+
+
+def test_weights_in_constant_nodes_count_as_weights(tmp_path):
+    """Paddle's exports hold their weights in Constant nodes: counted by kind as initializers are."""
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 64]) for n in ("x", "y"))
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    parts = breakdown(tmp_path / "m.onnx")
+    assert parts["float weights"] == 64 * 64 * 4 and sum(parts.values()) == file_size(tmp_path / "m.onnx")

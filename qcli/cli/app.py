@@ -38,7 +38,8 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="Quantize ONNX models for CPUs and measure what it cost. Exit codes: 0 ok, "
-    "1 a compare gate or accuracy target not met, 2 usage or input error, 3 internal error.",
+    "1 a compare gate, an accuracy target or --strict's fidelity floors not met, 2 usage, input or environment "
+    "error, 3 internal error.",
 )
 
 

@@ -61,7 +61,7 @@ class RefitStep:
         joined = ctx.fid  # fidelity measured on the held files (no --eval): they joined the ranges
         if self.held is None or ctx.fid.items == self.held.items:
             joined = replace(ctx.fid, desc=f"{ctx.fid.desc}, then added to the ranges (pass --eval for unseen data)")
-        if ctx.dry_run or self.held is None or self.held.src is None:
+        if ctx.dry_run or self.held is None or self.held.src is None or not new.quantizes():  # float: no ranges used
             return Outcome(new, Part({"calibration": calibration}, (note,)), fid=joined)
         advance = ctx.progress("range refit (verified)", 2)
         with trials(ctx.model, ctx.reference, self.held, advance, self.apply) as t:

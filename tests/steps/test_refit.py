@@ -79,8 +79,8 @@ def test_the_refit_is_written_unless_the_held_files_lose_more_than_the_tolerance
     calibration = {"batches": 15, "decided_with": {"batches": 12, "measured_on": ["c12.npy", "c13.npy", "c14.npy"]}}
     held = FidelityData("src", [Path(f"c{i}.npy") for i in (12, 13, 14)], "3 calibration file(s) held aside")
     ctx = Context(None, Path("m.onnx"), held, no_progress)
-    decided = QuantPlan("decided")
-    ran = run([RefitStep(_Refitter((QuantPlan("refit"), calibration)), held)], decided, ctx)
+    decided = QuantPlan("decided", activations={"x": None})  # stand-ins that quantize something
+    ran = run([RefitStep(_Refitter((QuantPlan("refit", activations={"x": None}), calibration)), held)], decided, ctx)
     (part,) = ran.parts
     v = part.fields["verified"]
     assert v["written"] == written and ran.plan.scheme == written
@@ -102,3 +102,15 @@ def test_under_dry_run_the_refit_is_not_measured(monkeypatch):
     held = _ctx().fid
     ran = run([RefitStep(_Refitter((QuantPlan("refit"), calibration)), held)], QuantPlan("decided"), _ctx(), True)
     assert ran.plan.scheme == "refit" and "verified" not in ran.parts[0].fields
+
+
+def test_a_plan_that_quantizes_nothing_is_not_verified(monkeypatch):
+    """Written float (placement moved every layer back), the ranges are unused: no measurement, no row saying
+    a refitted model was written."""
+    _measured(monkeypatch, {})  # a measurement would fail: no figures
+    calibration = {"batches": 15, "decided_with": {"batches": 12, "measured_on": ["c12.npy", "c13.npy", "c14.npy"]}}
+    held = FidelityData("src", [Path(f"c{i}.npy") for i in (12, 13, 14)], "3 calibration file(s) held aside")
+    ctx = Context(None, Path("m.onnx"), held, no_progress)
+    ran = run([RefitStep(_Refitter((QuantPlan("refit"), calibration)), held)], QuantPlan("decided"), ctx)
+    (part,) = ran.parts
+    assert "verified" not in part.fields and ran.plan.scheme == "refit"

@@ -140,7 +140,7 @@ def show(report: Report, json_out: bool, top: int = 0, html: Path | None = None)
     if json_out:
         sys.stdout.write(report.to_json() + "\n")
     console = err if json_out else out
-    render_rich(report, console)
+    render_rich(report, console, min(3, top) if top else 3)  # with --per-layer, no more than its table ranks
     if top:
         render_layers(report, console, top)
 

@@ -15,10 +15,11 @@ from qcli.report.report import Report
 from qcli.schemes import handler_for
 
 
-def _rows(r: Report) -> list[tuple[str, str]]:
+def _rows(r: Report, highlights: int = 3) -> list[tuple[str, str]]:
+    """The summary's rows; `highlights`: how many of the layers adding the most error it names."""
     rows: list[tuple[str, str]] = [("warning", w) for w in r.warnings]
     rows += _plan_rows(r) + _measured_rows(r) + _decision_rows(r) + _target_rows(r)
-    for x in r.layers[:3]:
+    for x in r.layers[:highlights]:
         if x["introduced"] > 0:
             rows.append(
                 (
@@ -191,16 +192,16 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def render_rich(r: Report, console: Console) -> None:
+def render_rich(r: Report, console: Console, highlights: int = 3) -> None:
     """A table on a terminal; plain `key: value` lines, never cut or wrapped, anywhere else (CI logs)."""
     title = f"qcli {r.kind}: {Path(r.candidate).name}"
     if not console.is_terminal:
-        console.file.write("\n".join([title] + [f"{k}: {v}" for k, v in _rows(r)]) + "\n")
+        console.file.write("\n".join([title] + [f"{k}: {v}" for k, v in _rows(r, highlights)]) + "\n")
         return
     t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    for k, v in _rows(r):
+    for k, v in _rows(r, highlights):
         t.add_row(escape(k), escape(v))
     console.print(t)
 

@@ -723,3 +723,11 @@ def test_labels_for_a_model_without_class_scores_are_a_note_then_a_clear_gate_er
     )
     says = " ".join(r.output.split())
     assert r.exit_code == 2 and f"--max-accuracy-drop: {said}" in says, says
+
+
+def test_per_layer_top_n_bounds_the_summary_s_highlights_too(files):
+    r = run("quantize", files / "m.onnx", "--calib", files / "calib", "-o", files / "q.onnx")
+    assert r.exit_code == 0, r.output
+    for top, rows in ((1, 1), (2, 2), (20, 3)):
+        r = run("compare", files / "m.onnx", files / "q.onnx", "--data", files / "eval", "--per-layer", "--top", top)
+        assert r.exit_code == 0 and r.stdout.count("most error added") == rows, r.stdout

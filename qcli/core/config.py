@@ -52,11 +52,8 @@ def _flag(flag: str, default=MISSING, *, default_factory=MISSING):
     return field(default=default, default_factory=default_factory, metadata={"flag": flag})
 
 
-def check_limits(
-    min_sqnr: float | None = None, max_top1_drop: float | None = None, max_accuracy_drop: float | None = None
-) -> None:
-    """Accuracy targets and compare's gates: a finite dB figure, percentages from 0 to 100 (a NaN limit
-    compares false with everything: every gate would fail, every target pass)."""
+def check_limits(min_sqnr=None, max_top1_drop=None, max_accuracy_drop=None) -> None:
+    """Targets and gates: finite dB, percentages from 0 to 100 (a NaN limit: every gate fails, every target met)."""
     if min_sqnr is not None and not math.isfinite(min_sqnr):
         raise InputError(f"--min-sqnr must be a number of dB (got {min_sqnr:g})")
     for flag, pct in (("--max-top1-drop", max_top1_drop), ("--max-accuracy-drop", max_accuracy_drop)):

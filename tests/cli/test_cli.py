@@ -348,14 +348,13 @@ def test_output_off_a_terminal_is_plain_lines_never_cut(files):
     assert not set("│┃┌└─…") & set(r.stderr)
     assert any(ln.startswith("kept float for speed: ") and long in ln for ln in r.stderr.splitlines())
     progress = [ln for ln in r.stderr.splitlines() if ln.startswith("qcli: ")]
-    assert [ln.split(" (")[0].split(" ...")[0] for ln in progress[:7]] == [
+    assert [ln.split(" (")[0].split(" ...")[0] for ln in progress[:6]] == [
         "qcli: calibrating",
         "qcli: bias correction",
         "qcli: activation pass",
         "qcli: accuracy guard",
         "qcli: measured placement",
-        "qcli: range refit",
-        "qcli: saving",
+        "qcli: saving",  # every layer float for speed: no range refit to verify
     ]  # one plain line per phase off a terminal
     assert r.stderr.splitlines()[len(progress)] == "qcli quantize: q.onnx"
 

@@ -74,7 +74,10 @@ def compare(
     ] = None,
     skip_bad_files: Annotated[
         bool,
-        typer.Option("--skip-bad-files", help="skip raw files that cannot be decoded (counted in the report)"),
+        typer.Option(
+            "--skip-bad-files",
+            help="skip raw files that cannot be decoded or are of another kind (listed in the report)",
+        ),
     ] = False,
     runs: Annotated[int, typer.Option(min=1, metavar="N", help="latency runs per model (interleaved)")] = 30,
     per_layer: Annotated[

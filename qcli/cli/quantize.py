@@ -35,7 +35,10 @@ def quantize(
     ] = None,
     skip_bad_files: Annotated[
         bool,
-        typer.Option("--skip-bad-files", help="skip raw files that cannot be decoded (counted in the report)"),
+        typer.Option(
+            "--skip-bad-files",
+            help="skip raw files that cannot be decoded or are of another kind (listed in the report)",
+        ),
     ] = False,
     output: Annotated[
         Path | None,

@@ -76,6 +76,24 @@ def test_a_corrupt_image_is_an_error_naming_it_or_skipped_and_counted(tmp_path):
     assert len(skipped) == 1 and "zz_broken.png" in skipped[0]
 
 
+def test_a_file_of_another_kind_among_the_images_is_an_error_or_skipped_and_listed(tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "calib"
+    shutil.copytree(CNN / "images" / "calib", data)
+    (data / "README.txt").write_text("where these digits come from\n")
+    args = ["quantize", str(CNN / "model.onnx"), "--calib", str(data), "--recipe", str(CNN / "recipe.toml")]
+    args += ["--calib-limit", "16", "-o", str(tmp_path / "q.onnx")]
+    r = CliRunner().invoke(app, args)
+    says = " ".join(r.output.split())
+    assert r.exit_code == 2 and "README.txt is not a kind the recipe reads" in says and "--skip-bad-files" in says
+    r = CliRunner().invoke(app, [*args, "--skip-bad-files"])
+    assert r.exit_code == 0 and "recipe.toml, 1 file skipped" in r.output, r.output
+    skipped = json.loads((tmp_path / "q.onnx.report.json").read_text())["recipe"]["skipped_files"]
+    assert skipped == [f"{data / 'README.txt'}: not a kind the recipe reads"]
+
+
 def test_a_model_given_by_a_relative_path_finds_its_tokenizer_and_its_starting_recipe_works(tmp_path, monkeypatch):
     """From the model's parent folder: the tokenizer beside the model is read once relative to it, and the
     recipe `qcli recipe enc/model.onnx > r.toml` prints names it as seen from here."""

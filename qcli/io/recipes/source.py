@@ -50,8 +50,9 @@ class RawSource:
         skip_bad: bool = False,
     ) -> None:
         self.folder, self.specs, self.recipe, self.model, self.also = Path(folder), specs, recipe, model, also
-        files, folders = discover(self.folder, recipe.reader.suffixes)
-        self.skipped: list[str] = []  # files that could not be read, with why (--skip-bad-files)
+        files, folders, others = discover(self.folder, recipe.reader.suffixes, skip_other=skip_bad)
+        # files that could not be read, with why (--skip-bad-files); files of another kind first
+        self.skipped: list[str] = [f"{f}: not a kind the recipe reads" for f in others]
         self.converted: set[tuple[str, str, str]] = set()  # (input, from, to) dtype conversions
         if skip_bad:
             files = self._readable(files)
@@ -113,13 +114,13 @@ class RawSource:
         return np.array([i.label for i in self.items], np.int64)
 
 
-def discover(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
-    """(the data files in a deterministic order; whether they sit in class folders). A file given directly is
-    its own list."""
+def discover(path: Path, suffixes: tuple[str, ...], skip_other: bool = False) -> tuple[list[Path], bool, list[Path]]:
+    """(the data files in a deterministic order; whether they sit in class folders; files of another kind,
+    left out where `skip_other` (--skip-bad-files), else an error). A file given directly is its own list."""
     if path.is_file():
         if path.suffix.lower() not in suffixes:
             raise InputError(f"{path}: the recipe reads {', '.join(suffixes)} files, not {path.suffix or 'this'}")
-        return [path], False
+        return [path], False, []
     if not path.is_dir():
         raise InputError(f"data not found: {path}")
     entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.name not in IGNORED)
@@ -135,14 +136,15 @@ def discover(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
         else _round_robin([sorted(f for f in d.iterdir() if not f.name.startswith(".")) for d in dirs])
     )
     other = [f for f in files if f.suffix.lower() not in suffixes or not f.is_file()]
-    if other:
+    if other and not skip_other:
         raise InputError(
             f"{path}: {other[0].relative_to(path)} is not a kind the recipe reads ({', '.join(suffixes)}); "
-            "keep one kind of data per folder"
+            "keep one kind of data per folder, or pass --skip-bad-files to leave such files out"
         )
+    files = [f for f in files if f not in other]
     if not files:
         raise InputError(f"{path}: no {', '.join(suffixes)} files")
-    return files, bool(dirs)
+    return files, bool(dirs), other
 
 
 def _round_robin(groups: list[list[Path]]) -> list[Path]:

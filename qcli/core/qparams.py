@@ -46,7 +46,7 @@ class QParams:
     block_size: int | None = None
 
 
-def _broadcast(p: np.ndarray, x: np.ndarray, axis: int | None, block_size: int | None) -> np.ndarray:
+def broadcast(p: np.ndarray, x: np.ndarray, axis: int | None, block_size: int | None) -> np.ndarray:
     """Expand scale/zero-point to x's shape (onnx.reference's reshape_input, per tensor/axis/block)."""
     if axis is None or p.ndim == 0 or p.size == 1:
         return p.reshape(())
@@ -87,8 +87,8 @@ def quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
     """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), a slice of rows at a time."""
     out = np.empty(np.shape(x), qp.qtype.np_dtype)
     for rows, part, s, z in _row_chunks(np.asarray(x), qp):
-        scale = _broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
-        zp = _broadcast(z.astype(np.int64), part, qp.axis, qp.block_size)
+        scale = broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
+        zp = broadcast(z.astype(np.int64), part, qp.axis, qp.block_size)
         q = np.rint(part.astype(np.float32) / scale).astype(np.int64) + zp
         out[rows] = np.clip(q, qp.qtype.qmin, qp.qtype.qmax)
     return out
@@ -98,8 +98,8 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     """ONNX DequantizeLinear: (q - zero_point) * scale, in float32, a slice of rows at a time."""
     out = np.empty(np.shape(q), np.float32)
     for rows, part, s, z in _row_chunks(np.asarray(q), qp):
-        scale = _broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
-        zp = _broadcast(z.astype(np.int32), part, qp.axis, qp.block_size)
+        scale = broadcast(s.astype(np.float32), part, qp.axis, qp.block_size)
+        zp = broadcast(z.astype(np.int32), part, qp.axis, qp.block_size)
         out[rows] = (part.astype(np.int32) - zp).astype(np.float32) * scale
     return out
 

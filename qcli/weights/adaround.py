@@ -97,8 +97,8 @@ class _Rows:
     def __init__(self, w: np.ndarray, p: qp.QParams, factor: np.ndarray, delta: float) -> None:
         self.w, self.p, self.factor, self.delta = w, p, factor, delta
 
-    def _spread(self, a: np.ndarray) -> np.ndarray:
-        return np.repeat(a, self.p.block_size, axis=1)[:, : self.w.shape[1]]
+    def _spread(self, a: np.ndarray, r: slice) -> np.ndarray:
+        return qp.broadcast(a, self.w[r], 1, self.p.block_size)
 
     def nearest(self, r: slice) -> np.ndarray:
         part = qp.QParams(self.p.scale[r], self.p.zero_point[r], self.p.qtype, 1, self.p.block_size)
@@ -106,7 +106,10 @@ class _Rows:
 
     def error(self, r: slice, codes: np.ndarray) -> np.ndarray:
         """Per row: tr(E (H + delta I) E^T)."""
-        s, z = self._spread(self.p.scale[r]).astype(np.float64), self._spread(self.p.zero_point[r].astype(np.int64))
+        s, z = (
+            self._spread(self.p.scale[r], r).astype(np.float64),
+            self._spread(self.p.zero_point[r].astype(np.int64), r),
+        )
         e = self.w[r].astype(np.float64) - s * (codes - z)
         el = e @ self.factor
         return np.einsum("nr,nr->n", el, el) + self.delta * np.einsum("nk,nk->n", e, e)
@@ -114,7 +117,10 @@ class _Rows:
     def codes(self, r: slice, learn: _Learner) -> np.ndarray:
         """The learned codes of rows r, or nearest rounding's on the rows where learning did no better."""
         qtype = self.p.qtype
-        s, z = self._spread(self.p.scale[r]).astype(np.float64), self._spread(self.p.zero_point[r].astype(np.int64))
+        s, z = (
+            self._spread(self.p.scale[r], r).astype(np.float64),
+            self._spread(self.p.zero_point[r].astype(np.int64), r),
+        )
         w = self.w[r].astype(np.float64)
         fl = np.floor(w / s)
         fixed = np.where(fl + 1 > qtype.qmax - z, 0, np.where(fl < qtype.qmin - z, 1, -1))  # one neighbour a code

@@ -86,14 +86,14 @@ def quantize(
     model_path = Path(model_path)
     out = Path(out) if out else default_output(model_path, config.scheme)
     reads = {"the calibration data": calib, "the evaluation data": eval_dir, "the recipe": recipe, "the plan": plan}
-    check_outputs(model_path, out, reads, save_plan and Path(save_plan))
+    check_outputs(model_path, out, reads)
     if dry_run and save_plan:
         raise InputError("--dry-run writes nothing: drop it to save the plan (the plan saved is the model written's)")
     if not dry_run:
         size = file_size(model_path) if model_path.is_file() else 0  # the output is at most the input's size
         model_io.check_writable(out, size + REPORTS_BYTES)
         if save_plan:
-            replay.check_save_path(Path(save_plan), model_path, out)
+            replay.check_save_path(Path(save_plan), model_path, out, reads)
     job = _Run(model_path, config, out, progress, ort_config, command, recipe, skip_bad_files, allow_quantized)
     job = replace(job, plan_in=plan and Path(plan), plan_out=save_plan and Path(save_plan))
     with contextlib.ExitStack() as stack:

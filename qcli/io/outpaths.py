@@ -53,9 +53,9 @@ def report_paths(out: Path) -> tuple[Path, Path, Path]:
     return tuple(Path(f"{out}.report.{ext}") for ext in ("json", "md", "html"))
 
 
-def check_outputs(model: Path, out: Path, reads: Mapping[str, Path | str | None], save_plan: Path | None) -> None:
-    """quantize's outputs (the model, its reports, the saved plan) against what it reads: the input model
-    and `reads` (the data, the recipe, a replayed plan)."""
+def check_outputs(model: Path, out: Path, reads: Mapping[str, Path | str | None]) -> None:
+    """quantize's outputs (the model, its reports) against what it reads: the input model and `reads` (the
+    data, the recipe, a replayed plan). The saved plan's path: replay.check_save_path."""
     if same_path(out, model):
         raise InputError(f"output {out} is the input model; choose another -o path (the input is never overwritten)")
     if out.suffix != ".onnx":
@@ -66,5 +66,3 @@ def check_outputs(model: Path, out: Path, reads: Mapping[str, Path | str | None]
         if path.is_dir():
             raise InputError(f"{what} {path} is a folder: choose another -o path (the model and its reports are files)")
         refuse_inputs(path, what, reads)
-    if save_plan is not None:
-        refuse_inputs(save_plan, "--save-plan", reads)

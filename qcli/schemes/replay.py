@@ -7,6 +7,7 @@ calibration, search, timing or measured decision runs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +18,7 @@ from qcli.core.errors import InputError
 from qcli.core.hostcpu import CpuInfo
 from qcli.core.plan import QuantPlan
 from qcli.io import model_io
+from qcli.io.outpaths import refuse_inputs, report_paths
 from qcli.io.planfile import SavedPlan
 from qcli.schemes.base import Planned, SchemeHandler
 
@@ -59,14 +61,12 @@ def saved_plan(
     )
 
 
-def check_save_path(path: Path, model: Path, out: Path) -> None:
-    """Where --save-plan writes: never over the input, the output model or its reports, nor a folder; its
-    folder must take a file. Checked before any work."""
-    taken = {model: "the input model", out: "the output model"}
-    taken |= {out.with_name(out.name + ext): "the report" for ext in (".report.json", ".report.md", ".report.html")}
-    for other, what in taken.items():
-        if path.absolute() == other.absolute() or (path.exists() and other.exists() and path.samefile(other)):
-            raise InputError(f"--save-plan {path} is {what}'s path: choose another file for the plan")
+def check_save_path(path: Path, model: Path, out: Path, reads: Mapping[str, Path | None]) -> None:
+    """Where --save-plan writes: never over what the run reads (`reads`: the data, the recipe, a replayed
+    plan; outpaths.refuse_inputs), the input, the output model or its reports, nor a folder; its folder must
+    take a file. Checked before any work."""
+    written = {"the output model": out} | {f"the report {p.name}": p for p in report_paths(out)}
+    refuse_inputs(path, "--save-plan", {"the input model": model, **reads, **written})
     if path.is_dir():
         raise InputError(f"--save-plan {path} is a folder: give the plan a file name, e.g. {path / 'plan.json'}")
     model_io.check_writable(path)

@@ -64,9 +64,9 @@ class WeightOnly(SchemeHandler):
         |x|) from one pass over the calibration files (a fifth held aside for fidelity without --eval); awq also
         rescales the graph (folded where exact, else an explicit Mul)."""
         plan, algo = plan_w4a16(model, config), config.weight_only.weight_algo
-        alone = algo == WeightAlgo.RTN  # rtn's clipping search weighs each input channel by its energy, or by 1
-        if not _data_aware(config) or (alone and data.calib is None):
-            if _data_aware(config):
+        aware = _data_aware(config)
+        if not aware or (algo == WeightAlgo.RTN and data.calib is None):  # rtn's clipping search: unweighted
+            if aware:
                 plan.notes.append("--clip-search without --calib: each block's clipping chosen on its own error")
             return WeightOnlyPlanned(plan, None, fidelity_only(data), Quantized(None, WeightOptions.of(config)))
         if data.calib is None:

@@ -13,6 +13,8 @@ from qcli.io.recipes import image, text
 from qcli.io.recipes.recipe import Recipe, parse_recipe
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
+# What an untrusted preprocessor_config.json raises on the way to recipe keys (JSONDecodeError is a ValueError)
+MALFORMED = (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError)
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -75,14 +77,7 @@ def processor_table(path: Path) -> dict:
         if not isinstance(cfg, dict):
             raise TypeError(f"it holds a JSON {type(cfg).__name__}, not an object")
         return image_table(cfg)
-    except (
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        TypeError,
-        KeyError,
-        AttributeError,
-    ) as e:  # JSONDecodeError: a ValueError
+    except MALFORMED as e:
         raise InputError(f"{path}: cannot read it as an image processor's preprocessor_config.json ({e})") from None
 
 
